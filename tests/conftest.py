@@ -1,0 +1,98 @@
+"""Shared fixtures: configs through Hydra's compose API, quiet in-process runs, IDX data files."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+
+from nettrain.config import register_schema
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+QUIET = ["console.show_config=false", "console.show_model=false", "console.progress=off"]
+
+register_schema()
+
+
+def make_cfg(*overrides: str):
+    """The composed run config, exactly as `nettrain-train OVERRIDES` would see it."""
+    with initialize_config_module("nettrain.conf", version_base="1.3"):
+        return compose("train", overrides=[*QUIET, *overrides])
+
+
+@pytest.fixture
+def cfg_for():
+    return make_cfg
+
+
+@pytest.fixture
+def run(tmp_path, capsys):
+    """Train in-process with overrides; returns (summary, output_dir)."""
+    from nettrain.train import train
+
+    def _run(*overrides: str, output_dir: Path | None = None):
+        out = output_dir or tmp_path / "run"
+        summary = train(make_cfg(*overrides), output_dir=out)
+        return summary, out
+
+    return _run
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """Write an IDX file (the MNIST format): magic, dims, then big-endian uint8 data."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def write_mnist_raw(root: Path, name: str = "MNIST", n_train: int = 120, n_test: int = 40, seed: int = 0) -> Path:
+    """Small MNIST-format IDX files in torchvision's layout: ROOT/<name>/raw/*-ubyte.
+
+    Images are class-dependent blobs plus noise, so a model can learn them."""
+    rng = np.random.default_rng(seed)
+
+    def images_labels(n):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, size=(n, 28, 28))
+        for i, label in enumerate(labels):
+            r, c = divmod(int(label), 5)
+            images[i, 4 + r * 10:12 + r * 10, 2 + c * 5:6 + c * 5] = 255
+        return images, labels
+
+    raw = root / name / "raw"
+    x, y = images_labels(n_train)
+    write_idx(raw / "train-images-idx3-ubyte", x)
+    write_idx(raw / "train-labels-idx1-ubyte", y)
+    x, y = images_labels(n_test)
+    write_idx(raw / "t10k-images-idx3-ubyte", x)
+    write_idx(raw / "t10k-labels-idx1-ubyte", y)
+    return root
+
+
+@pytest.fixture
+def mnist_root(tmp_path):
+    root = tmp_path / "datasets"
+    write_mnist_raw(root, "MNIST")
+    write_mnist_raw(root, "FashionMNIST", seed=1)
+    return root
+
+
+def cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run the real console script in a subprocess (not a terminal: no progress bar)."""
+    exe = Path(sys.executable).with_name("nettrain-train")
+    env = {**os.environ, **(env_extra or {})}
+    env.pop("HYDRA_FULL_ERROR", None) if not (env_extra and "HYDRA_FULL_ERROR" in env_extra) else None
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)

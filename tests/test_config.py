@@ -1,0 +1,126 @@
+"""Every YAML option composes and builds; bad settings fail up front with one clear message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from conftest import CONF, make_cfg
+from nettrain.config import ConfigError, validate
+from nettrain.schedulers import LRSchedule, build_schedule
+from nettrain.train import _instantiate
+
+# Every option of every group, found by recursive glob: a new YAML file is covered automatically.
+OPTIONS = sorted(p.relative_to(CONF).with_suffix("").as_posix() for p in CONF.glob("*/**/*.yaml"))
+
+
+def test_the_glob_finds_every_group():
+    groups = {o.split("/")[0] for o in OPTIONS}
+    assert groups == {"model", "optimizer", "scheduler", "regularization", "data"}
+    named = {"model/mlp", "model/cnn", "optimizer/sgd", "optimizer/manual_sgd", "optimizer/adam",
+             "optimizer/adamw", "optimizer/rmsprop", "scheduler/none", "scheduler/step", "scheduler/cosine",
+             "scheduler/plateau", "regularization/none", "regularization/l1", "regularization/l2",
+             "regularization/dropout", "data/mnist_sample", "data/mnist", "data/fashion_mnist", "data/synthetic"}
+    assert named <= set(OPTIONS)
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_every_option_composes_and_builds(option, mnist_root):
+    group, name = option.split("/", 1)
+    overrides = [f"{group}={name}", f"data.root={mnist_root}"] if option.startswith("data/") and \
+        "mnist" in name and name != "mnist_sample" else [f"{group}={name}"]
+    if group != "data":
+        overrides += ["data=synthetic", "data.num_samples=200"]
+    cfg = make_cfg(*overrides)
+    validate(cfg)
+    data_node = OmegaConf.to_container(cfg.data, resolve=True)
+    data_node.pop("in_memory"), data_node.pop("num_workers")
+    data = _instantiate(data_node, "data")
+    model = _instantiate(cfg.model, "model", input_shape=list(data.input_shape), num_classes=data.num_classes)
+    out = model(data.train.x[:4])
+    assert out.shape == (4, data.num_classes)
+    optimizer = _instantiate(cfg.optimizer, "optimizer", model.parameters(), _partial_=True)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    assert optimizer.param_groups[0]["lr"] == cfg.lr
+    schedule = build_schedule(optimizer, OmegaConf.to_container(cfg.scheduler, resolve=True), 10, cfg.epochs)
+    assert isinstance(schedule, LRSchedule)
+    assert (schedule.main is None) == (cfg.scheduler._target_ is None)
+
+
+def test_top_level_keys_reach_their_users():
+    cfg = make_cfg("optimizer=adam", "lr=0.02", "regularization=l2", "regularization.dropout=0.2")
+    assert cfg.optimizer.lr == 0.02
+    assert cfg.optimizer.weight_decay == 1e-4
+    assert cfg.model.dropout == 0.2
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.device) == (0.02, 64, 100, "auto")
+
+
+def test_defaults_are_the_tutorials():
+    cfg = make_cfg()
+    assert cfg.model._target_ == "nettrain.models.MLP" and list(cfg.model.hidden) == [256]
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.lr == 1e-3 and cfg.batch_size == 64
+    assert cfg.early_stopping.patience == 3 and cfg.early_stopping.monitor == "val_loss"
+    step = make_cfg("scheduler=step").scheduler
+    assert (step.step_size, step.gamma) == (30, 0.1)
+    assert make_cfg("regularization=l2").regularization.weight_decay == 1e-4
+    assert make_cfg("regularization=dropout").regularization.dropout == 0.5
+    assert make_cfg("regularization=l1").regularization.l1 == 1e-5
+
+
+def test_wrong_type_fails_at_composition_naming_the_key():
+    with pytest.raises(ConfigCompositionException) as info:
+        make_cfg("lr=abc")
+    assert isinstance(info.value.__cause__, ValidationError)
+    assert "full_key: lr" in str(info.value.__cause__)
+    with pytest.raises(ConfigCompositionException) as info:
+        make_cfg("early_stopping.patience=soon")
+    assert "full_key: early_stopping.patience" in str(info.value.__cause__)
+
+
+def test_validation_reports_every_problem_at_once():
+    cfg = make_cfg("lr=-1", "batch_size=0", "model.activation=swish", "regularization.dropout=1.5",
+                   "scheduler.warmup_ratio=2", "early_stopping.monitor=train_loss", "device=tpu")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert str(info.value) == "\n".join([
+        "Invalid config (7 problems):",
+        "  - lr=-1.0: must be a number > 0",
+        "  - batch_size=0: must be an integer >= 1",
+        "  - device='tpu': allowed: auto, cpu, cuda, cuda:N, mps",
+        "  - model.activation='swish': allowed: relu, gelu, tanh, sigmoid, leaky_relu, silu",
+        "  - regularization.dropout=1.5: must be a probability in [0, 1)",
+        "  - scheduler.warmup_ratio=2: must be a fraction in [0, 1); 0 = no warmup",
+        "  - early_stopping.monitor='train_loss': allowed: val_loss, val_acc",
+    ])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.norm=groupnorm"], "model.norm='groupnorm': allowed: none, batchnorm, layernorm"),
+    (["model.init=orthogonal"], "model.init='orthogonal': allowed: default, kaiming_normal, kaiming_uniform, "
+                                "xavier_normal, xavier_uniform"),
+    (["model.hidden=[256,0]"], "model.hidden=[256, 0]: must be a list of layer widths"),
+    (["optimizer=sgd", "optimizer.nesterov=true"], "optimizer.nesterov=True: needs optimizer.momentum > 0"),
+    (["data.val_fraction=0.6", "data.test_fraction=0.5"], "data.val_fraction + data.test_fraction = 1.1: must be < 1"),
+    (["data=mnist", "data.name=CIFAR10"], "data.name='CIFAR10': allowed: MNIST, FashionMNIST, KMNIST"),
+    (["scheduler.interval=batch"], "scheduler.interval='batch': allowed: epoch, step"),
+    (["regularization.grad_clip=0"], "regularization.grad_clip=0.0: must be null (off) or a number > 0"),
+])
+def test_validation_messages(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        validate(make_cfg(*overrides))
+    assert message in str(info.value)
+
+
+def test_a_valid_config_passes():
+    validate(make_cfg("model=cnn", "scheduler=cosine", "regularization=l2", "regularization.grad_clip=1.0"))
+
+
+def test_unknown_keyword_is_a_config_error_naming_the_group():
+    cfg = make_cfg("+optimizer.bogus=1")
+    with pytest.raises(ConfigError) as info:
+        _instantiate(cfg.optimizer, "optimizer", torch.nn.Linear(2, 2).parameters(), _partial_=True)
+    assert "optimizer: could not build torch.optim.Adam" in str(info.value)
+    assert "bogus" in str(info.value)

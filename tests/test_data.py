@@ -1,0 +1,78 @@
+"""Data: the offline MNIST sample, torchvision datasets from IDX files, synthetic data, batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import write_mnist_raw
+from nettrain.data import NORMALISATION, Batches, DataError, mnist_sample, synthetic, torchvision_dataset
+
+
+def test_mnist_sample_is_5000_real_digits_split_deterministically():
+    data = mnist_sample()
+    assert (len(data.train), len(data.val), len(data.test)) == (4000, 500, 500)
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    assert data.train.x.dtype == torch.float32 and data.train.y.dtype == torch.int64
+    labels = torch.cat([data.train.y, data.val.y, data.test.y])
+    assert torch.bincount(labels).tolist() == [500] * 10
+    assert abs(data.train.x.mean().item()) < 0.1  # normalised with MNIST's mean and std
+    again = mnist_sample()
+    assert torch.equal(again.val.x, data.val.x) and torch.equal(again.test.y, data.test.y)
+    other = mnist_sample(split_seed=1)
+    assert not torch.equal(other.test.y, data.test.y)
+    assert data.fingerprint() == again.fingerprint() != other.fingerprint()
+
+
+@pytest.mark.parametrize("name", ["MNIST", "FashionMNIST"])
+def test_torchvision_datasets_load_idx_files_from_the_raw_folder(tmp_path, name):
+    write_mnist_raw(tmp_path, name, n_train=100, n_test=30)
+    data = torchvision_dataset(name=name, root=str(tmp_path), val_fraction=0.2)
+    assert (len(data.train), len(data.val), len(data.test)) == (80, 20, 30)
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    assert data.name == name
+    assert data.test.y.tolist() == [i % 10 for i in range(30)]  # the official test split, in order
+    mean, std = NORMALISATION[name]
+    for image, label in zip(data.test.x, data.test.y.tolist()):  # each image's class blob is 255
+        r, c = divmod(label, 5)
+        assert image[0, 4 + r * 10, 2 + c * 5].item() == pytest.approx((1.0 - mean) / std)
+
+
+def test_missing_torchvision_files_name_root_and_download(tmp_path):
+    with pytest.raises(DataError) as info:
+        torchvision_dataset(name="MNIST", root=str(tmp_path / "nowhere"))
+    message = str(info.value)
+    assert f"data.root='{tmp_path / 'nowhere'}'" in message
+    assert "MNIST/raw" in message and "data.download=true" in message
+
+
+def test_synthetic_is_deterministic_and_learnable():
+    data = synthetic(num_samples=500, input_shape=[1, 4, 4], num_classes=3)
+    assert (len(data.train), len(data.val), len(data.test)) == (400, 50, 50)
+    assert torch.equal(synthetic(num_samples=500, input_shape=[1, 4, 4], num_classes=3).train.x, data.train.x)
+    assert set(data.train.y.unique().tolist()) == {0, 1, 2}
+
+
+def test_batches_cover_the_split_once_per_pass_in_a_seeded_order():
+    data = synthetic(num_samples=100, input_shape=[1, 2, 2], num_classes=2, val_fraction=0.1, test_fraction=0.1)
+    batches = Batches(data.train, 32, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert len(batches) == 3
+    first = list(batches)
+    assert [len(y) for _, y in first] == [32, 32, 16]
+    seen = torch.cat([x for x, _ in first]).flatten(1)
+    assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, data.train.x.flatten(1).tolist()))
+    second = list(batches)
+    assert not torch.equal(first[0][0], second[0][0])  # a new permutation each pass
+    again = list(Batches(data.train, 32, torch.device("cpu"), shuffle=True,
+                         generator=torch.Generator().manual_seed(0)))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))
+
+
+def test_in_memory_and_dataloader_paths_give_the_same_batches():
+    data = synthetic(num_samples=200, input_shape=[1, 4, 4], num_classes=3)
+    fast = Batches(data.train, 16, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(3))
+    loader = Batches(data.train, 16, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(3),
+                     in_memory=False)
+    for _ in range(2):
+        pairs = list(zip(fast, loader, strict=True))
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
