@@ -1,0 +1,95 @@
+"""Hydra callbacks, registered in conf/train.yaml under `hydra.callbacks`.
+
+`SweepSummaryCallback` writes the sweep summary (nettrain.summarize: summary.csv, summary.md,
+summary.png, and the table on the console) into the sweep dir when a multirun ends, with any
+launcher or sweeper: on_multirun_end runs in the process that launched the jobs. A single run is
+untouched, and a summary that cannot be written costs one warning line, never the sweep.
+
+`sweep_exit_code()` tells the command's entry point how the last multirun in this process went:
+1 when a job failed or left no summary.json, else 0.
+
+    hydra:
+      callbacks:
+        sweep_summary:
+          _target_: nettrain.callbacks.SweepSummaryCallback
+          plot: true        # false: summary.csv and summary.md only
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+_last_summary = None  # the SweepSummary of the last multirun that ended in this process
+_last_error: str | None = None  # why the last multirun's summary could not be made
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def last_summary():
+    """The nettrain.summarize.SweepSummary of the last multirun that ended here, or None."""
+    return _last_summary
+
+
+def sweep_exit_code() -> int:
+    """1 when the last multirun in this process had a failed or incomplete job, else 0 (also 0
+    when no multirun ran, or when its summary could not be read)."""
+    if _last_summary is None:
+        return 0
+    return 0 if _last_summary.all_finished else 1
+
+
+class SweepSummaryCallback(Callback):
+    def __init__(self, enabled: bool = True, plot: bool = True) -> None:
+        self.enabled = enabled
+        self.plot = plot
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _last_summary, _last_error
+        _last_summary, _last_error = None, None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global _last_summary, _last_error
+        if not self.enabled:
+            return
+        try:
+            from nettrain.summarize import summarize
+
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            _last_summary = summarize(sweep_dir, plot=self.plot)
+            for run in _last_summary.not_finished:
+                detail = f": {run.error}" if run.error else ""
+                print(f"warning: job {run.name} {run.status}{detail}", file=sys.stderr)
+        except Exception as exc:  # the summary is a report: it must never fail the sweep
+            _last_error = _one_line(exc)
+            print(f"warning: sweep summary not written: {_last_error}", file=sys.stderr)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """A sweep job that raised and left no summary.json gets one saying so, so the sweep
+        summary shows it as failed with its error rather than as incomplete."""
+        try:
+            from hydra.core.utils import JobStatus
+            from hydra.types import RunMode
+
+            if job_return.status != JobStatus.FAILED or config.hydra.mode != RunMode.MULTIRUN:
+                return
+            output_dir = Path(str(config.hydra.runtime.output_dir))
+            if (output_dir / "summary.json").exists():
+                return
+            from nettrain.files import write_json
+
+            exc = job_return._return_value
+            monitor = config.get("early_stopping", {}).get("monitor", "val_loss")
+            write_json(output_dir / "summary.json",
+                       {"status": "failed", "error": _one_line(exc) if isinstance(exc, BaseException)
+                        else str(exc), "monitor": monitor})
+        except Exception as exc:
+            print(f"warning: could not record the failed job: {_one_line(exc)}", file=sys.stderr)
