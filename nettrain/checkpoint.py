@@ -1,50 +1,165 @@
-"""Checkpoints: plain tensors and plain data, written atomically, loaded without unpickling code.
+"""Checkpoints: plain tensors and plain data, written atomically, checksummed, loaded safely.
 
-A checkpoint is a dict of state dicts (model, optimizer, scheduler, early stopping), the epoch
-and the run config as plain containers. It is saved with torch.save and always loaded with
+A checkpoint is a dict of state dicts (model, optimizer, scheduler, early stopping, gradient
+monitor), every RNG state, the position in the epoch, the metrics so far and the run config as
+plain containers. It is saved with torch.save and always loaded with
 torch.load(..., weights_only=True), which refuses anything but tensors and plain data.
+
+Each file NAME.pt has a sidecar NAME.pt.sha256 holding its SHA-256; loading checks it, so a
+truncated or corrupted file is reported by name instead of being half-read.
+The checkpoints folder holds:
+- last.pt      the newest state (every epoch end, and when a run is interrupted)
+- previous.pt  the state before that (last.pt is moved here before a new one is written)
+- best.pt      the state at the best epoch by early_stopping.monitor
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nettrain.files import atomic_write
+from nettrain.files import atomic_write, write_text
 
 FORMAT_VERSION = 1
+NAMES = ("last.pt", "previous.pt", "best.pt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, corrupted or truncated; the message names the file."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """torch.save `state` atomically, then its checksum beside it."""
+    path = Path(path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    write_text(path.with_name(path.name + ".sha256"), _sha256(path) + "\n")
+    return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+def verify_checkpoint(path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    checksum = path.with_name(path.name + ".sha256")
+    if not checksum.is_file():
+        raise CheckpointError(f"checkpoint {path}: its checksum file {checksum.name} is missing")
+    if _sha256(path) != checksum.read_text().strip():
+        raise CheckpointError(f"checkpoint {path}: checksum mismatch (the file is corrupted or truncated)")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    verify: bool = True) -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True, after checking its checksum."""
+    if verify:
+        verify_checkpoint(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported by name
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def newest_valid(directory: str | Path, report=print) -> tuple[Path, dict[str, Any]]:
+    """The most advanced loadable checkpoint in `directory`; each unusable one is reported."""
+    directory = Path(directory)
+    found = []
+    for name in NAMES:
+        path = directory / name
+        if not path.exists():
+            continue
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as exc:
+            report(f"skipping {exc}")
+            continue
+        found.append(((state["epoch"], state["progress"]["step_in_epoch"], -NAMES.index(name)), path, state))
+    if not found:
+        raise CheckpointError(f"no valid checkpoint in {directory}")
+    _, path, state = max(found, key=lambda item: item[0])
+    return path, state
 
 
 class Checkpointer:
-    """Writes checkpoints/last.pt after every epoch and checkpoints/best.pt on each new best."""
+    """Writes last.pt (keeping the one before as previous.pt) and best.pt."""
 
     def __init__(self, directory: str | Path, config: dict[str, Any], enabled: bool = True):
         self.directory, self.config, self.enabled = Path(directory), config, enabled
 
-    def save(self, *, epoch: int, model, optimizer, schedule, early_stopping, metrics: dict,
-             is_best: bool) -> None:
+    def save(self, position, *, is_best: bool = False, **parts) -> None:
+        """Snapshot the run at `position` (a loop.Position); `parts` as for :func:`snapshot`."""
         if not self.enabled:
             return
-        state = {
-            "format": FORMAT_VERSION,
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "early_stopping": early_stopping.state_dict(),
-            "metrics": metrics,
-            "config": self.config,
-        }
-        save_checkpoint(self.directory / "last.pt", state)
+        state = snapshot(position, config=self.config, **parts)
+        last = self.directory / "last.pt"
+        if last.exists():  # keep the current last.pt as previous.pt: at every moment one is valid
+            for suffix in ("", ".sha256"):
+                _link_over(Path(str(last) + suffix), Path(str(self.directory / "previous.pt") + suffix))
+        save_checkpoint(last, state)
         if is_best:
             save_checkpoint(self.directory / "best.pt", state)
+
+
+def snapshot(position, *, config: dict[str, Any], model, optimizer, schedule, early_stopping, grad_monitor,
+             data_generator: torch.Generator, history: list[dict]) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly, as tensors and plain data."""
+    from nettrain.reproducibility import capture_rng
+
+    return {
+        "format": FORMAT_VERSION,
+        "epoch": position.epoch,  # epochs completed
+        "progress": {"step_in_epoch": position.step_in_epoch, "order": position.order,
+                     "loss_sum": position.loss_sum, "train_time": position.train_time},
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.state_dict(),
+        "early_stopping": early_stopping.state_dict(),
+        "grad_monitor": grad_monitor.state_dict(),
+        "rng": capture_rng(data_generator),
+        "history": list(history),
+        "best_weights": position.best_weights,
+        "config": config,
+    }
+
+
+def restore(state: dict[str, Any], *, model, optimizer, schedule, early_stopping, grad_monitor,
+            data_generator: torch.Generator, device: torch.device):
+    """Load a snapshot into freshly built parts; returns the loop.Position to continue from."""
+    from nettrain.loop import Position
+    from nettrain.reproducibility import restore_rng
+
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["scheduler"])
+    early_stopping.load_state_dict(state["early_stopping"])
+    grad_monitor.load_state_dict(state["grad_monitor"])
+    restore_rng(state["rng"], data_generator)
+    progress = state["progress"]
+    best = state["best_weights"]
+    return Position(
+        epoch=state["epoch"], step_in_epoch=progress["step_in_epoch"], order=progress["order"],
+        loss_sum=None if progress["loss_sum"] is None else progress["loss_sum"].to(device),
+        train_time=progress["train_time"],
+        best_weights=None if best is None else {k: v.to(device) for k, v in best.items()},
+        history=state["history"])
+
+
+def _link_over(source: Path, target: Path) -> None:
+    """Make `target` a hard link to `source`'s current content, atomically."""
+    if not source.exists():
+        return
+    tmp = target.with_name(f".{target.name}.link.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    os.link(source, tmp)
+    os.replace(tmp, target)

@@ -76,6 +76,7 @@ class TrainConfig:
     device: str = MISSING  # auto | cpu | cuda | cuda:N | mps
     threads: Optional[int] = None  # torch CPU threads; None = what torch picks (the cores it sees)
     deterministic: bool = False  # torch.use_deterministic_algorithms and cudnn settings
+    resume: Optional[str] = None  # a run dir or checkpoint file to continue (nettrain-train resume=RUN_DIR)
     model: Any = MISSING  # group: conf/model/
     optimizer: Any = MISSING  # group: conf/optimizer/
     scheduler: Any = MISSING  # group: conf/scheduler/

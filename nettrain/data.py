@@ -178,11 +178,16 @@ class Batches:
         return torch.randperm(self.n, generator=self.generator) if self.shuffle else None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.order()
+        """One pass: a fresh order from the generator when shuffling."""
+        return self.batches(self.order())
+
+    def batches(self, order: torch.Tensor | None, first_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of one pass in `order` (None: natural order), starting at batch `first_step`."""
+        begin = first_step * self.batch_size
         if self.in_memory:
             if order is not None:
                 order = order.to(self.device)
-            for start in range(0, self.n, self.batch_size):
+            for start in range(begin, self.n, self.batch_size):
                 if order is None:
                     yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
                 else:
@@ -191,9 +196,8 @@ class Batches:
             return
         from torch.utils.data import DataLoader, TensorDataset
 
-        loader = DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size,
-                            sampler=None if order is None else order.tolist(),
-                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
+        indices = range(self.n) if order is None else order.tolist()
+        loader = DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size, sampler=indices[begin:],
+                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

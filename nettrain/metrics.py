@@ -10,9 +10,10 @@ from nettrain.files import write_text
 
 
 class MetricsWriter:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, rows: list[dict] | None = None):
+        """`rows`: the epochs already recorded (when resuming); the file is rewritten from them."""
         self.path = Path(path)
-        self.rows: list[dict] = []
+        self.rows: list[dict] = list(rows or [])
 
     def append(self, row: dict) -> None:
         self.rows.append(row)

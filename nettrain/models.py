@@ -80,7 +80,7 @@ class MLP(nn.Sequential):
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         width = math.prod(input_shape)
         for i, h in enumerate(hidden, start=1):
-            layers[f"fc{i}"] = nn.Linear(width, h)
+            layers[f"fc{i}"] = nn.Linear(width, h, bias=norm != "batchnorm")  # BatchNorm cancels a bias
             if norm == "batchnorm":
                 layers[f"bn{i}"] = nn.BatchNorm1d(h)
             elif norm == "layernorm":
@@ -106,7 +106,7 @@ class CNN(nn.Sequential):
         in_ch, height, width = input_shape
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         for i, out_ch in enumerate(channels, start=1):
-            layers[f"conv{i}"] = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1)
+            layers[f"conv{i}"] = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=norm != "batchnorm")
             if norm == "batchnorm":
                 layers[f"bn{i}"] = nn.BatchNorm2d(out_ch)
             elif norm == "layernorm":

@@ -27,7 +27,7 @@ _COLUMNS = [("epoch", "epoch", "{:>5d}"), ("train_loss", "train_loss", "{:>10.4f
 class Reporter:
     def __init__(self, progress: str = "auto", show_config: bool = True, show_model: bool = True,
                  console: Console | None = None):
-        self.console = console or Console(highlight=False)
+        self.console = console or Console(highlight=False, soft_wrap=True)  # long lines stay whole
         self.show_progress = progress == "on" or (progress == "auto" and self.console.is_terminal)
         self.show_config, self.show_model = show_config, show_model
         self._header_done = False
@@ -44,8 +44,8 @@ class Reporter:
         log.info("device %s, %d parameters, run dir %s", device, param_count, output_dir)
 
     @contextlib.contextmanager
-    def progress(self, total: int, epoch: int) -> Iterator[Callable[[], None]]:
-        """A transient per-step progress bar on a terminal; a no-op elsewhere."""
+    def progress(self, total: int, epoch: int, done: int = 0) -> Iterator[Callable[[], None]]:
+        """A transient per-step progress bar on a terminal (`done` steps already taken); a no-op elsewhere."""
         if not self.show_progress:
             yield lambda: None
             return
@@ -53,7 +53,7 @@ class Reporter:
 
         with Progress(TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=self.console, transient=True) as bar:
-            task = bar.add_task("train", total=total)
+            task = bar.add_task("train", total=total, completed=done)
             yield lambda: bar.advance(task)
 
     def epoch(self, row: dict, is_best: bool) -> None:

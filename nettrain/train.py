@@ -5,18 +5,22 @@ run's summary, so tests and scripts can call it directly with a config from Hydr
 
 torch is imported inside `train`, not at module level, so `nettrain-train --help` and config
 errors answer without paying for `import torch`.
+
+Re-run a finished run (Hydra's way):   nettrain-train --config-dir RUN_DIR/.hydra --config-name config
+Resume an interrupted one:             nettrain-train resume=RUN_DIR
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import platform
-import random
 import resource
+import signal
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from nettrain.config import MONITORED, ConfigError, register_schema, validate
 
 log = logging.getLogger("nettrain")
+
+# Keys that may change when a run is resumed: they do not change what the run computes so far.
+SAFE_ON_RESUME = ("epochs", "resume", "device", "threads", "console.", "checkpoint.", "early_stopping.")
+FINISHED = ("completed", "early_stopped")
 
 
 def resolve_device(name: str):
@@ -48,20 +56,6 @@ def resolve_device(name: str):
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError([f"device={name!r}: MPS is not available here; allowed: auto, cpu"])
     return device
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # CPU and every CUDA device
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
 
 
 def _instantiate(node: Any, group: str, *call_args, **kwargs):
@@ -92,8 +86,86 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train the configured model; write metrics, checkpoints, plots and summary; return the summary."""
+def run_dir_of(resume: str) -> Path:
+    """A run dir, or a checkpoint file inside RUN_DIR/checkpoints/ -> the run dir."""
+    path = Path(resume).expanduser().resolve()
+    return path.parent.parent if path.is_file() else path
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
+def config_changes(old: dict, new: dict, safe: tuple[str, ...] = SAFE_ON_RESUME) -> list[str]:
+    """'key: old -> new' for every resolved setting that differs, except the safe ones."""
+    a, b = _flatten(old), _flatten(new)
+    changed = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == s or (s.endswith(".") and key.startswith(s)) for s in safe):
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            changed.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
+    return changed
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop):
+    """SIGINT/SIGTERM ask the loop to finish its step, save and leave; a second one waits for the save."""
+    def handler(signum, frame):
+        if stop.signum is not None:
+            os.write(2, b"\nstill stopping: writing the checkpoint, please wait\n")
+            return
+        stop.request(signum)
+        os.write(2, f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint\n".encode())
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _hydra_output_subdir() -> Path | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except ValueError:  # not running under Hydra
+        return None
+    return Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None
+
+
+def _rerun_source() -> Path | None:
+    """The --config-dir a re-run composed its primary config from, if any."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        sources = HydraConfig.get().runtime.config_sources
+    except ValueError:
+        return None
+    for source in sources:
+        if source.provider == "command-line" and source.schema == "file":
+            return Path(source.path)
+    return None
+
+
+def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> dict[str, Any]:
+    """Train the configured model; write metrics, checkpoints, plots and summary; return the summary.
+
+    With `cfg.resume` set, continue that run in its own folder from its newest valid checkpoint.
+    `stop` (a loop.StopRequest) lets a caller interrupt the run; SIGINT/SIGTERM do the same.
+    """
     validate(cfg)
     started = time.perf_counter()
     if output_dir is None:
@@ -101,11 +173,57 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
 
         output_dir = HydraConfig.get().runtime.output_dir
     output_dir = Path(output_dir)
+    if cfg.resume and run_dir_of(cfg.resume) != output_dir.resolve():
+        raise ConfigError([f"resume={cfg.resume!r}: resume continues a run in its own folder; use "
+                           f"`nettrain-train resume=RUN_DIR` (not combined with --multirun or hydra.run.dir)"])
+    summary_path = output_dir / "summary.json"
+    resume_from = Path(cfg.resume).expanduser() if cfg.resume else None
+    if not cfg.resume and _in_multirun():  # a re-launched sweep: skip, resume or re-run this config
+        from nettrain.sweep import claim, config_hash
 
+        previous = claim(output_dir, config_hash(OmegaConf.to_container(cfg, resolve=True)))
+        status = (previous or {}).get("status")
+        if status in FINISHED:
+            print(f"{output_dir}: this config already finished ({status}); skipped")
+            return {**previous, "already_finished": True}
+        if status == "interrupted":
+            resume_from = output_dir
+    if cfg.resume and summary_path.is_file():
+        previous = json.loads(summary_path.read_text())
+        if previous.get("status") in FINISHED and (previous["stopped_early"] or previous["epochs_run"] >= cfg.epochs):
+            print(f"{output_dir} already finished ({previous['status']} after {previous['epochs_run']} "
+                  f"epochs); nothing to do. To train longer, resume with a larger epochs=N.")
+            return {**previous, "already_finished": True}
+
+    from nettrain.loop import StopRequest
+
+    stop = stop or StopRequest()
+    try:
+        with stop_on_signals(stop):  # from here on, SIGINT/SIGTERM stop the run cleanly
+            return _train(cfg, output_dir, started, stop, resume_from)
+    except (ConfigError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # record the failure for sweeps and summaries, then let it propagate
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        write_failure(output_dir, cfg, f"{type(exc).__name__}: {first_line}", time.perf_counter() - started)
+        raise
+
+
+def write_failure(output_dir: Path, cfg: DictConfig, error: str, wall_time_s: float = 0.0) -> None:
+    """summary.json for a run that failed: its status, the error's first line, its config hash."""
+    from nettrain.files import write_json
+    from nettrain.sweep import config_hash
+
+    write_json(output_dir / "summary.json", {
+        "status": "failed", "error": error, "wall_time_s": round(wall_time_s, 3),
+        "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True))})
+
+
+def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from: Path | None) -> dict[str, Any]:
     import torch
 
+    from nettrain import checkpoint as ckpt
     from nettrain import data as data_lib
-    from nettrain.checkpoint import Checkpointer
     from nettrain.early_stopping import EarlyStopping
     from nettrain.files import write_json
     from nettrain.grad_monitor import GradientMonitor
@@ -113,13 +231,31 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
     from nettrain.metrics import MetricsWriter
     from nettrain.models import param_count
     from nettrain.report import Reporter, save_plots
+    from nettrain.reproducibility import provenance, provenance_differences, seed_everything
     from nettrain.schedulers import build_schedule
+    from nettrain.sweep import config_hash
 
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed, cfg.deterministic)
     reporter = Reporter(**cfg.console)
+    plain_config = OmegaConf.to_container(cfg, resolve=True)
+
+    # -- resume: the newest valid checkpoint, and only safe changes to the config ---------------
+    state = None
+    if resume_from is not None:
+        if resume_from.is_file():
+            resume_path, state = resume_from, ckpt.load_checkpoint(resume_from)
+        else:
+            resume_path, state = ckpt.newest_valid(output_dir / "checkpoints", report=reporter.warn)
+        changes = config_changes(state["config"], plain_config)
+        if changes:
+            raise ConfigError([f"resume={str(resume_from)!r}: these settings differ from the run being resumed "
+                               f"and would change it: {'; '.join(changes)}. Allowed to change on resume: "
+                               + ", ".join(s.rstrip(".") + ("*" if s.endswith(".") else "") for s in SAFE_ON_RESUME)])
+        reporter.note(f"resuming {output_dir} from {resume_path.name}: epoch {state['epoch']} done, "
+                      f"step {state['progress']['step_in_epoch']} of the next")
 
     # -- build: data, model, loss, optimizer, schedule ------------------------------------------
     data_node = OmegaConf.to_container(cfg.data, resolve=True)
@@ -144,9 +280,23 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
     grad_monitor = GradientMonitor(model.named_parameters(), enabled=gm.enabled,
                                    vanishing_below=gm.vanishing_below,
                                    exploding_above=gm.exploding_above, ratio=gm.ratio)
-    plain_config = OmegaConf.to_container(cfg, resolve=True)
-    checkpointer = Checkpointer(output_dir / "checkpoints", plain_config, enabled=cfg.checkpoint.enabled)
-    metrics = MetricsWriter(output_dir / "metrics.csv")
+    checkpointer = ckpt.Checkpointer(output_dir / "checkpoints", plain_config, enabled=cfg.checkpoint.enabled)
+    start = None
+    if state is not None:
+        start = ckpt.restore(state, model=model, optimizer=optimizer, schedule=schedule,
+                             early_stopping=early_stopping, grad_monitor=grad_monitor,
+                             data_generator=order, device=device)
+    metrics = MetricsWriter(output_dir / "metrics.csv", rows=start.history if start else None)
+
+    # -- provenance: where this run came from, and what differs from the run it repeats ----------
+    record = provenance(device, data.fingerprint())
+    record_dir = _hydra_output_subdir() or output_dir
+    write_json(record_dir / "provenance.json", record)
+    origin = (output_dir / ".hydra") if resume_from is not None else _rerun_source()
+    if origin is not None and (origin / "provenance.json").is_file() and origin != record_dir:
+        for line in provenance_differences(json.loads((origin / "provenance.json").read_text()), record):
+            reporter.warn(f"differs from the original run: {line}")
+
     n_params = param_count(model)
     reporter.start(OmegaConf.to_yaml(cfg), model, n_params, str(device), output_dir)
     reporter.note(f"data: {data.name}, train {len(data.train)} / val {len(data.val)} / "
@@ -157,53 +307,132 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, An
                  train_batches=train_batches, val_batches=val_batches, epochs=cfg.epochs,
                  grad_monitor=grad_monitor, early_stopping=early_stopping, checkpointer=checkpointer,
                  metrics=metrics, reporter=reporter, l1=cfg.regularization.l1,
-                 grad_clip=cfg.regularization.grad_clip, restore_best=es.restore_best)
-    test_batches = data_lib.Batches(data.test, cfg.batch_size, device, in_memory=in_memory,
-                                    num_workers=num_workers)
-    test_loss, test_acc = evaluate(model, loss_fn, test_batches)
-    best_row = next(r for r in metrics.rows if r["epoch"] == result.best_epoch)
-    summary = {
-        "status": "early_stopped" if result.stopped_early else "completed",
+                 grad_clip=cfg.regularization.grad_clip, restore_best=es.restore_best,
+                 start=start, stop=stop)
+    summary: dict[str, Any] = {
+        "status": "interrupted" if result.interrupted else
+        "early_stopped" if result.stopped_early else "completed",
         "best_epoch": result.best_epoch,
-        "best_val_loss": best_row["val_loss"],
-        "best_val_acc": best_row["val_acc"],
-        "test_loss": test_loss,
-        "test_acc": test_acc,
+        "best_val_loss": None, "best_val_acc": None, "test_loss": None, "test_acc": None,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "monitor": es.monitor,
+    }
+    best_row = next((r for r in metrics.rows if r["epoch"] == result.best_epoch), None)
+    if best_row is not None:
+        summary.update(best_val_loss=best_row["val_loss"], best_val_acc=best_row["val_acc"])
+    if not result.interrupted:
+        test_batches = data_lib.Batches(data.test, cfg.batch_size, device, in_memory=in_memory,
+                                        num_workers=num_workers)
+        summary["test_loss"], summary["test_acc"] = evaluate(model, loss_fn, test_batches)
+    summary.update({
         "wall_time_s": round(time.perf_counter() - started, 3),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-        or platform.machine(),
+        "device_name": record["device_name"],
         "param_count": n_params,
-        "samples_per_s": sum(r["samples_per_s"] for r in metrics.rows) / len(metrics.rows),
+        "samples_per_s": (sum(r["samples_per_s"] for r in metrics.rows) / len(metrics.rows)
+                          if metrics.rows else None),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "seed": cfg.seed,
         "deterministic": cfg.deterministic,
         "torch_threads": torch.get_num_threads(),
-    }
+        "data_fingerprint": record["data_fingerprint"],
+        "config_hash": config_hash(plain_config),
+    })
+    if result.interrupted:
+        summary["signal"] = stop.signum
     save_plots(metrics.rows, output_dir / "plots")
     write_json(output_dir / "summary.json", summary)
     reporter.summary(summary)
+    if result.interrupted:
+        reporter.note(f"interrupted after {stop.steps} steps this session; a checkpoint is saved. "
+                      f"Resume with:\n  nettrain-train resume={output_dir.resolve()}")
     return summary
 
 
+def make_rerunnable(config_yaml: Path) -> None:
+    """Turn Hydra's saved config.yaml into a primary config of its own: the schema in its defaults
+    list, and nettrain's output and logging settings, so that
+    `nettrain-train --config-dir RUN_DIR/.hydra --config-name config` re-runs it faithfully."""
+    from importlib.resources import files
+
+    from nettrain.files import write_text
+
+    saved = OmegaConf.load(config_yaml)
+    if "defaults" in saved:
+        return
+    primary = OmegaConf.create(files("nettrain.conf").joinpath("train.yaml").read_text())
+    rerun = OmegaConf.create({"defaults": ["nettrain_schema", "_self_"]})
+    rerun = OmegaConf.merge(rerun, saved, {"hydra": primary.hydra})
+    write_text(config_yaml, "# The composed config of this run. Re-run it with:\n"
+                            f"#   nettrain-train --config-dir {config_yaml.parent} --config-name config\n"
+                            + OmegaConf.to_yaml(rerun))
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path="pkg://nettrain.conf", config_name="train")
-def _hydra_main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float | None:
+    subdir = _hydra_output_subdir()
+    if subdir is not None and (subdir / "config.yaml").is_file():
+        make_rerunnable(subdir / "config.yaml")
     try:
         summary = train(cfg)
     except ConfigError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"Error: {exc}", file=sys.stderr)
+        if _in_multirun():  # one bad job must not take the sweep down; the summary records it
+            from hydra.core.hydra_config import HydraConfig
+
+            write_failure(Path(HydraConfig.get().runtime.output_dir), cfg, f"ConfigError: {exc.problems[0]}")
+            return None  # not NaN: the Optuna sweeper fails on NaN; None marks the trial failed
         sys.exit(2)
+    except Exception as exc:  # noqa: BLE001
+        if not _in_multirun():
+            raise
+        print(f"Error: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    if summary.get("status") == "interrupted":
+        sys.exit(128 + (summary.get("signal") or signal.SIGINT))
     return summary["best_val_loss"]  # the objective a hyperparameter sweeper minimises
+
+
+def _resume_argv(argv: list[str]) -> list[str]:
+    """`nettrain-train resume=RUN_DIR [overrides]` -> compose that run's saved config, in its folder.
+
+    This is Hydra's re-run (`--config-dir RUN_DIR/.hydra --config-name config`) with the run dir
+    pinned to RUN_DIR; the resumed session's own Hydra files go to RUN_DIR/.hydra/resume-<time>/."""
+    args = argv[1:]
+    resume = [a for a in args if a.startswith("resume=")]
+    if not resume or "-m" in args or "--multirun" in args:
+        return argv
+    value = resume[-1].split("=", 1)[1]
+    run_dir = run_dir_of(value)
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not value or not saved.is_file():
+        print(f"Error: resume={value!r}: not a nettrain run folder or checkpoint (no {saved}); "
+              "allowed: a run dir such as outputs/2026-01-01/12-00-00-000000, or a checkpoint in its "
+              "checkpoints/ folder", file=sys.stderr)
+        sys.exit(2)
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    return [argv[0], "--config-dir", str(saved.parent), "--config-name", "config", *args,
+            f"hydra.run.dir='{run_dir}'", f"hydra.output_subdir=.hydra/resume-{stamp}"]
 
 
 def main() -> None:
     register_schema()
+    sys.argv = _resume_argv(sys.argv)
     _hydra_main()
+    from nettrain.callbacks import sweep_exit_code
+
+    if sweep_exit_code():  # a multirun with a failed or incomplete job; the sweep summary says which
+        sys.exit(1)
 
 
 if __name__ == "__main__":

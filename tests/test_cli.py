@@ -30,7 +30,8 @@ def only_run_dir(cwd: Path) -> Path:
 
 
 def check_run_dir(run: Path, param_names: list[str]) -> dict:
-    assert {p.name for p in (run / ".hydra").iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    assert {p.name for p in (run / ".hydra").iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml",
+                                                             "provenance.json"}
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows and list(rows[0]) == METRIC_COLUMNS + [f"grad_mean/{n}" for n in param_names]
@@ -40,7 +41,9 @@ def check_run_dir(run: Path, param_names: list[str]) -> dict:
     assert summary["epochs_run"] == len(rows)
     for name in ("last.pt", "best.pt"):
         state = torch.load(run / "checkpoints" / name, weights_only=True)
-        assert {"model", "optimizer", "scheduler", "epoch", "config", "early_stopping"} <= set(state)
+        assert {"model", "optimizer", "scheduler", "epoch", "config", "early_stopping", "rng", "progress",
+                "history", "grad_monitor"} <= set(state)
+        assert (run / "checkpoints" / (name + ".sha256")).is_file()
         assert isinstance(state["config"], dict) and "model" in state["config"]
     assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == summary["best_epoch"]
     for png in ("loss.png", "accuracy.png", "lr.png", "grad_means.png"):

@@ -1,0 +1,85 @@
+"""`nettrain-eval RUN_DIR_or_CHECKPOINT [overrides]`: evaluate saved weights on the test or val split.
+
+The run's own config (stored in the checkpoint) rebuilds the data and the model; overrides such
+as `data.root=...`, `device=cuda` or `batch_size=512` apply on top. The result is printed and
+written to RUN_DIR/eval/<checkpoint>-<split>.json.
+
+    nettrain-eval outputs/2026-01-01/12-00-00-000000                # best.pt on the test split
+    nettrain-eval outputs/.../checkpoints/last.pt --split val
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list[str] | None = None) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from nettrain import checkpoint as ckpt
+    from nettrain.config import TrainConfig, validate
+    from nettrain.data import Batches
+    from nettrain.loop import evaluate
+    from nettrain.train import _instantiate, resolve_device, run_dir_of
+
+    target = Path(target).expanduser()
+    if target.is_file():
+        path, state = target, ckpt.load_checkpoint(target)
+    elif (target / "checkpoints" / "best.pt").is_file():
+        path = target / "checkpoints" / "best.pt"
+        state = ckpt.load_checkpoint(path)
+    else:
+        path, state = ckpt.newest_valid(target / "checkpoints")
+    run_dir = run_dir_of(str(path))
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"],
+                          OmegaConf.from_dotlist(list(overrides or [])))
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    data_node = OmegaConf.to_container(cfg.data, resolve=True)
+    in_memory, num_workers = data_node.pop("in_memory", True), data_node.pop("num_workers", 0)
+    data = _instantiate(data_node, "data")
+    model = _instantiate(cfg.model, "model", input_shape=list(data.input_shape),
+                         num_classes=data.num_classes).to(device)
+    model.load_state_dict(state["model"])
+    batches = Batches(getattr(data, split), cfg.batch_size, device, in_memory=in_memory, num_workers=num_workers)
+    loss, acc = evaluate(model, _instantiate(cfg.loss, "loss"), batches)
+    result = {"checkpoint": str(path), "epoch": state["epoch"], "split": split, "samples": batches.n,
+              f"{split}_loss": loss, f"{split}_acc": acc, "device": str(device),
+              "overrides": list(overrides or [])}
+    from nettrain.files import write_json
+
+    write_json(run_dir / "eval" / f"{path.stem}-{split}.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nettrain-eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=... device=cuda")
+    parser.add_argument("--split", choices=("test", "val"), default="test")
+    args = parser.parse_intermixed_args(argv)
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nettrain.checkpoint import CheckpointError
+    from nettrain.config import ConfigError
+
+    try:
+        result = evaluate_checkpoint(args.target, args.split, args.overrides)
+    except (ConfigError, CheckpointError, OmegaConfBaseException) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"nettrain-eval: {result['split']} split", show_header=False)
+    for key, value in result.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main())

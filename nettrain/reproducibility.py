@@ -1,0 +1,121 @@
+"""Reproducibility: seeding, RNG state capture for exact resume, and the provenance record.
+
+- `seed_everything` seeds Python, NumPy and torch (every CUDA device too); `deterministic=true`
+  also turns on torch.use_deterministic_algorithms and sets what cuDNN and cuBLAS need.
+- `capture_rng` / `restore_rng` carry every RNG state through a checkpoint as plain data, so a
+  resumed run continues exactly where the interrupted one stopped.
+- `provenance` describes where a run came from (versions, git commit, device, data fingerprint,
+  command line); `provenance_differences` says what changed when a run is re-run or resumed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import shlex
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # the CPU generator and every CUDA device's
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def capture_rng(data_generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG state, as tensors and plain data (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        "data": data_generator.get_state(),
+    }
+
+
+def restore_rng(state: dict[str, Any], data_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    data_generator.set_state(state["data"])
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(cwd: Path) -> dict[str, Any] | None:
+    def run(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        commit = run("rev-parse", "HEAD")
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
+        return {"root": run("rev-parse", "--show-toplevel"), "commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(device: torch.device, data_fingerprint: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """Where this run came from: versions, code, device, data and command."""
+    import nettrain
+
+    source = Path(nettrain.__file__).resolve().parent
+    return {
+        "nettrain": nettrain.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),  # read from metadata: torchvision is not imported
+        "hydra": _version("hydra-core"),
+        "omegaconf": _version("omegaconf"),
+        "numpy": np.__version__,
+        "git": _git(Path.cwd()),
+        "nettrain_git": _git(source),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
+        "data_fingerprint": data_fingerprint,
+        "command": shlex.join(argv if argv is not None else sys.argv),
+        "cwd": str(Path.cwd()),
+    }
+
+
+# what may differ between two runs of the same config without changing what they compute
+_INCIDENTAL = {"command", "cwd"}
+
+
+def provenance_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable lines for every provenance field that differs (command and cwd ignored)."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if key in _INCIDENTAL or old.get(key) == new.get(key):
+            continue
+        lines.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return lines

@@ -1,0 +1,347 @@
+"""Reproducible runs: re-run from the saved config, resume after an interruption (at an epoch
+boundary, mid-epoch, by a real signal), refuse an incompatible resume, fall back from a corrupted
+checkpoint, nettrain-verify-resume and nettrain-eval."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import cli, make_cfg
+from nettrain.checkpoint import CheckpointError, load_checkpoint, newest_valid
+from nettrain.config import ConfigError
+from nettrain.evaluate import main as eval_main
+from nettrain.loop import StopRequest
+from nettrain.models import MLP
+from nettrain.reproducibility import provenance_differences
+from nettrain.train import config_changes, train
+from nettrain.verify_resume import main as verify_main
+
+# dropout, warmup and a step schedule: every kind of state a resume must carry
+BASE = ["data=synthetic", "data.num_samples=600", "epochs=4", "early_stopping.enabled=false",
+        "regularization=dropout", "scheduler=step", "scheduler.step_size=2", "scheduler.warmup_ratio=0.1"]
+STEPS_PER_EPOCH = 8  # 480 training samples / 64
+
+
+def rows(run: Path) -> list[dict]:
+    """metrics.csv without the timing columns."""
+    with open(run / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s")} for r in csv.DictReader(f)]
+
+
+def weights(run: Path, name: str = "last.pt") -> dict:
+    return load_checkpoint(run / "checkpoints" / name)["model"]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert rows(a) == rows(b)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, b))
+    for key in ("status", "best_epoch", "best_val_loss", "test_loss", "test_acc", "epochs_run"):
+        assert sa[key] == sb[key], key
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted reference run."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    train(make_cfg(*BASE), output_dir=out)
+    return out
+
+
+# -- determinism and the data order ------------------------------------------------------------
+def test_same_seed_same_run_and_a_different_seed_differs(straight, tmp_path):
+    train(make_cfg(*BASE), output_dir=tmp_path / "again")
+    assert_same_run(straight, tmp_path / "again")
+    train(make_cfg(*BASE, "seed=1"), output_dir=tmp_path / "other")
+    assert rows(tmp_path / "other") != rows(straight)
+
+
+def test_the_data_order_does_not_depend_on_other_randomness(tmp_path):
+    """Drawing from torch's global RNG between steps (as a monitor or dropout would) must not
+    shift the batches: the order comes from its own generator."""
+    from nettrain.data import Batches, synthetic
+
+    data = synthetic(num_samples=200)
+    a = Batches(data.train, 32, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(0))
+    b = Batches(data.train, 32, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(0))
+    first = [y for _, y in a]
+    second = []
+    for _, y in b:
+        torch.rand(100)
+        second.append(y)
+    assert all(torch.equal(x, y) for x, y in zip(first, second))
+
+
+def test_deterministic_mode_is_applied_and_reported(run):
+    try:
+        summary, _ = run(*BASE, "epochs=1", "deterministic=true")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert summary["deterministic"] is True
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+# -- resume --------------------------------------------------------------------------------------
+def test_resume_after_a_stop_at_an_epoch_boundary_is_bit_identical(straight, tmp_path):
+    out = tmp_path / "run"
+    first = train(make_cfg(*BASE), output_dir=out, stop=StopRequest(after_steps=2 * STEPS_PER_EPOCH))
+    assert first["status"] == "interrupted" and first["epochs_run"] == 2
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["progress"]["step_in_epoch"]) == (2, 0)
+    train(make_cfg(*BASE, f"resume={out}"), output_dir=out)
+    assert_same_run(straight, out)
+
+
+def test_resume_mid_epoch_is_bit_identical_with_no_duplicate_rows(straight, tmp_path):
+    out = tmp_path / "run"
+    train(make_cfg(*BASE), output_dir=out, stop=StopRequest(after_steps=STEPS_PER_EPOCH + 3))
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["progress"]["step_in_epoch"]) == (1, 3)
+    assert len(state["progress"]["order"]) == 480 and len(state["history"]) == 1
+    assert len(rows(out)) == 1
+    train(make_cfg(*BASE, f"resume={out}"), output_dir=out)
+    assert [r["epoch"] for r in rows(out)] == ["1", "2", "3", "4"]
+    assert_same_run(straight, out)
+
+
+def test_resume_from_a_named_checkpoint_file(straight, tmp_path):
+    out = tmp_path / "run"
+    train(make_cfg(*BASE), output_dir=out, stop=StopRequest(after_steps=STEPS_PER_EPOCH * 3 + 1))
+    train(make_cfg(*BASE, f"resume={out / 'checkpoints' / 'previous.pt'}"), output_dir=out)
+    assert_same_run(straight, out)
+
+
+def test_a_finished_run_says_so_and_does_nothing(straight, capsys):
+    before = (straight / "metrics.csv").stat().st_mtime_ns
+    summary = train(make_cfg(*BASE, f"resume={straight}"), output_dir=straight)
+    assert summary["already_finished"] is True
+    assert "already finished (completed after 4 epochs); nothing to do" in capsys.readouterr().out
+    assert (straight / "metrics.csv").stat().st_mtime_ns == before
+
+
+def test_training_longer_on_resume_matches_a_longer_run(tmp_path):
+    longer = [*BASE[:2], "epochs=5", *BASE[3:5]]  # no epoch-dependent schedule
+    train(make_cfg(*longer), output_dir=tmp_path / "five")
+    short = [*BASE[:2], "epochs=3", *BASE[3:5]]
+    train(make_cfg(*short), output_dir=tmp_path / "run")
+    train(make_cfg(*longer, f"resume={tmp_path / 'run'}"), output_dir=tmp_path / "run")
+    assert len(rows(tmp_path / "run")) == 5
+    assert rows(tmp_path / "run") == rows(tmp_path / "five")
+
+
+def test_an_incompatible_resume_is_refused_listing_what_changed(tmp_path):
+    out = tmp_path / "run"
+    train(make_cfg(*BASE), output_dir=out, stop=StopRequest(after_steps=5))
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(ConfigError) as info:
+        train(make_cfg(*BASE, "model.hidden=[128]", "lr=0.01", f"resume={out}"), output_dir=out)
+    message = str(info.value)
+    assert "these settings differ from the run being resumed" in message
+    assert "model.hidden: [256] -> [128]" in message and "lr: 0.001 -> 0.01" in message
+    assert "optimizer.lr: 0.001 -> 0.01" in message
+    assert "Allowed to change on resume: epochs, resume, device, threads, console*" in message
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_config_changes_ignores_only_the_safe_keys():
+    old = {"epochs": 3, "lr": 0.1, "console": {"progress": "auto"}, "model": {"hidden": [256]}}
+    new = {"epochs": 9, "lr": 0.1, "console": {"progress": "off"}, "model": {"hidden": [256], "x": 1}}
+    assert config_changes(old, new) == ["model.x: '<unset>' -> 1"]
+
+
+def test_a_corrupted_checkpoint_is_named_and_resume_falls_back(straight, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(make_cfg(*BASE), output_dir=out, stop=StopRequest(after_steps=STEPS_PER_EPOCH * 2 + 4))
+    last = out / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    with pytest.raises(CheckpointError, match=f"checkpoint {last}: checksum mismatch"):
+        load_checkpoint(last)
+    path, state = newest_valid(out / "checkpoints", report=lambda m: None)
+    assert path.name == "previous.pt" and state["epoch"] == 2
+    capsys.readouterr()
+    train(make_cfg(*BASE, f"resume={out}"), output_dir=out)
+    printed = capsys.readouterr().out
+    assert f"skipping checkpoint {last}: checksum mismatch" in printed
+    assert "resuming" in printed and "from previous.pt" in printed
+    assert_same_run(straight, out)
+
+
+def test_an_unreadable_file_with_a_matching_checksum_is_still_named(tmp_path):
+    from nettrain.checkpoint import _sha256
+
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"not a checkpoint")
+    (tmp_path / "x.pt.sha256").write_text(_sha256(bad))
+    with pytest.raises(CheckpointError, match=f"checkpoint {bad}: cannot be read"):
+        load_checkpoint(bad)
+
+
+# -- through the CLI: re-run, provenance, signals -------------------------------------------------
+CLI_BASE = ["data=synthetic", "data.num_samples=600", "epochs=3", "early_stopping.enabled=false",
+            "regularization=dropout", "console.show_config=false", "console.show_model=false"]
+
+
+@pytest.mark.slow
+def test_rerun_from_the_saved_config_is_bit_identical_and_takes_overrides(tmp_path):
+    assert cli(*CLI_BASE, f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path).returncode == 0
+    saved = tmp_path / "first" / ".hydra"
+    proc = cli("--config-dir", str(saved), "--config-name", "config", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (rerun,) = [p for p in (tmp_path / "outputs").glob("*/*")]  # nettrain's own run-dir naming
+    assert rows(rerun) == rows(tmp_path / "first")
+    assert "differs from the original run" not in proc.stdout
+    # overrides apply on top; types are still checked by the schema
+    proc = cli("--config-dir", str(saved), "--config-name", "config", "epochs=1",
+               f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
+    assert proc.returncode == 0 and rows(tmp_path / "one") == rows(tmp_path / "first")[:1]
+    proc = cli("--config-dir", str(saved), "--config-name", "config", "lr=abc", cwd=tmp_path)
+    assert proc.returncode != 0 and "full_key: lr" in proc.stderr
+
+
+@pytest.mark.slow
+def test_provenance_is_recorded_and_differences_are_printed(tmp_path):
+    assert cli(*CLI_BASE, "epochs=1", f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path).returncode == 0
+    record = json.loads((tmp_path / "first" / ".hydra" / "provenance.json").read_text())
+    for key in ("nettrain", "python", "torch", "torchvision", "hydra", "device", "data_fingerprint", "command"):
+        assert record[key], key
+    assert record["torch"] == torch.__version__ and "data=synthetic" in record["command"]
+    assert len(record["data_fingerprint"]) == 16
+    record["torch"] = "0.0.1"
+    (tmp_path / "first" / ".hydra" / "provenance.json").write_text(json.dumps(record))
+    proc = cli("--config-dir", str(tmp_path / "first" / ".hydra"), "--config-name", "config",
+               f"hydra.run.dir={tmp_path / 'second'}", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert f"differs from the original run: torch: '0.0.1' -> '{torch.__version__}'" in proc.stdout
+
+
+def test_provenance_differences_ignore_the_command_line():
+    assert provenance_differences({"torch": "1", "command": "a"}, {"torch": "2", "command": "b"}) == \
+        ["torch: '1' -> '2'"]
+
+
+def _interrupt(tmp_path: Path, run: Path, signals: list[int], extra: list[str]) -> subprocess.CompletedProcess:
+    """Start a run, send `signals` once the first epoch is done, and wait for it to end."""
+    exe = Path(sys.executable).with_name("nettrain-train")
+    proc = subprocess.Popen([str(exe), *extra, f"hydra.run.dir={run}"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.split() and line.split()[0] == "1":  # the first epoch's row: the second epoch starts
+            break
+    time.sleep(0.3)  # well inside the second epoch (about 1 s long)
+    for sig in signals:
+        proc.send_signal(sig)
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+SLOW_RUN = ["data=synthetic", "data.num_samples=60000", "batch_size=32", "epochs=2", "early_stopping.enabled=false",
+            "console.show_config=false", "console.show_model=false", "regularization=dropout"]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path):
+    run = tmp_path / "run"
+    proc = _interrupt(tmp_path, run, [signal.SIGTERM], SLOW_RUN)
+    assert proc.returncode == 143, proc.stderr
+    assert "SIGTERM: finishing this step, then saving a checkpoint" in proc.stderr
+    assert f"Resume with:\n  nettrain-train resume={run}" in proc.stdout
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1 and state["progress"]["step_in_epoch"] > 0  # stopped inside epoch 2
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    resumed = cli(f"resume={run}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert list((run / ".hydra").glob("resume-*/config.yaml"))  # the resumed session's own record
+    train(make_cfg(*SLOW_RUN), output_dir=tmp_path / "straight")
+    assert_same_run(tmp_path / "straight", run)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_during_the_save_does_not_corrupt_it(tmp_path):
+    run = tmp_path / "run"
+    proc = _interrupt(tmp_path, run, [signal.SIGINT, signal.SIGINT, signal.SIGINT], SLOW_RUN)
+    assert proc.returncode == 130, proc.stderr
+    assert "still stopping: writing the checkpoint, please wait" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    load_checkpoint(run / "checkpoints" / "last.pt")  # checksum verified
+    assert cli(f"resume={run}", "threads=1", cwd=tmp_path).returncode == 0  # a safe override
+    assert len(rows(run)) == 2
+
+
+@pytest.mark.slow
+def test_resume_refusals_through_the_cli(tmp_path):
+    proc = cli("resume=/nonexistent/run", cwd=tmp_path)
+    assert proc.returncode == 2 and "resume='/nonexistent/run': not a nettrain run folder" in proc.stderr
+    run = tmp_path / "run"
+    assert cli(*CLI_BASE, "epochs=1", f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    proc = cli(f"resume={run}", "model.activation=gelu", "epochs=2", cwd=tmp_path)
+    assert proc.returncode == 2 and "model.activation: 'relu' -> 'gelu'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = cli(f"resume={run}", cwd=tmp_path)
+    assert proc.returncode == 0 and "already finished" in proc.stdout
+
+
+# -- nettrain-verify-resume -----------------------------------------------------------------------
+class NoisyMLP(MLP):
+    """A model with an unseeded random op: noise from a generator seeded by the clock."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.noise = torch.Generator().manual_seed(time.time_ns())
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out + 0.1 * torch.randn(out.shape, generator=self.noise) if self.training else out
+
+
+def test_verify_resume_says_identical(tmp_path, capsys):
+    assert verify_main([*BASE, "epochs=2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("identical: straight vs interrupted after step 8 of 16 and resumed")
+    assert json.loads((tmp_path / "verify.json").read_text())["identical"] is True
+
+
+def test_verify_resume_reports_a_planted_difference(tmp_path, capsys):
+    code = verify_main([*BASE, "epochs=2", f"model._target_={__name__}.NoisyMLP", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert out.startswith("DIFFERENT: straight vs interrupted after step 8 of 16 and resumed")
+    assert "metrics epoch 1 train_loss:" in out and "model.fc1.weight: max |diff|" in out
+    report = json.loads((tmp_path / "verify.json").read_text())
+    assert not report["identical"] and report["differences"]
+
+
+def test_verify_resume_rejects_bad_config(tmp_path, capsys):
+    assert verify_main(["lr=-1", "--out", str(tmp_path)]) == 2
+    assert "lr=-1.0: must be a number > 0" in capsys.readouterr().err
+
+
+# -- nettrain-eval ---------------------------------------------------------------------------------
+def test_eval_reproduces_the_runs_test_and_val_results(straight, capsys):
+    summary = json.loads((straight / "summary.json").read_text())
+    assert eval_main([str(straight)]) == 0
+    result = json.loads((straight / "eval" / "best-test.json").read_text())
+    assert (result["test_loss"], result["test_acc"]) == (summary["test_loss"], summary["test_acc"])
+    assert eval_main([str(straight / "checkpoints" / "best.pt"), "--split", "val", "batch_size=100"]) == 0
+    val = json.loads((straight / "eval" / "best-val.json").read_text())
+    assert val["val_loss"] == pytest.approx(summary["best_val_loss"], rel=1e-6)
+    assert "test_acc" in capsys.readouterr().out
+
+
+def test_eval_names_a_bad_checkpoint(tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    assert eval_main([str(tmp_path)]) == 2
+    assert f"no valid checkpoint in {tmp_path / 'checkpoints'}" in capsys.readouterr().err
