@@ -1,0 +1,131 @@
+"""Resumable sweeps: a multirun launched again into the same sweep dir skips finished jobs
+(matched by config, not by job number), resumes interrupted ones and re-runs failed ones."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, make_cfg, write_mnist_raw
+from nettrain.sweep import claim, config_hash
+from nettrain.train import train
+
+pytestmark = pytest.mark.slow
+
+QUIET = ["console.show_config=false", "console.show_model=false"]
+
+
+def rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s")} for r in csv.DictReader(f)]
+
+
+def job_summaries(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+
+
+def test_config_hash_ignores_incidental_settings():
+    base = {"lr": 0.1, "console": {"progress": "off"}, "threads": None, "model": {"hidden": [256]}}
+    assert config_hash(base) == config_hash({**base, "console": {"progress": "on"}, "threads": 2})
+    assert config_hash(base) != config_hash({**base, "lr": 0.2})
+
+
+def test_claim_moves_results_to_the_job_of_their_config(tmp_path):
+    sweep = tmp_path / "sweep"
+    for name, key in (("0", "aaa"), ("1", "bbb")):
+        (sweep / name / "checkpoints").mkdir(parents=True)
+        (sweep / name / "summary.json").write_text(json.dumps({"status": "completed", "config_hash": key}))
+        (sweep / name / "metrics.csv").write_text(key)
+    (sweep / "2").mkdir()
+    assert claim(sweep / "0", "ccc") is None  # a new config in job 0: job 0's old results step aside
+    assert (sweep / "0.displaced-aaa" / "metrics.csv").read_text() == "aaa"
+    assert not (sweep / "0" / "metrics.csv").exists()
+    assert claim(sweep / "2", "aaa")["config_hash"] == "aaa"  # ... until their config's job claims them
+    assert (sweep / "2" / "metrics.csv").read_text() == "aaa" and not (sweep / "0.displaced-aaa").exists()
+    assert claim(sweep / "1", "bbb")["status"] == "completed"  # in place
+
+
+def test_relaunching_a_finished_sweep_skips_every_job_and_extends_a_changed_one(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "data=synthetic", "data.num_samples=300", "epochs=2", *QUIET, f"hydra.sweep.dir={sweep}"]
+    assert cli(*args, "batch_size=32,64", cwd=tmp_path).returncode == 0
+    before = {name: (sweep / name / "metrics.csv").stat().st_mtime_ns for name in ("0", "1")}
+    started = time.perf_counter()
+    again = cli(*args, "batch_size=32,64", cwd=tmp_path)
+    elapsed = time.perf_counter() - started
+    assert again.returncode == 0
+    assert again.stdout.count("this config already finished (completed); skipped") == 2
+    assert {n: (sweep / n / "metrics.csv").stat().st_mtime_ns for n in ("0", "1")} == before
+    assert "torch" not in again.stdout and elapsed < 30  # start-up only: no training
+    # a new value first: the finished configs are found in their old job folders and move along
+    extended = cli(*args, "batch_size=16,32,64", cwd=tmp_path)
+    assert extended.returncode == 0 and extended.stdout.count("skipped") == 2
+    summaries = job_summaries(sweep)
+    overrides = {n: (sweep / n / ".hydra" / "overrides.yaml").read_text() for n in ("0", "1", "2")}
+    for name, size in (("0", "16"), ("1", "32"), ("2", "64")):
+        assert f"batch_size={size}" in overrides[name]
+        assert summaries[name]["status"] == "completed"
+    assert summaries["1"]["config_hash"] == config_hash(
+        _plain(make_cfg("data=synthetic", "data.num_samples=300", "epochs=2", "batch_size=32", *QUIET)))
+    with open(sweep / "summary.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
+
+
+def _plain(cfg):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_a_failed_job_is_run_again_on_relaunch(tmp_path):
+    sweep, root = tmp_path / "sweep", tmp_path / "datasets"
+    args = ["-m", "data=mnist", f"data.root={root}", "data.val_fraction=0.1,0.2", "epochs=1", *QUIET,
+            f"hydra.sweep.dir={sweep}"]
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 1  # no MNIST files yet: both jobs fail, the sweep goes on to the end
+    assert [s["status"] for _, s in sorted(job_summaries(sweep).items())] == ["failed", "failed"]
+    assert "data.root=" in job_summaries(sweep)["0"]["error"]
+    write_mnist_raw(root, "MNIST")
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [s["status"] for _, s in sorted(job_summaries(sweep).items())] == ["completed", "completed"]
+    assert "skipped" not in proc.stdout
+
+
+SLOW = ["data=synthetic", "data.num_samples=60000", "batch_size=32", "epochs=2", "early_stopping.enabled=false",
+        "regularization=dropout", *QUIET]
+
+
+def test_an_interrupted_sweep_resumes_its_interrupted_job_exactly(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [str(Path(sys.executable).with_name("nettrain-train")), "-m", "seed=0,1", *SLOW,
+               f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    in_job_1 = False
+    for line in proc.stdout:
+        in_job_1 = in_job_1 or "#1 : seed=1" in line
+        if in_job_1 and line.split() and line.split()[0] == "1":  # job 1's first epoch is done
+            break
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert job_summaries(sweep)["1"]["status"] == "interrupted"
+    relaunch = cli(*command[1:], cwd=tmp_path)
+    assert relaunch.returncode == 0, relaunch.stdout + relaunch.stderr
+    assert "this config already finished" in relaunch.stdout and "resuming" in relaunch.stdout
+    assert {s["status"] for s in job_summaries(sweep).values()} == {"completed"}
+    straight = tmp_path / "straight"
+    train(make_cfg(*SLOW, "seed=1"), output_dir=straight)
+    assert rows(sweep / "1") == rows(straight)
+    with open(sweep / "summary.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok"]
