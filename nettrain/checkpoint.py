@@ -111,7 +111,7 @@ class Checkpointer:
 
 
 def snapshot(position, *, config: dict[str, Any], model, optimizer, schedule, early_stopping, grad_monitor,
-             data_generator: torch.Generator, history: list[dict]) -> dict[str, Any]:
+             precision, data_generator: torch.Generator, history: list[dict]) -> dict[str, Any]:
     """Everything a resumed run needs to continue exactly, as tensors and plain data."""
     from nettrain.reproducibility import capture_rng
 
@@ -125,6 +125,7 @@ def snapshot(position, *, config: dict[str, Any], model, optimizer, schedule, ea
         "scheduler": schedule.state_dict(),
         "early_stopping": early_stopping.state_dict(),
         "grad_monitor": grad_monitor.state_dict(),
+        "grad_scaler": precision.state_dict(),
         "rng": capture_rng(data_generator),
         "history": list(history),
         "best_weights": position.best_weights,
@@ -132,7 +133,7 @@ def snapshot(position, *, config: dict[str, Any], model, optimizer, schedule, ea
     }
 
 
-def restore(state: dict[str, Any], *, model, optimizer, schedule, early_stopping, grad_monitor,
+def restore(state: dict[str, Any], *, model, optimizer, schedule, early_stopping, grad_monitor, precision,
             data_generator: torch.Generator, device: torch.device):
     """Load a snapshot into freshly built parts; returns the loop.Position to continue from."""
     from nettrain.loop import Position
@@ -143,6 +144,7 @@ def restore(state: dict[str, Any], *, model, optimizer, schedule, early_stopping
     schedule.load_state_dict(state["scheduler"])
     early_stopping.load_state_dict(state["early_stopping"])
     grad_monitor.load_state_dict(state["grad_monitor"])
+    precision.load_state_dict(state["grad_scaler"])
     restore_rng(state["rng"], data_generator)
     progress = state["progress"]
     best = state["best_weights"]

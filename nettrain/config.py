@@ -57,6 +57,14 @@ class CheckpointConfig:
 
 
 @dataclass
+class TrainerConfig:
+    precision: str = "32"  # 32 | bf16 (autocast) | fp16 (autocast + GradScaler)
+    compile: bool = False  # torch.compile the model (nn.Module.compile); compile time exceeds an MNIST run
+    channels_last: str = "auto"  # auto (on for conv models on CUDA) | on | off
+    fused_optimizer: str = "auto"  # auto (fused kernels on CUDA where the optimizer has them) | on | off
+
+
+@dataclass
 class ConsoleConfig:
     progress: str = "auto"  # per-step progress bar: auto (only on a terminal) | on | off
     show_config: bool = True  # print the composed config at the start
@@ -86,6 +94,7 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     grad_monitor: GradMonitorConfig = field(default_factory=GradMonitorConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
 
@@ -192,6 +201,9 @@ def validate(cfg: Any) -> None:
     for key in ("vanishing_below", "exploding_above", "ratio"):
         need(f"grad_monitor.{key}", lambda v: finite(v) and v > 0, "must be a number > 0")
     choice("console.progress", ("auto", "on", "off"))
+    choice("trainer.precision", ("32", "bf16", "fp16"))
+    choice("trainer.channels_last", ("auto", "on", "off"))
+    choice("trainer.fused_optimizer", ("auto", "on", "off"))
 
     if problems:
         raise ConfigError(problems)

@@ -82,13 +82,18 @@ def l1_penalty(params: list[torch.Tensor]) -> torch.Tensor:
 def fit(*, model, loss_fn, optimizer, schedule, train_batches, val_batches, epochs: int,
         grad_monitor, early_stopping, checkpointer, metrics, reporter, l1: float = 0.0,
         grad_clip: float | None = None, restore_best: bool = True, start: Position | None = None,
-        stop: StopRequest | None = None) -> FitResult:
+        stop: StopRequest | None = None, precision=None) -> FitResult:
     l1_params = [p for p in model.parameters() if p.dim() > 1]  # weight matrices and conv kernels
     device = next(model.parameters()).device
     start, stop = start or Position(), stop or StopRequest()
+    if precision is None:
+        from nettrain.precision import Precision
+
+        precision = Precision("32", device)
     best_weights = start.best_weights
     parts = dict(model=model, optimizer=optimizer, schedule=schedule, early_stopping=early_stopping,
-                 grad_monitor=grad_monitor, data_generator=train_batches.generator, history=metrics.rows)
+                 grad_monitor=grad_monitor, precision=precision, data_generator=train_batches.generator,
+                 history=metrics.rows)
     epoch = start.epoch
     for epoch in range(start.epoch + 1, epochs + 1):
         # -- train (from the saved position when resuming mid-epoch) --------------------------
@@ -101,16 +106,18 @@ def fit(*, model, loss_fn, optimizer, schedule, train_batches, val_batches, epoc
         started = time.perf_counter()
         with reporter.progress(len(train_batches), epoch, done=step) as advance:
             for x, y in train_batches.batches(order, first_step=step):
-                loss = loss_fn(model(x), y)  # forward + data loss
+                with precision.autocast():
+                    loss = loss_fn(model(x), y)  # forward + data loss
                 loss_sum += loss.detach() * len(y)
                 if l1:
                     loss = loss + l1 * l1_penalty(l1_params)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # backward
+                precision.backward(loss)  # backward
+                precision.unscale_(optimizer)  # true gradients (fp16 scales them)
                 grad_monitor.accumulate()  # raw gradients, before clipping
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()  # update
+                precision.step(optimizer)  # update
                 schedule.after_step()
                 step += 1
                 advance()

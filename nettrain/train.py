@@ -81,6 +81,23 @@ def _building(group: str, target: str | None):
         raise ConfigError([f"{group}: could not build {target}: {cause}"]) from exc
 
 
+FUSED_OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
+
+
+def fused_kwargs(target: str, device, setting: str = "auto") -> dict[str, bool]:
+    """`fused=True` for torch optimizers with fused kernels: on CUDA under `auto`, always under
+    `on`; nothing (torch's default) otherwise, so CPU runs keep their exact arithmetic."""
+    if target in FUSED_OPTIMIZERS and (setting == "on" or (setting == "auto" and device.type == "cuda")):
+        return {"fused": True}
+    return {}
+
+
+def _has_conv(model) -> bool:
+    import torch
+
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
 def _peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
@@ -230,6 +247,7 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
     from nettrain.loop import evaluate, fit
     from nettrain.metrics import MetricsWriter
     from nettrain.models import param_count
+    from nettrain.precision import Precision
     from nettrain.report import Reporter, save_plots
     from nettrain.reproducibility import provenance, provenance_differences, seed_everything
     from nettrain.schedulers import build_schedule
@@ -263,8 +281,17 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
     data = _instantiate(data_node, "data")
     model = _instantiate(cfg.model, "model", input_shape=list(data.input_shape),
                          num_classes=data.num_classes).to(device)
+    tr = cfg.trainer
+    if tr.channels_last == "on" or (tr.channels_last == "auto" and device.type == "cuda" and _has_conv(model)):
+        model = model.to(memory_format=torch.channels_last)
+        for split in (data.train, data.val, data.test):
+            split.x = split.x.contiguous(memory_format=torch.channels_last)
     loss_fn = _instantiate(cfg.loss, "loss")
-    optimizer = _instantiate(cfg.optimizer, "optimizer", model.parameters(), _partial_=True)
+    optimizer = _instantiate(cfg.optimizer, "optimizer", model.parameters(), _partial_=True,
+                             **fused_kwargs(cfg.optimizer._target_, device, tr.fused_optimizer))
+    precision = Precision(tr.precision, device)
+    if tr.compile:
+        model.compile()  # in place: state_dict keys and checkpoints stay the same
     order = torch.Generator().manual_seed(cfg.seed)  # the data order has its own generator
     train_batches = data_lib.Batches(data.train, cfg.batch_size, device, shuffle=True, generator=order,
                                      in_memory=in_memory, num_workers=num_workers)
@@ -284,7 +311,7 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
     start = None
     if state is not None:
         start = ckpt.restore(state, model=model, optimizer=optimizer, schedule=schedule,
-                             early_stopping=early_stopping, grad_monitor=grad_monitor,
+                             early_stopping=early_stopping, grad_monitor=grad_monitor, precision=precision,
                              data_generator=order, device=device)
     metrics = MetricsWriter(output_dir / "metrics.csv", rows=start.history if start else None)
 
@@ -308,7 +335,7 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
                  grad_monitor=grad_monitor, early_stopping=early_stopping, checkpointer=checkpointer,
                  metrics=metrics, reporter=reporter, l1=cfg.regularization.l1,
                  grad_clip=cfg.regularization.grad_clip, restore_best=es.restore_best,
-                 start=start, stop=stop)
+                 start=start, stop=stop, precision=precision)
     summary: dict[str, Any] = {
         "status": "interrupted" if result.interrupted else
         "early_stopped" if result.stopped_early else "completed",
@@ -335,6 +362,7 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "seed": cfg.seed,
         "deterministic": cfg.deterministic,
+        "precision": tr.precision,
         "torch_threads": torch.get_num_threads(),
         "data_fingerprint": record["data_fingerprint"],
         "config_hash": config_hash(plain_config),
