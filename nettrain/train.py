@@ -246,6 +246,7 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
     from nettrain.grad_monitor import GradientMonitor
     from nettrain.loop import evaluate, fit
     from nettrain.metrics import MetricsWriter
+    from nettrain.memory import estimate_training_memory
     from nettrain.models import param_count
     from nettrain.precision import Precision
     from nettrain.report import Reporter, save_plots
@@ -325,7 +326,10 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
             reporter.warn(f"differs from the original run: {line}")
 
     n_params = param_count(model)
+    memory_estimate_mb = estimate_training_memory(model, optimizer, data.input_shape, cfg.batch_size) / 2**20
     reporter.start(OmegaConf.to_yaml(cfg), model, n_params, str(device), output_dir)
+    reporter.note(f"training memory, rule of thumb: ~{memory_estimate_mb:.1f} MiB "
+                  "(weights, gradients, optimizer state, one batch of activations; 4 bytes each)")
     reporter.note(f"data: {data.name}, train {len(data.train)} / val {len(data.val)} / "
                   f"test {len(data.test)}, input {list(data.input_shape)}, {data.num_classes} classes")
 
@@ -360,6 +364,9 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
         "samples_per_s": (sum(r["samples_per_s"] for r in metrics.rows) / len(metrics.rows)
                           if metrics.rows else None),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "memory_estimate_mb": round(memory_estimate_mb, 2),
+        "cuda_peak_memory_mb": (round(torch.cuda.max_memory_allocated(device) / 2**20, 2)
+                                if device.type == "cuda" else None),
         "seed": cfg.seed,
         "deterministic": cfg.deterministic,
         "precision": tr.precision,

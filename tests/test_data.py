@@ -76,3 +76,17 @@ def test_in_memory_and_dataloader_paths_give_the_same_batches():
     for _ in range(2):
         pairs = list(zip(fast, loader, strict=True))
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
+
+
+def test_atomic_writes_leave_no_temporaries_and_the_usual_mode(tmp_path):
+    import os
+    import stat
+
+    from nettrain.files import write_json
+
+    path = write_json(tmp_path / "sub" / "x.json", {"a": 1})
+    assert path.read_text() == '{\n  "a": 1\n}\n'
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
