@@ -17,7 +17,9 @@ untouched, and a summary that cannot be written costs one warning line, never th
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,9 @@ class SweepSummaryCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _last_summary, _last_error
         _last_summary, _last_error = None, None
+        # jobs record which launch wrote them (inherited by launcher worker processes), so a
+        # re-launch into the same sweep dir tells its own results from earlier ones (nettrain/sweep.py)
+        os.environ["NETTRAIN_LAUNCH"] = f"{time.time_ns()}-{os.getpid()}"
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _last_summary, _last_error
@@ -71,25 +76,3 @@ class SweepSummaryCallback(Callback):
         except Exception as exc:  # the summary is a report: it must never fail the sweep
             _last_error = _one_line(exc)
             print(f"warning: sweep summary not written: {_last_error}", file=sys.stderr)
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        """A sweep job that raised and left no summary.json gets one saying so, so the sweep
-        summary shows it as failed with its error rather than as incomplete."""
-        try:
-            from hydra.core.utils import JobStatus
-            from hydra.types import RunMode
-
-            if job_return.status != JobStatus.FAILED or config.hydra.mode != RunMode.MULTIRUN:
-                return
-            output_dir = Path(str(config.hydra.runtime.output_dir))
-            if (output_dir / "summary.json").exists():
-                return
-            from nettrain.files import write_json
-
-            exc = job_return._return_value
-            monitor = config.get("early_stopping", {}).get("monitor", "val_loss")
-            write_json(output_dir / "summary.json",
-                       {"status": "failed", "error": _one_line(exc) if isinstance(exc, BaseException)
-                        else str(exc), "monitor": monitor})
-        except Exception as exc:
-            print(f"warning: could not record the failed job: {_one_line(exc)}", file=sys.stderr)

@@ -95,6 +95,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, config: dict[str, Any], enabled: bool = True):
         self.directory, self.config, self.enabled = Path(directory), config, enabled
+        self.wrote_last = False  # whether last.pt is this session's (else it is checked before keeping it)
 
     def save(self, position, *, is_best: bool = False, **parts) -> None:
         """Snapshot the run at `position` (a loop.Position); `parts` as for :func:`snapshot`."""
@@ -102,12 +103,12 @@ class Checkpointer:
             return
         state = snapshot(position, config=self.config, **parts)
         last = self.directory / "last.pt"
-        if last.exists():  # keep the current last.pt as previous.pt: at every moment one is valid
-            for suffix in ("", ".sha256"):
-                _link_over(Path(str(last) + suffix), Path(str(self.directory / "previous.pt") + suffix))
+        if last.exists() and (self.wrote_last or _is_valid(last)):
+            _link_over(last, self.directory / "previous.pt")  # keep it: at every moment one is valid
         save_checkpoint(last, state)
+        self.wrote_last = True
         if is_best:
-            save_checkpoint(self.directory / "best.pt", state)
+            _link_over(last, self.directory / "best.pt")  # the same state: a second name, not a second write
 
 
 def snapshot(position, *, config: dict[str, Any], model, optimizer, schedule, early_stopping, grad_monitor,
@@ -156,12 +157,22 @@ def restore(state: dict[str, Any], *, model, optimizer, schedule, early_stopping
         history=state["history"])
 
 
+def _is_valid(path: Path) -> bool:
+    try:
+        verify_checkpoint(path)
+        return True
+    except CheckpointError:
+        return False
+
+
 def _link_over(source: Path, target: Path) -> None:
-    """Make `target` a hard link to `source`'s current content, atomically."""
-    if not source.exists():
-        return
-    tmp = target.with_name(f".{target.name}.link.tmp")
-    if tmp.exists():
-        tmp.unlink()
-    os.link(source, tmp)
-    os.replace(tmp, target)
+    """Make `target` (and its checksum file) hard links to `source`'s current content, each
+    replaced atomically; the checkpoint first, so a crash in between leaves a mismatch that
+    loading reports, never a silently wrong file."""
+    for suffix in ("", ".sha256"):
+        src, dst = Path(str(source) + suffix), Path(str(target) + suffix)
+        tmp = dst.with_name(f".{dst.name}.link.tmp")
+        if tmp.exists():
+            tmp.unlink()
+        os.link(src, tmp)
+        os.replace(tmp, dst)

@@ -120,6 +120,13 @@ def _fmt(value: Any) -> str:
 
 def validate(cfg: Any) -> None:
     """Check ranges, choices and cross-field rules; raise one ConfigError listing every problem."""
+    found = problems(cfg)
+    if found:
+        raise ConfigError(found)
+
+
+def problems(cfg: Any) -> list[str]:
+    """Every invalid setting of `cfg`, as 'key=value: what is allowed' lines (empty when valid)."""
     problems: list[str] = []
 
     def get(path: str) -> Any:
@@ -177,6 +184,8 @@ def validate(cfg: Any) -> None:
                         f"(got optimizer.momentum={get('optimizer.momentum')})")
 
     choice("scheduler.interval", ("epoch", "step"))
+    if get("scheduler._target_") == "torch.optim.lr_scheduler.ReduceLROnPlateau" and get("scheduler.interval") == "step":
+        problems.append("scheduler.interval='step': ReduceLROnPlateau steps on the validation loss; allowed: epoch")
     need("scheduler.warmup_ratio", lambda v: 0 <= v < 1, "must be a fraction in [0, 1); 0 = no warmup")
     if get("scheduler") is not None and "warmup_ratio" not in get("scheduler"):
         problems.append("scheduler.warmup_ratio is missing: every scheduler option needs "
@@ -204,6 +213,4 @@ def validate(cfg: Any) -> None:
     choice("trainer.precision", ("32", "bf16", "fp16"))
     choice("trainer.channels_last", ("auto", "on", "off"))
     choice("trainer.fused_optimizer", ("auto", "on", "off"))
-
-    if problems:
-        raise ConfigError(problems)
+    return problems

@@ -197,7 +197,10 @@ class Batches:
         from torch.utils.data import DataLoader, TensorDataset
 
         indices = range(self.n) if order is None else order.tolist()
+        # its own generator: a DataLoader draws a base seed when it starts, which must not come
+        # from torch's global RNG (that would shift dropout after a mid-epoch resume)
         loader = DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size, sampler=indices[begin:],
-                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(0))
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -23,7 +23,7 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
     from nettrain.config import TrainConfig, validate
     from nettrain.data import Batches
     from nettrain.loop import evaluate
-    from nettrain.train import _instantiate, resolve_device, run_dir_of
+    from nettrain.train import _instantiate, build_data_and_model, resolve_device
 
     target = Path(target).expanduser()
     if target.is_file():
@@ -33,18 +33,15 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
         state = ckpt.load_checkpoint(path)
     else:
         path, state = ckpt.newest_valid(target / "checkpoints")
-    run_dir = run_dir_of(str(path))
+    # RUN_DIR/eval/ for a run's checkpoint; beside the file for a checkpoint outside a run
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"],
                           OmegaConf.from_dotlist(list(overrides or [])))
     validate(cfg)
     device = resolve_device(cfg.device)
-    data_node = OmegaConf.to_container(cfg.data, resolve=True)
-    in_memory, num_workers = data_node.pop("in_memory", True), data_node.pop("num_workers", 0)
-    data = _instantiate(data_node, "data")
-    model = _instantiate(cfg.model, "model", input_shape=list(data.input_shape),
-                         num_classes=data.num_classes).to(device)
+    data, loader, model = build_data_and_model(cfg, device)
     model.load_state_dict(state["model"])
-    batches = Batches(getattr(data, split), cfg.batch_size, device, in_memory=in_memory, num_workers=num_workers)
+    batches = Batches(getattr(data, split), cfg.batch_size, device, **loader)
     loss, acc = evaluate(model, _instantiate(cfg.loss, "loss"), batches)
     result = {"checkpoint": str(path), "epoch": state["epoch"], "split": split, "samples": batches.n,
               f"{split}_loss": loss, f"{split}_acc": acc, "device": str(device),

@@ -15,15 +15,21 @@ import torch
 
 class GradientMonitor:
     def __init__(self, named_parameters: Iterable[tuple[str, torch.nn.Parameter]], enabled: bool = True,
-                 vanishing_below: float = 1e-7, exploding_above: float = 1e2, ratio: float = 1e3):
+                 vanishing_below: float = 1e-7, exploding_above: float = 1e2, ratio: float = 1e3,
+                 skip_nonfinite: bool = False):
+        """skip_nonfinite: leave out steps whose gradients overflowed (fp16: the GradScaler skips
+        those updates too), still without a host sync."""
         named = [(n, p) for n, p in named_parameters if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.enabled = enabled and bool(self.params)
         self.vanishing_below, self.exploding_above, self.ratio = vanishing_below, exploding_above, ratio
         device = self.params[0].device if self.params else torch.device("cpu")
-        self.numels = torch.tensor([p.numel() for p in self.params], dtype=torch.float64, device=device)
-        self.sums = torch.zeros(len(self.params), dtype=torch.float64, device=device)
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.numels = torch.tensor([p.numel() for p in self.params], dtype=dtype, device=device)
+        self.sums = torch.zeros(len(self.params), dtype=dtype, device=device)
+        self.skip_nonfinite = skip_nonfinite
+        self.finite_steps = torch.zeros((), dtype=dtype, device=device)  # counted on the device
         self.steps = 0
 
     def accumulate(self) -> None:
@@ -31,21 +37,28 @@ class GradientMonitor:
         if not self.enabled:
             return
         grads = [p.grad for p in self.params]
-        if all(g is not None for g in grads):
-            self.sums += torch.stack(torch._foreach_norm(grads, 1)).to(torch.float64)
-        else:  # a parameter without a gradient this step counts as zero
-            idx = [i for i, g in enumerate(grads) if g is not None]
-            if idx:
-                norms = torch.stack(torch._foreach_norm([grads[i] for i in idx], 1)).to(torch.float64)
-                self.sums.index_add_(0, torch.tensor(idx, device=self.sums.device), norms)
+        idx = [i for i, g in enumerate(grads) if g is not None]  # no gradient this step counts as zero
+        norms = torch.zeros_like(self.sums)
+        if len(idx) == len(grads):
+            norms = torch.stack(torch._foreach_norm(grads, 1)).to(self.sums.dtype)
+        elif idx:
+            norms.index_add_(0, torch.tensor(idx, device=norms.device),
+                             torch.stack(torch._foreach_norm([grads[i] for i in idx], 1)).to(norms.dtype))
+        if self.skip_nonfinite:
+            finite = torch.isfinite(norms).all()
+            norms = torch.where(finite, norms, torch.zeros_like(norms))
+            self.finite_steps += finite
+        self.sums += norms
         self.steps += 1
 
     def end_epoch(self) -> dict[str, float]:
         """Mean |grad| per parameter over the epoch's steps, as {'grad_mean/<name>': value}; resets."""
         if not self.enabled or self.steps == 0:
             return {}
-        means = (self.sums / self.steps / self.numels).tolist()  # the one host sync per epoch
+        steps = self.finite_steps.clamp(min=1) if self.skip_nonfinite else self.steps
+        means = (self.sums / steps / self.numels).tolist()  # the one host sync per epoch
         self.sums.zero_()
+        self.finite_steps.zero_()
         self.steps = 0
         return {f"grad_mean/{n}": m for n, m in zip(self.names, means)}
 
@@ -72,8 +85,9 @@ class GradientMonitor:
         return warnings
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums.clone(), "steps": self.steps}
+        return {"sums": self.sums.clone(), "steps": self.steps, "finite_steps": self.finite_steps.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self.sums.copy_(state["sums"])
         self.steps = int(state["steps"])
+        self.finite_steps.copy_(state["finite_steps"])

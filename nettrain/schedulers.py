@@ -35,7 +35,7 @@ class LRSchedule:
 
     def after_step(self) -> None:
         """Call after each optimizer.step()."""
-        if self.warmup is not None and self.warmup.last_epoch < self.warmup_steps:
+        if self.warmup is not None and self.warmup.last_epoch < self.warmup.total_iters:  # as loaded on resume
             self.warmup.step()
         if self.main is not None and self.interval == "step":
             self.main.step()

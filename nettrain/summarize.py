@@ -40,10 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nettrain.config import MONITORED
+
 STATUS_NAMES = {"completed": "ok", "early_stopped": "early-stopped", "failed": "failed",
                 "interrupted": "incomplete"}  # interrupted: stopped by a signal, resumable
 FINISHED = ("ok", "early-stopped")
-MODES = {"val_loss": "min", "val_acc": "max"}  # as nettrain.config.MONITORED
+MODES = MONITORED  # monitored metric -> "min" or "max"
 METRICS = ["best_epoch", "best_val_loss", "best_val_acc", "test_acc", "epochs_run", "wall_time_s",
            "samples_per_s"]
 LR_LIKE_SUFFIXES = ("lr", "weight_decay", "l1")
@@ -55,8 +57,11 @@ _MAX_LEGEND = 12  # more curves than this: no legend on the curves panel
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in
-                                 (".hydra/overrides.yaml", "summary.json", "metrics.csv"))
+    """A folder with a run's record; not one whose results moved on to a re-launched job
+    (nettrain/sweep.py leaves claimed.json there)."""
+    if not path.is_dir() or ((path / "claimed.json").exists() and not (path / "summary.json").exists()):
+        return False
+    return any((path / name).exists() for name in (".hydra/overrides.yaml", "summary.json", "metrics.csv"))
 
 
 def _natural_key(path: str | Path) -> list:

@@ -8,20 +8,26 @@ its config, not by its number) and then:
 - failed, or never started: trains from scratch.
 Results found in another job's folder (the values of a sweep were reordered or extended) are
 moved into this job's folder first, and results of a different config that sit in this job's
-folder are moved aside to `<n>.displaced-<hash>` until their own job claims them.
+folder are moved aside to `.<n>.displaced-<hash>` until their own job claims them; the old
+folder keeps its Hydra record and a claimed.json saying where the results went.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from nettrain.files import write_json
+
 # settings that do not change what a run computes
 INCIDENTAL = ("resume", "threads", "console.", "checkpoint.")
 RESULTS = ("summary.json", "metrics.csv", "checkpoints", "plots", "eval")
+CLAIMED = "claimed.json"  # left in a job folder whose results moved to the job of their config
 
 
 def config_hash(plain_config: dict[str, Any]) -> str:
@@ -52,20 +58,38 @@ def _move_results(source: Path, target: Path) -> None:
             os.replace(source / name, target / name)
 
 
-def claim(job_dir: Path, key: str) -> dict[str, Any] | None:
-    """Bring this config's earlier results (if any) into `job_dir`; return their summary."""
+@contextlib.contextmanager
+def _locked(sweep_dir: Path):
+    """One job at a time claims results, also under parallel launchers (joblib, submitit)."""
+    with open(sweep_dir / ".claim.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def claim(job_dir: Path, key: str, launch: str | None = None) -> dict[str, Any] | None:
+    """Bring this config's results from an earlier launch (if any) into `job_dir`; return their
+    summary. Results written by the current `launch` are never taken: two jobs of one launch
+    with the same config (an Optuna sampler may repeat one) each train."""
     sweep_dir = job_dir.parent
-    own = _summary(job_dir)
-    if own is not None and own.get("config_hash") != key:  # another config's results: move them aside
-        _move_results(job_dir, sweep_dir / f"{job_dir.name}.displaced-{own.get('config_hash', 'unknown')}")
-        own = None
-    if own is not None:
-        return own
-    for other in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p != job_dir):
-        summary = _summary(other)
-        if summary is not None and summary.get("config_hash") == key:
+    with _locked(sweep_dir):
+        own = _summary(job_dir)
+        if own is not None and own.get("config_hash") != key:  # another config's results: move them aside
+            _move_results(job_dir, sweep_dir / f".{job_dir.name}.displaced-{own.get('config_hash', 'unknown')}")
+            own = None
+        if own is not None:
+            return own
+        for other in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p != job_dir):
+            summary = _summary(other)
+            if summary is None or summary.get("config_hash") != key or (launch and summary.get("launch") == launch):
+                continue
             _move_results(other, job_dir)
-            if ".displaced-" in other.name and not any(other.iterdir()):
-                other.rmdir()
+            if other.name.startswith("."):  # a displaced folder: gone once empty
+                if not any(other.iterdir()):
+                    other.rmdir()
+            else:  # an earlier launch's job folder: say where its results went
+                write_json(other / CLAIMED, {"moved_to": job_dir.name})
             return summary
     return None

@@ -32,7 +32,8 @@ from nettrain.config import MONITORED, ConfigError, register_schema, validate
 log = logging.getLogger("nettrain")
 
 # Keys that may change when a run is resumed: they do not change what the run computes so far.
-SAFE_ON_RESUME = ("epochs", "resume", "device", "threads", "console.", "checkpoint.", "early_stopping.")
+SAFE_ON_RESUME = ("epochs", "resume", "device", "threads", "console.", "checkpoint.", "early_stopping.enabled",
+                  "early_stopping.patience", "early_stopping.min_delta")
 FINISHED = ("completed", "early_stopped")
 
 
@@ -96,6 +97,16 @@ def _has_conv(model) -> bool:
     import torch
 
     return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def build_data_and_model(cfg: DictConfig, device):
+    """The data splits, the loader settings (in_memory, num_workers) and the model on `device`."""
+    data_node = OmegaConf.to_container(cfg.data, resolve=True)
+    loader = {"in_memory": data_node.pop("in_memory", True), "num_workers": data_node.pop("num_workers", 0)}
+    data = _instantiate(data_node, "data")
+    model = _instantiate(cfg.model, "model", input_shape=list(data.input_shape),
+                         num_classes=data.num_classes).to(device)
+    return data, loader, model
 
 
 def _peak_rss_mb() -> float:
@@ -198,18 +209,20 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
     if not cfg.resume and _in_multirun():  # a re-launched sweep: skip, resume or re-run this config
         from nettrain.sweep import claim, config_hash
 
-        previous = claim(output_dir, config_hash(OmegaConf.to_container(cfg, resolve=True)))
+        previous = claim(output_dir, config_hash(OmegaConf.to_container(cfg, resolve=True)), launch_id())
         status = (previous or {}).get("status")
         if status in FINISHED:
             print(f"{output_dir}: this config already finished ({status}); skipped")
             return {**previous, "already_finished": True}
-        if status == "interrupted":
+        if status == "interrupted" and any((output_dir / "checkpoints").glob("*.pt")):
             resume_from = output_dir
     if cfg.resume and summary_path.is_file():
         previous = json.loads(summary_path.read_text())
         if previous.get("status") in FINISHED and (previous["stopped_early"] or previous["epochs_run"] >= cfg.epochs):
+            how = ("it stopped early: early_stopping.patience ran out" if previous["stopped_early"] else
+                   f"it ran all {previous['epochs_run']} epochs; give a larger epochs=N to train longer")
             print(f"{output_dir} already finished ({previous['status']} after {previous['epochs_run']} "
-                  f"epochs); nothing to do. To train longer, resume with a larger epochs=N.")
+                  f"epochs); nothing to do: {how}.")
             return {**previous, "already_finished": True}
 
     from nettrain.loop import StopRequest
@@ -233,7 +246,12 @@ def write_failure(output_dir: Path, cfg: DictConfig, error: str, wall_time_s: fl
 
     write_json(output_dir / "summary.json", {
         "status": "failed", "error": error, "wall_time_s": round(wall_time_s, 3),
-        "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True))})
+        "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)), "launch": launch_id()})
+
+
+def launch_id() -> str | None:
+    """Which multirun launch this process belongs to (set by the sweep callback), if any."""
+    return os.environ.get("NETTRAIN_LAUNCH")
 
 
 def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from: Path | None) -> dict[str, Any]:
@@ -264,10 +282,14 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
     # -- resume: the newest valid checkpoint, and only safe changes to the config ---------------
     state = None
     if resume_from is not None:
-        if resume_from.is_file():
-            resume_path, state = resume_from, ckpt.load_checkpoint(resume_from)
-        else:
-            resume_path, state = ckpt.newest_valid(output_dir / "checkpoints", report=reporter.warn)
+        try:
+            if resume_from.is_file():
+                resume_path, state = resume_from, ckpt.load_checkpoint(resume_from)
+            else:
+                resume_path, state = ckpt.newest_valid(output_dir / "checkpoints", report=reporter.warn)
+        except ckpt.CheckpointError as exc:
+            raise ConfigError([f"resume={str(resume_from)!r}: {exc}; allowed: a run dir with a valid "
+                               "checkpoints/last.pt, previous.pt or best.pt, or one such file"]) from None
         changes = config_changes(state["config"], plain_config)
         if changes:
             raise ConfigError([f"resume={str(resume_from)!r}: these settings differ from the run being resumed "
@@ -277,11 +299,8 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
                       f"step {state['progress']['step_in_epoch']} of the next")
 
     # -- build: data, model, loss, optimizer, schedule ------------------------------------------
-    data_node = OmegaConf.to_container(cfg.data, resolve=True)
-    in_memory, num_workers = data_node.pop("in_memory", True), data_node.pop("num_workers", 0)
-    data = _instantiate(data_node, "data")
-    model = _instantiate(cfg.model, "model", input_shape=list(data.input_shape),
-                         num_classes=data.num_classes).to(device)
+    data, loader, model = build_data_and_model(cfg, device)
+    in_memory, num_workers = loader["in_memory"], loader["num_workers"]
     tr = cfg.trainer
     if tr.channels_last == "on" or (tr.channels_last == "auto" and device.type == "cuda" and _has_conv(model)):
         model = model.to(memory_format=torch.channels_last)
@@ -307,7 +326,10 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
     gm = cfg.grad_monitor
     grad_monitor = GradientMonitor(model.named_parameters(), enabled=gm.enabled,
                                    vanishing_below=gm.vanishing_below,
-                                   exploding_above=gm.exploding_above, ratio=gm.ratio)
+                                   exploding_above=gm.exploding_above, ratio=gm.ratio,
+                                   skip_nonfinite=tr.precision == "fp16")
+    if state is None:
+        _set_aside_old_results(output_dir, reporter)
     checkpointer = ckpt.Checkpointer(output_dir / "checkpoints", plain_config, enabled=cfg.checkpoint.enabled)
     start = None
     if state is not None:
@@ -373,16 +395,33 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
         "torch_threads": torch.get_num_threads(),
         "data_fingerprint": record["data_fingerprint"],
         "config_hash": config_hash(plain_config),
+        "launch": launch_id(),
     })
     if result.interrupted:
         summary["signal"] = stop.signum
     save_plots(metrics.rows, output_dir / "plots")
     write_json(output_dir / "summary.json", summary)
     reporter.summary(summary)
-    if result.interrupted:
+    if result.interrupted and cfg.checkpoint.enabled:
         reporter.note(f"interrupted after {stop.steps} steps this session; a checkpoint is saved. "
                       f"Resume with:\n  nettrain-train resume={output_dir.resolve()}")
+    elif result.interrupted:
+        reporter.note(f"interrupted after {stop.steps} steps; checkpoint.enabled=false, so it cannot be resumed")
     return summary
+
+
+def _set_aside_old_results(output_dir: Path, reporter) -> None:
+    """A fresh run in a folder that holds an earlier run's results (a failed sweep job run again,
+    a reused hydra.run.dir) moves them to previous-<time>/ first: nothing is lost, and resume can
+    never pick up the other run's checkpoints."""
+    old = [name for name in ("checkpoints", "metrics.csv", "plots", "summary.json") if (output_dir / name).exists()]
+    if not old:
+        return
+    aside = output_dir / f"previous-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}"
+    aside.mkdir(parents=True)
+    for name in old:
+        os.replace(output_dir / name, aside / name)
+    reporter.note(f"an earlier run's results were in {output_dir}; moved to {aside.name}/")
 
 
 def make_rerunnable(config_yaml: Path) -> None:

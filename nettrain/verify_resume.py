@@ -144,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     from nettrain.files import write_json
 
     write_json(workdir / "verify.json", {**facts, "identical": not differences, "differences": differences})
-    how = (f"interrupted after step {facts['stopped_after']} of {facts['total_steps']} and resumed"
-           if facts["resumed"] else f"the run ended before step {facts['stopped_after']}; not interrupted")
+    if not facts["resumed"]:
+        print(f"NOT VERIFIED: the run ended after {facts['total_steps']} steps, before the interruption at step "
+              f"{facts['stopped_after']}; allowed: --stop-after below {facts['total_steps']}")
+        return 1
+    how = f"interrupted after step {facts['stopped_after']} of {facts['total_steps']} and resumed"
     if differences:
         print(f"DIFFERENT: straight vs {how}; {len(differences)} difference(s):")
         for line in differences:

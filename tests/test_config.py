@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from conftest import CONF, make_cfg
-from nettrain.config import ConfigError, validate
+from nettrain.config import ConfigError, problems, validate
 from nettrain.schedulers import LRSchedule, build_schedule
 from nettrain.train import _instantiate
 
@@ -109,6 +109,8 @@ def test_validation_reports_every_problem_at_once():
     (["data=mnist", "data.name=CIFAR10"], "data.name='CIFAR10': allowed: MNIST, FashionMNIST, KMNIST"),
     (["scheduler.interval=batch"], "scheduler.interval='batch': allowed: epoch, step"),
     (["regularization.grad_clip=0"], "regularization.grad_clip=0.0: must be null (off) or a number > 0"),
+    (["scheduler=plateau", "scheduler.interval=step"],
+     "scheduler.interval='step': ReduceLROnPlateau steps on the validation loss; allowed: epoch"),
 ])
 def test_validation_messages(overrides, message):
     with pytest.raises(ConfigError) as info:
@@ -116,8 +118,11 @@ def test_validation_messages(overrides, message):
     assert message in str(info.value)
 
 
-def test_a_valid_config_passes():
-    validate(make_cfg("model=cnn", "scheduler=cosine", "regularization=l2", "regularization.grad_clip=1.0"))
+def test_a_valid_config_has_no_problems():
+    assert problems(make_cfg()) == []
+    assert problems(make_cfg("model=cnn", "scheduler=cosine", "regularization=l2", "regularization.grad_clip=1.0",
+                             "trainer.precision=bf16", "device=cuda:1")) == []
+    assert problems(make_cfg("lr=0")) == ["lr=0.0: must be a number > 0"]
 
 
 def test_unknown_keyword_is_a_config_error_naming_the_group():

@@ -190,3 +190,16 @@ def test_a_deep_sigmoid_net_warns_of_vanishing_gradients(run, capsys):
     with open(out / "metrics.csv") as f:
         row = next(csv.DictReader(f))
     assert float(row["grad_mean/fc1.weight"]) < float(row["grad_mean/fc9.weight"]) / 100
+
+
+def test_gradient_monitor_leaves_out_overflowed_steps_when_asked():
+    param = nn.Parameter(torch.zeros(4))
+    monitor = GradientMonitor([("w", param)], skip_nonfinite=True)
+    for grad in (torch.full((4,), 2.0), torch.full((4,), float("inf")), torch.full((4,), 4.0)):
+        param.grad = grad
+        monitor.accumulate()
+    assert monitor.end_epoch() == {"grad_mean/w": 3.0}  # (2 + 4) / 2 finite steps
+    plain = GradientMonitor([("w", param)])
+    param.grad = torch.full((4,), float("inf"))
+    plain.accumulate()
+    assert math.isinf(plain.end_epoch()["grad_mean/w"])

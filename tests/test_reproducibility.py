@@ -21,7 +21,7 @@ from conftest import cli, make_cfg
 from nettrain.checkpoint import CheckpointError, load_checkpoint, newest_valid
 from nettrain.config import ConfigError
 from nettrain.evaluate import main as eval_main
-from nettrain.loop import StopRequest
+from nettrain.loop import Position, StopRequest
 from nettrain.models import MLP
 from nettrain.reproducibility import provenance_differences
 from nettrain.train import config_changes, train
@@ -240,7 +240,7 @@ def _interrupt(tmp_path: Path, run: Path, signals: list[int], extra: list[str]) 
     for line in proc.stdout:
         if line.split() and line.split()[0] == "1":  # the first epoch's row: the second epoch starts
             break
-    time.sleep(0.3)  # well inside the second epoch (about 1 s long)
+    time.sleep(0.2)  # well inside the second epoch (about 0.7 s long)
     for sig in signals:
         proc.send_signal(sig)
         time.sleep(0.01)
@@ -248,7 +248,7 @@ def _interrupt(tmp_path: Path, run: Path, signals: list[int], extra: list[str]) 
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-SLOW_RUN = ["data=synthetic", "data.num_samples=60000", "batch_size=32", "epochs=2", "early_stopping.enabled=false",
+SLOW_RUN = ["data=synthetic", "data.num_samples=40000", "batch_size=32", "epochs=2", "early_stopping.enabled=false",
             "console.show_config=false", "console.show_model=false", "regularization=dropout"]
 
 
@@ -345,3 +345,96 @@ def test_eval_names_a_bad_checkpoint(tmp_path, capsys):
     (tmp_path / "checkpoints").mkdir()
     assert eval_main([str(tmp_path)]) == 2
     assert f"no valid checkpoint in {tmp_path / 'checkpoints'}" in capsys.readouterr().err
+
+
+# -- edge cases of resume ------------------------------------------------------------------------
+def test_resume_mid_epoch_through_the_dataloader_path_is_bit_identical(tmp_path):
+    args = [*BASE, "data.in_memory=false"]
+    train(make_cfg(*args), output_dir=tmp_path / "straight")
+    train(make_cfg(*args), output_dir=tmp_path / "run", stop=StopRequest(after_steps=3))
+    train(make_cfg(*args, f"resume={tmp_path / 'run'}"), output_dir=tmp_path / "run")
+    assert_same_run(tmp_path / "straight", tmp_path / "run")
+
+
+def test_a_fresh_run_in_a_used_folder_sets_the_old_results_aside(straight, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    train(make_cfg(*BASE), output_dir=out, stop=StopRequest(after_steps=3))  # a new run, interrupted
+    (aside,) = out.glob("previous-*")
+    assert rows(aside) == rows(straight) and (aside / "checkpoints" / "best.pt").is_file()
+    train(make_cfg(*BASE, f"resume={out}"), output_dir=out)  # resumes the new run, not the old one
+    assert_same_run(straight, out)
+
+
+def test_resume_without_a_valid_checkpoint_is_a_config_error_that_keeps_the_summary(straight, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    for ckpt in (out / "checkpoints").glob("*.pt"):
+        ckpt.write_bytes(b"broken")
+    before = (out / "summary.json").read_text()
+    with pytest.raises(ConfigError, match="resume=.*no valid checkpoint in .*allowed: a run dir with a valid"):
+        train(make_cfg(*BASE, "epochs=6", f"resume={out}"), output_dir=out)
+    assert (out / "summary.json").read_text() == before
+
+
+def test_a_longer_run_on_resume_keeps_the_warmup_it_started_with():
+    from nettrain.schedulers import LRSchedule
+
+    def schedule(warmup_steps):
+        opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+        return LRSchedule(opt, None, "epoch", warmup_steps)
+
+    first = schedule(20)
+    for _ in range(10):
+        first.optimizer.step()
+        first.after_step()
+    resumed = schedule(200)  # 10x the epochs: a longer warmup if recomputed
+    resumed.optimizer.load_state_dict(first.optimizer.state_dict())
+    resumed.load_state_dict(first.state_dict())
+    for _ in range(10):
+        resumed.optimizer.step()
+        resumed.after_step()
+    assert resumed.lr == pytest.approx(0.1)
+
+
+def test_a_corrupt_last_checkpoint_never_replaces_a_good_previous(tmp_path):
+    from nettrain.checkpoint import Checkpointer, save_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    save_checkpoint(folder / "previous.pt", {"epoch": 1, "progress": {"step_in_epoch": 0}})
+    (folder / "last.pt").write_bytes(b"corrupt")
+    (folder / "last.pt.sha256").write_text("0" * 64)
+
+    class Part:
+        def state_dict(self):
+            return {}
+
+    checkpointer = Checkpointer(folder, config={})
+    checkpointer.save(Position(epoch=2), model=Part(), optimizer=Part(), schedule=Part(), early_stopping=Part(),
+                      grad_monitor=Part(), precision=Part(), data_generator=torch.Generator(), history=[])
+    assert load_checkpoint(folder / "previous.pt")["epoch"] == 1
+    assert load_checkpoint(folder / "last.pt")["epoch"] == 2
+    checkpointer.save(Position(epoch=3), model=Part(), optimizer=Part(), schedule=Part(), early_stopping=Part(),
+                      grad_monitor=Part(), precision=Part(), data_generator=torch.Generator(), history=[],
+                      is_best=True)
+    assert [load_checkpoint(folder / n)["epoch"] for n in ("previous.pt", "last.pt", "best.pt")] == [2, 3, 3]
+
+
+def test_verify_resume_fails_when_it_could_not_interrupt(tmp_path, capsys):
+    assert verify_main([*BASE, "epochs=1", "--stop-after", "100", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().out.startswith("NOT VERIFIED: the run ended after 8 steps")
+
+
+def test_eval_of_a_checkpoint_outside_a_run_writes_beside_it(straight, tmp_path):
+    import shutil
+
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for name in ("best.pt", "best.pt.sha256"):
+        shutil.copy(straight / "checkpoints" / name, loose / name)
+    assert eval_main([str(loose / "best.pt")]) == 0
+    assert (loose / "eval" / "best-test.json").is_file() and not (tmp_path / "eval").exists()

@@ -42,15 +42,37 @@ def test_claim_moves_results_to_the_job_of_their_config(tmp_path):
     sweep = tmp_path / "sweep"
     for name, key in (("0", "aaa"), ("1", "bbb")):
         (sweep / name / "checkpoints").mkdir(parents=True)
-        (sweep / name / "summary.json").write_text(json.dumps({"status": "completed", "config_hash": key}))
+        (sweep / name / "summary.json").write_text(json.dumps({"status": "completed", "config_hash": key,
+                                                                "launch": "old"}))
         (sweep / name / "metrics.csv").write_text(key)
     (sweep / "2").mkdir()
-    assert claim(sweep / "0", "ccc") is None  # a new config in job 0: job 0's old results step aside
-    assert (sweep / "0.displaced-aaa" / "metrics.csv").read_text() == "aaa"
+    assert claim(sweep / "0", "ccc", "new") is None  # a new config in job 0: job 0's old results step aside
+    assert (sweep / ".0.displaced-aaa" / "metrics.csv").read_text() == "aaa"
     assert not (sweep / "0" / "metrics.csv").exists()
-    assert claim(sweep / "2", "aaa")["config_hash"] == "aaa"  # ... until their config's job claims them
-    assert (sweep / "2" / "metrics.csv").read_text() == "aaa" and not (sweep / "0.displaced-aaa").exists()
-    assert claim(sweep / "1", "bbb")["status"] == "completed"  # in place
+    assert claim(sweep / "2", "aaa", "new")["config_hash"] == "aaa"  # ... until their config's job claims them
+    assert (sweep / "2" / "metrics.csv").read_text() == "aaa" and not (sweep / ".0.displaced-aaa").exists()
+    assert claim(sweep / "1", "bbb", "new")["status"] == "completed"  # in place
+    # from another job folder of an earlier launch: it keeps a note of where they went
+    (sweep / "3").mkdir()
+    assert claim(sweep / "3", "bbb", "new")["config_hash"] == "bbb"
+    assert json.loads((sweep / "1" / "claimed.json").read_text()) == {"moved_to": "3"}
+    # never from the current launch: a repeated config trains again
+    (sweep / "4").mkdir()
+    (sweep / "3" / "summary.json").write_text(json.dumps({"status": "completed", "config_hash": "bbb",
+                                                           "launch": "new"}))
+    assert claim(sweep / "4", "bbb", "new") is None
+
+
+def test_a_shorter_relaunch_leaves_a_clean_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "data=synthetic", "data.num_samples=300", "epochs=1", *QUIET, f"hydra.sweep.dir={sweep}"]
+    assert cli(*args, "batch_size=32,64", cwd=tmp_path).returncode == 0
+    proc = cli(*args, "batch_size=64", cwd=tmp_path)  # 64 was job 1, is now job 0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skipped" in proc.stdout
+    with open(sweep / "summary.csv") as f:
+        summary_rows = list(csv.DictReader(f))
+    assert [(r["job"], r["status"]) for r in summary_rows] == [("0", "ok")]
 
 
 def test_relaunching_a_finished_sweep_skips_every_job_and_extends_a_changed_one(tmp_path):
@@ -100,22 +122,22 @@ def test_a_failed_job_is_run_again_on_relaunch(tmp_path):
     assert "skipped" not in proc.stdout
 
 
-SLOW = ["data=synthetic", "data.num_samples=60000", "batch_size=32", "epochs=2", "early_stopping.enabled=false",
-        "regularization=dropout", *QUIET]
+SLOW = ["data=synthetic", "batch_size=32", "epochs=2", "early_stopping.enabled=false", "regularization=dropout",
+        *QUIET]
 
 
 def test_an_interrupted_sweep_resumes_its_interrupted_job_exactly(tmp_path):
     sweep = tmp_path / "sweep"
-    command = [str(Path(sys.executable).with_name("nettrain-train")), "-m", "seed=0,1", *SLOW,
+    command = [str(Path(sys.executable).with_name("nettrain-train")), "-m", "data.num_samples=1000,40000", *SLOW,
                f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(command, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     in_job_1 = False
     for line in proc.stdout:
-        in_job_1 = in_job_1 or "#1 : seed=1" in line
+        in_job_1 = in_job_1 or "#1 : data.num_samples=40000" in line
         if in_job_1 and line.split() and line.split()[0] == "1":  # job 1's first epoch is done
             break
-    time.sleep(0.3)
+    time.sleep(0.2)  # inside job 1's second epoch (about 0.7 s long)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode == 143
@@ -125,7 +147,7 @@ def test_an_interrupted_sweep_resumes_its_interrupted_job_exactly(tmp_path):
     assert "this config already finished" in relaunch.stdout and "resuming" in relaunch.stdout
     assert {s["status"] for s in job_summaries(sweep).values()} == {"completed"}
     straight = tmp_path / "straight"
-    train(make_cfg(*SLOW, "seed=1"), output_dir=straight)
+    train(make_cfg(*SLOW, "data.num_samples=40000"), output_dir=straight)
     assert rows(sweep / "1") == rows(straight)
     with open(sweep / "summary.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok"]

@@ -240,31 +240,3 @@ def test_the_callback_never_fails_the_sweep(tmp_path, capsys):
     assert callbacks.sweep_exit_code() == 0
     callbacks.SweepSummaryCallback(enabled=False).on_multirun_end(hydra_config(tmp_path))
     assert not any(tmp_path.iterdir())
-
-
-def test_a_sweep_job_that_raised_gets_a_failed_summary_and_a_single_run_is_untouched(tmp_path):
-    from types import SimpleNamespace
-
-    from hydra.core.utils import JobStatus
-
-    from nettrain.callbacks import SweepSummaryCallback
-
-    def failed_job():
-        return SimpleNamespace(status=JobStatus.FAILED, _return_value=RuntimeError("boom\nstack"))
-
-    callback = SweepSummaryCallback()
-    single = tmp_path / "single"
-    single.mkdir()
-    callback.on_job_end(hydra_config(tmp_path, "RUN", single), failed_job())
-    assert not (single / "summary.json").exists()  # a single run: untouched
-    job = tmp_path / "0"
-    job.mkdir()
-    callback.on_job_end(hydra_config(tmp_path, "MULTIRUN", job),
-                        SimpleNamespace(status=JobStatus.COMPLETED, _return_value=1.0))
-    assert not (job / "summary.json").exists()
-    callback.on_job_end(hydra_config(tmp_path, "MULTIRUN", job), failed_job())
-    assert json.loads((job / "summary.json").read_text()) == {"status": "failed", "error": "RuntimeError: boom",
-                                                              "monitor": "val_loss"}
-    (job / "summary.json").write_text('{"status": "failed", "error": "from train()"}')
-    callback.on_job_end(hydra_config(tmp_path, "MULTIRUN", job), failed_job())
-    assert "from train()" in (job / "summary.json").read_text()  # train()'s own record wins
