@@ -49,6 +49,7 @@ class GradMonitorConfig:
     vanishing_below: float = 1e-7  # warn when a layer's mean |grad| is below this
     exploding_above: float = 1e2  # warn when a layer's mean |grad| is above this
     ratio: float = 1e3  # warn when a layer is this many times below/above the median layer
+    every_n_steps: int = 10  # sample every n-th step's gradients (1 = every step; each sample costs a pass)
 
 
 @dataclass
@@ -207,6 +208,7 @@ def problems(cfg: Any) -> list[str]:
     choice("early_stopping.monitor", tuple(MONITORED))
     need("early_stopping.patience", lambda v: v >= 1, "must be an integer >= 1")
     need("early_stopping.min_delta", lambda v: finite(v) and v >= 0, "must be a number >= 0")
+    need("grad_monitor.every_n_steps", lambda v: v >= 1, "must be an integer >= 1 (1 = every step)")
     for key in ("vanishing_below", "exploding_above", "ratio"):
         need(f"grad_monitor.{key}", lambda v: finite(v) and v > 0, "must be a number > 0")
     choice("console.progress", ("auto", "on", "off"))

@@ -327,7 +327,7 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
     grad_monitor = GradientMonitor(model.named_parameters(), enabled=gm.enabled,
                                    vanishing_below=gm.vanishing_below,
                                    exploding_above=gm.exploding_above, ratio=gm.ratio,
-                                   skip_nonfinite=tr.precision == "fp16")
+                                   skip_nonfinite=tr.precision == "fp16", every_n_steps=gm.every_n_steps)
     if state is None:
         _set_aside_old_results(output_dir, reporter)
     checkpointer = ckpt.Checkpointer(output_dir / "checkpoints", plain_config, enabled=cfg.checkpoint.enabled)

@@ -17,7 +17,9 @@ from nettrain.config import register_schema
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-QUIET = ["console.show_config=false", "console.show_model=false", "console.progress=off"]
+# device=cpu: the suite's exact comparisons are CPU figures, also on a machine with a GPU
+# (tests/test_gpu.py runs the CUDA paths there).
+QUIET = ["console.show_config=false", "console.show_model=false", "console.progress=off", "device=cpu"]
 
 register_schema()
 

@@ -203,3 +203,15 @@ def test_gradient_monitor_leaves_out_overflowed_steps_when_asked():
     param.grad = torch.full((4,), float("inf"))
     plain.accumulate()
     assert math.isinf(plain.end_epoch()["grad_mean/w"])
+
+
+def test_gradient_monitor_samples_every_nth_step():
+    param = nn.Parameter(torch.zeros(2))
+    monitor = GradientMonitor([("w", param)], every_n_steps=3)
+    for value in (1.0, 100.0, 100.0, 4.0, 100.0, 100.0, 7.0):  # steps 1, 4, 7 are sampled
+        param.grad = torch.full((2,), value)
+        monitor.accumulate()
+    assert monitor.end_epoch() == {"grad_mean/w": 4.0}
+    param.grad = torch.full((2,), 9.0)  # a new epoch starts sampling at its first step
+    monitor.accumulate()
+    assert monitor.end_epoch() == {"grad_mean/w": 9.0}

@@ -189,7 +189,7 @@ def test_an_unreadable_file_with_a_matching_checksum_is_still_named(tmp_path):
 
 
 # -- through the CLI: re-run, provenance, signals -------------------------------------------------
-CLI_BASE = ["data=synthetic", "data.num_samples=600", "epochs=3", "early_stopping.enabled=false",
+CLI_BASE = ["device=cpu", "data=synthetic", "data.num_samples=600", "epochs=3", "early_stopping.enabled=false",
             "regularization=dropout", "console.show_config=false", "console.show_model=false"]
 
 
@@ -248,7 +248,7 @@ def _interrupt(tmp_path: Path, run: Path, signals: list[int], extra: list[str]) 
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-SLOW_RUN = ["data=synthetic", "data.num_samples=40000", "batch_size=32", "epochs=2", "early_stopping.enabled=false",
+SLOW_RUN = ["device=cpu", "data=synthetic", "data.num_samples=40000", "batch_size=32", "epochs=2", "early_stopping.enabled=false",
             "console.show_config=false", "console.show_model=false", "regularization=dropout"]
 
 

@@ -20,7 +20,7 @@ from nettrain.train import train
 
 pytestmark = pytest.mark.slow
 
-QUIET = ["console.show_config=false", "console.show_model=false"]
+QUIET = ["console.show_config=false", "console.show_model=false", "device=cpu"]
 
 
 def rows(run: Path) -> list[dict]:
