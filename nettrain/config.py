@@ -115,6 +115,21 @@ class ConfigError(ValueError):
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested plain config as {'dotted.key': value} (lists stay values)."""
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
+def matches(key: str, patterns: tuple[str, ...]) -> bool:
+    """`key` is one of `patterns`, or lies under a pattern that ends in '.' (a whole section)."""
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
 def _fmt(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 

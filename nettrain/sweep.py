@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nettrain.config import flatten, matches
 from nettrain.files import write_json
 
 # settings that do not change what a run computes
@@ -33,14 +34,8 @@ CLAIMED = "claimed.json"  # left in a job folder whose results moved to the job 
 def config_hash(plain_config: dict[str, Any]) -> str:
     """A fingerprint of everything in the config that changes what the run computes."""
 
-    def keep(prefix: str, node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: keep(f"{prefix}{k}.", v) for k, v in node.items()
-                    if not any(f"{prefix}{k}" == s or (s.endswith(".") and f"{prefix}{k}.".startswith(s))
-                               for s in INCIDENTAL)}
-        return node
-
-    text = json.dumps(keep("", plain_config), sort_keys=True, default=str)
+    kept = {k: v for k, v in flatten(plain_config).items() if not matches(k, INCIDENTAL)}
+    text = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

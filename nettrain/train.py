@@ -27,7 +27,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from nettrain.config import MONITORED, ConfigError, register_schema, validate
+from nettrain.config import MONITORED, ConfigError, flatten, matches, register_schema, validate
 
 log = logging.getLogger("nettrain")
 
@@ -120,21 +120,12 @@ def run_dir_of(resume: str) -> Path:
     return path.parent.parent if path.is_file() else path
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: node}
-
-
 def config_changes(old: dict, new: dict, safe: tuple[str, ...] = SAFE_ON_RESUME) -> list[str]:
     """'key: old -> new' for every resolved setting that differs, except the safe ones."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     changed = []
     for key in sorted(set(a) | set(b)):
-        if any(key == s or (s.endswith(".") and key.startswith(s)) for s in safe):
+        if matches(key, safe):
             continue
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             changed.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")

@@ -240,7 +240,7 @@ def _interrupt(tmp_path: Path, run: Path, signals: list[int], extra: list[str]) 
     for line in proc.stdout:
         if line.split() and line.split()[0] == "1":  # the first epoch's row: the second epoch starts
             break
-    time.sleep(0.2)  # well inside the second epoch (about 0.7 s long)
+    time.sleep(float(line.split()[5]) / 3)  # a third into the second epoch, however busy the machine
     for sig in signals:
         proc.send_signal(sig)
         time.sleep(0.01)
