@@ -65,9 +65,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if verify:
         verify_checkpoint(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported by name
         raise CheckpointError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from None
+    version = state.get("format") if isinstance(state, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path}: format version {version!r}, but this nettrain reads "
+                              f"format version {FORMAT_VERSION}" + (" (written by a newer nettrain: upgrade to load it)"
+                                                                    if isinstance(version, int) and version > FORMAT_VERSION
+                                                                    else ""))
+    return state
 
 
 def newest_valid(directory: str | Path, report=print) -> tuple[Path, dict[str, Any]]:
@@ -97,64 +104,59 @@ class Checkpointer:
         self.directory, self.config, self.enabled = Path(directory), config, enabled
         self.wrote_last = False  # whether last.pt is this session's (else it is checked before keeping it)
 
-    def save(self, position, *, is_best: bool = False, **parts) -> None:
-        """Snapshot the run at `position` (a loop.Position); `parts` as for :func:`snapshot`."""
+    def save(self, state, position, *, is_best: bool = False) -> None:
+        """Snapshot `state` (a TrainState) at `position` (a state.Position)."""
         if not self.enabled:
             return
-        state = snapshot(position, config=self.config, **parts)
+        saved = snapshot(state, position, self.config)
         last = self.directory / "last.pt"
         if last.exists() and (self.wrote_last or _is_valid(last)):
             _link_over(last, self.directory / "previous.pt")  # keep it: at every moment one is valid
-        save_checkpoint(last, state)
+        save_checkpoint(last, saved)
         self.wrote_last = True
         if is_best:
             _link_over(last, self.directory / "best.pt")  # the same state: a second name, not a second write
 
 
-def snapshot(position, *, config: dict[str, Any], model, optimizer, schedule, early_stopping, grad_monitor,
-             precision, data_generator: torch.Generator, history: list[dict]) -> dict[str, Any]:
-    """Everything a resumed run needs to continue exactly, as tensors and plain data."""
+def snapshot(state, position, config: dict[str, Any]) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly, as tensors and plain data: every part
+    of the TrainState (by its checkpoint key), the position, the RNG states and the config."""
     from nettrain.reproducibility import capture_rng
 
+    saved = {key: part.state_dict() for key, part in state.checkpointed()}
     return {
         "format": FORMAT_VERSION,
         "epoch": position.epoch,  # epochs completed
         "progress": {"step_in_epoch": position.step_in_epoch, "order": position.order,
                      "loss_sum": position.loss_sum, "train_time": position.train_time},
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": schedule.state_dict(),
-        "early_stopping": early_stopping.state_dict(),
-        "grad_monitor": grad_monitor.state_dict(),
-        "grad_scaler": precision.state_dict(),
-        "rng": capture_rng(data_generator),
-        "history": list(history),
+        **saved,
+        "rng": capture_rng(state.data_generator),
+        "history": list(state.history),
         "best_weights": position.best_weights,
         "config": config,
     }
 
 
-def restore(state: dict[str, Any], *, model, optimizer, schedule, early_stopping, grad_monitor, precision,
-            data_generator: torch.Generator, device: torch.device):
-    """Load a snapshot into freshly built parts; returns the loop.Position to continue from."""
-    from nettrain.loop import Position
+def restore(saved: dict[str, Any], state, device: torch.device):
+    """Load a snapshot into a freshly built TrainState; returns the loop.Position to continue from.
+    An optional part (in `state.extras`) that the checkpoint does not hold keeps its fresh state."""
     from nettrain.reproducibility import restore_rng
+    from nettrain.state import Position
 
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["scheduler"])
-    early_stopping.load_state_dict(state["early_stopping"])
-    grad_monitor.load_state_dict(state["grad_monitor"])
-    precision.load_state_dict(state["grad_scaler"])
-    restore_rng(state["rng"], data_generator)
-    progress = state["progress"]
-    best = state["best_weights"]
+    for key, part in state.checkpointed():
+        if key in saved:
+            part.load_state_dict(saved[key])
+        elif key not in state.extras:
+            raise CheckpointError(f"checkpoint has no {key!r} state")
+    restore_rng(saved["rng"], state.data_generator)
+    state.history[:] = saved["history"]
+    progress = saved["progress"]
+    best = saved["best_weights"]
     return Position(
-        epoch=state["epoch"], step_in_epoch=progress["step_in_epoch"], order=progress["order"],
+        epoch=saved["epoch"], step_in_epoch=progress["step_in_epoch"], order=progress["order"],
         loss_sum=None if progress["loss_sum"] is None else progress["loss_sum"].to(device),
         train_time=progress["train_time"],
-        best_weights=None if best is None else {k: v.to(device) for k, v in best.items()},
-        history=state["history"])
+        best_weights=None if best is None else {k: v.to(device) for k, v in best.items()})
 
 
 def _is_valid(path: Path) -> bool:

@@ -23,7 +23,7 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
     from nettrain.config import TrainConfig, validate
     from nettrain.data import Batches
     from nettrain.loop import evaluate
-    from nettrain.train import _instantiate, build_data_and_model, resolve_device
+    from nettrain.build import build_data_and_model, build_loss, resolve_device
 
     target = Path(target).expanduser()
     if target.is_file():
@@ -42,7 +42,7 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
     data, loader, model = build_data_and_model(cfg, device)
     model.load_state_dict(state["model"])
     batches = Batches(getattr(data, split), cfg.batch_size, device, **loader)
-    loss, acc = evaluate(model, _instantiate(cfg.loss, "loss"), batches)
+    loss, acc = evaluate(model, build_loss(cfg), batches)
     result = {"checkpoint": str(path), "epoch": state["epoch"], "split": split, "samples": batches.n,
               f"{split}_loss": loss, f"{split}_acc": acc, "device": str(device),
               "overrides": list(overrides or [])}

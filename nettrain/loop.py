@@ -13,23 +13,17 @@ the step reached, the partial loss sum and every RNG state (see checkpoint.snaps
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from nettrain.interrupt import StopRequest
+from nettrain.state import Position, TrainState
 
-@dataclass
-class Position:
-    """Where training stands: `epoch` epochs done, plus `step_in_epoch` steps of the next one."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    order: torch.Tensor | None = None  # the sample order of the epoch in progress
-    loss_sum: torch.Tensor | None = None  # its training-loss sum so far
-    train_time: float = 0.0  # its training seconds so far
-    best_weights: dict | None = None  # the best epoch's weights, for restore_best
-    history: list[dict] = field(default_factory=list)  # the metrics rows of the epochs done
+__all__ = ["FitResult", "LoopSettings", "Position", "RunOutputs", "StopRequest", "evaluate", "fit", "train_step"]
 
 
 @dataclass
@@ -39,25 +33,6 @@ class FitResult:
     best_epoch: int
     best_value: float
     interrupted: bool = False
-
-
-class StopRequest:
-    """Asks the loop to stop after the current step (set by a signal handler, or a test)."""
-
-    def __init__(self, after_steps: int | None = None):
-        self.signum: int | None = None
-        self.after_steps = after_steps  # stop on its own after this many steps (verify-resume)
-        self.steps = 0
-
-    def request(self, signum: int = 0) -> None:
-        self.signum = signum
-
-    def tick(self) -> bool:
-        """Call once per step; True when the loop should stop now."""
-        self.steps += 1
-        if self.after_steps is not None and self.steps >= self.after_steps:
-            self.request()
-        return self.signum is not None
 
 
 @torch.no_grad()
@@ -79,76 +54,102 @@ def l1_penalty(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(params, 1)).sum()
 
 
-def fit(*, model, loss_fn, optimizer, schedule, train_batches, val_batches, epochs: int,
-        grad_monitor, early_stopping, checkpointer, metrics, reporter, l1: float = 0.0,
-        grad_clip: float | None = None, restore_best: bool = True, start: Position | None = None,
-        stop: StopRequest | None = None, precision=None) -> FitResult:
-    l1_params = [p for p in model.parameters() if p.dim() > 1]  # weight matrices and conv kernels
-    device = next(model.parameters()).device
-    start, stop = start or Position(), stop or StopRequest()
-    if precision is None:
-        from nettrain.precision import Precision
+@dataclass
+class LoopSettings:
+    """What the loop does besides the update itself (from the run config)."""
 
-        precision = Precision("32", device)
+    epochs: int  # train up to this epoch
+    l1: float = 0.0  # weight of the L1 penalty l1 * sum|w| added to the loss
+    grad_clip: float | None = None  # max global gradient norm; None = no clipping
+    restore_best: bool = True  # load the best epoch's weights when training ends
+
+
+@dataclass
+class RunOutputs:
+    """Where the loop reports: checkpoints, metrics.csv and the console."""
+
+    checkpointer: Any  # nettrain.checkpoint.Checkpointer
+    metrics: Any  # nettrain.metrics.MetricsWriter
+    reporter: Any  # nettrain.report.Reporter
+
+
+def train_step(state: TrainState, settings: LoopSettings) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The update for one batch: forward, loss, backward, gradient monitor, clipping, optimizer
+    step, schedule. Returns step(x, y) -> the batch's loss sum (detached, on the device)."""
+    model, optimizer, precision, schedule = state.model, state.optimizer, state.precision, state.schedule
+    loss_fn, grad_monitor = state.loss_fn, state.grad_monitor
+    l1_params = [p for p in model.parameters() if p.dim() > 1]  # weight matrices and conv kernels
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with precision.autocast():
+            loss = loss_fn(model(x), y)  # forward + data loss
+        batch_loss_sum = loss.detach() * len(y)
+        if settings.l1:
+            loss = loss + settings.l1 * l1_penalty(l1_params)
+        optimizer.zero_grad(set_to_none=True)
+        precision.backward(loss)  # backward
+        precision.unscale_(optimizer)  # true gradients (fp16 scales them)
+        grad_monitor.accumulate()  # raw gradients, before clipping
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        precision.step(optimizer)  # update
+        schedule.after_step()
+        return batch_loss_sum
+
+    return step
+
+
+def fit(state: TrainState, train_batches, val_batches, settings: LoopSettings, out: RunOutputs,
+        start: Position | None = None, stop: StopRequest | None = None) -> FitResult:
+    """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs."""
+    model, early_stopping, grad_monitor, schedule = state.model, state.early_stopping, state.grad_monitor, state.schedule
+    start, stop = start or Position(), stop or StopRequest()
+    step_fn = train_step(state, settings)
     best_weights = start.best_weights
-    parts = dict(model=model, optimizer=optimizer, schedule=schedule, early_stopping=early_stopping,
-                 grad_monitor=grad_monitor, precision=precision, data_generator=train_batches.generator,
-                 history=metrics.rows)
     epoch = start.epoch
-    for epoch in range(start.epoch + 1, epochs + 1):
+    for epoch in range(start.epoch + 1, settings.epochs + 1):
         # -- train (from the saved position when resuming mid-epoch) --------------------------
         resuming = epoch == start.epoch + 1 and start.order is not None
         order = start.order if resuming else train_batches.order()
         step = start.step_in_epoch if resuming else 0
-        loss_sum = start.loss_sum if resuming else torch.zeros((), device=device)
+        loss_sum = start.loss_sum if resuming else torch.zeros((), device=state.device)
         train_time = start.train_time if resuming else 0.0
         model.train()
         started = time.perf_counter()
-        with reporter.progress(len(train_batches), epoch, done=step) as advance:
+        with out.reporter.progress(len(train_batches), epoch, done=step) as advance:
             for x, y in train_batches.batches(order, first_step=step):
-                with precision.autocast():
-                    loss = loss_fn(model(x), y)  # forward + data loss
-                loss_sum += loss.detach() * len(y)
-                if l1:
-                    loss = loss + l1 * l1_penalty(l1_params)
-                optimizer.zero_grad(set_to_none=True)
-                precision.backward(loss)  # backward
-                precision.unscale_(optimizer)  # true gradients (fp16 scales them)
-                grad_monitor.accumulate()  # raw gradients, before clipping
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                precision.step(optimizer)  # update
-                schedule.after_step()
+                loss_sum += step_fn(x, y)
                 step += 1
                 advance()
                 if stop.tick() and step < len(train_batches):  # interrupted mid-epoch: save and leave
                     train_time += time.perf_counter() - started
-                    checkpointer.save(Position(epoch - 1, step, order, loss_sum, train_time, best_weights), **parts)
+                    out.checkpointer.save(state, Position(epoch - 1, step, order, loss_sum, train_time, best_weights))
                     return FitResult(epoch - 1, False, early_stopping.best_epoch, early_stopping.best, True)
         train_loss = (loss_sum / train_batches.n).item()  # the epoch's one host sync for training
         train_time += time.perf_counter() - started
 
         # -- validate, record, decide --------------------------------------------------------
         val_started = time.perf_counter()
-        val_loss, val_acc = evaluate(model, loss_fn, val_batches)
+        val_loss, val_acc = evaluate(model, state.loss_fn, val_batches)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
                "lr": schedule.lr, "epoch_time_s": train_time + time.perf_counter() - val_started,
                "samples_per_s": train_batches.n / train_time}
         grad_means = grad_monitor.end_epoch()
         row.update(grad_means)
         is_best = early_stopping.update(row[early_stopping.monitor], epoch)
-        if is_best and restore_best:
+        if is_best and settings.restore_best:
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        metrics.append(row)
-        reporter.epoch(row, is_best)
+        state.history.append(row)
+        out.metrics.write(state.history)
+        out.reporter.epoch(row, is_best)
         for warning in grad_monitor.check(grad_means):
-            reporter.warn(f"epoch {epoch}: {warning}")
+            out.reporter.warn(f"epoch {epoch}: {warning}")
         schedule.after_epoch(val_loss)
-        checkpointer.save(Position(epoch, best_weights=best_weights), is_best=is_best, **parts)
+        out.checkpointer.save(state, Position(epoch, best_weights=best_weights), is_best=is_best)
         if early_stopping.should_stop:
-            reporter.note(f"early stopping: {early_stopping.monitor} has not improved for "
-                          f"{early_stopping.patience} epochs (best {early_stopping.best:.4f} "
-                          f"at epoch {early_stopping.best_epoch})")
+            out.reporter.note(f"early stopping: {early_stopping.monitor} has not improved for "
+                              f"{early_stopping.patience} epochs (best {early_stopping.best:.4f} "
+                              f"at epoch {early_stopping.best_epoch})")
             break
         if stop.signum is not None:
             return FitResult(epoch, False, early_stopping.best_epoch, early_stopping.best, True)

@@ -59,3 +59,12 @@ def estimate_training_memory(model: nn.Module, optimizer: torch.optim.Optimizer,
     params = sum(p.numel() for p in model.parameters())
     return BYTES_PER_VALUE * (params * (2 + optimizer_slots(optimizer))
                               + batch_size * activations_per_sample(model, input_shape))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux

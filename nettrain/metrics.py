@@ -10,15 +10,13 @@ from nettrain.files import write_text
 
 
 class MetricsWriter:
-    def __init__(self, path: str | Path, rows: list[dict] | None = None):
-        """`rows`: the epochs already recorded (when resuming); the file is rewritten from them."""
+    def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.rows: list[dict] = list(rows or [])
 
-    def append(self, row: dict) -> None:
-        self.rows.append(row)
+    def write(self, rows: list[dict]) -> None:
+        """Rewrite the file from all rows so far (a resumed run's rows included)."""
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[0]), lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(self.rows)
+        writer.writerows(rows)
         write_text(self.path, buffer.getvalue())

@@ -1,7 +1,10 @@
 """Reproducibility: seeding, RNG state capture for exact resume, and the provenance record.
 
-- `seed_everything` seeds Python, NumPy and torch (every CUDA device too); `deterministic=true`
-  also turns on torch.use_deterministic_algorithms and sets what cuDNN and cuBLAS need.
+- `seed_everything` seeds Python, NumPy and torch (every CUDA device too).
+- `process_settings` applies a run's process-wide torch settings (CPU threads; with
+  `deterministic=true`, torch.use_deterministic_algorithms and what cuDNN and cuBLAS need) and
+  restores the previous ones when the run ends, so a sequential sweep never leaks them into the
+  next job.
 - `capture_rng` / `restore_rng` carry every RNG state through a checkpoint as plain data, so a
   resumed run continues exactly where the interrupted one stopped.
 - `provenance` describes where a run came from (versions, git commit, device, data fingerprint,
@@ -10,12 +13,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,15 +31,37 @@ import torch
 CUBLAS_WORKSPACE = ":4096:8"
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # the CPU generator and every CUDA device's
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
+
+
+@contextlib.contextmanager
+def process_settings(threads: int | None = None, deterministic: bool = False) -> Iterator[None]:
+    """Set torch's process-wide settings for one run; restore the previous ones afterwards."""
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
+              torch.backends.cudnn.deterministic, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        yield
+    finally:
+        n_threads, algorithms, warn_only, benchmark, cudnn_deterministic, workspace = before
+        if torch.get_num_threads() != n_threads:
+            torch.set_num_threads(n_threads)
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, cudnn_deterministic
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 def capture_rng(data_generator: torch.Generator) -> dict[str, Any]:
@@ -119,3 +146,20 @@ def provenance_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str
             continue
         lines.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return lines
+
+
+def write_provenance(device, data_fingerprint: str, output_dir: Path, resumed: bool, report) -> dict[str, Any]:
+    """Write provenance.json; print what differs from the run this one repeats or resumes."""
+    import json
+
+    from nettrain.files import write_json
+    from nettrain.run_dir import hydra_output_subdir, rerun_source
+
+    record = provenance(device, data_fingerprint)
+    record_dir = hydra_output_subdir() or output_dir
+    write_json(record_dir / "provenance.json", record)
+    origin = (output_dir / ".hydra") if resumed else rerun_source()
+    if origin is not None and (origin / "provenance.json").is_file() and origin != record_dir:
+        for line in provenance_differences(json.loads((origin / "provenance.json").read_text()), record):
+            report(f"differs from the original run: {line}")
+    return record

@@ -11,7 +11,7 @@ from torch import nn
 from conftest import make_cfg
 from nettrain.optim import ManualSGD
 from nettrain.schedulers import LRSchedule, build_schedule
-from nettrain.train import _instantiate
+from nettrain.build import instantiate as _instantiate
 
 
 def _two_models(seed=0):

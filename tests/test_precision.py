@@ -13,7 +13,8 @@ from nettrain.checkpoint import load_checkpoint
 from nettrain.config import ConfigError, validate
 from nettrain.loop import StopRequest
 from nettrain.precision import Precision
-from nettrain.train import fused_kwargs, train
+from nettrain.build import fused_kwargs
+from nettrain.train import train
 
 SHORT = ["data=synthetic", "data.num_samples=400", "epochs=2", "early_stopping.enabled=false"]
 

@@ -24,7 +24,8 @@ from nettrain.evaluate import main as eval_main
 from nettrain.loop import Position, StopRequest
 from nettrain.models import MLP
 from nettrain.reproducibility import provenance_differences
-from nettrain.train import config_changes, train
+from nettrain.resume import config_changes
+from nettrain.train import train
 from nettrain.verify_resume import main as verify_main
 
 # dropout, warmup and a step schedule: every kind of state a resume must carry
@@ -84,13 +85,56 @@ def test_the_data_order_does_not_depend_on_other_randomness(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(first, second))
 
 
-def test_deterministic_mode_is_applied_and_reported(run):
+class Observe(StopRequest):
+    """Records torch's process-wide settings as the loop sees them, at every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def tick(self) -> bool:
+        self.seen.add((torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()))
+        return super().tick()
+
+
+def test_process_wide_settings_apply_during_the_run_and_are_restored_after(tmp_path):
+    """threads and deterministic are the run's own: a sequential sweep (-m threads=1,null or
+    deterministic=true,false) must not leak them into the next job."""
+    threads_before = torch.get_num_threads()
+    assert not torch.are_deterministic_algorithms_enabled()
+    observed = Observe()
+    summary = train(make_cfg(*BASE, "epochs=1", "deterministic=true", "threads=1"), output_dir=tmp_path / "a",
+                    stop=observed)
+    assert observed.seen == {(True, 1)}
+    assert summary["deterministic"] is True and summary["torch_threads"] == 1
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == threads_before
+    observed = Observe()
+    summary = train(make_cfg(*BASE, "epochs=1"), output_dir=tmp_path / "b", stop=observed)
+    assert observed.seen == {(False, threads_before)}
+    assert summary["torch_threads"] == threads_before
+
+
+def test_a_sequential_sweep_does_not_leak_settings_into_the_next_job(tmp_path):
+    """-m threads=1,null through Hydra's basic launcher in this process: the second job runs on
+    torch's own thread count, and a deterministic job leaves nothing on for the next."""
+    import sys
+
+    from nettrain.train import main
+
+    threads_before = torch.get_num_threads()
+    argv = sys.argv
+    sys.argv = ["nettrain-train", "-m", *BASE, "epochs=1", "threads=1,null", "deterministic=true,false",
+                "console.show_config=false", "console.show_model=false", "console.progress=off", "device=cpu",
+                f"hydra.sweep.dir={tmp_path}"]
     try:
-        summary, _ = run(*BASE, "epochs=1", "deterministic=true")
-        assert torch.are_deterministic_algorithms_enabled()
-        assert summary["deterministic"] is True
+        main()
     finally:
-        torch.use_deterministic_algorithms(False)
+        sys.argv = argv
+    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
+    assert [(s["torch_threads"], s["deterministic"]) for s in summaries] == [
+        (1, True), (1, False), (threads_before, True), (threads_before, False)]
+    assert torch.get_num_threads() == threads_before and not torch.are_deterministic_algorithms_enabled()
 
 
 # -- resume --------------------------------------------------------------------------------------
@@ -409,7 +453,7 @@ def test_a_corrupt_last_checkpoint_never_replaces_a_good_previous(tmp_path):
     from nettrain.checkpoint import Checkpointer, save_checkpoint
 
     folder = tmp_path / "checkpoints"
-    save_checkpoint(folder / "previous.pt", {"epoch": 1, "progress": {"step_in_epoch": 0}})
+    save_checkpoint(folder / "previous.pt", {"format": 1, "epoch": 1, "progress": {"step_in_epoch": 0}})
     (folder / "last.pt").write_bytes(b"corrupt")
     (folder / "last.pt.sha256").write_text("0" * 64)
 
@@ -417,14 +461,15 @@ def test_a_corrupt_last_checkpoint_never_replaces_a_good_previous(tmp_path):
         def state_dict(self):
             return {}
 
+    from nettrain.state import TrainState
+
+    state = TrainState(model=Part(), loss_fn=Part(), optimizer=Part(), schedule=Part(), early_stopping=Part(),
+                       grad_monitor=Part(), precision=Part(), data_generator=torch.Generator())
     checkpointer = Checkpointer(folder, config={})
-    checkpointer.save(Position(epoch=2), model=Part(), optimizer=Part(), schedule=Part(), early_stopping=Part(),
-                      grad_monitor=Part(), precision=Part(), data_generator=torch.Generator(), history=[])
+    checkpointer.save(state, Position(epoch=2))
     assert load_checkpoint(folder / "previous.pt")["epoch"] == 1
     assert load_checkpoint(folder / "last.pt")["epoch"] == 2
-    checkpointer.save(Position(epoch=3), model=Part(), optimizer=Part(), schedule=Part(), early_stopping=Part(),
-                      grad_monitor=Part(), precision=Part(), data_generator=torch.Generator(), history=[],
-                      is_best=True)
+    checkpointer.save(state, Position(epoch=3), is_best=True)
     assert [load_checkpoint(folder / n)["epoch"] for n in ("previous.pt", "last.pt", "best.pt")] == [2, 3, 3]
 
 

@@ -1,0 +1,123 @@
+"""Re-run and resume: a run's saved config as a config of its own, and what may change on resume.
+
+- `make_rerunnable` turns Hydra's saved `.hydra/config.yaml` into a primary config, so
+  `nettrain-train --config-dir RUN_DIR/.hydra --config-name config` re-runs a run faithfully.
+- `resume_argv` turns `nettrain-train resume=RUN_DIR [overrides]` into exactly that re-run,
+  pinned to the run's own folder.
+- `load_resume_point` finds the newest valid checkpoint and refuses overrides that would change
+  the run being resumed (`config_changes`, `SAFE_ON_RESUME`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from nettrain.config import ConfigError, flatten, matches
+
+# Keys that may change when a run is resumed: they do not change what the run computes so far.
+SAFE_ON_RESUME = ("epochs", "resume", "device", "threads", "console.", "checkpoint.", "early_stopping.enabled",
+                  "early_stopping.patience", "early_stopping.min_delta")
+FINISHED = ("completed", "early_stopped")
+
+
+def run_dir_of(resume: str) -> Path:
+    """A run dir, or a checkpoint file inside RUN_DIR/checkpoints/ -> the run dir."""
+    path = Path(resume).expanduser().resolve()
+    return path.parent.parent if path.is_file() else path
+
+
+def config_changes(old: dict, new: dict, safe: tuple[str, ...] = SAFE_ON_RESUME) -> list[str]:
+    """'key: old -> new' for every resolved setting that differs, except the safe ones."""
+    a, b = flatten(old), flatten(new)
+    changed = []
+    for key in sorted(set(a) | set(b)):
+        if matches(key, safe):
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            changed.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
+    return changed
+
+
+def finished_already(summary_path: Path, epochs: int) -> dict[str, Any] | None:
+    """The summary of a run that has nothing left to do at `epochs` (printing why), else None."""
+    if not summary_path.is_file():
+        return None
+    previous = json.loads(summary_path.read_text())
+    if previous.get("status") not in FINISHED or not (previous["stopped_early"] or previous["epochs_run"] >= epochs):
+        return None
+    how = ("it stopped early: early_stopping.patience ran out" if previous["stopped_early"] else
+           f"it ran all {previous['epochs_run']} epochs; give a larger epochs=N to train longer")
+    print(f"{summary_path.parent} already finished ({previous['status']} after {previous['epochs_run']} "
+          f"epochs); nothing to do: {how}.")
+    return {**previous, "already_finished": True}
+
+
+def load_resume_point(resume_from: Path, output_dir: Path, plain_config: dict, report) -> dict[str, Any]:
+    """The newest valid checkpoint to resume (a file, or the best of a run's checkpoints/), after
+    checking that the config changes nothing but the settings that are safe to change."""
+    from nettrain import checkpoint as ckpt
+
+    try:
+        if resume_from.is_file():
+            path, saved = resume_from, ckpt.load_checkpoint(resume_from)
+        else:
+            path, saved = ckpt.newest_valid(output_dir / "checkpoints", report=report.warn)
+    except ckpt.CheckpointError as exc:
+        raise ConfigError([f"resume={str(resume_from)!r}: {exc}; allowed: a run dir with a valid "
+                           "checkpoints/last.pt, previous.pt or best.pt, or one such file"]) from None
+    changes = config_changes(saved["config"], plain_config)
+    if changes:
+        raise ConfigError([f"resume={str(resume_from)!r}: these settings differ from the run being resumed "
+                           f"and would change it: {'; '.join(changes)}. Allowed to change on resume: "
+                           + ", ".join(s.rstrip(".") + ("*" if s.endswith(".") else "") for s in SAFE_ON_RESUME)])
+    report.note(f"resuming {output_dir} from {path.name}: epoch {saved['epoch']} done, "
+                f"step {saved['progress']['step_in_epoch']} of the next")
+    return saved
+
+
+def make_rerunnable(config_yaml: Path) -> None:
+    """Turn Hydra's saved config.yaml into a primary config of its own: the schema in its defaults
+    list, and nettrain's output and logging settings, so that
+    `nettrain-train --config-dir RUN_DIR/.hydra --config-name config` re-runs it faithfully."""
+    from importlib.resources import files
+
+    from nettrain.files import write_text
+
+    saved = OmegaConf.load(config_yaml)
+    if "defaults" in saved:
+        return
+    primary = OmegaConf.create(files("nettrain.conf").joinpath("train.yaml").read_text())
+    rerun = OmegaConf.create({"defaults": ["nettrain_schema", "_self_"]})
+    rerun = OmegaConf.merge(rerun, saved, {"hydra": primary.hydra})
+    write_text(config_yaml, "# The composed config of this run. Re-run it with:\n"
+                            f"#   nettrain-train --config-dir {config_yaml.parent} --config-name config\n"
+                            + OmegaConf.to_yaml(rerun))
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """`nettrain-train resume=RUN_DIR [overrides]` -> compose that run's saved config, in its folder.
+
+    This is Hydra's re-run (`--config-dir RUN_DIR/.hydra --config-name config`) with the run dir
+    pinned to RUN_DIR; the resumed session's own Hydra files go to RUN_DIR/.hydra/resume-<time>/."""
+    from datetime import datetime
+
+    args = argv[1:]
+    resume = [a for a in args if a.startswith("resume=")]
+    if not resume or "-m" in args or "--multirun" in args:
+        return argv
+    value = resume[-1].split("=", 1)[1]
+    run_dir = run_dir_of(value)
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not value or not saved.is_file():
+        print(f"Error: resume={value!r}: not a nettrain run folder or checkpoint (no {saved}); "
+              "allowed: a run dir such as outputs/2026-01-01/12-00-00-000000, or a checkpoint in its "
+              "checkpoints/ folder", file=sys.stderr)
+        sys.exit(2)
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    return [argv[0], "--config-dir", str(saved.parent), "--config-name", "config", *args,
+            f"hydra.run.dir='{run_dir}'", f"hydra.output_subdir=.hydra/resume-{stamp}"]
