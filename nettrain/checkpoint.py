@@ -59,8 +59,7 @@ def verify_checkpoint(path: str | Path) -> None:
         raise CheckpointError(f"checkpoint {path}: checksum mismatch (the file is corrupted or truncated)")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    verify: bool = True) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", verify: bool = True) -> dict[str, Any]:
     """Load a checkpoint with weights_only=True, after checking its checksum."""
     if verify:
         verify_checkpoint(path)
@@ -70,10 +69,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from None
     version = state.get("format") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path}: format version {version!r}, but this nettrain reads "
-                              f"format version {FORMAT_VERSION}" + (" (written by a newer nettrain: upgrade to load it)"
-                                                                    if isinstance(version, int) and version > FORMAT_VERSION
-                                                                    else ""))
+        raise CheckpointError(
+            f"checkpoint {path}: format version {version!r}, but this nettrain reads "
+            f"format version {FORMAT_VERSION}"
+            + (
+                " (written by a newer nettrain: upgrade to load it)"
+                if isinstance(version, int) and version > FORMAT_VERSION
+                else ""
+            )
+        )
     return state
 
 
@@ -127,8 +131,12 @@ def snapshot(state, position, config: dict[str, Any]) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,
         "epoch": position.epoch,  # epochs completed
-        "progress": {"step_in_epoch": position.step_in_epoch, "order": position.order,
-                     "loss_sum": position.loss_sum, "train_time": position.train_time},
+        "progress": {
+            "step_in_epoch": position.step_in_epoch,
+            "order": position.order,
+            "loss_sum": position.loss_sum,
+            "train_time": position.train_time,
+        },
         **saved,
         "rng": capture_rng(state.data_generator),
         "history": list(state.history),
@@ -153,10 +161,13 @@ def restore(saved: dict[str, Any], state, device: torch.device):
     progress = saved["progress"]
     best = saved["best_weights"]
     return Position(
-        epoch=saved["epoch"], step_in_epoch=progress["step_in_epoch"], order=progress["order"],
+        epoch=saved["epoch"],
+        step_in_epoch=progress["step_in_epoch"],
+        order=progress["order"],
         loss_sum=None if progress["loss_sum"] is None else progress["loss_sum"].to(device),
         train_time=progress["train_time"],
-        best_weights=None if best is None else {k: v.to(device) for k, v in best.items()})
+        best_weights=None if best is None else {k: v.to(device) for k, v in best.items()},
+    )
 
 
 def _is_valid(path: Path) -> bool:

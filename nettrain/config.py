@@ -182,10 +182,16 @@ def problems(cfg: Any) -> list[str]:
     choice("model.init", INITS)
     hidden = get("model.hidden")
     if hidden is not None and "channels" not in (get("model") or {}):
-        need("model.hidden", lambda v: all(isinstance(h, int) and h >= 1 for h in v),
-             "must be a list of layer widths, each an integer >= 1 (e.g. [256] or [512,256])")
-    need("model.channels", lambda v: len(v) >= 1 and all(isinstance(c, int) and c >= 1 for c in v),
-         "must be a non-empty list of channel counts, each an integer >= 1")
+        need(
+            "model.hidden",
+            lambda v: all(isinstance(h, int) and h >= 1 for h in v),
+            "must be a list of layer widths, each an integer >= 1 (e.g. [256] or [512,256])",
+        )
+    need(
+        "model.channels",
+        lambda v: len(v) >= 1 and all(isinstance(c, int) and c >= 1 for c in v),
+        "must be a non-empty list of channel counts, each an integer >= 1",
+    )
     if "channels" in (get("model") or {}):
         need("model.hidden", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
 
@@ -196,28 +202,37 @@ def problems(cfg: Any) -> list[str]:
 
     need("optimizer.momentum", lambda v: v >= 0, "must be a number >= 0")
     if get("optimizer.nesterov") and not (get("optimizer.momentum") or 0) > 0:
-        problems.append(f"optimizer.nesterov=True: needs optimizer.momentum > 0 "
-                        f"(got optimizer.momentum={get('optimizer.momentum')})")
+        problems.append(
+            f"optimizer.nesterov=True: needs optimizer.momentum > 0 "
+            f"(got optimizer.momentum={get('optimizer.momentum')})"
+        )
 
     choice("scheduler.interval", ("epoch", "step"))
-    if get("scheduler._target_") == "torch.optim.lr_scheduler.ReduceLROnPlateau" and get("scheduler.interval") == "step":
+    if (
+        get("scheduler._target_") == "torch.optim.lr_scheduler.ReduceLROnPlateau"
+        and get("scheduler.interval") == "step"
+    ):
         problems.append("scheduler.interval='step': ReduceLROnPlateau steps on the validation loss; allowed: epoch")
     need("scheduler.warmup_ratio", lambda v: 0 <= v < 1, "must be a fraction in [0, 1); 0 = no warmup")
     if get("scheduler") is not None and "warmup_ratio" not in get("scheduler"):
-        problems.append("scheduler.warmup_ratio is missing: every scheduler option needs "
-                        "warmup_ratio and interval (see conf/scheduler/none.yaml)")
+        problems.append(
+            "scheduler.warmup_ratio is missing: every scheduler option needs "
+            "warmup_ratio and interval (see conf/scheduler/none.yaml)"
+        )
 
     need("data.val_fraction", lambda v: 0 < v < 1, "must be a fraction in (0, 1)")
     need("data.test_fraction", lambda v: 0 < v < 1, "must be a fraction in (0, 1)")
     vf, tf = get("data.val_fraction"), get("data.test_fraction")
     if finite(vf) and finite(tf) and vf + tf >= 1:
-        problems.append(f"data.val_fraction + data.test_fraction = {vf + tf:g}: must be < 1 "
-                        "to leave training data")
+        problems.append(f"data.val_fraction + data.test_fraction = {vf + tf:g}: must be < 1 to leave training data")
     need("data.num_workers", lambda v: v >= 0, "must be an integer >= 0")
     need("data.num_samples", lambda v: v >= 10, "must be an integer >= 10")
     need("data.num_classes", lambda v: v >= 2, "must be an integer >= 2")
-    need("data.input_shape", lambda v: len(v) == 3 and all(isinstance(d, int) and d >= 1 for d in v),
-         "must be [C, H, W], three integers >= 1")
+    need(
+        "data.input_shape",
+        lambda v: len(v) == 3 and all(isinstance(d, int) and d >= 1 for d in v),
+        "must be [C, H, W], three integers >= 1",
+    )
     choice("data.name", TORCHVISION_DATASETS)
 
     choice("early_stopping.monitor", tuple(MONITORED))

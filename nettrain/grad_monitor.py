@@ -14,9 +14,16 @@ import torch
 
 
 class GradientMonitor:
-    def __init__(self, named_parameters: Iterable[tuple[str, torch.nn.Parameter]], enabled: bool = True,
-                 vanishing_below: float = 1e-7, exploding_above: float = 1e2, ratio: float = 1e3,
-                 skip_nonfinite: bool = False, every_n_steps: int = 1):
+    def __init__(
+        self,
+        named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+        enabled: bool = True,
+        vanishing_below: float = 1e-7,
+        exploding_above: float = 1e2,
+        ratio: float = 1e3,
+        skip_nonfinite: bool = False,
+        every_n_steps: int = 1,
+    ):
         """every_n_steps: sample the gradients of every n-th step (the first of the epoch included);
         the mean over the sampled steps estimates the epoch's mean at 1/n of the cost.
         skip_nonfinite: leave out steps whose gradients overflowed (fp16: the GradScaler skips
@@ -52,8 +59,11 @@ class GradientMonitor:
             idx = [i for i, g in enumerate(grads) if g is not None]
             norms = torch.zeros_like(self.sums)
             if idx:
-                norms.index_add_(0, torch.tensor(idx, device=norms.device),
-                                 torch.stack(self._abs_sums([grads[i] for i in idx])).to(norms.dtype))
+                norms.index_add_(
+                    0,
+                    torch.tensor(idx, device=norms.device),
+                    torch.stack(self._abs_sums([grads[i] for i in idx])).to(norms.dtype),
+                )
         if self.skip_nonfinite:
             finite = torch.isfinite(norms).all()
             norms = torch.where(finite, norms, torch.zeros_like(norms))
@@ -89,22 +99,34 @@ class GradientMonitor:
         for key, value in means.items():
             name = key.removeprefix("grad_mean/")
             if value < self.vanishing_below:
-                warnings.append(f"vanishing gradient in {name}: mean |grad| {value:.3g} "
-                                f"< grad_monitor.vanishing_below={self.vanishing_below:g}")
+                warnings.append(
+                    f"vanishing gradient in {name}: mean |grad| {value:.3g} "
+                    f"< grad_monitor.vanishing_below={self.vanishing_below:g}"
+                )
             elif value > self.exploding_above:
-                warnings.append(f"exploding gradient in {name}: mean |grad| {value:.3g} "
-                                f"> grad_monitor.exploding_above={self.exploding_above:g}")
+                warnings.append(
+                    f"exploding gradient in {name}: mean |grad| {value:.3g} "
+                    f"> grad_monitor.exploding_above={self.exploding_above:g}"
+                )
             elif len(means) > 2 and median > 0 and value < median / self.ratio:
-                warnings.append(f"vanishing gradient in {name}: mean |grad| {value:.3g} is over "
-                                f"{self.ratio:g}x below the median layer ({median:.3g})")
+                warnings.append(
+                    f"vanishing gradient in {name}: mean |grad| {value:.3g} is over "
+                    f"{self.ratio:g}x below the median layer ({median:.3g})"
+                )
             elif len(means) > 2 and median > 0 and value > median * self.ratio:
-                warnings.append(f"exploding gradient in {name}: mean |grad| {value:.3g} is over "
-                                f"{self.ratio:g}x above the median layer ({median:.3g})")
+                warnings.append(
+                    f"exploding gradient in {name}: mean |grad| {value:.3g} is over "
+                    f"{self.ratio:g}x above the median layer ({median:.3g})"
+                )
         return warnings
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums.clone(), "steps": self.steps, "calls": self.calls,
-                "finite_steps": self.finite_steps.clone()}
+        return {
+            "sums": self.sums.clone(),
+            "steps": self.steps,
+            "calls": self.calls,
+            "finite_steps": self.finite_steps.clone(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.sums.copy_(state["sums"])

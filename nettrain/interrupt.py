@@ -36,6 +36,7 @@ class StopRequest:
 @contextlib.contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
     """SIGINT/SIGTERM ask the loop to finish its step, save and leave; a second one waits for the save."""
+
     def handler(signum, frame):
         if stop.signum is not None:
             os.write(2, b"\nstill stopping: writing the checkpoint, please wait\n")

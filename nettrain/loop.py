@@ -99,10 +99,22 @@ def train_step(state: TrainState, settings: LoopSettings) -> Callable[[torch.Ten
     return step
 
 
-def fit(state: TrainState, train_batches, val_batches, settings: LoopSettings, out: RunOutputs,
-        start: Position | None = None, stop: StopRequest | None = None) -> FitResult:
+def fit(
+    state: TrainState,
+    train_batches,
+    val_batches,
+    settings: LoopSettings,
+    out: RunOutputs,
+    start: Position | None = None,
+    stop: StopRequest | None = None,
+) -> FitResult:
     """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs."""
-    model, early_stopping, grad_monitor, schedule = state.model, state.early_stopping, state.grad_monitor, state.schedule
+    model, early_stopping, grad_monitor, schedule = (
+        state.model,
+        state.early_stopping,
+        state.grad_monitor,
+        state.schedule,
+    )
     start, stop = start or Position(), stop or StopRequest()
     step_fn = train_step(state, settings)
     best_weights = start.best_weights
@@ -131,9 +143,15 @@ def fit(state: TrainState, train_batches, val_batches, settings: LoopSettings, o
         # -- validate, record, decide --------------------------------------------------------
         val_started = time.perf_counter()
         val_loss, val_acc = evaluate(model, state.loss_fn, val_batches)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
-               "lr": schedule.lr, "epoch_time_s": train_time + time.perf_counter() - val_started,
-               "samples_per_s": train_batches.n / train_time}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": schedule.lr,
+            "epoch_time_s": train_time + time.perf_counter() - val_started,
+            "samples_per_s": train_batches.n / train_time,
+        }
         grad_means = grad_monitor.end_epoch()
         row.update(grad_means)
         is_best = early_stopping.update(row[early_stopping.monitor], epoch)
@@ -147,14 +165,20 @@ def fit(state: TrainState, train_batches, val_batches, settings: LoopSettings, o
         schedule.after_epoch(val_loss)
         out.checkpointer.save(state, Position(epoch, best_weights=best_weights), is_best=is_best)
         if early_stopping.should_stop:
-            out.reporter.note(f"early stopping: {early_stopping.monitor} has not improved for "
-                              f"{early_stopping.patience} epochs (best {early_stopping.best:.4f} "
-                              f"at epoch {early_stopping.best_epoch})")
+            out.reporter.note(
+                f"early stopping: {early_stopping.monitor} has not improved for "
+                f"{early_stopping.patience} epochs (best {early_stopping.best:.4f} "
+                f"at epoch {early_stopping.best_epoch})"
+            )
             break
         if stop.signum is not None:
             return FitResult(epoch, False, early_stopping.best_epoch, early_stopping.best, True)
 
     if best_weights is not None:
         model.load_state_dict(best_weights)
-    return FitResult(epochs_run=epoch, stopped_early=early_stopping.should_stop,
-                     best_epoch=early_stopping.best_epoch, best_value=early_stopping.best)
+    return FitResult(
+        epochs_run=epoch,
+        stopped_early=early_stopping.should_stop,
+        best_epoch=early_stopping.best_epoch,
+        best_value=early_stopping.best,
+    )

@@ -38,8 +38,11 @@ def optimizer_slots(optimizer: torch.optim.Optimizer) -> int:
 def activations_per_sample(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Values produced per sample by the input and every leaf module, from one forward pass."""
     total = [torch.Size(input_shape).numel()]
-    hooks = [m.register_forward_hook(lambda mod, args, out: total.append(out[0].numel()))
-             for m in model.modules() if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: total.append(out[0].numel()))
+        for m in model.modules()
+        if not list(m.children())
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -53,12 +56,14 @@ def activations_per_sample(model: nn.Module, input_shape: Sequence[int]) -> int:
     return sum(total)
 
 
-def estimate_training_memory(model: nn.Module, optimizer: torch.optim.Optimizer, input_shape: Sequence[int],
-                             batch_size: int) -> int:
+def estimate_training_memory(
+    model: nn.Module, optimizer: torch.optim.Optimizer, input_shape: Sequence[int], batch_size: int
+) -> int:
     """Bytes, by the rule of thumb above."""
     params = sum(p.numel() for p in model.parameters())
-    return BYTES_PER_VALUE * (params * (2 + optimizer_slots(optimizer))
-                              + batch_size * activations_per_sample(model, input_shape))
+    return BYTES_PER_VALUE * (
+        params * (2 + optimizer_slots(optimizer)) + batch_size * activations_per_sample(model, input_shape)
+    )
 
 
 def peak_rss_mb() -> float:

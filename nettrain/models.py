@@ -70,9 +70,16 @@ class MLP(nn.Sequential):
     SimpleNet: fc1 = Linear(784, 256), ReLU, fc2 = Linear(256, 10).
     """
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256,),
-                 activation: str = "relu", norm: str = "none", dropout: float = 0.0,
-                 init: str = "default"):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        hidden: Sequence[int] = (256,),
+        activation: str = "relu",
+        norm: str = "none",
+        dropout: float = 0.0,
+        init: str = "default",
+    ):
         _check("activation", activation, ACTIVATIONS)
         _check("norm", norm, NORMS)
         if not 0 <= dropout < 1:
@@ -98,9 +105,17 @@ class CNN(nn.Sequential):
     """[Conv3x3 -> norm -> activation -> MaxPool2] per entry of `channels`, then
     Flatten -> fc1 (hidden) -> activation -> dropout -> fc2 (classes)."""
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (32, 64),
-                 hidden: int = 128, activation: str = "relu", norm: str = "none", dropout: float = 0.0,
-                 init: str = "default"):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 128,
+        activation: str = "relu",
+        norm: str = "none",
+        dropout: float = 0.0,
+        init: str = "default",
+    ):
         _check("activation", activation, ACTIVATIONS)
         _check("norm", norm, NORMS)
         in_ch, height, width = input_shape

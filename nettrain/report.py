@@ -18,15 +18,21 @@ from rich.table import Table
 
 log = logging.getLogger("nettrain")
 
-_COLUMNS = [("epoch", "epoch", "{:>5d}"), ("train_loss", "train_loss", "{:>10.4f}"),
-            ("val_loss", "val_loss", "{:>8.4f}"), ("val_acc", "val_acc", "{:>7.4f}"),
-            ("lr", "lr", "{:>9.2e}"), ("epoch_time_s", "time_s", "{:>6.2f}"),
-            ("samples_per_s", "samples/s", "{:>9.0f}")]
+_COLUMNS = [
+    ("epoch", "epoch", "{:>5d}"),
+    ("train_loss", "train_loss", "{:>10.4f}"),
+    ("val_loss", "val_loss", "{:>8.4f}"),
+    ("val_acc", "val_acc", "{:>7.4f}"),
+    ("lr", "lr", "{:>9.2e}"),
+    ("epoch_time_s", "time_s", "{:>6.2f}"),
+    ("samples_per_s", "samples/s", "{:>9.0f}"),
+]
 
 
 class Reporter:
-    def __init__(self, progress: str = "auto", show_config: bool = True, show_model: bool = True,
-                 console: Console | None = None):
+    def __init__(
+        self, progress: str = "auto", show_config: bool = True, show_model: bool = True, console: Console | None = None
+    ):
         self.console = console or Console(highlight=False, soft_wrap=True)  # long lines stay whole
         self.show_progress = progress == "on" or (progress == "auto" and self.console.is_terminal)
         self.show_config, self.show_model = show_config, show_model
@@ -51,15 +57,22 @@ class Reporter:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        with Progress(TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=self.console, transient=True) as bar:
+        with Progress(
+            TextColumn(f"epoch {epoch}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        ) as bar:
             task = bar.add_task("train", total=total, completed=done)
             yield lambda: bar.advance(task)
 
     def epoch(self, row: dict, is_best: bool) -> None:
         if not self._header_done:
-            header = "  ".join(f"{title:>{len(fmt.format(0 if key == 'epoch' else 0.0))}}"
-                               for key, title, fmt in _COLUMNS)
+            header = "  ".join(
+                f"{title:>{len(fmt.format(0 if key == 'epoch' else 0.0))}}" for key, title, fmt in _COLUMNS
+            )
             self.console.print(header, style="bold", markup=False)
             self._header_done = True
         line = "  ".join(fmt.format(row[key]) for key, _, fmt in _COLUMNS)
@@ -114,13 +127,21 @@ def save_plots(rows: list[dict], directory: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(directory / name)
 
-    plot("loss.png", "loss", "cross-entropy",
-         {"train_loss": [r["train_loss"] for r in rows], "val_loss": [r["val_loss"] for r in rows]})
+    plot(
+        "loss.png",
+        "loss",
+        "cross-entropy",
+        {"train_loss": [r["train_loss"] for r in rows], "val_loss": [r["val_loss"] for r in rows]},
+    )
     plot("accuracy.png", "validation accuracy", "accuracy", {"val_acc": [r["val_acc"] for r in rows]})
     plot("lr.png", "learning rate (end of epoch)", "lr", {"lr": [r["lr"] for r in rows]})
     grad_keys = [k for k in rows[0] if k.startswith("grad_mean/")]
     if grad_keys:
-        plot("grad_means.png", "mean |grad| per parameter", "mean |grad| (log)",
-             {k.removeprefix("grad_mean/"): [max(r[k], math.ulp(0.0)) for r in rows] for k in grad_keys},
-             log_y=True)
+        plot(
+            "grad_means.png",
+            "mean |grad| per parameter",
+            "mean |grad| (log)",
+            {k.removeprefix("grad_mean/"): [max(r[k], math.ulp(0.0)) for r in rows] for k in grad_keys},
+            log_y=True,
+        )
     return written

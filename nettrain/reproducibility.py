@@ -40,9 +40,14 @@ def seed_everything(seed: int) -> None:
 @contextlib.contextmanager
 def process_settings(threads: int | None = None, deterministic: bool = False) -> Iterator[None]:
     """Set torch's process-wide settings for one run; restore the previous ones afterwards."""
-    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
-              torch.backends.cudnn.deterministic, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    before = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
     try:
         if threads:
             torch.set_num_threads(threads)
@@ -71,8 +76,13 @@ def capture_rng(data_generator: torch.Generator) -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
         "data": data_generator.get_state(),
     }
@@ -98,8 +108,9 @@ def _version(package: str) -> str | None:
 
 def _git(cwd: Path) -> dict[str, Any] | None:
     def run(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
 
     try:
         commit = run("rev-parse", "HEAD")
@@ -126,8 +137,9 @@ def provenance(device: torch.device, data_fingerprint: str, argv: list[str] | No
         "nettrain_git": _git(source),
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else platform.processor() or platform.machine()),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+        ),
         "data_fingerprint": data_fingerprint,
         "command": shlex.join(argv if argv is not None else sys.argv),
         "cwd": str(Path.cwd()),

@@ -20,8 +20,17 @@ from omegaconf import OmegaConf
 from nettrain.config import ConfigError, flatten, matches
 
 # Keys that may change when a run is resumed: they do not change what the run computes so far.
-SAFE_ON_RESUME = ("epochs", "resume", "device", "threads", "console.", "checkpoint.", "early_stopping.enabled",
-                  "early_stopping.patience", "early_stopping.min_delta")
+SAFE_ON_RESUME = (
+    "epochs",
+    "resume",
+    "device",
+    "threads",
+    "console.",
+    "checkpoint.",
+    "early_stopping.enabled",
+    "early_stopping.patience",
+    "early_stopping.min_delta",
+)
 FINISHED = ("completed", "early_stopped")
 
 
@@ -50,10 +59,15 @@ def finished_already(summary_path: Path, epochs: int) -> dict[str, Any] | None:
     previous = json.loads(summary_path.read_text())
     if previous.get("status") not in FINISHED or not (previous["stopped_early"] or previous["epochs_run"] >= epochs):
         return None
-    how = ("it stopped early: early_stopping.patience ran out" if previous["stopped_early"] else
-           f"it ran all {previous['epochs_run']} epochs; give a larger epochs=N to train longer")
-    print(f"{summary_path.parent} already finished ({previous['status']} after {previous['epochs_run']} "
-          f"epochs); nothing to do: {how}.")
+    how = (
+        "it stopped early: early_stopping.patience ran out"
+        if previous["stopped_early"]
+        else f"it ran all {previous['epochs_run']} epochs; give a larger epochs=N to train longer"
+    )
+    print(
+        f"{summary_path.parent} already finished ({previous['status']} after {previous['epochs_run']} "
+        f"epochs); nothing to do: {how}."
+    )
     return {**previous, "already_finished": True}
 
 
@@ -68,15 +82,25 @@ def load_resume_point(resume_from: Path, output_dir: Path, plain_config: dict, r
         else:
             path, saved = ckpt.newest_valid(output_dir / "checkpoints", report=report.warn)
     except ckpt.CheckpointError as exc:
-        raise ConfigError([f"resume={str(resume_from)!r}: {exc}; allowed: a run dir with a valid "
-                           "checkpoints/last.pt, previous.pt or best.pt, or one such file"]) from None
+        raise ConfigError(
+            [
+                f"resume={str(resume_from)!r}: {exc}; allowed: a run dir with a valid "
+                "checkpoints/last.pt, previous.pt or best.pt, or one such file"
+            ]
+        ) from None
     changes = config_changes(saved["config"], plain_config)
     if changes:
-        raise ConfigError([f"resume={str(resume_from)!r}: these settings differ from the run being resumed "
-                           f"and would change it: {'; '.join(changes)}. Allowed to change on resume: "
-                           + ", ".join(s.rstrip(".") + ("*" if s.endswith(".") else "") for s in SAFE_ON_RESUME)])
-    report.note(f"resuming {output_dir} from {path.name}: epoch {saved['epoch']} done, "
-                f"step {saved['progress']['step_in_epoch']} of the next")
+        raise ConfigError(
+            [
+                f"resume={str(resume_from)!r}: these settings differ from the run being resumed "
+                f"and would change it: {'; '.join(changes)}. Allowed to change on resume: "
+                + ", ".join(s.rstrip(".") + ("*" if s.endswith(".") else "") for s in SAFE_ON_RESUME)
+            ]
+        )
+    report.note(
+        f"resuming {output_dir} from {path.name}: epoch {saved['epoch']} done, "
+        f"step {saved['progress']['step_in_epoch']} of the next"
+    )
     return saved
 
 
@@ -94,9 +118,11 @@ def make_rerunnable(config_yaml: Path) -> None:
     primary = OmegaConf.create(files("nettrain.conf").joinpath("train.yaml").read_text())
     rerun = OmegaConf.create({"defaults": ["nettrain_schema", "_self_"]})
     rerun = OmegaConf.merge(rerun, saved, {"hydra": primary.hydra})
-    write_text(config_yaml, "# The composed config of this run. Re-run it with:\n"
-                            f"#   nettrain-train --config-dir {config_yaml.parent} --config-name config\n"
-                            + OmegaConf.to_yaml(rerun))
+    write_text(
+        config_yaml,
+        "# The composed config of this run. Re-run it with:\n"
+        f"#   nettrain-train --config-dir {config_yaml.parent} --config-name config\n" + OmegaConf.to_yaml(rerun),
+    )
 
 
 def resume_argv(argv: list[str]) -> list[str]:
@@ -114,10 +140,21 @@ def resume_argv(argv: list[str]) -> list[str]:
     run_dir = run_dir_of(value)
     saved = run_dir / ".hydra" / "config.yaml"
     if not value or not saved.is_file():
-        print(f"Error: resume={value!r}: not a nettrain run folder or checkpoint (no {saved}); "
-              "allowed: a run dir such as outputs/2026-01-01/12-00-00-000000, or a checkpoint in its "
-              "checkpoints/ folder", file=sys.stderr)
+        print(
+            f"Error: resume={value!r}: not a nettrain run folder or checkpoint (no {saved}); "
+            "allowed: a run dir such as outputs/2026-01-01/12-00-00-000000, or a checkpoint in its "
+            "checkpoints/ folder",
+            file=sys.stderr,
+        )
         sys.exit(2)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    return [argv[0], "--config-dir", str(saved.parent), "--config-name", "config", *args,
-            f"hydra.run.dir='{run_dir}'", f"hydra.output_subdir=.hydra/resume-{stamp}"]
+    return [
+        argv[0],
+        "--config-dir",
+        str(saved.parent),
+        "--config-name",
+        "config",
+        *args,
+        f"hydra.run.dir='{run_dir}'",
+        f"hydra.output_subdir=.hydra/resume-{stamp}",
+    ]

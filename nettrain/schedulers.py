@@ -24,14 +24,18 @@ from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau
 class LRSchedule:
     """Steps the warmup after each batch and the main scheduler at its interval."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, main: Any | None = None,
-                 interval: str = "epoch", warmup_steps: int = 0):
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, main: Any | None = None, interval: str = "epoch", warmup_steps: int = 0
+    ):
         if interval not in ("epoch", "step"):
             raise ValueError(f"interval={interval!r}: allowed: epoch, step")
         self.optimizer, self.main, self.interval, self.warmup_steps = optimizer, main, interval, warmup_steps
         # lr_k = base * (k + 1) / (warmup_steps + 1) for k = 0 .. warmup_steps
-        self.warmup = (LinearLR(optimizer, start_factor=1.0 / (warmup_steps + 1), end_factor=1.0,
-                                total_iters=warmup_steps) if warmup_steps > 0 else None)
+        self.warmup = (
+            LinearLR(optimizer, start_factor=1.0 / (warmup_steps + 1), end_factor=1.0, total_iters=warmup_steps)
+            if warmup_steps > 0
+            else None
+        )
 
     def after_step(self) -> None:
         """Call after each optimizer.step()."""
@@ -54,8 +58,10 @@ class LRSchedule:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
-        return {"main": self.main.state_dict() if self.main is not None else None,
-                "warmup": self.warmup.state_dict() if self.warmup is not None else None}
+        return {
+            "main": self.main.state_dict() if self.main is not None else None,
+            "warmup": self.warmup.state_dict() if self.warmup is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if self.main is not None:
@@ -64,8 +70,7 @@ class LRSchedule:
             self.warmup.load_state_dict(state["warmup"])
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, scheduler: dict, steps_per_epoch: int,
-                   epochs: int) -> LRSchedule:
+def build_schedule(optimizer: torch.optim.Optimizer, scheduler: dict, steps_per_epoch: int, epochs: int) -> LRSchedule:
     """Build the schedule from a scheduler config node (a plain dict)."""
     kwargs = dict(scheduler)
     interval = kwargs.pop("interval", "epoch")

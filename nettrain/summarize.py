@@ -42,12 +42,15 @@ from typing import Any
 
 from nettrain.config import MONITORED
 
-STATUS_NAMES = {"completed": "ok", "early_stopped": "early-stopped", "failed": "failed",
-                "interrupted": "incomplete"}  # interrupted: stopped by a signal, resumable
+STATUS_NAMES = {
+    "completed": "ok",
+    "early_stopped": "early-stopped",
+    "failed": "failed",
+    "interrupted": "incomplete",
+}  # interrupted: stopped by a signal, resumable
 FINISHED = ("ok", "early-stopped")
 MODES = MONITORED  # monitored metric -> "min" or "max"
-METRICS = ["best_epoch", "best_val_loss", "best_val_acc", "test_acc", "epochs_run", "wall_time_s",
-           "samples_per_s"]
+METRICS = ["best_epoch", "best_val_loss", "best_val_acc", "test_acc", "epochs_run", "wall_time_s", "samples_per_s"]
 LR_LIKE_SUFFIXES = ("lr", "weight_decay", "l1")
 _MAX_SERIES = 8  # more series than this in one panel: plain points, no legend
 _MAX_LEGEND = 12  # more curves than this: no legend on the curves panel
@@ -206,8 +209,7 @@ def read_run(run_dir: str | Path) -> Run:
     if metrics:  # fill what a failed or incomplete run's summary lacks from its epochs so far
         monitor = run.monitor or "val_loss"
         scored = [r for r in metrics if _finite(r.get(monitor))]
-        run.values["epochs_run"] = run.values["epochs_run"] if run.values["epochs_run"] is not None \
-            else len(metrics)
+        run.values["epochs_run"] = run.values["epochs_run"] if run.values["epochs_run"] is not None else len(metrics)
         if scored and run.values["best_epoch"] is None:
             pick = min if MODES.get(monitor, "min") == "min" else max
             best = pick(scored, key=lambda r: r[monitor])
@@ -267,8 +269,7 @@ def swept_keys(runs: Sequence[Run]) -> list[str]:
 def pick_best(runs: Sequence[Run], monitor: str) -> int | None:
     """Index of the best finished run by best_<monitor> (val_loss: lowest, val_acc: highest)."""
     key = f"best_{monitor}"
-    scored = [(i, run.values.get(key)) for i, run in enumerate(runs)
-              if run.finished and _finite(run.values.get(key))]
+    scored = [(i, run.values.get(key)) for i, run in enumerate(runs) if run.finished and _finite(run.values.get(key))]
     if not scored:
         return None
     sign = 1 if MODES.get(monitor, "min") == "min" else -1
@@ -286,8 +287,10 @@ def collect(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> S
     paths = [Path(p) for p in paths]
     run_dirs = find_run_dirs(paths)
     if not run_dirs:
-        raise FileNotFoundError("no run dirs (a folder with .hydra/overrides.yaml, summary.json or "
-                                f"metrics.csv) in {', '.join(map(str, paths))}")
+        raise FileNotFoundError(
+            "no run dirs (a folder with .hydra/overrides.yaml, summary.json or "
+            f"metrics.csv) in {', '.join(map(str, paths))}"
+        )
     single = len(paths) == 1 and not is_run_dir(paths[0])
     base = paths[0].resolve() if single else _common_parent(run_dirs)  # runs are named relative to it
     out_dir = Path(out_dir).resolve() if out_dir is not None else base
@@ -296,8 +299,9 @@ def collect(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> S
         run.name = run.path.relative_to(base).as_posix()
     monitors = Counter(run.monitor for run in runs if run.monitor in MODES)
     monitor = monitors.most_common(1)[0][0] if monitors else "val_loss"
-    return SweepSummary(runs=runs, swept=swept_keys(runs), monitor=monitor, best=pick_best(runs, monitor),
-                        out_dir=out_dir)
+    return SweepSummary(
+        runs=runs, swept=swept_keys(runs), monitor=monitor, best=pick_best(runs, monitor), out_dir=out_dir
+    )
 
 
 # -- formatting ---------------------------------------------------------------------------------------
@@ -312,12 +316,24 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
-_CELL_FORMATS = {"best_epoch": "{:d}", "best_val_loss": "{:.4f}", "best_val_acc": "{:.4f}",
-                 "test_acc": "{:.4f}", "epochs_run": "{:d}", "wall_time_s": "{:.1f}",
-                 "samples_per_s": "{:.0f}"}
-_HEADERS = {"best_epoch": "best epoch", "best_val_loss": "best val_loss", "best_val_acc": "best val_acc",
-            "test_acc": "test acc", "epochs_run": "epochs", "wall_time_s": "wall s",
-            "samples_per_s": "samples/s"}
+_CELL_FORMATS = {
+    "best_epoch": "{:d}",
+    "best_val_loss": "{:.4f}",
+    "best_val_acc": "{:.4f}",
+    "test_acc": "{:.4f}",
+    "epochs_run": "{:d}",
+    "wall_time_s": "{:.1f}",
+    "samples_per_s": "{:.0f}",
+}
+_HEADERS = {
+    "best_epoch": "best epoch",
+    "best_val_loss": "best val_loss",
+    "best_val_acc": "best val_acc",
+    "test_acc": "test acc",
+    "epochs_run": "epochs",
+    "wall_time_s": "wall s",
+    "samples_per_s": "samples/s",
+}
 
 
 def _cell(key: str, value: Any) -> str:
@@ -339,24 +355,33 @@ def table_rows(summary: SweepSummary, status_width: int = 70) -> tuple[list[str]
     header = ["best", "job", *summary.swept, "status", *(_HEADERS[k] for k in METRICS)]
     rows = []
     for i, run in enumerate(summary.runs):
-        rows.append(["*" if i == summary.best else "", run.name,
-                     *(fmt_value(run.overrides.get(k)) for k in summary.swept),
-                     _shorten(run.status_text, status_width),
-                     *(_cell(k, run.values.get(k)) for k in METRICS)])
+        rows.append(
+            [
+                "*" if i == summary.best else "",
+                run.name,
+                *(fmt_value(run.overrides.get(k)) for k in summary.swept),
+                _shorten(run.status_text, status_width),
+                *(_cell(k, run.values.get(k)) for k in METRICS),
+            ]
+        )
     return header, rows
 
 
 def _headline(summary: SweepSummary) -> str:
     counts = summary.counts
-    parts = [f"{len(summary.runs)} runs"] + [f"{counts[s]} {s}" for s in
-                                              ("ok", "early-stopped", "failed", "incomplete") if counts[s]]
+    parts = [f"{len(summary.runs)} runs"] + [
+        f"{counts[s]} {s}" for s in ("ok", "early-stopped", "failed", "incomplete") if counts[s]
+    ]
     better = "lower" if summary.mode == "min" else "higher"
     line = ", ".join(parts) + f"; monitor {summary.monitor} ({better} is better)"
     if summary.best is not None:
         run = summary.runs[summary.best]
         swept = ", ".join(f"{k}={fmt_value(run.overrides.get(k))}" for k in summary.swept)
-        line += (f"; best: {run.name}" + (f" ({swept})" if swept else "")
-                 + f", {summary.monitor} {run.values.get('best_' + summary.monitor):.4f}")
+        line += (
+            f"; best: {run.name}"
+            + (f" ({swept})" if swept else "")
+            + f", {summary.monitor} {run.values.get('best_' + summary.monitor):.4f}"
+        )
     else:
         line += "; no finished run to rank"
     return line
@@ -367,11 +392,16 @@ def to_csv(summary: SweepSummary) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["job", *summary.swept, "status", "error", *METRICS, "best"])
     for i, run in enumerate(summary.runs):
-        writer.writerow([run.name, *("" if run.overrides.get(k) is None else run.overrides.get(k)
-                                     for k in summary.swept),
-                         run.status, run.error or "",
-                         *("" if run.values.get(k) is None else run.values.get(k) for k in METRICS),
-                         1 if i == summary.best else 0])
+        writer.writerow(
+            [
+                run.name,
+                *("" if run.overrides.get(k) is None else run.overrides.get(k) for k in summary.swept),
+                run.status,
+                run.error or "",
+                *("" if run.values.get(k) is None else run.values.get(k) for k in METRICS),
+                1 if i == summary.best else 0,
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -383,12 +413,21 @@ def to_markdown(summary: SweepSummary, plot_name: str | None = "summary.png") ->
 
     numeric = {_HEADERS[k] for k in METRICS}
     align = ["---:" if h in numeric else "---" for h in header]
-    text = [f"# Sweep summary: {summary.out_dir}", "", _headline(summary) + ".", "",
-            line(header), "| " + " | ".join(align) + " |", *(line(r) for r in rows), ""]
+    text = [
+        f"# Sweep summary: {summary.out_dir}",
+        "",
+        _headline(summary) + ".",
+        "",
+        line(header),
+        "| " + " | ".join(align) + " |",
+        *(line(r) for r in rows),
+        "",
+    ]
     failed = [run for run in summary.runs if run.status == "failed"]
     if failed:
-        text += ["## Failed runs", ""] + [f"- `{run.name}`: {run.error or 'no error recorded'}"
-                                          for run in failed] + [""]
+        text += (
+            ["## Failed runs", ""] + [f"- `{run.name}`: {run.error or 'no error recorded'}" for run in failed] + [""]
+        )
     if plot_name:
         text += [f"![{summary.monitor} against each swept parameter, and val_loss curves]({plot_name})", ""]
     return "\n".join(text)
@@ -410,8 +449,11 @@ def print_table(summary: SweepSummary, console=None) -> None:
     for name in header:
         table.add_column(name, justify="right" if name in numeric else "left", no_wrap=name != "status")
     for i, (run, cells) in enumerate(zip(summary.runs, rows)):
-        style = "bold green" if i == summary.best else ("red" if run.status == "failed" else
-                                                        "yellow" if run.status == "incomplete" else None)
+        style = (
+            "bold green"
+            if i == summary.best
+            else ("red" if run.status == "failed" else "yellow" if run.status == "incomplete" else None)
+        )
         table.add_row(*cells, style=style)
     console.print(table)
 
@@ -518,17 +560,32 @@ def save_plot(summary: SweepSummary, path: str | Path) -> Path | None:
             ys = [p.mean for p in points]
             label = ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(others, label_values)) or None
             if many:
-                line, = ax.plot(xs, ys, "o", color="tab:blue", alpha=0.6, markersize=5)
+                (line,) = ax.plot(xs, ys, "o", color="tab:blue", alpha=0.6, markersize=5)
             else:
-                line, = ax.plot(xs, ys, marker="o", markersize=4, label=label)
+                (line,) = ax.plot(xs, ys, marker="o", markersize=4, label=label)
             if any(p.n > 1 for p in points):
-                ax.errorbar(xs, ys, yerr=[[p.mean - p.low for p in points], [p.high - p.mean for p in points]],
-                            fmt="none", ecolor=line.get_color(), capsize=3, alpha=0.8)
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[[p.mean - p.low for p in points], [p.high - p.mean for p in points]],
+                    fmt="none",
+                    ecolor=line.get_color(),
+                    capsize=3,
+                    alpha=0.8,
+                )
         if best_run is not None and _finite(best_run.values.get(f"best_{summary.monitor}")):
             x = best_run.overrides.get(key)
             if x is not None and (not numeric or _is_number(x)) and (numeric or str(x) in categories):
-                ax.plot([position(x)], [best_run.values[f"best_{summary.monitor}"]], marker="*", color="red",
-                        markersize=14, linestyle="none", label="best run", zorder=5)
+                ax.plot(
+                    [position(x)],
+                    [best_run.values[f"best_{summary.monitor}"]],
+                    marker="*",
+                    color="red",
+                    markersize=14,
+                    linestyle="none",
+                    label="best run",
+                    zorder=5,
+                )
         scale = axis_scale(key, all_x) if numeric else "linear"
         if scale == "log":
             ax.set_xscale("log")
@@ -539,8 +596,12 @@ def save_plot(summary: SweepSummary, path: str | Path) -> Path | None:
         elif scale == "symlog":
             ax.set_xscale("symlog", linthresh=min(x for x in all_x if x > 0))
         if not numeric:
-            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 3 else 0,
-                          ha="right" if len(categories) > 3 else "center")
+            ax.set_xticks(
+                range(len(categories)),
+                categories,
+                rotation=30 if len(categories) > 3 else 0,
+                ha="right" if len(categories) > 3 else "center",
+            )
         title = f"{summary.monitor} vs {key}"
         if seeded and key != "seed":
             title += " (mean, min-max over seeds)"
@@ -557,14 +618,24 @@ def save_plot(summary: SweepSummary, path: str | Path) -> Path | None:
         epochs, losses = zip(*run.curve)
         swept = ", ".join(f"{k}={fmt_value(run.overrides.get(k))}" for k in summary.swept)
         label = run.name + (f" ({swept})" if swept else "") + ("" if run.finished else f" [{run.status}]")
-        ax.plot(epochs, losses, marker="o", markersize=2.5, label=_shorten(label, 60),
-                linestyle="-" if run.finished else "--", linewidth=2.6 if i == summary.best else 1.2,
-                zorder=4 if i == summary.best else 2)
+        ax.plot(
+            epochs,
+            losses,
+            marker="o",
+            markersize=2.5,
+            label=_shorten(label, 60),
+            linestyle="-" if run.finished else "--",
+            linewidth=2.6 if i == summary.best else 1.2,
+            zorder=4 if i == summary.best else 2,
+        )
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if curves and max(e for _, run in curves for e, _ in run.curve) <= 1:
         ax.set_xlim(0.5, 1.5)
-    ax.set(title="val_loss per epoch, every run" + (" (thick: best)" if summary.best is not None else ""),
-           xlabel="epoch", ylabel="val_loss")
+    ax.set(
+        title="val_loss per epoch, every run" + (" (thick: best)" if summary.best is not None else ""),
+        xlabel="epoch",
+        ylabel="val_loss",
+    )
     ax.grid(True, alpha=0.3)
     if not curves:
         ax.text(0.5, 0.5, "no metrics.csv", ha="center", va="center", transform=ax.transAxes)
@@ -602,8 +673,13 @@ def write(summary: SweepSummary, plot: bool = True) -> list[Path]:
     return written
 
 
-def summarize(paths: str | Path | Sequence[str | Path], out_dir: str | Path | None = None, plot: bool = True,
-              show: bool = True, console=None) -> SweepSummary:
+def summarize(
+    paths: str | Path | Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    plot: bool = True,
+    show: bool = True,
+    console=None,
+) -> SweepSummary:
     """Collect the runs under `paths`, write summary.csv/.md/.png, print the table (show=True)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -623,13 +699,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="nettrain-summarize",
         description="Summarize a sweep (its job dirs) or any run dirs: a table on the console and "
-                    "summary.csv, summary.md and summary.png in the output folder.",
-        epilog="Exit status: 0 every run finished, 1 some run failed or is incomplete, 2 no run dir found.")
-    parser.add_argument("paths", nargs="+", metavar="DIR",
-                        help="a sweep dir (outputs/multirun/<date>/<time>), run dirs, or folders holding runs")
-    parser.add_argument("--out", metavar="DIR", default=None,
-                        help="where to write the summary files (default: the folder given when it is one "
-                             "sweep or folder of runs, else the deepest folder holding every run)")
+        "summary.csv, summary.md and summary.png in the output folder.",
+        epilog="Exit status: 0 every run finished, 1 some run failed or is incomplete, 2 no run dir found.",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="DIR",
+        help="a sweep dir (outputs/multirun/<date>/<time>), run dirs, or folders holding runs",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="where to write the summary files (default: the folder given when it is one "
+        "sweep or folder of runs, else the deepest folder holding every run)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip summary.png")
     args = parser.parse_args(argv)
     missing = [p for p in args.paths if not Path(p).is_dir()]

@@ -44,8 +44,12 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
         output_dir = HydraConfig.get().runtime.output_dir
     output_dir = Path(output_dir)
     if cfg.resume and run_dir_of(cfg.resume) != output_dir.resolve():
-        raise ConfigError([f"resume={cfg.resume!r}: resume continues a run in its own folder; use "
-                           f"`nettrain-train resume=RUN_DIR` (not combined with --multirun or hydra.run.dir)"])
+        raise ConfigError(
+            [
+                f"resume={cfg.resume!r}: resume continues a run in its own folder; use "
+                f"`nettrain-train resume=RUN_DIR` (not combined with --multirun or hydra.run.dir)"
+            ]
+        )
     summary_path = output_dir / "summary.json"
     resume_from = Path(cfg.resume).expanduser() if cfg.resume else None
     if not cfg.resume and in_multirun():  # a re-launched sweep: skip, resume or re-run this config
@@ -81,9 +85,16 @@ def write_failure(output_dir: Path, cfg: DictConfig, error: str, wall_time_s: fl
     from nettrain.files import write_json
     from nettrain.sweep import config_hash
 
-    write_json(output_dir / "summary.json", {
-        "status": "failed", "error": error, "wall_time_s": round(wall_time_s, 3),
-        "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)), "launch": launch_id()})
+    write_json(
+        output_dir / "summary.json",
+        {
+            "status": "failed",
+            "error": error,
+            "wall_time_s": round(wall_time_s, 3),
+            "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
+            "launch": launch_id(),
+        },
+    )
 
 
 def launch_id() -> str | None:
@@ -129,10 +140,14 @@ def _introduce(cfg: DictConfig, run, output_dir: Path, reporter) -> float:
     model, data = run.state.model, run.data
     memory_estimate_mb = estimate_training_memory(model, run.state.optimizer, data.input_shape, cfg.batch_size) / 2**20
     reporter.start(OmegaConf.to_yaml(cfg), model, param_count(model), str(run.device), output_dir)
-    reporter.note(f"training memory, rule of thumb: ~{memory_estimate_mb:.1f} MiB "
-                  "(weights, gradients, optimizer state, one batch of activations; 4 bytes each)")
-    reporter.note(f"data: {data.name}, train {len(data.train)} / val {len(data.val)} / "
-                  f"test {len(data.test)}, input {list(data.input_shape)}, {data.num_classes} classes")
+    reporter.note(
+        f"training memory, rule of thumb: ~{memory_estimate_mb:.1f} MiB "
+        "(weights, gradients, optimizer state, one batch of activations; 4 bytes each)"
+    )
+    reporter.note(
+        f"data: {data.name}, train {len(data.train)} / val {len(data.val)} / "
+        f"test {len(data.test)}, input {list(data.input_shape)}, {data.num_classes} classes"
+    )
     return memory_estimate_mb
 
 
@@ -142,15 +157,31 @@ def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, s
     from nettrain.loop import LoopSettings, RunOutputs, fit
     from nettrain.metrics import MetricsWriter
 
-    settings = LoopSettings(epochs=cfg.epochs, l1=cfg.regularization.l1, grad_clip=cfg.regularization.grad_clip,
-                            restore_best=cfg.early_stopping.restore_best)
-    out = RunOutputs(checkpointer=Checkpointer(output_dir / "checkpoints", plain_config, enabled=cfg.checkpoint.enabled),
-                     metrics=MetricsWriter(output_dir / "metrics.csv"), reporter=reporter)
+    settings = LoopSettings(
+        epochs=cfg.epochs,
+        l1=cfg.regularization.l1,
+        grad_clip=cfg.regularization.grad_clip,
+        restore_best=cfg.early_stopping.restore_best,
+    )
+    out = RunOutputs(
+        checkpointer=Checkpointer(output_dir / "checkpoints", plain_config, enabled=cfg.checkpoint.enabled),
+        metrics=MetricsWriter(output_dir / "metrics.csv"),
+        reporter=reporter,
+    )
     return fit(run.state, run.train_batches, run.val_batches, settings, out, start=start, stop=stop)
 
 
-def _summarize(cfg: DictConfig, run, result, output_dir: Path, reporter, stop, record: dict, started: float,
-               memory_estimate_mb: float) -> dict[str, Any]:
+def _summarize(
+    cfg: DictConfig,
+    run,
+    result,
+    output_dir: Path,
+    reporter,
+    stop,
+    record: dict,
+    started: float,
+    memory_estimate_mb: float,
+) -> dict[str, Any]:
     """Test the best weights, then write summary.json and the plots, and print the summary."""
     import torch
 
@@ -168,20 +199,32 @@ def _summarize(cfg: DictConfig, run, result, output_dir: Path, reporter, stop, r
     if not result.interrupted:
         test_loss, test_acc = evaluate(run.state.model, run.state.loss_fn, run.batches(run.data.test))
     summary: dict[str, Any] = {
-        "status": status, "best_epoch": result.best_epoch,
-        "best_val_loss": best_row.get("val_loss"), "best_val_acc": best_row.get("val_acc"),
-        "test_loss": test_loss, "test_acc": test_acc,
-        "epochs_run": result.epochs_run, "stopped_early": result.stopped_early, "monitor": cfg.early_stopping.monitor,
+        "status": status,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": best_row.get("val_loss"),
+        "best_val_acc": best_row.get("val_acc"),
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "monitor": cfg.early_stopping.monitor,
         "wall_time_s": round(time.perf_counter() - started, 3),
-        "device": str(device), "device_name": record["device_name"], "param_count": param_count(run.state.model),
+        "device": str(device),
+        "device_name": record["device_name"],
+        "param_count": param_count(run.state.model),
         "samples_per_s": sum(r["samples_per_s"] for r in history) / len(history) if history else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "memory_estimate_mb": round(memory_estimate_mb, 2),
-        "cuda_peak_memory_mb": (round(torch.cuda.max_memory_allocated(device) / 2**20, 2)
-                                if device.type == "cuda" else None),
-        "seed": cfg.seed, "deterministic": cfg.deterministic, "precision": cfg.trainer.precision,
-        "torch_threads": torch.get_num_threads(), "data_fingerprint": record["data_fingerprint"],
-        "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)), "launch": launch_id(),
+        "cuda_peak_memory_mb": (
+            round(torch.cuda.max_memory_allocated(device) / 2**20, 2) if device.type == "cuda" else None
+        ),
+        "seed": cfg.seed,
+        "deterministic": cfg.deterministic,
+        "precision": cfg.trainer.precision,
+        "torch_threads": torch.get_num_threads(),
+        "data_fingerprint": record["data_fingerprint"],
+        "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
+        "launch": launch_id(),
     }
     if result.interrupted:
         summary["signal"] = stop.signum
@@ -189,8 +232,10 @@ def _summarize(cfg: DictConfig, run, result, output_dir: Path, reporter, stop, r
     write_json(output_dir / "summary.json", summary)
     reporter.summary(summary)
     if result.interrupted and cfg.checkpoint.enabled:
-        reporter.note(f"interrupted after {stop.steps} steps this session; a checkpoint is saved. "
-                      f"Resume with:\n  nettrain-train resume={output_dir.resolve()}")
+        reporter.note(
+            f"interrupted after {stop.steps} steps this session; a checkpoint is saved. "
+            f"Resume with:\n  nettrain-train resume={output_dir.resolve()}"
+        )
     elif result.interrupted:
         reporter.note(f"interrupted after {stop.steps} steps; checkpoint.enabled=false, so it cannot be resumed")
     return summary

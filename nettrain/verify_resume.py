@@ -74,7 +74,9 @@ def compare_runs(straight: Path, resumed: Path) -> list[str]:
                 elif not torch.equal(va, vb):
                     diff = (va.double() - vb.double()).abs().max().item()
                     differences.append(f"{key}: max |diff| {diff:.3g}")
-            elif va != vb and not (isinstance(va, float) and isinstance(vb, float) and math.isnan(va) and math.isnan(vb)):
+            elif va != vb and not (
+                isinstance(va, float) and isinstance(vb, float) and math.isnan(va) and math.isnan(vb)
+            ):
                 differences.append(f"{key}: {va!r} vs {vb!r}")
     sa = json.loads((straight / "summary.json").read_text())
     sb = json.loads((resumed / "summary.json").read_text())
@@ -84,8 +86,13 @@ def compare_runs(straight: Path, resumed: Path) -> list[str]:
     return differences
 
 
-def verify_resume(overrides: list[str], workdir: Path, config_dir: str | None = None,
-                  stop_after: int | None = None, quiet: bool = True) -> tuple[list[str], dict[str, Any]]:
+def verify_resume(
+    overrides: list[str],
+    workdir: Path,
+    config_dir: str | None = None,
+    stop_after: int | None = None,
+    quiet: bool = True,
+) -> tuple[list[str], dict[str, Any]]:
     """Run straight and interrupted+resumed in `workdir`; return (differences, facts)."""
     from hydra import compose, initialize_config_module
 
@@ -118,7 +125,9 @@ def verify_resume(overrides: list[str], workdir: Path, config_dir: str | None = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nettrain-verify-resume", description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="*", help="config overrides, as for nettrain-train (key=value, group=option)")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides, as for nettrain-train (key=value, group=option)"
+    )
     parser.add_argument("--config-dir", help="a folder of your own config options, as for nettrain-train")
     parser.add_argument("--stop-after", type=int, help="interrupt after this many steps (default: half the run)")
     parser.add_argument("--out", help="output folder (default outputs/verify-resume/<date>/<time>)")
@@ -145,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
 
     write_json(workdir / "verify.json", {**facts, "identical": not differences, "differences": differences})
     if not facts["resumed"]:
-        print(f"NOT VERIFIED: the run ended after {facts['total_steps']} steps, before the interruption at step "
-              f"{facts['stopped_after']}; allowed: --stop-after below {facts['total_steps']}")
+        print(
+            f"NOT VERIFIED: the run ended after {facts['total_steps']} steps, before the interruption at step "
+            f"{facts['stopped_after']}; allowed: --stop-after below {facts['total_steps']}"
+        )
         return 1
     how = f"interrupted after step {facts['stopped_after']} of {facts['total_steps']} and resumed"
     if differences:

@@ -71,7 +71,7 @@ def write_mnist_raw(root: Path, name: str = "MNIST", n_train: int = 120, n_test:
         images = rng.integers(0, 60, size=(n, 28, 28))
         for i, label in enumerate(labels):
             r, c = divmod(int(label), 5)
-            images[i, 4 + r * 10:12 + r * 10, 2 + c * 5:6 + c * 5] = 255
+            images[i, 4 + r * 10 : 12 + r * 10, 2 + c * 5 : 6 + c * 5] = 255
         return images, labels
 
     raw = root / name / "raw"

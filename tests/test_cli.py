@@ -18,8 +18,20 @@ from conftest import REPO, cli
 
 pytestmark = pytest.mark.slow
 
-SUMMARY_KEYS = {"best_epoch", "best_val_loss", "best_val_acc", "test_loss", "test_acc", "epochs_run",
-                "stopped_early", "status", "wall_time_s", "device", "param_count", "peak_rss_mb"}
+SUMMARY_KEYS = {
+    "best_epoch",
+    "best_val_loss",
+    "best_val_acc",
+    "test_loss",
+    "test_acc",
+    "epochs_run",
+    "stopped_early",
+    "status",
+    "wall_time_s",
+    "device",
+    "param_count",
+    "peak_rss_mb",
+}
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s"]
 
 
@@ -30,8 +42,12 @@ def only_run_dir(cwd: Path) -> Path:
 
 
 def check_run_dir(run: Path, param_names: list[str]) -> dict:
-    assert {p.name for p in (run / ".hydra").iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml",
-                                                             "provenance.json"}
+    assert {p.name for p in (run / ".hydra").iterdir()} == {
+        "config.yaml",
+        "hydra.yaml",
+        "overrides.yaml",
+        "provenance.json",
+    }
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows and list(rows[0]) == METRIC_COLUMNS + [f"grad_mean/{n}" for n in param_names]
@@ -41,8 +57,18 @@ def check_run_dir(run: Path, param_names: list[str]) -> dict:
     assert summary["epochs_run"] == len(rows)
     for name in ("last.pt", "best.pt"):
         state = torch.load(run / "checkpoints" / name, weights_only=True)
-        assert {"model", "optimizer", "scheduler", "epoch", "config", "early_stopping", "rng", "progress",
-                "history", "grad_monitor"} <= set(state)
+        assert {
+            "model",
+            "optimizer",
+            "scheduler",
+            "epoch",
+            "config",
+            "early_stopping",
+            "rng",
+            "progress",
+            "history",
+            "grad_monitor",
+        } <= set(state)
         assert (run / "checkpoints" / (name + ".sha256")).is_file()
         assert isinstance(state["config"], dict) and "model" in state["config"]
     assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == summary["best_epoch"]
@@ -78,11 +104,30 @@ def test_the_first_run_trains_the_tutorial_network_and_leaves_everything(tmp_pat
 @pytest.mark.parametrize("option", ["synthetic", "mnist", "fashion_mnist"])
 def test_every_data_option_runs_from_the_command_line(tmp_path, mnist_root, option):
     extra = [] if option == "synthetic" else [f"data.root={mnist_root}"]
-    proc = cli(f"data={option}", *extra, "epochs=2", "scheduler=step", "model=cnn", "model.channels=[4,8]",
-               "model.hidden=16", cwd=tmp_path)
+    proc = cli(
+        f"data={option}",
+        *extra,
+        "epochs=2",
+        "scheduler=step",
+        "model=cnn",
+        "model.channels=[4,8]",
+        "model.hidden=16",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
-    summary = check_run_dir(only_run_dir(tmp_path), ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
-                                                     "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"])
+    summary = check_run_dir(
+        only_run_dir(tmp_path),
+        [
+            "conv1.weight",
+            "conv1.bias",
+            "conv2.weight",
+            "conv2.bias",
+            "fc1.weight",
+            "fc1.bias",
+            "fc2.weight",
+            "fc2.bias",
+        ],
+    )
     assert summary["epochs_run"] == 2
 
 
@@ -100,9 +145,13 @@ def test_a_wrong_type_names_the_key(tmp_path):
 
 def test_every_invalid_value_is_reported_in_one_message(tmp_path):
     proc = cli("lr=-1", "model.activation=swish", "regularization.dropout=2", cwd=tmp_path)
-    _assert_clean_failure(proc, "Invalid config (3 problems):", "lr=-1.0: must be a number > 0",
-                          "model.activation='swish': allowed: relu, gelu",
-                          "regularization.dropout=2.0: must be a probability in [0, 1)")
+    _assert_clean_failure(
+        proc,
+        "Invalid config (3 problems):",
+        "lr=-1.0: must be a number > 0",
+        "model.activation='swish': allowed: relu, gelu",
+        "regularization.dropout=2.0: must be a probability in [0, 1)",
+    )
     assert proc.returncode == 2
     assert not list(tmp_path.rglob("metrics.csv")) and not list(tmp_path.rglob("*.pt"))
 
@@ -125,8 +174,10 @@ def test_full_error_shows_the_traceback(tmp_path):
 def test_a_users_own_config_dir_adds_options(tmp_path):
     conf = tmp_path / "myconf" / "model"
     conf.mkdir(parents=True)
-    (conf / "wide.yaml").write_text("_target_: nettrain.models.MLP\nhidden: [32, 16]\nactivation: gelu\n"
-                                    "norm: layernorm\ninit: kaiming_normal\ndropout: 0.0\n")
+    (conf / "wide.yaml").write_text(
+        "_target_: nettrain.models.MLP\nhidden: [32, 16]\nactivation: gelu\n"
+        "norm: layernorm\ninit: kaiming_normal\ndropout: 0.0\n"
+    )
     proc = cli("--config-dir", str(tmp_path / "myconf"), "model=wide", "data=synthetic", "epochs=1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
@@ -134,21 +185,31 @@ def test_a_users_own_config_dir_adds_options(tmp_path):
 
 
 def test_python_dash_m_works_and_help_lists_the_groups(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nettrain.train", "--help"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nettrain.train", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0
-    for line in ("model: cnn, mlp", "optimizer: adam, adamw, manual_sgd, rmsprop, sgd",
-                 "scheduler: cosine, none, plateau, step", "regularization: dropout, l1, l2, none",
-                 "data: fashion_mnist, mnist, mnist_sample, synthetic"):
+    for line in (
+        "model: cnn, mlp",
+        "optimizer: adam, adamw, manual_sgd, rmsprop, sgd",
+        "scheduler: cosine, none, plateau, step",
+        "regularization: dropout, l1, l2, none",
+        "data: fashion_mnist, mnist, mnist_sample, synthetic",
+    ):
         assert line in proc.stdout
 
 
 def test_the_wheel_ships_the_configs(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     (wheel,) = tmp_path.glob("nettrain-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {"nettrain/conf/train.yaml"} | {
-        "nettrain/conf/" + p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml")}
+        "nettrain/conf/" + p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml")
+    }
     assert expected <= names

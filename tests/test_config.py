@@ -15,25 +15,48 @@ from nettrain.build import instantiate as _instantiate
 
 # Every option of every group, found by recursive glob: a new YAML file is covered automatically.
 # (conf/hydra/ holds launcher and sweeper presets: tests/test_launchers.py covers those.)
-OPTIONS = sorted(o for o in (p.relative_to(CONF).with_suffix("").as_posix() for p in CONF.glob("*/**/*.yaml"))
-                 if not o.startswith("hydra/"))
+OPTIONS = sorted(
+    o
+    for o in (p.relative_to(CONF).with_suffix("").as_posix() for p in CONF.glob("*/**/*.yaml"))
+    if not o.startswith("hydra/")
+)
 
 
 def test_the_glob_finds_every_group():
     groups = {o.split("/")[0] for o in OPTIONS}
     assert groups == {"model", "optimizer", "scheduler", "regularization", "data"}
-    named = {"model/mlp", "model/cnn", "optimizer/sgd", "optimizer/manual_sgd", "optimizer/adam",
-             "optimizer/adamw", "optimizer/rmsprop", "scheduler/none", "scheduler/step", "scheduler/cosine",
-             "scheduler/plateau", "regularization/none", "regularization/l1", "regularization/l2",
-             "regularization/dropout", "data/mnist_sample", "data/mnist", "data/fashion_mnist", "data/synthetic"}
+    named = {
+        "model/mlp",
+        "model/cnn",
+        "optimizer/sgd",
+        "optimizer/manual_sgd",
+        "optimizer/adam",
+        "optimizer/adamw",
+        "optimizer/rmsprop",
+        "scheduler/none",
+        "scheduler/step",
+        "scheduler/cosine",
+        "scheduler/plateau",
+        "regularization/none",
+        "regularization/l1",
+        "regularization/l2",
+        "regularization/dropout",
+        "data/mnist_sample",
+        "data/mnist",
+        "data/fashion_mnist",
+        "data/synthetic",
+    }
     assert named <= set(OPTIONS)
 
 
 @pytest.mark.parametrize("option", OPTIONS)
 def test_every_option_composes_and_builds(option, mnist_root):
     group, name = option.split("/", 1)
-    overrides = [f"{group}={name}", f"data.root={mnist_root}"] if option.startswith("data/") and \
-        "mnist" in name and name != "mnist_sample" else [f"{group}={name}"]
+    overrides = (
+        [f"{group}={name}", f"data.root={mnist_root}"]
+        if option.startswith("data/") and "mnist" in name and name != "mnist_sample"
+        else [f"{group}={name}"]
+    )
     if group != "data":
         overrides += ["data=synthetic", "data.num_samples=200"]
     cfg = make_cfg(*overrides)
@@ -84,35 +107,54 @@ def test_wrong_type_fails_at_composition_naming_the_key():
 
 
 def test_validation_reports_every_problem_at_once():
-    cfg = make_cfg("lr=-1", "batch_size=0", "model.activation=swish", "regularization.dropout=1.5",
-                   "scheduler.warmup_ratio=2", "early_stopping.monitor=train_loss", "device=tpu")
+    cfg = make_cfg(
+        "lr=-1",
+        "batch_size=0",
+        "model.activation=swish",
+        "regularization.dropout=1.5",
+        "scheduler.warmup_ratio=2",
+        "early_stopping.monitor=train_loss",
+        "device=tpu",
+    )
     with pytest.raises(ConfigError) as info:
         validate(cfg)
-    assert str(info.value) == "\n".join([
-        "Invalid config (7 problems):",
-        "  - lr=-1.0: must be a number > 0",
-        "  - batch_size=0: must be an integer >= 1",
-        "  - device='tpu': allowed: auto, cpu, cuda, cuda:N, mps",
-        "  - model.activation='swish': allowed: relu, gelu, tanh, sigmoid, leaky_relu, silu",
-        "  - regularization.dropout=1.5: must be a probability in [0, 1)",
-        "  - scheduler.warmup_ratio=2: must be a fraction in [0, 1); 0 = no warmup",
-        "  - early_stopping.monitor='train_loss': allowed: val_loss, val_acc",
-    ])
+    assert str(info.value) == "\n".join(
+        [
+            "Invalid config (7 problems):",
+            "  - lr=-1.0: must be a number > 0",
+            "  - batch_size=0: must be an integer >= 1",
+            "  - device='tpu': allowed: auto, cpu, cuda, cuda:N, mps",
+            "  - model.activation='swish': allowed: relu, gelu, tanh, sigmoid, leaky_relu, silu",
+            "  - regularization.dropout=1.5: must be a probability in [0, 1)",
+            "  - scheduler.warmup_ratio=2: must be a fraction in [0, 1); 0 = no warmup",
+            "  - early_stopping.monitor='train_loss': allowed: val_loss, val_acc",
+        ]
+    )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["model.norm=groupnorm"], "model.norm='groupnorm': allowed: none, batchnorm, layernorm"),
-    (["model.init=orthogonal"], "model.init='orthogonal': allowed: default, kaiming_normal, kaiming_uniform, "
-                                "xavier_normal, xavier_uniform"),
-    (["model.hidden=[256,0]"], "model.hidden=[256, 0]: must be a list of layer widths"),
-    (["optimizer=sgd", "optimizer.nesterov=true"], "optimizer.nesterov=True: needs optimizer.momentum > 0"),
-    (["data.val_fraction=0.6", "data.test_fraction=0.5"], "data.val_fraction + data.test_fraction = 1.1: must be < 1"),
-    (["data=mnist", "data.name=CIFAR10"], "data.name='CIFAR10': allowed: MNIST, FashionMNIST, KMNIST"),
-    (["scheduler.interval=batch"], "scheduler.interval='batch': allowed: epoch, step"),
-    (["regularization.grad_clip=0"], "regularization.grad_clip=0.0: must be null (off) or a number > 0"),
-    (["scheduler=plateau", "scheduler.interval=step"],
-     "scheduler.interval='step': ReduceLROnPlateau steps on the validation loss; allowed: epoch"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.norm=groupnorm"], "model.norm='groupnorm': allowed: none, batchnorm, layernorm"),
+        (
+            ["model.init=orthogonal"],
+            "model.init='orthogonal': allowed: default, kaiming_normal, kaiming_uniform, xavier_normal, xavier_uniform",
+        ),
+        (["model.hidden=[256,0]"], "model.hidden=[256, 0]: must be a list of layer widths"),
+        (["optimizer=sgd", "optimizer.nesterov=true"], "optimizer.nesterov=True: needs optimizer.momentum > 0"),
+        (
+            ["data.val_fraction=0.6", "data.test_fraction=0.5"],
+            "data.val_fraction + data.test_fraction = 1.1: must be < 1",
+        ),
+        (["data=mnist", "data.name=CIFAR10"], "data.name='CIFAR10': allowed: MNIST, FashionMNIST, KMNIST"),
+        (["scheduler.interval=batch"], "scheduler.interval='batch': allowed: epoch, step"),
+        (["regularization.grad_clip=0"], "regularization.grad_clip=0.0: must be null (off) or a number > 0"),
+        (
+            ["scheduler=plateau", "scheduler.interval=step"],
+            "scheduler.interval='step': ReduceLROnPlateau steps on the validation loss; allowed: epoch",
+        ),
+    ],
+)
 def test_validation_messages(overrides, message):
     with pytest.raises(ConfigError) as info:
         validate(make_cfg(*overrides))
@@ -121,8 +163,19 @@ def test_validation_messages(overrides, message):
 
 def test_a_valid_config_has_no_problems():
     assert problems(make_cfg()) == []
-    assert problems(make_cfg("model=cnn", "scheduler=cosine", "regularization=l2", "regularization.grad_clip=1.0",
-                             "trainer.precision=bf16", "device=cuda:1")) == []
+    assert (
+        problems(
+            make_cfg(
+                "model=cnn",
+                "scheduler=cosine",
+                "regularization=l2",
+                "regularization.grad_clip=1.0",
+                "trainer.precision=bf16",
+                "device=cuda:1",
+            )
+        )
+        == []
+    )
     assert problems(make_cfg("lr=0")) == ["lr=0.0: must be a number > 0"]
 
 

@@ -63,16 +63,16 @@ def test_batches_cover_the_split_once_per_pass_in_a_seeded_order():
     assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, data.train.x.flatten(1).tolist()))
     second = list(batches)
     assert not torch.equal(first[0][0], second[0][0])  # a new permutation each pass
-    again = list(Batches(data.train, 32, torch.device("cpu"), shuffle=True,
-                         generator=torch.Generator().manual_seed(0)))
+    again = list(Batches(data.train, 32, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(0)))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))
 
 
 def test_in_memory_and_dataloader_paths_give_the_same_batches():
     data = synthetic(num_samples=200, input_shape=[1, 4, 4], num_classes=3)
     fast = Batches(data.train, 16, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(3))
-    loader = Batches(data.train, 16, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(3),
-                     in_memory=False)
+    loader = Batches(
+        data.train, 16, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(3), in_memory=False
+    )
     for _ in range(2):
         pairs = list(zip(fast, loader, strict=True))
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)

@@ -18,8 +18,15 @@ from conftest import cli
 
 pytestmark = pytest.mark.slow
 
-FAST = ["data=synthetic", "data.num_samples=300", "epochs=2", "console.show_config=false",
-        "console.show_model=false", "checkpoint.enabled=false", "grad_monitor.enabled=false"]
+FAST = [
+    "data=synthetic",
+    "data.num_samples=300",
+    "epochs=2",
+    "console.show_config=false",
+    "console.show_model=false",
+    "checkpoint.enabled=false",
+    "grad_monitor.enabled=false",
+]
 SUMMARY_FILES = {"summary.csv", "summary.md", "summary.png"}
 
 
@@ -62,8 +69,7 @@ def test_a_two_job_sweep_leaves_two_run_dirs_and_the_summary(tmp_path):
     assert [j.name for j in jobs] == ["0", "1"]
     summaries = [check_job(j, [f"batch_size={bs}"]) for j, bs in zip(jobs, (32, 64))]
     rows = summary_rows(sweep)
-    assert [(r["job"], r["batch_size"], r["status"]) for r in rows] == [
-        ("0", "32", "ok"), ("1", "64", "ok")]
+    assert [(r["job"], r["batch_size"], r["status"]) for r in rows] == [("0", "32", "ok"), ("1", "64", "ok")]
     assert [float(r["best_val_loss"]) for r in rows] == [s["best_val_loss"] for s in summaries]
     best = min(range(2), key=lambda i: summaries[i]["best_val_loss"])
     assert [r["best"] for r in rows] == ["1" if i == best else "0" for i in range(2)]
@@ -148,9 +154,17 @@ def test_the_slurm_preset_composes_to_an_sbatch_script(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
     from submitit.slurm.slurm import SlurmExecutor
 
-    proc = cli("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2",
-               "hydra.launcher.timeout_min=30", f"hydra.sweep.dir={tmp_path / 'sweep'}", "--cfg", "hydra",
-               "--resolve", cwd=tmp_path)
+    proc = cli(
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.gpus_per_node=2",
+        "hydra.launcher.timeout_min=30",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "--cfg",
+        "hydra",
+        "--resolve",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
@@ -158,21 +172,33 @@ def test_the_slurm_preset_composes_to_an_sbatch_script(tmp_path, monkeypatch):
     # submitit accepts every key and turns them into sbatch lines, as the plugin's launch() does
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # no srun here
     params = {k: v for k, v in launcher.items() if k != "_target_"}
-    executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster="slurm",
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    executor = submitit.AutoExecutor(
+        folder=params.pop("submitit_folder"), cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout")
+    )
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     script = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --time=30",
-                 "#SBATCH --cpus-per-task=4", "#SBATCH --job-name=train", "export OMP_NUM_THREADS=4"):
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --time=30",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --job-name=train",
+        "export OMP_NUM_THREADS=4",
+    ):
         assert line in script, script
     assert f"{tmp_path / 'sweep'}/.submitit/" in script
 
 
 def test_submitits_local_executor_runs_sweep_jobs(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    proc = multirun(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
-                    "hydra.launcher.cpus_per_task=1", "batch_size=32,64")
+    proc = multirun(
+        tmp_path,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=5",
+        "hydra.launcher.cpus_per_task=1",
+        "batch_size=32,64",
+    )
     assert proc.returncode == 0, proc.stderr
     sweep = sweep_dir(tmp_path)
     for job, bs in zip(job_dirs(sweep), (32, 64)):

@@ -47,7 +47,7 @@ def tutorial_loop(train_x, train_y, seed: int, epochs: int, batch_size: int, lea
         total = torch.zeros(())
         perm = torch.randperm(len(train_y), generator=order)
         for start in range(0, len(train_y), batch_size):
-            idx = perm[start:start + batch_size]
+            idx = perm[start : start + batch_size]
             inputs, labels = train_x[idx].flatten(1), train_y[idx]
             outputs = model(inputs)
             loss = criterion(outputs, labels)
@@ -61,11 +61,18 @@ def tutorial_loop(train_x, train_y, seed: int, epochs: int, batch_size: int, lea
 
 
 def test_parity_with_the_tutorials_hand_written_loop(run):
-    summary, out = run("optimizer=manual_sgd", "lr=0.01", "epochs=3", "early_stopping.enabled=false",
-                       "early_stopping.restore_best=false", "seed=7")
+    summary, out = run(
+        "optimizer=manual_sgd",
+        "lr=0.01",
+        "epochs=3",
+        "early_stopping.enabled=false",
+        "early_stopping.restore_best=false",
+        "seed=7",
+    )
     data = mnist_sample()
-    ref_losses, ref_weights = tutorial_loop(data.train.x, data.train.y, seed=7, epochs=3, batch_size=64,
-                                            learning_rate=0.01)
+    ref_losses, ref_weights = tutorial_loop(
+        data.train.x, data.train.y, seed=7, epochs=3, batch_size=64, learning_rate=0.01
+    )
     with open(out / "metrics.csv") as f:
         losses = [float(r["train_loss"]) for r in csv.DictReader(f)]
     assert losses == ref_losses  # bit for bit (the CSV holds the full repr)
@@ -84,8 +91,16 @@ def test_l1_penalty_is_the_sum_of_absolute_weights():
 def test_l1_term_is_added_to_the_loss_gradient(tmp_path):
     """With a huge l1, one manual-SGD step moves each weight by lr * (grad + l1 * sign(w)):
     compare two runs that differ only in l1."""
-    common = [*SHORT, "epochs=1", "optimizer=manual_sgd", "lr=0.01", "data.num_samples=40", "batch_size=64",
-              "data.val_fraction=0.25", "data.test_fraction=0.25"]
+    common = [
+        *SHORT,
+        "epochs=1",
+        "optimizer=manual_sgd",
+        "lr=0.01",
+        "data.num_samples=40",
+        "batch_size=64",
+        "data.val_fraction=0.25",
+        "data.test_fraction=0.25",
+    ]
     train(make_cfg(*common, "regularization.l1=0"), output_dir=tmp_path / "a")
     train(make_cfg(*common, "regularization.l1=0.5"), output_dir=tmp_path / "b")
     a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
@@ -125,8 +140,9 @@ def test_early_stopping_counts_epochs_without_improvement():
 
 def test_run_stops_after_3_epochs_without_improvement_and_restores_best_weights(run):
     # lr far too high after a good start: val loss gets worse and stopping must fire
-    summary, out = run("data=synthetic", "data.num_samples=600", "optimizer=sgd", "lr=0.5",
-                       "optimizer.momentum=0.9", "epochs=30")
+    summary, out = run(
+        "data=synthetic", "data.num_samples=600", "optimizer=sgd", "lr=0.5", "optimizer.momentum=0.9", "epochs=30"
+    )
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     val = [float(r["val_loss"]) for r in rows]
@@ -148,8 +164,9 @@ def test_run_stops_after_3_epochs_without_improvement_and_restores_best_weights(
     loss, acc = evaluate(model, nn.CrossEntropyLoss(), Batches(data.test, 64, torch.device("cpu")))
     assert (loss, acc) == pytest.approx((summary["test_loss"], summary["test_acc"]), rel=1e-6)
     model.load_state_dict(last_ckpt["model"])
-    assert evaluate(model, nn.CrossEntropyLoss(), Batches(data.test, 64, torch.device("cpu")))[0] != \
-        pytest.approx(summary["test_loss"], rel=1e-6)
+    assert evaluate(model, nn.CrossEntropyLoss(), Batches(data.test, 64, torch.device("cpu")))[0] != pytest.approx(
+        summary["test_loss"], rel=1e-6
+    )
 
 
 # -- gradient means ----------------------------------------------------------------------------
@@ -172,8 +189,14 @@ def test_gradient_monitor_records_mean_abs_grad_per_parameter():
 
 def test_gradient_monitor_warns_naming_the_layer():
     monitor = GradientMonitor([], vanishing_below=1e-7, exploding_above=100.0, ratio=1000.0)
-    warnings = monitor.check({"grad_mean/fc1.weight": 1e-9, "grad_mean/fc2.weight": 1e-2,
-                              "grad_mean/fc3.weight": 2e-2, "grad_mean/fc4.weight": 500.0})
+    warnings = monitor.check(
+        {
+            "grad_mean/fc1.weight": 1e-9,
+            "grad_mean/fc2.weight": 1e-2,
+            "grad_mean/fc3.weight": 2e-2,
+            "grad_mean/fc4.weight": 500.0,
+        }
+    )
     assert warnings[0].startswith("vanishing gradient in fc1.weight: mean |grad| 1e-09 < ")
     assert warnings[1].startswith("exploding gradient in fc4.weight: mean |grad| 500 > ")
     assert len(warnings) == 2
@@ -183,8 +206,13 @@ def test_gradient_monitor_warns_naming_the_layer():
 
 
 def test_a_deep_sigmoid_net_warns_of_vanishing_gradients(run, capsys):
-    summary, out = run(*SHORT, "epochs=1", "model.hidden=[64,64,64,64,64,64,64,64]", "model.activation=sigmoid",
-                       "grad_monitor.ratio=100")
+    summary, out = run(
+        *SHORT,
+        "epochs=1",
+        "model.hidden=[64,64,64,64,64,64,64,64]",
+        "model.activation=sigmoid",
+        "grad_monitor.ratio=100",
+    )
     printed = capsys.readouterr().out
     assert "warning: epoch 1: vanishing gradient in fc1.weight" in printed
     with open(out / "metrics.csv") as f:

@@ -32,8 +32,7 @@ def test_default_mlp_is_the_tutorials_simplenet():
     reference = SimpleNet()
     torch.manual_seed(0)
     mlp = MLP(input_shape=(1, 28, 28), num_classes=10)
-    assert {k: v.shape for k, v in mlp.state_dict().items()} == \
-        {k: v.shape for k, v in reference.state_dict().items()}
+    assert {k: v.shape for k, v in mlp.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
     for key, value in reference.state_dict().items():  # same init order, so the same weights
         assert torch.equal(mlp.state_dict()[key], value)
     x = torch.randn(64, 1, 28, 28)
@@ -49,8 +48,10 @@ def test_gelu_is_used_when_chosen():
     assert torch.allclose(mlp(x), mlp.fc2(F.gelu(mlp.fc1(x.flatten(1)))))
 
 
-@pytest.mark.parametrize("name, module", [("relu", nn.ReLU), ("tanh", nn.Tanh), ("sigmoid", nn.Sigmoid),
-                                          ("leaky_relu", nn.LeakyReLU), ("silu", nn.SiLU)])
+@pytest.mark.parametrize(
+    "name, module",
+    [("relu", nn.ReLU), ("tanh", nn.Tanh), ("sigmoid", nn.Sigmoid), ("leaky_relu", nn.LeakyReLU), ("silu", nn.SiLU)],
+)
 def test_each_activation_is_the_named_module(name, module):
     assert isinstance(MLP((4,), 2, hidden=[3], activation=name).act1, module)
 
@@ -103,9 +104,14 @@ def test_kaiming_normal_has_the_expected_spread():
     assert default.fc1.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 784), rel=0.02)  # torch's default
 
 
-@pytest.mark.parametrize("init, std", [("kaiming_uniform", lambda fi, fo: math.sqrt(2 / fi)),
-                                       ("xavier_normal", lambda fi, fo: math.sqrt(2 / (fi + fo))),
-                                       ("xavier_uniform", lambda fi, fo: math.sqrt(2 / (fi + fo)))])
+@pytest.mark.parametrize(
+    "init, std",
+    [
+        ("kaiming_uniform", lambda fi, fo: math.sqrt(2 / fi)),
+        ("xavier_normal", lambda fi, fo: math.sqrt(2 / (fi + fo))),
+        ("xavier_uniform", lambda fi, fo: math.sqrt(2 / (fi + fo))),
+    ],
+)
 def test_other_inits_have_their_spread(init, std):
     torch.manual_seed(0)
     layer = init_weights(nn.Sequential(nn.Linear(800, 600)), init)[0]

@@ -48,8 +48,8 @@ def test_manual_sgd_matches_torch_sgd(weight_decay):
     # lr a power of two: lr * grad is exact, so the tutorial's two-step update and torch's fused
     # multiply-add round identically and the weights are bit-identical.
     a, b = _two_models()
-    _train(a, ManualSGD(a.parameters(), lr=2 ** -6, weight_decay=weight_decay))
-    _train(b, torch.optim.SGD(b.parameters(), lr=2 ** -6, weight_decay=weight_decay))
+    _train(a, ManualSGD(a.parameters(), lr=2**-6, weight_decay=weight_decay))
+    _train(b, torch.optim.SGD(b.parameters(), lr=2**-6, weight_decay=weight_decay))
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
     # any other lr: equal within float32 rounding
@@ -72,8 +72,9 @@ def test_l2_weight_decay_reaches_every_optimizer(optimizer):
     cfg = make_cfg(f"optimizer={optimizer}", "regularization=l2")
     opt = _instantiate(cfg.optimizer, "optimizer", nn.Linear(2, 2).parameters(), _partial_=True)
     assert opt.param_groups[0]["weight_decay"] == 1e-4
-    none = _instantiate(make_cfg(f"optimizer={optimizer}").optimizer, "optimizer",
-                        nn.Linear(2, 2).parameters(), _partial_=True)
+    none = _instantiate(
+        make_cfg(f"optimizer={optimizer}").optimizer, "optimizer", nn.Linear(2, 2).parameters(), _partial_=True
+    )
     assert none.param_groups[0]["weight_decay"] == 0.0
 
 
@@ -129,8 +130,14 @@ def test_warmup_ramps_linearly_over_the_first_5_percent_of_steps():
 
 
 def test_warmup_chains_with_steplr():
-    schedule = _schedule("scheduler=step", "scheduler.warmup_ratio=0.05", "scheduler.step_size=10",
-                         "lr=0.1", "epochs=40", steps_per_epoch=10)
+    schedule = _schedule(
+        "scheduler=step",
+        "scheduler.warmup_ratio=0.05",
+        "scheduler.step_size=10",
+        "lr=0.1",
+        "epochs=40",
+        steps_per_epoch=10,
+    )
     assert schedule.warmup_steps == 20
     per_step, per_epoch = _run_epochs(schedule, 12, 10)
     assert per_step[0] == pytest.approx(0.1 / 21) and per_step[20] == pytest.approx(0.1)

@@ -29,8 +29,16 @@ from nettrain.train import train
 from nettrain.verify_resume import main as verify_main
 
 # dropout, warmup and a step schedule: every kind of state a resume must carry
-BASE = ["data=synthetic", "data.num_samples=600", "epochs=4", "early_stopping.enabled=false",
-        "regularization=dropout", "scheduler=step", "scheduler.step_size=2", "scheduler.warmup_ratio=0.1"]
+BASE = [
+    "data=synthetic",
+    "data.num_samples=600",
+    "epochs=4",
+    "early_stopping.enabled=false",
+    "regularization=dropout",
+    "scheduler=step",
+    "scheduler.step_size=2",
+    "scheduler.warmup_ratio=0.1",
+]
 STEPS_PER_EPOCH = 8  # 480 training samples / 64
 
 
@@ -103,8 +111,9 @@ def test_process_wide_settings_apply_during_the_run_and_are_restored_after(tmp_p
     threads_before = torch.get_num_threads()
     assert not torch.are_deterministic_algorithms_enabled()
     observed = Observe()
-    summary = train(make_cfg(*BASE, "epochs=1", "deterministic=true", "threads=1"), output_dir=tmp_path / "a",
-                    stop=observed)
+    summary = train(
+        make_cfg(*BASE, "epochs=1", "deterministic=true", "threads=1"), output_dir=tmp_path / "a", stop=observed
+    )
     assert observed.seen == {(True, 1)}
     assert summary["deterministic"] is True and summary["torch_threads"] == 1
     assert not torch.are_deterministic_algorithms_enabled()
@@ -124,16 +133,30 @@ def test_a_sequential_sweep_does_not_leak_settings_into_the_next_job(tmp_path):
 
     threads_before = torch.get_num_threads()
     argv = sys.argv
-    sys.argv = ["nettrain-train", "-m", *BASE, "epochs=1", "threads=1,null", "deterministic=true,false",
-                "console.show_config=false", "console.show_model=false", "console.progress=off", "device=cpu",
-                f"hydra.sweep.dir={tmp_path}"]
+    sys.argv = [
+        "nettrain-train",
+        "-m",
+        *BASE,
+        "epochs=1",
+        "threads=1,null",
+        "deterministic=true,false",
+        "console.show_config=false",
+        "console.show_model=false",
+        "console.progress=off",
+        "device=cpu",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     try:
         main()
     finally:
         sys.argv = argv
     summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
     assert [(s["torch_threads"], s["deterministic"]) for s in summaries] == [
-        (1, True), (1, False), (threads_before, True), (threads_before, False)]
+        (1, True),
+        (1, False),
+        (threads_before, True),
+        (threads_before, False),
+    ]
     assert torch.get_num_threads() == threads_before and not torch.are_deterministic_algorithms_enabled()
 
 
@@ -233,8 +256,16 @@ def test_an_unreadable_file_with_a_matching_checksum_is_still_named(tmp_path):
 
 
 # -- through the CLI: re-run, provenance, signals -------------------------------------------------
-CLI_BASE = ["device=cpu", "data=synthetic", "data.num_samples=600", "epochs=3", "early_stopping.enabled=false",
-            "regularization=dropout", "console.show_config=false", "console.show_model=false"]
+CLI_BASE = [
+    "device=cpu",
+    "data=synthetic",
+    "data.num_samples=600",
+    "epochs=3",
+    "early_stopping.enabled=false",
+    "regularization=dropout",
+    "console.show_config=false",
+    "console.show_model=false",
+]
 
 
 @pytest.mark.slow
@@ -247,8 +278,15 @@ def test_rerun_from_the_saved_config_is_bit_identical_and_takes_overrides(tmp_pa
     assert rows(rerun) == rows(tmp_path / "first")
     assert "differs from the original run" not in proc.stdout
     # overrides apply on top; types are still checked by the schema
-    proc = cli("--config-dir", str(saved), "--config-name", "config", "epochs=1",
-               f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
+    proc = cli(
+        "--config-dir",
+        str(saved),
+        "--config-name",
+        "config",
+        "epochs=1",
+        f"hydra.run.dir={tmp_path / 'one'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0 and rows(tmp_path / "one") == rows(tmp_path / "first")[:1]
     proc = cli("--config-dir", str(saved), "--config-name", "config", "lr=abc", cwd=tmp_path)
     assert proc.returncode != 0 and "full_key: lr" in proc.stderr
@@ -264,23 +302,35 @@ def test_provenance_is_recorded_and_differences_are_printed(tmp_path):
     assert len(record["data_fingerprint"]) == 16
     record["torch"] = "0.0.1"
     (tmp_path / "first" / ".hydra" / "provenance.json").write_text(json.dumps(record))
-    proc = cli("--config-dir", str(tmp_path / "first" / ".hydra"), "--config-name", "config",
-               f"hydra.run.dir={tmp_path / 'second'}", cwd=tmp_path)
+    proc = cli(
+        "--config-dir",
+        str(tmp_path / "first" / ".hydra"),
+        "--config-name",
+        "config",
+        f"hydra.run.dir={tmp_path / 'second'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0
     assert f"differs from the original run: torch: '0.0.1' -> '{torch.__version__}'" in proc.stdout
 
 
 def test_provenance_differences_ignore_the_command_line():
-    assert provenance_differences({"torch": "1", "command": "a"}, {"torch": "2", "command": "b"}) == \
-        ["torch: '1' -> '2'"]
+    assert provenance_differences({"torch": "1", "command": "a"}, {"torch": "2", "command": "b"}) == [
+        "torch: '1' -> '2'"
+    ]
 
 
 def _interrupt(tmp_path: Path, run: Path, signals: list[int], extra: list[str]) -> subprocess.CompletedProcess:
     """Start a run, send `signals` once the first epoch is done, and wait for it to end."""
     exe = Path(sys.executable).with_name("nettrain-train")
-    proc = subprocess.Popen([str(exe), *extra, f"hydra.run.dir={run}"], cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [str(exe), *extra, f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     for line in proc.stdout:
         if line.split() and line.split()[0] == "1":  # the first epoch's row: the second epoch starts
             break
@@ -292,8 +342,17 @@ def _interrupt(tmp_path: Path, run: Path, signals: list[int], extra: list[str]) 
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-SLOW_RUN = ["device=cpu", "data=synthetic", "data.num_samples=40000", "batch_size=32", "epochs=2", "early_stopping.enabled=false",
-            "console.show_config=false", "console.show_model=false", "regularization=dropout"]
+SLOW_RUN = [
+    "device=cpu",
+    "data=synthetic",
+    "data.num_samples=40000",
+    "batch_size=32",
+    "epochs=2",
+    "early_stopping.enabled=false",
+    "console.show_config=false",
+    "console.show_model=false",
+    "regularization=dropout",
+]
 
 
 @pytest.mark.slow
@@ -316,8 +375,15 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_matches_an_uninterrupted_run(t
 @pytest.mark.slow
 def test_a_second_ctrl_c_during_the_save_does_not_corrupt_it(tmp_path):
     run = tmp_path / "run"
-    quick = ["device=cpu", "data=synthetic", "data.num_samples=8000", "epochs=50", "early_stopping.enabled=false",
-             "console.show_config=false", "console.show_model=false"]
+    quick = [
+        "device=cpu",
+        "data=synthetic",
+        "data.num_samples=8000",
+        "epochs=50",
+        "early_stopping.enabled=false",
+        "console.show_config=false",
+        "console.show_model=false",
+    ]
     proc = _interrupt(tmp_path, run, [signal.SIGINT, signal.SIGINT, signal.SIGINT], quick)
     assert proc.returncode == 130, proc.stderr
     assert "still stopping: writing the checkpoint, please wait" in proc.stderr
@@ -463,8 +529,16 @@ def test_a_corrupt_last_checkpoint_never_replaces_a_good_previous(tmp_path):
 
     from nettrain.state import TrainState
 
-    state = TrainState(model=Part(), loss_fn=Part(), optimizer=Part(), schedule=Part(), early_stopping=Part(),
-                       grad_monitor=Part(), precision=Part(), data_generator=torch.Generator())
+    state = TrainState(
+        model=Part(),
+        loss_fn=Part(),
+        optimizer=Part(),
+        schedule=Part(),
+        early_stopping=Part(),
+        grad_monitor=Part(),
+        precision=Part(),
+        data_generator=torch.Generator(),
+    )
     checkpointer = Checkpointer(folder, config={})
     checkpointer.save(state, Position(epoch=2))
     assert load_checkpoint(folder / "previous.pt")["epoch"] == 1

@@ -42,8 +42,9 @@ def test_claim_moves_results_to_the_job_of_their_config(tmp_path):
     sweep = tmp_path / "sweep"
     for name, key in (("0", "aaa"), ("1", "bbb")):
         (sweep / name / "checkpoints").mkdir(parents=True)
-        (sweep / name / "summary.json").write_text(json.dumps({"status": "completed", "config_hash": key,
-                                                                "launch": "old"}))
+        (sweep / name / "summary.json").write_text(
+            json.dumps({"status": "completed", "config_hash": key, "launch": "old"})
+        )
         (sweep / name / "metrics.csv").write_text(key)
     (sweep / "2").mkdir()
     assert claim(sweep / "0", "ccc", "new") is None  # a new config in job 0: job 0's old results step aside
@@ -58,8 +59,9 @@ def test_claim_moves_results_to_the_job_of_their_config(tmp_path):
     assert json.loads((sweep / "1" / "claimed.json").read_text()) == {"moved_to": "3"}
     # never from the current launch: a repeated config trains again
     (sweep / "4").mkdir()
-    (sweep / "3" / "summary.json").write_text(json.dumps({"status": "completed", "config_hash": "bbb",
-                                                           "launch": "new"}))
+    (sweep / "3" / "summary.json").write_text(
+        json.dumps({"status": "completed", "config_hash": "bbb", "launch": "new"})
+    )
     assert claim(sweep / "4", "bbb", "new") is None
 
 
@@ -96,7 +98,8 @@ def test_relaunching_a_finished_sweep_skips_every_job_and_extends_a_changed_one(
         assert f"batch_size={size}" in overrides[name]
         assert summaries[name]["status"] == "completed"
     assert summaries["1"]["config_hash"] == config_hash(
-        _plain(make_cfg("data=synthetic", "data.num_samples=300", "epochs=2", "batch_size=32", *QUIET)))
+        _plain(make_cfg("data=synthetic", "data.num_samples=300", "epochs=2", "batch_size=32", *QUIET))
+    )
     with open(sweep / "summary.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
 
@@ -109,8 +112,15 @@ def _plain(cfg):
 
 def test_a_failed_job_is_run_again_on_relaunch(tmp_path):
     sweep, root = tmp_path / "sweep", tmp_path / "datasets"
-    args = ["-m", "data=mnist", f"data.root={root}", "data.val_fraction=0.1,0.2", "epochs=1", *QUIET,
-            f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "data=mnist",
+        f"data.root={root}",
+        "data.val_fraction=0.1,0.2",
+        "epochs=1",
+        *QUIET,
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = cli(*args, cwd=tmp_path)
     assert proc.returncode == 1  # no MNIST files yet: both jobs fail, the sweep goes on to the end
     assert [s["status"] for _, s in sorted(job_summaries(sweep).items())] == ["failed", "failed"]
@@ -122,16 +132,26 @@ def test_a_failed_job_is_run_again_on_relaunch(tmp_path):
     assert "skipped" not in proc.stdout
 
 
-SLOW = ["data=synthetic", "batch_size=32", "epochs=2", "early_stopping.enabled=false", "regularization=dropout",
-        *QUIET]
+SLOW = ["data=synthetic", "batch_size=32", "epochs=2", "early_stopping.enabled=false", "regularization=dropout", *QUIET]
 
 
 def test_an_interrupted_sweep_resumes_its_interrupted_job_exactly(tmp_path):
     sweep = tmp_path / "sweep"
-    command = [str(Path(sys.executable).with_name("nettrain-train")), "-m", "data.num_samples=1000,40000", *SLOW,
-               f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen(command, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        str(Path(sys.executable).with_name("nettrain-train")),
+        "-m",
+        "data.num_samples=1000,40000",
+        *SLOW,
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     in_job_1 = False
     for line in proc.stdout:
         in_job_1 = in_job_1 or "#1 : data.num_samples=40000" in line

@@ -26,10 +26,14 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("data", [
-    ["data=synthetic", "data.num_samples=300"],
-    ["data=mnist", "data.num_workers=2"],  # torchvision IDX files, two DataLoader worker processes
-], ids=["synthetic", "mnist-2-workers"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        ["data=synthetic", "data.num_samples=300"],
+        ["data=mnist", "data.num_workers=2"],  # torchvision IDX files, two DataLoader worker processes
+    ],
+    ids=["synthetic", "mnist-2-workers"],
+)
 def test_in_memory_path_gives_the_dataloader_paths_losses(run, tmp_path, mnist_root, data):
     if "data=mnist" in data:
         data = [*data, f"data.root={mnist_root}"]
@@ -89,9 +93,19 @@ def _synced_calls(counts, tmp_path, num_samples: int) -> tuple[collections.Count
 
     counts.clear()
     out = tmp_path / f"n{num_samples}"
-    summary = train(make_cfg("data=synthetic", f"data.num_samples={num_samples}", "batch_size=16",
-                             "epochs=3", "early_stopping.enabled=true", "grad_monitor.enabled=true",
-                             "grad_monitor.every_n_steps=1", "checkpoint.enabled=true"), output_dir=out)
+    summary = train(
+        make_cfg(
+            "data=synthetic",
+            f"data.num_samples={num_samples}",
+            "batch_size=16",
+            "epochs=3",
+            "early_stopping.enabled=true",
+            "grad_monitor.enabled=true",
+            "grad_monitor.every_n_steps=1",
+            "checkpoint.enabled=true",
+        ),
+        output_dir=out,
+    )
     assert summary["epochs_run"] == 3
     return collections.Counter(counts), read_metrics(out)
 
@@ -142,8 +156,12 @@ def test_no_cuda_synchronisation_per_step(tmp_path):
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                summary = train(make_cfg("device=cuda", "data=synthetic", f"data.num_samples={num_samples}",
-                                         "batch_size=16", "epochs=3"), output_dir=tmp_path / f"n{num_samples}")
+                summary = train(
+                    make_cfg(
+                        "device=cuda", "data=synthetic", f"data.num_samples={num_samples}", "batch_size=16", "epochs=3"
+                    ),
+                    output_dir=tmp_path / f"n{num_samples}",
+                )
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         assert summary["epochs_run"] == 3 and summary["device"].startswith("cuda")
@@ -174,8 +192,14 @@ for args in json.loads(sys.argv[1]):  # one or more commands, one after the othe
 def loaded_modules(*commands: list[str], cwd: Path) -> tuple[list[dict], str]:
     """Run the commands in turn in one fresh interpreter; after each, whether torch and torchvision
     had been imported (so far); and the stdout."""
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(commands)], cwd=cwd, capture_output=True,
-                          text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(commands)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     lines = [json.loads(ln.removeprefix("MODULES ")) for ln in proc.stdout.splitlines() if ln.startswith("MODULES ")]
     assert len(lines) == len(commands), proc.stdout + proc.stderr
     return lines, proc.stdout
@@ -194,7 +218,8 @@ def test_torchvision_is_imported_only_for_a_torchvision_dataset(tmp_path, mnist_
     sample, mnist = loaded_modules(
         [*common, f"hydra.run.dir={tmp_path / 'sample'}"],  # the default data, mnist_sample
         [*common, "data=mnist", f"data.root={mnist_root}", f"hydra.run.dir={tmp_path / 'mnist'}"],  # the control
-        cwd=tmp_path)[0]
+        cwd=tmp_path,
+    )[0]
     assert sample["code"] in (0, None) and (tmp_path / "sample" / "summary.json").exists()  # it trained
     assert sample["torch"] and not sample["torchvision"]
     # the control: choosing a torchvision dataset does import it, and the check sees it

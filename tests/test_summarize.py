@@ -16,8 +16,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 SUMMARY_FILES = {"summary.csv", "summary.md", "summary.png"}
 
 
-def fake_run(path: Path, overrides: list[str], summary: dict | None = None, val_losses=(2.0, 1.5, 1.6),
-             monitor: str = "val_loss") -> Path:
+def fake_run(
+    path: Path, overrides: list[str], summary: dict | None = None, val_losses=(2.0, 1.5, 1.6), monitor: str = "val_loss"
+) -> Path:
     """A run dir as nettrain-train leaves it: .hydra/overrides.yaml, metrics.csv, summary.json
     (summary=None: none, as a killed run; {"status": "failed", ...}: a failed run)."""
     (path / ".hydra").mkdir(parents=True)
@@ -29,11 +30,20 @@ def fake_run(path: Path, overrides: list[str], summary: dict | None = None, val_
             writer.writerow([epoch, loss + 0.1, loss, 1 - loss / 3, 0.001, 0.5, 1000.0])
     if summary is not None:
         best = min(range(len(val_losses)), key=lambda i: val_losses[i]) if val_losses else None
-        full = {"status": "early_stopped", "monitor": monitor, "epochs_run": len(val_losses),
-                "wall_time_s": 3.0, "samples_per_s": 1000.0, "test_acc": 0.9}
+        full = {
+            "status": "early_stopped",
+            "monitor": monitor,
+            "epochs_run": len(val_losses),
+            "wall_time_s": 3.0,
+            "samples_per_s": 1000.0,
+            "test_acc": 0.9,
+        }
         if best is not None:
-            full |= {"best_epoch": best + 1, "best_val_loss": val_losses[best],
-                     "best_val_acc": 1 - val_losses[best] / 3}
+            full |= {
+                "best_epoch": best + 1,
+                "best_val_loss": val_losses[best],
+                "best_val_acc": 1 - val_losses[best] / 3,
+            }
         full.update(summary)
         (path / "summary.json").write_text(json.dumps(full))
     return path
@@ -52,9 +62,12 @@ def sweep(tmp_path) -> Path:
     losses = {(1e-4, 0): 1.2, (1e-4, 1): 1.0, (1e-2, 0): 0.7, (1e-2, 1): 0.5}
     for job, ((lr, seed), loss) in enumerate(losses.items()):
         fake_run(root / str(job), common(f"lr={lr}", f"seed={seed}"), {}, val_losses=(2.0, loss, loss + 0.1))
-    fake_run(root / "4", common("lr=1.0", "seed=0"),
-             {"status": "failed", "error": "ValueError: Expected more than 1 value per channel\nTraceback..."},
-             val_losses=(0.1,))  # a failed run is never the best, whatever its losses
+    fake_run(
+        root / "4",
+        common("lr=1.0", "seed=0"),
+        {"status": "failed", "error": "ValueError: Expected more than 1 value per channel\nTraceback..."},
+        val_losses=(0.1,),
+    )  # a failed run is never the best, whatever its losses
     fake_run(root / "5", common("lr=1.0", "seed=1"), None, val_losses=(3.0, 0.2))  # killed mid-run
     (root / ".submitit").mkdir()  # not a run dir
     return root
@@ -119,26 +132,33 @@ def test_a_grid_gives_one_series_per_value_of_the_other_keys(tmp_path):
     assert S.save_plot(summary, tmp_path / "grid.png").read_bytes()[:8] == PNG
 
 
-@pytest.mark.parametrize("key, values, scale", [
-    ("lr", [1e-3, 1e-2], "log"),  # lr-like: log even within one decade
-    ("optimizer.lr", [0.1, 0.2], "log"),
-    ("regularization.weight_decay", [0.0, 1e-4, 1e-3], "symlog"),  # lr-like with a 0
-    ("regularization.l1", [1e-5, 1e-4], "log"),
-    ("batch_size", [32, 64, 256], "linear"),  # under two decades
-    ("data.num_samples", [100, 1000, 10000], "log"),  # positive, spanning >= 2 decades
-    ("regularization.dropout", [0.0, 0.5], "linear"),
-    ("seed", [0, 1, 2], "linear"),
-    ("optimizer", ["adam", "sgd"], "linear"),
-    ("x", [-1.0, 100.0], "linear"),
-])
+@pytest.mark.parametrize(
+    "key, values, scale",
+    [
+        ("lr", [1e-3, 1e-2], "log"),  # lr-like: log even within one decade
+        ("optimizer.lr", [0.1, 0.2], "log"),
+        ("regularization.weight_decay", [0.0, 1e-4, 1e-3], "symlog"),  # lr-like with a 0
+        ("regularization.l1", [1e-5, 1e-4], "log"),
+        ("batch_size", [32, 64, 256], "linear"),  # under two decades
+        ("data.num_samples", [100, 1000, 10000], "log"),  # positive, spanning >= 2 decades
+        ("regularization.dropout", [0.0, 0.5], "linear"),
+        ("seed", [0, 1, 2], "linear"),
+        ("optimizer", ["adam", "sgd"], "linear"),
+        ("x", [-1.0, 100.0], "linear"),
+    ],
+)
 def test_log_axis_for_lr_like_keys_and_values_spanning_two_decades(key, values, scale):
     assert S.axis_scale(key, values) == scale
 
 
 def test_best_by_val_acc_is_the_highest(tmp_path):
     for job, loss in enumerate([0.9, 0.3, 0.6]):
-        fake_run(tmp_path / "s" / str(job), [f"lr={job}"], {"monitor": "val_acc", "best_val_acc": 1 - loss},
-                 monitor="val_acc")
+        fake_run(
+            tmp_path / "s" / str(job),
+            [f"lr={job}"],
+            {"monitor": "val_acc", "best_val_acc": 1 - loss},
+            monitor="val_acc",
+        )
     summary = S.collect([tmp_path / "s"])
     assert summary.monitor == "val_acc" and summary.best == 1
     assert "higher is better" in S.to_markdown(summary)
@@ -152,8 +172,12 @@ def test_statuses_and_the_first_line_of_the_error(tmp_path):
     fake_run(tmp_path / "e", ["lr=5"], {"status": "interrupted", "signal": 15})  # stopped, resumable
     runs = S.collect([tmp_path]).runs
     assert [r.status_text for r in runs] == [
-        "ok", "early-stopped", "failed: RuntimeError: boom", "incomplete",
-        "incomplete: interrupted by signal 15; nettrain-train resume=RUN_DIR continues it"]
+        "ok",
+        "early-stopped",
+        "failed: RuntimeError: boom",
+        "incomplete",
+        "incomplete: interrupted by signal 15; nettrain-train resume=RUN_DIR continues it",
+    ]
     assert runs[3].values["epochs_run"] is None and runs[3].curve == []
     assert S.pick_best(runs, "val_loss") == 0  # an interrupted run is not ranked
     header, rows = S.table_rows(S.collect([tmp_path]))
@@ -161,10 +185,17 @@ def test_statuses_and_the_first_line_of_the_error(tmp_path):
 
 
 def test_overrides_parse_to_values_that_compare_as_numbers():
-    assert S.parse_overrides(["lr=1e-3", "batch_size=64", "+extra=true", "++n=null", "model.hidden=[8,8]",
-                              "optimizer=sgd", "~loss"]) == {
-        "lr": 0.001, "batch_size": 64, "extra": True, "n": None, "model.hidden": "[8,8]",
-        "optimizer": "sgd", "~loss": None}
+    assert S.parse_overrides(
+        ["lr=1e-3", "batch_size=64", "+extra=true", "++n=null", "model.hidden=[8,8]", "optimizer=sgd", "~loss"]
+    ) == {
+        "lr": 0.001,
+        "batch_size": 64,
+        "extra": True,
+        "n": None,
+        "model.hidden": "[8,8]",
+        "optimizer": "sgd",
+        "~loss": None,
+    }
 
 
 def test_run_dirs_anywhere_are_summarized_into_their_common_parent(tmp_path):
@@ -209,9 +240,16 @@ def hydra_config(tmp_path: Path, mode: str = "MULTIRUN", output_dir: Path | None
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    return OmegaConf.create({"hydra": {"mode": RunMode[mode], "sweep": {"dir": str(tmp_path)},
-                                       "runtime": {"output_dir": str(output_dir or tmp_path)}},
-                             "early_stopping": {"monitor": "val_loss"}})
+    return OmegaConf.create(
+        {
+            "hydra": {
+                "mode": RunMode[mode],
+                "sweep": {"dir": str(tmp_path)},
+                "runtime": {"output_dir": str(output_dir or tmp_path)},
+            },
+            "early_stopping": {"monitor": "val_loss"},
+        }
+    )
 
 
 def test_the_callback_writes_the_summary_when_a_multirun_ends_and_sets_the_exit_code(sweep, capsys):
