@@ -141,20 +141,28 @@ def validate(cfg: Any) -> None:
         raise ConfigError(found)
 
 
-def problems(cfg: Any) -> list[str]:
-    """Every invalid setting of `cfg`, as 'key=value: what is allowed' lines (empty when valid)."""
-    problems: list[str] = []
+def is_finite_number(v: Any) -> bool:
+    """A real int or float (not a bool), neither NaN nor infinite."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    def get(path: str) -> Any:
-        node = cfg
+
+class Checks:
+    """Collects 'key=value: what is allowed' problems of one config; `problems` runs every section."""
+
+    def __init__(self, cfg: Any):
+        self.cfg, self.found = cfg, []
+
+    def get(self, path: str) -> Any:
+        node = self.cfg
         for part in path.split("."):
             if node is None or part not in node:
                 return None
             node = node[part]
         return node
 
-    def need(path: str, ok, allowed: str) -> None:
-        value = get(path)
+    def need(self, path: str, ok, allowed: str) -> None:
+        """`ok(value)` must hold for the value at `path` (when it is set)."""
+        value = self.get(path)
         if value is None:
             return
         try:
@@ -162,87 +170,107 @@ def problems(cfg: Any) -> list[str]:
         except TypeError:
             good = False
         if not good:
-            problems.append(f"{path}={_fmt(value)}: {allowed}")
+            self.found.append(f"{path}={_fmt(value)}: {allowed}")
 
-    def finite(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    def choice(self, path: str, options) -> None:
+        self.need(path, lambda v: v in options, "allowed: " + ", ".join(options))
 
-    def choice(path: str, options) -> None:
-        need(path, lambda v: v in options, "allowed: " + ", ".join(options))
+    def problem(self, message: str) -> None:
+        self.found.append(message)
 
-    need("lr", lambda v: finite(v) and v > 0, "must be a number > 0")
-    need("batch_size", lambda v: v >= 1, "must be an integer >= 1")
-    need("epochs", lambda v: v >= 1, "must be an integer >= 1")
-    need("seed", lambda v: v >= 0, "must be an integer >= 0")
-    need("threads", lambda v: v >= 1, "must be null (torch's choice) or an integer >= 1")
-    need("device", lambda v: bool(DEVICE_PATTERN.match(v)), "allowed: auto, cpu, cuda, cuda:N, mps")
 
-    choice("model.activation", ACTIVATIONS)
-    choice("model.norm", NORMS)
-    choice("model.init", INITS)
-    hidden = get("model.hidden")
-    if hidden is not None and "channels" not in (get("model") or {}):
-        need(
+def problems(cfg: Any) -> list[str]:
+    """Every invalid setting of `cfg`, as 'key=value: what is allowed' lines (empty when valid)."""
+    checks = Checks(cfg)
+    for section in (_check_top_level, _check_model, _check_optimization, _check_data, _check_monitors):
+        section(checks)
+    return checks.found
+
+
+def _check_top_level(c: Checks) -> None:
+    finite = is_finite_number
+    c.need("lr", lambda v: finite(v) and v > 0, "must be a number > 0")
+    c.need("batch_size", lambda v: v >= 1, "must be an integer >= 1")
+    c.need("epochs", lambda v: v >= 1, "must be an integer >= 1")
+    c.need("seed", lambda v: v >= 0, "must be an integer >= 0")
+    c.need("threads", lambda v: v >= 1, "must be null (torch's choice) or an integer >= 1")
+    c.need("device", lambda v: bool(DEVICE_PATTERN.match(v)), "allowed: auto, cpu, cuda, cuda:N, mps")
+    c.choice("console.progress", ("auto", "on", "off"))
+    c.choice("trainer.precision", ("32", "bf16", "fp16"))
+    c.choice("trainer.channels_last", ("auto", "on", "off"))
+    c.choice("trainer.fused_optimizer", ("auto", "on", "off"))
+
+
+def _check_model(c: Checks) -> None:
+    c.choice("model.activation", ACTIVATIONS)
+    c.choice("model.norm", NORMS)
+    c.choice("model.init", INITS)
+    conv = "channels" in (c.get("model") or {})
+    if c.get("model.hidden") is not None and not conv:
+        c.need(
             "model.hidden",
             lambda v: all(isinstance(h, int) and h >= 1 for h in v),
             "must be a list of layer widths, each an integer >= 1 (e.g. [256] or [512,256])",
         )
-    need(
+    c.need(
         "model.channels",
-        lambda v: len(v) >= 1 and all(isinstance(c, int) and c >= 1 for c in v),
+        lambda v: len(v) >= 1 and all(isinstance(ch, int) and ch >= 1 for ch in v),
         "must be a non-empty list of channel counts, each an integer >= 1",
     )
-    if "channels" in (get("model") or {}):
-        need("model.hidden", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
+    if conv:
+        c.need("model.hidden", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
 
-    need("regularization.l1", lambda v: finite(v) and v >= 0, "must be a number >= 0")
-    need("regularization.weight_decay", lambda v: finite(v) and v >= 0, "must be a number >= 0")
-    need("regularization.dropout", lambda v: 0 <= v < 1, "must be a probability in [0, 1)")
-    need("regularization.grad_clip", lambda v: finite(v) and v > 0, "must be null (off) or a number > 0")
 
-    need("optimizer.momentum", lambda v: v >= 0, "must be a number >= 0")
-    if get("optimizer.nesterov") and not (get("optimizer.momentum") or 0) > 0:
-        problems.append(
+def _check_optimization(c: Checks) -> None:
+    """Regularization, the optimizer and the scheduler."""
+    finite = is_finite_number
+    c.need("regularization.l1", lambda v: finite(v) and v >= 0, "must be a number >= 0")
+    c.need("regularization.weight_decay", lambda v: finite(v) and v >= 0, "must be a number >= 0")
+    c.need("regularization.dropout", lambda v: 0 <= v < 1, "must be a probability in [0, 1)")
+    c.need("regularization.grad_clip", lambda v: finite(v) and v > 0, "must be null (off) or a number > 0")
+    c.need("optimizer.momentum", lambda v: v >= 0, "must be a number >= 0")
+    if c.get("optimizer.nesterov") and not (c.get("optimizer.momentum") or 0) > 0:
+        c.problem(
             f"optimizer.nesterov=True: needs optimizer.momentum > 0 "
-            f"(got optimizer.momentum={get('optimizer.momentum')})"
+            f"(got optimizer.momentum={c.get('optimizer.momentum')})"
         )
-
-    choice("scheduler.interval", ("epoch", "step"))
+    c.choice("scheduler.interval", ("epoch", "step"))
     if (
-        get("scheduler._target_") == "torch.optim.lr_scheduler.ReduceLROnPlateau"
-        and get("scheduler.interval") == "step"
+        c.get("scheduler._target_") == "torch.optim.lr_scheduler.ReduceLROnPlateau"
+        and c.get("scheduler.interval") == "step"
     ):
-        problems.append("scheduler.interval='step': ReduceLROnPlateau steps on the validation loss; allowed: epoch")
-    need("scheduler.warmup_ratio", lambda v: 0 <= v < 1, "must be a fraction in [0, 1); 0 = no warmup")
-    if get("scheduler") is not None and "warmup_ratio" not in get("scheduler"):
-        problems.append(
+        c.problem("scheduler.interval='step': ReduceLROnPlateau steps on the validation loss; allowed: epoch")
+    c.need("scheduler.warmup_ratio", lambda v: 0 <= v < 1, "must be a fraction in [0, 1); 0 = no warmup")
+    if c.get("scheduler") is not None and "warmup_ratio" not in c.get("scheduler"):
+        c.problem(
             "scheduler.warmup_ratio is missing: every scheduler option needs "
             "warmup_ratio and interval (see conf/scheduler/none.yaml)"
         )
 
-    need("data.val_fraction", lambda v: 0 < v < 1, "must be a fraction in (0, 1)")
-    need("data.test_fraction", lambda v: 0 < v < 1, "must be a fraction in (0, 1)")
-    vf, tf = get("data.val_fraction"), get("data.test_fraction")
-    if finite(vf) and finite(tf) and vf + tf >= 1:
-        problems.append(f"data.val_fraction + data.test_fraction = {vf + tf:g}: must be < 1 to leave training data")
-    need("data.num_workers", lambda v: v >= 0, "must be an integer >= 0")
-    need("data.num_samples", lambda v: v >= 10, "must be an integer >= 10")
-    need("data.num_classes", lambda v: v >= 2, "must be an integer >= 2")
-    need(
+
+def _check_data(c: Checks) -> None:
+    c.need("data.val_fraction", lambda v: 0 < v < 1, "must be a fraction in (0, 1)")
+    c.need("data.test_fraction", lambda v: 0 < v < 1, "must be a fraction in (0, 1)")
+    vf, tf = c.get("data.val_fraction"), c.get("data.test_fraction")
+    if is_finite_number(vf) and is_finite_number(tf) and vf + tf >= 1:
+        c.problem(f"data.val_fraction + data.test_fraction = {vf + tf:g}: must be < 1 to leave training data")
+    c.need("data.num_workers", lambda v: v >= 0, "must be an integer >= 0")
+    c.need("data.num_samples", lambda v: v >= 10, "must be an integer >= 10")
+    c.need("data.num_classes", lambda v: v >= 2, "must be an integer >= 2")
+    c.need(
         "data.input_shape",
         lambda v: len(v) == 3 and all(isinstance(d, int) and d >= 1 for d in v),
         "must be [C, H, W], three integers >= 1",
     )
-    choice("data.name", TORCHVISION_DATASETS)
+    c.choice("data.name", TORCHVISION_DATASETS)
 
-    choice("early_stopping.monitor", tuple(MONITORED))
-    need("early_stopping.patience", lambda v: v >= 1, "must be an integer >= 1")
-    need("early_stopping.min_delta", lambda v: finite(v) and v >= 0, "must be a number >= 0")
-    need("grad_monitor.every_n_steps", lambda v: v >= 1, "must be an integer >= 1 (1 = every step)")
+
+def _check_monitors(c: Checks) -> None:
+    """Early stopping and the gradient monitor."""
+    finite = is_finite_number
+    c.choice("early_stopping.monitor", tuple(MONITORED))
+    c.need("early_stopping.patience", lambda v: v >= 1, "must be an integer >= 1")
+    c.need("early_stopping.min_delta", lambda v: finite(v) and v >= 0, "must be a number >= 0")
+    c.need("grad_monitor.every_n_steps", lambda v: v >= 1, "must be an integer >= 1 (1 = every step)")
     for key in ("vanishing_below", "exploding_above", "ratio"):
-        need(f"grad_monitor.{key}", lambda v: finite(v) and v > 0, "must be a number > 0")
-    choice("console.progress", ("auto", "on", "off"))
-    choice("trainer.precision", ("32", "bf16", "fp16"))
-    choice("trainer.channels_last", ("auto", "on", "off"))
-    choice("trainer.fused_optimizer", ("auto", "on", "off"))
-    return problems
+        c.need(f"grad_monitor.{key}", lambda v: finite(v) and v > 0, "must be a number > 0")
