@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,9 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def timestamp(sep: str = "_") -> str:
+    """Now, to the microsecond, as a folder name: `2026-01-31_12-00-00-123456` (`sep="/"`: a date
+    folder with a time folder inside, as Hydra's outputs/ has them)."""
+    return datetime.now().strftime(f"%Y-%m-%d{sep}%H-%M-%S-%f")

@@ -18,6 +18,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from nettrain.config import ConfigError, flatten, matches
+from nettrain.files import timestamp
+from nettrain.metrics import FINISHED
 
 # Keys that may change when a run is resumed: they do not change what the run computes so far.
 SAFE_ON_RESUME = (
@@ -31,7 +33,6 @@ SAFE_ON_RESUME = (
     "early_stopping.patience",
     "early_stopping.min_delta",
 )
-FINISHED = ("completed", "early_stopped")
 
 
 def run_dir_of(resume: str) -> Path:
@@ -130,8 +131,6 @@ def resume_argv(argv: list[str]) -> list[str]:
 
     This is Hydra's re-run (`--config-dir RUN_DIR/.hydra --config-name config`) with the run dir
     pinned to RUN_DIR; the resumed session's own Hydra files go to RUN_DIR/.hydra/resume-<time>/."""
-    from datetime import datetime
-
     args = argv[1:]
     resume = [a for a in args if a.startswith("resume=")]
     if not resume or "-m" in args or "--multirun" in args:
@@ -147,7 +146,6 @@ def resume_argv(argv: list[str]) -> list[str]:
             file=sys.stderr,
         )
         sys.exit(2)
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     return [
         argv[0],
         "--config-dir",
@@ -156,5 +154,5 @@ def resume_argv(argv: list[str]) -> list[str]:
         "config",
         *args,
         f"hydra.run.dir='{run_dir}'",
-        f"hydra.output_subdir=.hydra/resume-{stamp}",
+        f"hydra.output_subdir=.hydra/resume-{timestamp()}",
     ]

@@ -6,8 +6,9 @@ Each run writes only inside its own folder (Hydra's `hydra.run.dir`, or a sweep 
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from pathlib import Path
+
+from nettrain.files import timestamp
 
 
 def hydra_output_subdir() -> Path | None:
@@ -48,7 +49,7 @@ def set_aside_old_results(output_dir: Path, reporter) -> None:
     old = [name for name in ("checkpoints", "metrics.csv", "plots", "summary.json") if (output_dir / name).exists()]
     if not old:
         return
-    aside = output_dir / f"previous-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}"
+    aside = output_dir / f"previous-{timestamp()}"
     aside.mkdir(parents=True)
     for name in old:
         os.replace(output_dir / name, aside / name)

@@ -19,7 +19,7 @@ default the folder given when it is one sweep, else the deepest folder holding e
   min-max bar where several seeds ran the same point), and every run's val_loss curve overlaid
 
 The exit status is 0 when every run finished, 1 when any failed or is incomplete, 2 when no run
-dir was found. The same summary is written when a multirun ends (nettrain.callbacks).
+dir was found. The same summary is written when a multirun ends (nettrain.sweep_callback).
 
 rich and matplotlib are imported inside the functions that use them.
 """
@@ -40,13 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nettrain.config import MONITORED
+from nettrain.config import MONITORED, is_finite_number
+from nettrain.metrics import COMPLETED, EARLY_STOPPED, FAILED, INTERRUPTED, read_metrics
 
 STATUS_NAMES = {
-    "completed": "ok",
-    "early_stopped": "early-stopped",
-    "failed": "failed",
-    "interrupted": "incomplete",
+    COMPLETED: "ok",
+    EARLY_STOPPED: "early-stopped",
+    FAILED: "failed",
+    INTERRUPTED: "incomplete",
 }  # interrupted: stopped by a signal, resumable
 FINISHED = ("ok", "early-stopped")
 MODES = MONITORED  # monitored metric -> "min" or "max"
@@ -138,25 +139,11 @@ def _read_overrides(run_dir: Path) -> dict[str, Any]:
 
 
 def _read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    path = run_dir / "metrics.csv"
-    if not path.exists():
+    """The numeric cells of each epoch's row (none when the run left no metrics.csv)."""
+    if not (run_dir / "metrics.csv").exists():
         return []
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for raw in csv.DictReader(f):
-            row = {}
-            for key, value in raw.items():
-                try:
-                    row[key] = float(value)
-                except (TypeError, ValueError):
-                    pass
-            if "epoch" in row:
-                rows.append(row)
-    return rows
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    rows = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in read_metrics(run_dir)]
+    return [row for row in rows if "epoch" in row]
 
 
 @dataclass
@@ -196,19 +183,19 @@ def read_run(run_dir: str | Path) -> Run:
         except (OSError, ValueError) as exc:
             run.error = f"unreadable summary.json: {exc}"
     if summary:
-        raw = str(summary.get("status", "completed"))
+        raw = str(summary.get("status", COMPLETED))
         run.status = STATUS_NAMES.get(raw, raw.replace("_", "-"))
         error = str(summary.get("error") or "").strip()
         if error:
             run.error = error.splitlines()[0]
-        elif raw == "interrupted":
+        elif raw == INTERRUPTED:
             signal = f" by signal {summary['signal']}" if summary.get("signal") else ""
             run.error = f"interrupted{signal}; nettrain-train resume=RUN_DIR continues it"
         run.monitor = summary.get("monitor")
     run.values = {key: summary.get(key) for key in METRICS}
     if metrics:  # fill what a failed or incomplete run's summary lacks from its epochs so far
         monitor = run.monitor or "val_loss"
-        scored = [r for r in metrics if _finite(r.get(monitor))]
+        scored = [r for r in metrics if is_finite_number(r.get(monitor))]
         run.values["epochs_run"] = run.values["epochs_run"] if run.values["epochs_run"] is not None else len(metrics)
         if scored and run.values["best_epoch"] is None:
             pick = min if MODES.get(monitor, "min") == "min" else max
@@ -217,7 +204,7 @@ def read_run(run_dir: str | Path) -> Run:
             run.values["best_val_loss"] = best.get("val_loss")
             run.values["best_val_acc"] = best.get("val_acc")
         if run.values["samples_per_s"] is None:
-            speeds = [r["samples_per_s"] for r in metrics if _finite(r.get("samples_per_s"))]
+            speeds = [r["samples_per_s"] for r in metrics if is_finite_number(r.get("samples_per_s"))]
             run.values["samples_per_s"] = sum(speeds) / len(speeds) if speeds else None
     return run
 
@@ -269,7 +256,9 @@ def swept_keys(runs: Sequence[Run]) -> list[str]:
 def pick_best(runs: Sequence[Run], monitor: str) -> int | None:
     """Index of the best finished run by best_<monitor> (val_loss: lowest, val_acc: highest)."""
     key = f"best_{monitor}"
-    scored = [(i, run.values.get(key)) for i, run in enumerate(runs) if run.finished and _finite(run.values.get(key))]
+    scored = [
+        (i, run.values.get(key)) for i, run in enumerate(runs) if run.finished and is_finite_number(run.values.get(key))
+    ]
     if not scored:
         return None
     sign = 1 if MODES.get(monitor, "min") == "min" else -1
@@ -461,15 +450,11 @@ def print_table(summary: SweepSummary, console=None) -> None:
 # -- the plot ---------------------------------------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def axis_scale(key: str, values: Iterable[Any]) -> str:
     """'log' for lr-like keys (ending in lr, weight_decay or l1) with positive values, or for
     positive values spanning >= 2 decades; 'symlog' for lr-like keys that include 0; else 'linear'."""
     numbers = [v for v in values if v is not None]
-    if not numbers or not all(_is_number(v) for v in numbers):
+    if not numbers or not all(is_finite_number(v) for v in numbers):
         return "linear"
     lr_like = key.lower().lstrip("+").endswith(LR_LIKE_SUFFIXES)
     positive = all(v > 0 for v in numbers)
@@ -502,14 +487,14 @@ def grouped_points(summary: SweepSummary, key: str) -> dict[tuple, list[Point]]:
     groups: dict[tuple, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in summary.runs:
         value = run.values.get(metric)
-        if not run.finished or not _finite(value):
+        if not run.finished or not is_finite_number(value):
             continue
         series = tuple(run.overrides.get(k) for k in others)
         groups[series][run.overrides.get(key)].append(float(value))
     result = {}
     for series, by_x in groups.items():
         points = [Point(x=x, mean=sum(v) / len(v), low=min(v), high=max(v), n=len(v)) for x, v in by_x.items()]
-        numeric = all(_is_number(p.x) for p in points)
+        numeric = all(is_finite_number(p.x) for p in points)
         points.sort(key=(lambda p: p.x) if numeric else (lambda p: str(p.x)))
         result[series] = points
     return result
@@ -546,7 +531,7 @@ def save_plot(summary: SweepSummary, path: str | Path) -> Path | None:
     for ax, key in zip(flat, keys):
         series = grouped_points(summary, key)
         all_x = [p.x for points in series.values() for p in points]
-        numeric = bool(all_x) and all(_is_number(x) for x in all_x)
+        numeric = bool(all_x) and all(is_finite_number(x) for x in all_x)
         categories = sorted({str(x) for x in all_x}, key=_natural_key) if not numeric else []
 
         def position(x):
@@ -573,9 +558,9 @@ def save_plot(summary: SweepSummary, path: str | Path) -> Path | None:
                     capsize=3,
                     alpha=0.8,
                 )
-        if best_run is not None and _finite(best_run.values.get(f"best_{summary.monitor}")):
+        if best_run is not None and is_finite_number(best_run.values.get(f"best_{summary.monitor}")):
             x = best_run.overrides.get(key)
-            if x is not None and (not numeric or _is_number(x)) and (numeric or str(x) in categories):
+            if x is not None and (not numeric or is_finite_number(x)) and (numeric or str(x) in categories):
                 ax.plot(
                     [position(x)],
                     [best_run.values[f"best_{summary.monitor}"]],

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from nettrain.config import ConfigError, register_schema, validate
 from nettrain.interrupt import stop_on_signals
-from nettrain.resume import FINISHED, finished_already, make_rerunnable, resume_argv, run_dir_of
+from nettrain.metrics import COMPLETED, EARLY_STOPPED, FAILED, FINISHED, INTERRUPTED
+from nettrain.resume import finished_already, make_rerunnable, resume_argv, run_dir_of
 from nettrain.run_dir import hydra_output_subdir, in_multirun
 
 
@@ -60,7 +61,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
         if status in FINISHED:
             print(f"{output_dir}: this config already finished ({status}); skipped")
             return {**previous, "already_finished": True}
-        if status == "interrupted" and any((output_dir / "checkpoints").glob("*.pt")):
+        if status == INTERRUPTED and any((output_dir / "checkpoints").glob("*.pt")):
             resume_from = output_dir
     if cfg.resume and (done := finished_already(summary_path, cfg.epochs)):
         return done
@@ -88,7 +89,7 @@ def write_failure(output_dir: Path, cfg: DictConfig, error: str, wall_time_s: fl
     write_json(
         output_dir / "summary.json",
         {
-            "status": "failed",
+            "status": FAILED,
             "error": error,
             "wall_time_s": round(wall_time_s, 3),
             "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
@@ -193,7 +194,7 @@ def _summarize(
     from nettrain.sweep import config_hash
 
     history, device = run.state.history, run.device
-    status = "interrupted" if result.interrupted else "early_stopped" if result.stopped_early else "completed"
+    status = INTERRUPTED if result.interrupted else EARLY_STOPPED if result.stopped_early else COMPLETED
     best_row = next((r for r in history if r["epoch"] == result.best_epoch), {})
     test_loss = test_acc = None
     if not result.interrupted:
@@ -263,7 +264,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise
         print(f"Error: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
-    if summary.get("status") == "interrupted":
+    if summary.get("status") == INTERRUPTED:
         sys.exit(128 + (summary.get("signal") or signal.SIGINT))
     return summary["best_val_loss"]  # the objective a hyperparameter sweeper minimises
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
 import math
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from nettrain.config import is_finite_number
+from nettrain.files import timestamp
+from nettrain.metrics import INTERRUPTED, read_metrics
 
 TIMING = ("epoch_time_s", "samples_per_s")
 
@@ -43,6 +45,11 @@ def _tensors(node: Any, prefix: str) -> dict[str, Any]:
     return {prefix: node} if isinstance(node, (int, float)) and prefix else {}
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal, counting NaN as equal to NaN (a diverged run diverges the same way when resumed)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
 def compare_runs(straight: Path, resumed: Path) -> list[str]:
     """Every difference between two finished run folders: metrics, final state, test result."""
     import json
@@ -52,15 +59,14 @@ def compare_runs(straight: Path, resumed: Path) -> list[str]:
     from nettrain.checkpoint import load_checkpoint
 
     differences = []
-    with open(straight / "metrics.csv") as a, open(resumed / "metrics.csv") as b:
-        rows_a, rows_b = list(csv.DictReader(a)), list(csv.DictReader(b))
+    rows_a, rows_b = read_metrics(straight / "metrics.csv"), read_metrics(resumed / "metrics.csv")
     if len(rows_a) != len(rows_b):
         differences.append(f"metrics: {len(rows_a)} epochs straight vs {len(rows_b)} resumed")
     for ra, rb in zip(rows_a, rows_b):
         for key in ra:
-            if key in TIMING or ra[key] == rb.get(key):
+            if key in TIMING or _same(ra[key], rb.get(key)):
                 continue
-            delta = abs(float(ra[key]) - float(rb.get(key, "nan")))
+            delta = abs(ra[key] - rb[key]) if is_finite_number(ra[key]) and is_finite_number(rb.get(key)) else math.nan
             differences.append(f"metrics epoch {ra['epoch']} {key}: {ra[key]} vs {rb.get(key)} (|diff| {delta:.3g})")
     state_a = load_checkpoint(straight / "checkpoints" / "last.pt")
     state_b = load_checkpoint(resumed / "checkpoints" / "last.pt")
@@ -74,9 +80,7 @@ def compare_runs(straight: Path, resumed: Path) -> list[str]:
                 elif not torch.equal(va, vb):
                     diff = (va.double() - vb.double()).abs().max().item()
                     differences.append(f"{key}: max |diff| {diff:.3g}")
-            elif va != vb and not (
-                isinstance(va, float) and isinstance(vb, float) and math.isnan(va) and math.isnan(vb)
-            ):
+            elif not _same(va, vb):
                 differences.append(f"{key}: {va!r} vs {vb!r}")
     sa = json.loads((straight / "summary.json").read_text())
     sb = json.loads((resumed / "summary.json").read_text())
@@ -116,7 +120,7 @@ def verify_resume(
         total_steps = counter.steps
         stop_after = stop_after or max(1, total_steps // 2)
         first = train(config(), output_dir=workdir / "resumed", stop=StopRequest(after_steps=stop_after))
-        resumed_too = first["status"] == "interrupted"
+        resumed_too = first["status"] == INTERRUPTED
         if resumed_too:
             train(config(f"resume={workdir / 'resumed'}"), output_dir=workdir / "resumed")
     facts = {"total_steps": total_steps, "stopped_after": stop_after, "resumed": resumed_too}
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     from nettrain.config import ConfigError
 
-    workdir = Path(args.out or Path("outputs/verify-resume") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f"))
+    workdir = Path(args.out or Path("outputs/verify-resume") / timestamp(sep="/"))
     overrides = args.overrides or []
     if not any(o.startswith("epochs=") for o in overrides):
         overrides = ["epochs=2", *overrides]  # a few steps are enough; the user can ask for more

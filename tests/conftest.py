@@ -1,4 +1,5 @@
-"""Shared fixtures: configs through Hydra's compose API, quiet in-process runs, IDX data files."""
+"""Shared fixtures: configs through Hydra's compose API, quiet in-process runs, IDX data files,
+and the tutorial's network as the reference the tests compare against."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
+from torch import nn
 
 from nettrain.config import register_schema
 
@@ -22,6 +24,21 @@ CONF = REPO / "conf"
 QUIET = ["console.show_config=false", "console.show_model=false", "console.progress=off", "device=cpu"]
 
 register_schema()
+
+
+class SimpleNet(nn.Module):
+    """The tutorial's network, verbatim: 784-256-10 with ReLU, on flattened images."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 256)
+        self.fc2 = nn.Linear(256, 10)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        x = self.relu(self.fc1(x))
+        x = self.fc2(x)
+        return x
 
 
 def make_cfg(*overrides: str):

@@ -3,7 +3,6 @@ option, bad input, --config-dir, and the package shipping its configs."""
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import torch
 import yaml
 
 from conftest import REPO, cli
+from nettrain.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -48,10 +48,9 @@ def check_run_dir(run: Path, param_names: list[str]) -> dict:
         "overrides.yaml",
         "provenance.json",
     }
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_metrics(run)
     assert rows and list(rows[0]) == METRIC_COLUMNS + [f"grad_mean/{n}" for n in param_names]
-    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
     summary = json.loads((run / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
     assert summary["epochs_run"] == len(rows)

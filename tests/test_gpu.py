@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch
 from conftest import make_cfg
 from nettrain.checkpoint import load_checkpoint
 from nettrain.loop import StopRequest
+from nettrain.metrics import read_metrics
 from nettrain.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -18,8 +18,7 @@ CUDA = ["device=cuda", "data=synthetic", "data.num_samples=2000", "epochs=2", "e
 
 
 def rows(run):
-    with open(run / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s")} for r in csv.DictReader(f)]
+    return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s")} for r in read_metrics(run)]
 
 
 def test_a_run_on_cuda_reports_its_device_and_memory(tmp_path):

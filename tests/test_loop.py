@@ -3,36 +3,25 @@ gradient means and their warnings, checkpoints, and parity with the tutorial's l
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import make_cfg
+from conftest import SimpleNet, make_cfg
 from nettrain.checkpoint import load_checkpoint
 from nettrain.data import Batches, mnist_sample
 from nettrain.early_stopping import EarlyStopping
 from nettrain.grad_monitor import GradientMonitor
 from nettrain.loop import l1_penalty
+from nettrain.metrics import read_metrics
 from nettrain.train import train
 
 SHORT = ["data=synthetic", "data.num_samples=400", "epochs=3", "early_stopping.enabled=false"]
 
 
 # -- the tutorial's loop, as a reference ------------------------------------------------------
-class SimpleNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(784, 256)
-        self.fc2 = nn.Linear(256, 10)
-        self.relu = nn.ReLU()
-
-    def forward(self, x):
-        x = self.relu(self.fc1(x))
-        x = self.fc2(x)
-        return x
 
 
 def tutorial_loop(train_x, train_y, seed: int, epochs: int, batch_size: int, learning_rate: float):
@@ -73,8 +62,7 @@ def test_parity_with_the_tutorials_hand_written_loop(run):
     ref_losses, ref_weights = tutorial_loop(
         data.train.x, data.train.y, seed=7, epochs=3, batch_size=64, learning_rate=0.01
     )
-    with open(out / "metrics.csv") as f:
-        losses = [float(r["train_loss"]) for r in csv.DictReader(f)]
+    losses = [r["train_loss"] for r in read_metrics(out)]
     assert losses == ref_losses  # bit for bit (the CSV holds the full repr)
     weights = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
     assert weights.keys() == ref_weights.keys()
@@ -143,9 +131,8 @@ def test_run_stops_after_3_epochs_without_improvement_and_restores_best_weights(
     summary, out = run(
         "data=synthetic", "data.num_samples=600", "optimizer=sgd", "lr=0.5", "optimizer.momentum=0.9", "epochs=30"
     )
-    with open(out / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    val = [float(r["val_loss"]) for r in rows]
+    rows = read_metrics(out)
+    val = [r["val_loss"] for r in rows]
     best = min(range(len(val)), key=val.__getitem__)
     assert summary["stopped_early"] and summary["status"] == "early_stopped"
     assert len(rows) == best + 1 + 3 == summary["epochs_run"] < 30  # exactly patience epochs after the best
@@ -215,9 +202,8 @@ def test_a_deep_sigmoid_net_warns_of_vanishing_gradients(run, capsys):
     )
     printed = capsys.readouterr().out
     assert "warning: epoch 1: vanishing gradient in fc1.weight" in printed
-    with open(out / "metrics.csv") as f:
-        row = next(csv.DictReader(f))
-    assert float(row["grad_mean/fc1.weight"]) < float(row["grad_mean/fc9.weight"]) / 100
+    row = read_metrics(out)[0]
+    assert row["grad_mean/fc1.weight"] < row["grad_mean/fc9.weight"] / 100
 
 
 def test_gradient_monitor_leaves_out_overflowed_steps_when_asked():

@@ -9,22 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import SimpleNet
 from nettrain.models import CNN, MLP, init_weights, param_count
-
-
-class SimpleNet(nn.Module):
-    """The tutorial's network, verbatim."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(784, 256)
-        self.fc2 = nn.Linear(256, 10)
-        self.relu = nn.ReLU()
-
-    def forward(self, x):
-        x = self.relu(self.fc1(x))
-        x = self.fc2(x)
-        return x
 
 
 def test_default_mlp_is_the_tutorials_simplenet():

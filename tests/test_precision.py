@@ -3,7 +3,6 @@ torch.compile, channels_last and fused optimizers."""
 
 from __future__ import annotations
 
-import csv
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from conftest import make_cfg
 from nettrain.checkpoint import load_checkpoint
 from nettrain.config import ConfigError, validate
 from nettrain.loop import StopRequest
+from nettrain.metrics import read_metrics
 from nettrain.precision import Precision
 from nettrain.build import fused_kwargs
 from nettrain.train import train
@@ -20,8 +20,7 @@ SHORT = ["data=synthetic", "data.num_samples=400", "epochs=2", "early_stopping.e
 
 
 def val_losses(run):
-    with open(run / "metrics.csv") as f:
-        return [float(r["val_loss"]) for r in csv.DictReader(f)]
+    return [r["val_loss"] for r in read_metrics(run)]
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -6,7 +6,6 @@ and the data set is held once."""
 from __future__ import annotations
 
 import collections
-import csv
 import json
 import os
 import subprocess
@@ -17,13 +16,9 @@ import pytest
 import torch
 
 from conftest import QUIET, REPO, make_cfg
+from nettrain.metrics import read_metrics
 
 # -- same results from both data paths --------------------------------------------------------
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 @pytest.mark.parametrize(

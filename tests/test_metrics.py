@@ -1,0 +1,45 @@
+"""metrics.csv round trip, the status names, the finite-number check and the run timestamp."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from nettrain import metrics
+from nettrain.config import is_finite_number
+from nettrain.files import timestamp
+from nettrain.metrics import MetricsWriter, read_metrics
+
+
+def test_read_metrics_gives_back_exactly_the_rows_written(tmp_path):
+    rows = [
+        {"epoch": 1, "train_loss": 0.1 + 0.2, "val_loss": 2.302585092994046, "lr": 1e-3, "note": "warmup"},
+        {"epoch": 2, "train_loss": math.nan, "val_loss": math.inf, "lr": None, "note": "x,y"},
+    ]
+    MetricsWriter(tmp_path / "metrics.csv").write(rows)
+    back = read_metrics(tmp_path)  # a run dir or the file itself
+    assert repr(back) == repr(read_metrics(tmp_path / "metrics.csv"))  # repr: nan != nan
+    assert back[0] == rows[0]  # full precision: 0.30000000000000004 stays itself
+    assert type(back[0]["epoch"]) is int and type(back[0]["lr"]) is float
+    assert math.isnan(back[1]["train_loss"]) and back[1]["val_loss"] == math.inf
+    assert back[1]["lr"] is None and back[1]["note"] == "x,y"
+
+
+def test_status_names_are_what_summary_json_records():
+    assert (metrics.COMPLETED, metrics.EARLY_STOPPED, metrics.INTERRUPTED, metrics.FAILED) == (
+        "completed",
+        "early_stopped",
+        "interrupted",
+        "failed",
+    )
+    assert metrics.FINISHED == ("completed", "early_stopped")
+
+
+def test_is_finite_number():
+    assert all(is_finite_number(v) for v in (0, -3, 1e-300, 2.5))
+    assert not any(is_finite_number(v) for v in (True, False, math.nan, math.inf, -math.inf, "1", None, [1]))
+
+
+def test_timestamp_is_a_sortable_folder_name():
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", timestamp())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", timestamp(sep="/"))
