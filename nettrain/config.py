@@ -28,15 +28,19 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 @dataclass
 class RegularizationConfig:
+    """Every regularization option (conf/regularization/) sets these keys, so they combine."""
+
     l1: float = 0.0  # weight of l1 * sum|w| added to the loss (weight matrices and conv kernels)
     weight_decay: float = 0.0  # L2, through the optimizer's weight_decay
     dropout: float = 0.0  # dropout probability inside the model
-    grad_clip: Optional[float] = None  # max global gradient norm; None = no clipping
+    grad_clip: Optional[float] = None  # max global gradient norm; null = no clipping
 
 
 @dataclass
 class EarlyStoppingConfig:
-    enabled: bool = True
+    """Stop when the monitored metric has not improved for `patience` epochs."""
+
+    enabled: bool = True  # stop early; false: run all `epochs`
     monitor: str = "val_loss"  # val_loss (lower is better) | val_acc (higher is better)
     patience: int = 3  # epochs without improvement before stopping (the tutorial's 3)
     min_delta: float = 0.0  # an improvement must beat the best by more than this
@@ -45,6 +49,8 @@ class EarlyStoppingConfig:
 
 @dataclass
 class GradMonitorConfig:
+    """Per-layer mean |grad| in metrics.csv, with vanishing/exploding warnings."""
+
     enabled: bool = True  # record grad_mean/<param> (mean |grad| over the epoch's steps)
     vanishing_below: float = 1e-7  # warn when a layer's mean |grad| is below this
     exploding_above: float = 1e2  # warn when a layer's mean |grad| is above this
@@ -54,11 +60,15 @@ class GradMonitorConfig:
 
 @dataclass
 class CheckpointConfig:
+    """Checkpoints to resume from and to evaluate."""
+
     enabled: bool = True  # checkpoints/last.pt every epoch and checkpoints/best.pt on improvement
 
 
 @dataclass
 class TrainerConfig:
+    """Speed settings."""
+
     precision: str = "32"  # 32 | bf16 (autocast) | fp16 (autocast + GradScaler)
     compile: bool = False  # torch.compile the model (nn.Module.compile); compile time exceeds an MNIST run
     channels_last: str = "auto"  # auto (on for conv models on CUDA) | on | off
@@ -67,6 +77,8 @@ class TrainerConfig:
 
 @dataclass
 class ConsoleConfig:
+    """What the console shows."""
+
     progress: str = "auto"  # per-step progress bar: auto (only on a terminal) | on | off
     show_config: bool = True  # print the composed config at the start
     show_model: bool = True  # print the model and its parameter count at the start
@@ -78,19 +90,21 @@ def _cross_entropy() -> dict:
 
 @dataclass
 class TrainConfig:
-    lr: float = MISSING  # learning rate (conf/train.yaml)
+    """The run config: conf/train.yaml's defaults list composes the groups into it."""
+
+    lr: float = MISSING  # learning rate; every optimizer option reads it (${lr})
     batch_size: int = MISSING  # samples per training step
-    epochs: int = MISSING  # maximum number of epochs
-    seed: int = MISSING  # seeds Python, NumPy and torch, and the data order
-    device: str = MISSING  # auto | cpu | cuda | cuda:N | mps
-    threads: Optional[int] = None  # torch CPU threads; None = what torch picks (the cores it sees)
-    deterministic: bool = False  # torch.use_deterministic_algorithms and cudnn settings
+    epochs: int = MISSING  # upper bound; early stopping usually ends a run sooner
+    seed: int = MISSING  # seeds Python, NumPy and torch; the data order has its own generator seeded with it
+    device: str = MISSING  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps
+    threads: Optional[int] = None  # torch CPU threads; null = what torch picks (the cores it sees)
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True), cudnn deterministic
     resume: Optional[str] = None  # a run dir or checkpoint file to continue (nettrain-train resume=RUN_DIR)
     model: Any = MISSING  # group: conf/model/
     optimizer: Any = MISSING  # group: conf/optimizer/
     scheduler: Any = MISSING  # group: conf/scheduler/
     data: Any = MISSING  # group: conf/data/
-    loss: Any = field(default_factory=_cross_entropy)  # any `_target_` loss module
+    loss: Any = field(default_factory=_cross_entropy)  # any `_target_` loss module, e.g. loss.label_smoothing=0.1
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     grad_monitor: GradMonitorConfig = field(default_factory=GradMonitorConfig)
@@ -100,10 +114,14 @@ class TrainConfig:
 
 
 def register_schema() -> None:
-    """Make the schema available to conf/train.yaml's defaults list as `nettrain_schema`."""
+    """Make the schema available to conf/train.yaml's defaults list as `nettrain_schema`, and
+    the `${nettrain_help:}` resolver its `hydra.help.template` calls (nettrain/help.py)."""
     from hydra.core.config_store import ConfigStore
 
+    from nettrain import help as help_page
+
     ConfigStore.instance().store(name="nettrain_schema", node=TrainConfig)
+    help_page.register()
 
 
 class ConfigError(ValueError):

@@ -270,9 +270,17 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    register_schema()
+    from hydra.errors import HydraException
+
+    register_schema()  # also the --help page (nettrain/help.py)
     sys.argv = resume_argv(sys.argv)
-    _hydra_main()
+    try:
+        _hydra_main()
+    except HydraException as exc:  # --help with a bad override (a run reports these itself)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(2)
     from nettrain.callbacks import sweep_exit_code
 
     if sweep_exit_code():  # a multirun with a failed or incomplete job; the sweep summary says which
