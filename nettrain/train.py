@@ -281,7 +281,7 @@ def main() -> None:
             raise
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)
-    from nettrain.callbacks import sweep_exit_code
+    from nettrain.sweep_callback import sweep_exit_code
 
     if sweep_exit_code():  # a multirun with a failed or incomplete job; the sweep summary says which
         sys.exit(1)

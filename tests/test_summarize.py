@@ -253,28 +253,28 @@ def hydra_config(tmp_path: Path, mode: str = "MULTIRUN", output_dir: Path | None
 
 
 def test_the_callback_writes_the_summary_when_a_multirun_ends_and_sets_the_exit_code(sweep, capsys):
-    from nettrain import callbacks
+    from nettrain import sweep_callback
 
-    callback = callbacks.SweepSummaryCallback()
+    callback = sweep_callback.SweepSummaryCallback()
     callback.on_multirun_start(hydra_config(sweep))
-    assert callbacks.sweep_exit_code() == 0
+    assert sweep_callback.sweep_exit_code() == 0
     callback.on_multirun_end(hydra_config(sweep))
     assert SUMMARY_FILES <= {p.name for p in sweep.iterdir()}
-    assert callbacks.last_summary().out_dir == sweep.resolve()
-    assert callbacks.sweep_exit_code() == 1  # job 4 failed, job 5 is incomplete
+    assert sweep_callback.last_summary().out_dir == sweep.resolve()
+    assert sweep_callback.sweep_exit_code() == 1  # job 4 failed, job 5 is incomplete
     captured = capsys.readouterr()
     assert "sweep summary" in captured.out
     assert "warning: job 4 failed: ValueError" in captured.err and "warning: job 5 incomplete" in captured.err
     callback.on_multirun_start(hydra_config(sweep))  # the next multirun starts clean
-    assert callbacks.last_summary() is None and callbacks.sweep_exit_code() == 0
+    assert sweep_callback.last_summary() is None and sweep_callback.sweep_exit_code() == 0
 
 
 def test_the_callback_never_fails_the_sweep(tmp_path, capsys):
-    from nettrain import callbacks
+    from nettrain import sweep_callback
 
-    callbacks.SweepSummaryCallback().on_multirun_end(hydra_config(tmp_path / "nothing_here"))
+    sweep_callback.SweepSummaryCallback().on_multirun_end(hydra_config(tmp_path / "nothing_here"))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: sweep summary not written: FileNotFoundError")
-    assert callbacks.sweep_exit_code() == 0
-    callbacks.SweepSummaryCallback(enabled=False).on_multirun_end(hydra_config(tmp_path))
+    assert sweep_callback.sweep_exit_code() == 0
+    sweep_callback.SweepSummaryCallback(enabled=False).on_multirun_end(hydra_config(tmp_path))
     assert not any(tmp_path.iterdir())

@@ -1,4 +1,4 @@
-"""Hydra callbacks, registered in conf/train.yaml under `hydra.callbacks`.
+"""The Hydra callback that writes a sweep summary, registered in conf/train.yaml under `hydra.callbacks`.
 
 `SweepSummaryCallback` writes the sweep summary (nettrain.summarize: summary.csv, summary.md,
 summary.png, and the table on the console) into the sweep dir when a multirun ends, with any
@@ -11,7 +11,7 @@ untouched, and a summary that cannot be written costs one warning line, never th
     hydra:
       callbacks:
         sweep_summary:
-          _target_: nettrain.callbacks.SweepSummaryCallback
+          _target_: nettrain.sweep_callback.SweepSummaryCallback
           plot: true        # false: summary.csv and summary.md only
 """
 
