@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, TypeGuard
 
 from omegaconf import MISSING
 
@@ -33,7 +33,7 @@ class RegularizationConfig:
     l1: float = 0.0  # weight of l1 * sum|w| added to the loss (weight matrices and conv kernels)
     weight_decay: float = 0.0  # L2, through the optimizer's weight_decay
     dropout: float = 0.0  # dropout probability inside the model
-    grad_clip: Optional[float] = None  # max global gradient norm; null = no clipping
+    grad_clip: float | None = None  # max global gradient norm; null = no clipping
 
 
 @dataclass
@@ -97,9 +97,9 @@ class TrainConfig:
     epochs: int = MISSING  # upper bound; early stopping usually ends a run sooner
     seed: int = MISSING  # seeds Python, NumPy and torch; the data order has its own generator seeded with it
     device: str = MISSING  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps
-    threads: Optional[int] = None  # torch CPU threads; null = what torch picks (the cores it sees)
+    threads: int | None = None  # torch CPU threads; null = what torch picks (the cores it sees)
     deterministic: bool = False  # torch.use_deterministic_algorithms(True), cudnn deterministic
-    resume: Optional[str] = None  # a run dir or checkpoint file to continue (nettrain-train resume=RUN_DIR)
+    resume: str | None = None  # a run dir or checkpoint file to continue (nettrain-train resume=RUN_DIR)
     model: Any = MISSING  # group: conf/model/
     optimizer: Any = MISSING  # group: conf/optimizer/
     scheduler: Any = MISSING  # group: conf/scheduler/
@@ -159,7 +159,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError(found)
 
 
-def is_finite_number(v: Any) -> bool:
+def is_finite_number(v: Any) -> TypeGuard[int | float]:
     """A real int or float (not a bool), neither NaN nor infinite."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

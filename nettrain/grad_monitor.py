@@ -53,16 +53,15 @@ class GradientMonitor:
         if (self.calls - 1) % self.every_n_steps:
             return
         grads = [p.grad for p in self.params]
-        if None not in grads:
-            norms = torch.stack(self._abs_sums(grads))
+        present = [g for g in grads if g is not None]
+        if len(present) == len(grads):
+            norms = torch.stack(self._abs_sums(present))
         else:  # a parameter without a gradient this step counts as zero
             idx = [i for i, g in enumerate(grads) if g is not None]
             norms = torch.zeros_like(self.sums)
             if idx:
                 norms.index_add_(
-                    0,
-                    torch.tensor(idx, device=norms.device),
-                    torch.stack(self._abs_sums([grads[i] for i in idx])).to(norms.dtype),
+                    0, torch.tensor(idx, device=norms.device), torch.stack(self._abs_sums(present)).to(norms.dtype)
                 )
         if self.skip_nonfinite:
             finite = torch.isfinite(norms).all()
@@ -72,7 +71,7 @@ class GradientMonitor:
         self.steps += 1
 
     @staticmethod
-    def _abs_sums(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _abs_sums(grads: list[torch.Tensor]) -> tuple[torch.Tensor, ...] | list[torch.Tensor]:
         """sum |g| per tensor: one fused multi-tensor kernel on CUDA; on CPU, where torch has no
         fused kernel for it, abs().sum() per tensor is the faster of the two (benchmarks/)."""
         if grads[0].device.type == "cuda":

@@ -71,7 +71,9 @@ def process_settings(threads: int | None = None, deterministic: bool = False) ->
 
 def capture_rng(data_generator: torch.Generator) -> dict[str, Any]:
     """Every RNG state, as tensors and plain data (loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = np.random.get_state(legacy=True)
+    assert isinstance(numpy_state, tuple)  # legacy=True: (kind, keys, pos, has_gauss, cached)
+    kind, keys, pos, has_gauss, cached = numpy_state
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),

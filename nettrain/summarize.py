@@ -257,7 +257,7 @@ def pick_best(runs: Sequence[Run], monitor: str) -> int | None:
     """Index of the best finished run by best_<monitor> (val_loss: lowest, val_acc: highest)."""
     key = f"best_{monitor}"
     scored = [
-        (i, run.values.get(key)) for i, run in enumerate(runs) if run.finished and is_finite_number(run.values.get(key))
+        (i, value) for i, run in enumerate(runs) if run.finished and is_finite_number(value := run.values.get(key))
     ]
     if not scored:
         return None
@@ -273,15 +273,15 @@ def _common_parent(paths: Sequence[Path]) -> Path:
 
 def collect(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> SweepSummary:
     """Read every run under `paths` into a SweepSummary (nothing written)."""
-    paths = [Path(p) for p in paths]
-    run_dirs = find_run_dirs(paths)
+    folders = [Path(p) for p in paths]
+    run_dirs = find_run_dirs(folders)
     if not run_dirs:
         raise FileNotFoundError(
             "no run dirs (a folder with .hydra/overrides.yaml, summary.json or "
-            f"metrics.csv) in {', '.join(map(str, paths))}"
+            f"metrics.csv) in {', '.join(map(str, folders))}"
         )
-    single = len(paths) == 1 and not is_run_dir(paths[0])
-    base = paths[0].resolve() if single else _common_parent(run_dirs)  # runs are named relative to it
+    single = len(folders) == 1 and not is_run_dir(folders[0])
+    base = folders[0].resolve() if single else _common_parent(run_dirs)  # runs are named relative to it
     out_dir = Path(out_dir).resolve() if out_dir is not None else base
     runs = [read_run(d) for d in run_dirs]
     for run in runs:
@@ -534,7 +534,7 @@ def save_plot(summary: SweepSummary, path: str | Path) -> Path | None:
         numeric = bool(all_x) and all(is_finite_number(x) for x in all_x)
         categories = sorted({str(x) for x in all_x}, key=_natural_key) if not numeric else []
 
-        def position(x):
+        def position(x, numeric=numeric, categories=categories):
             return x if numeric else categories.index(str(x))
 
         # too many series, or a random search (Optuna) where every series is a single point: plain points

@@ -66,7 +66,8 @@ def compare_runs(straight: Path, resumed: Path) -> list[str]:
         for key in ra:
             if key in TIMING or _same(ra[key], rb.get(key)):
                 continue
-            delta = abs(ra[key] - rb[key]) if is_finite_number(ra[key]) and is_finite_number(rb.get(key)) else math.nan
+            numbers = is_finite_number(ra[key]) and is_finite_number(rb.get(key))
+            delta = abs(ra[key] - rb[key]) if numbers else math.nan
             differences.append(f"metrics epoch {ra['epoch']} {key}: {ra[key]} vs {rb.get(key)} (|diff| {delta:.3g})")
     state_a = load_checkpoint(straight / "checkpoints" / "last.pt")
     state_b = load_checkpoint(resumed / "checkpoints" / "last.pt")

@@ -32,7 +32,7 @@ def tutorial_loop(train_x, train_y, seed: int, epochs: int, batch_size: int, lea
     criterion = nn.CrossEntropyLoss()
     order = torch.Generator().manual_seed(seed)
     losses = []
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         total = torch.zeros(())
         perm = torch.randperm(len(train_y), generator=order)
         for start in range(0, len(train_y), batch_size):

@@ -3,7 +3,6 @@ torch.compile, channels_last and fused optimizers."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
