@@ -508,96 +508,87 @@ def plot_keys(summary: SweepSummary) -> list[str]:
     return keys
 
 
-def save_plot(summary: SweepSummary, path: str | Path) -> Path | None:
-    """summary.png: best_<monitor> against each swept key, and the val_loss curves of all runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plot_metric(ax, summary: SweepSummary, key: str) -> None:
+    """One panel: best_<monitor> against swept `key`, a series per combination of the other keys."""
     import matplotlib.ticker
 
-    from nettrain.files import atomic_write
-
-    keys = plot_keys(summary)
-    panels = len(keys) + 1
-    ncols = min(3, panels)
-    nrows = math.ceil(panels / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), squeeze=False)
-    flat = list(axes.flat)
     metric_label = f"best {summary.monitor} ({'lower' if summary.mode == 'min' else 'higher'} is better)"
     best_run = summary.runs[summary.best] if summary.best is not None else None
     seeded = "seed" in summary.swept
 
-    for ax, key in zip(flat, keys):
-        series = grouped_points(summary, key)
-        all_x = [p.x for points in series.values() for p in points]
-        numeric = bool(all_x) and all(is_finite_number(x) for x in all_x)
-        categories = sorted({str(x) for x in all_x}, key=_natural_key) if not numeric else []
+    series = grouped_points(summary, key)
+    all_x = [p.x for points in series.values() for p in points]
+    numeric = bool(all_x) and all(is_finite_number(x) for x in all_x)
+    categories = sorted({str(x) for x in all_x}, key=_natural_key) if not numeric else []
 
-        def position(x, numeric=numeric, categories=categories):
-            return x if numeric else categories.index(str(x))
+    def position(x):
+        return x if numeric else categories.index(str(x))
 
-        # too many series, or a random search (Optuna) where every series is a single point: plain points
-        many = len(series) > _MAX_SERIES or (len(series) > 1 and all(len(p) == 1 for p in series.values()))
-        others = [k for k in summary.swept if k not in (key, "seed")]
-        for label_values, points in series.items():
-            xs = [position(p.x) for p in points]
-            ys = [p.mean for p in points]
-            label = ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(others, label_values)) or None
-            if many:
-                (line,) = ax.plot(xs, ys, "o", color="tab:blue", alpha=0.6, markersize=5)
-            else:
-                (line,) = ax.plot(xs, ys, marker="o", markersize=4, label=label)
-            if any(p.n > 1 for p in points):
-                ax.errorbar(
-                    xs,
-                    ys,
-                    yerr=[[p.mean - p.low for p in points], [p.high - p.mean for p in points]],
-                    fmt="none",
-                    ecolor=line.get_color(),
-                    capsize=3,
-                    alpha=0.8,
-                )
-        if best_run is not None and is_finite_number(best_run.values.get(f"best_{summary.monitor}")):
-            x = best_run.overrides.get(key)
-            if x is not None and (not numeric or is_finite_number(x)) and (numeric or str(x) in categories):
-                ax.plot(
-                    [position(x)],
-                    [best_run.values[f"best_{summary.monitor}"]],
-                    marker="*",
-                    color="red",
-                    markersize=14,
-                    linestyle="none",
-                    label="best run",
-                    zorder=5,
-                )
-        scale = axis_scale(key, all_x) if numeric else "linear"
-        if scale == "log":
-            ax.set_xscale("log")
-            short = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}")
-            ax.xaxis.set_major_formatter(short)
-            ax.xaxis.set_minor_formatter(short if max(all_x) / min(all_x) < 10 else matplotlib.ticker.NullFormatter())
-            ax.tick_params(axis="x", which="both", labelrotation=30)
-        elif scale == "symlog":
-            ax.set_xscale("symlog", linthresh=min(x for x in all_x if x > 0))
-        if not numeric:
-            ax.set_xticks(
-                range(len(categories)),
-                categories,
-                rotation=30 if len(categories) > 3 else 0,
-                ha="right" if len(categories) > 3 else "center",
+    # too many series, or a random search (Optuna) where every series is a single point: plain points
+    many = len(series) > _MAX_SERIES or (len(series) > 1 and all(len(p) == 1 for p in series.values()))
+    others = [k for k in summary.swept if k not in (key, "seed")]
+    for label_values, points in series.items():
+        xs = [position(p.x) for p in points]
+        ys = [p.mean for p in points]
+        label = ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(others, label_values)) or None
+        if many:
+            (line,) = ax.plot(xs, ys, "o", color="tab:blue", alpha=0.6, markersize=5)
+        else:
+            (line,) = ax.plot(xs, ys, marker="o", markersize=4, label=label)
+        if any(p.n > 1 for p in points):
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[[p.mean - p.low for p in points], [p.high - p.mean for p in points]],
+                fmt="none",
+                ecolor=line.get_color(),
+                capsize=3,
+                alpha=0.8,
             )
-        title = f"{summary.monitor} vs {key}"
-        if seeded and key != "seed":
-            title += " (mean, min-max over seeds)"
-        ax.set(title=title, xlabel=key + ("" if scale == "linear" else f" ({scale})"), ylabel=metric_label)
-        ax.grid(True, alpha=0.3)
-        if not all_x:
-            ax.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes)
-        elif ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="x-small")
+    if best_run is not None and is_finite_number(best_run.values.get(f"best_{summary.monitor}")):
+        x = best_run.overrides.get(key)
+        if x is not None and (not numeric or is_finite_number(x)) and (numeric or str(x) in categories):
+            ax.plot(
+                [position(x)],
+                [best_run.values[f"best_{summary.monitor}"]],
+                marker="*",
+                color="red",
+                markersize=14,
+                linestyle="none",
+                label="best run",
+                zorder=5,
+            )
+    scale = axis_scale(key, all_x) if numeric else "linear"
+    if scale == "log":
+        ax.set_xscale("log")
+        short = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}")
+        ax.xaxis.set_major_formatter(short)
+        ax.xaxis.set_minor_formatter(short if max(all_x) / min(all_x) < 10 else matplotlib.ticker.NullFormatter())
+        ax.tick_params(axis="x", which="both", labelrotation=30)
+    elif scale == "symlog":
+        ax.set_xscale("symlog", linthresh=min(x for x in all_x if x > 0))
+    if not numeric:
+        ax.set_xticks(
+            range(len(categories)),
+            categories,
+            rotation=30 if len(categories) > 3 else 0,
+            ha="right" if len(categories) > 3 else "center",
+        )
+    title = f"{summary.monitor} vs {key}"
+    if seeded and key != "seed":
+        title += " (mean, min-max over seeds)"
+    ax.set(title=title, xlabel=key + ("" if scale == "linear" else f" ({scale})"), ylabel=metric_label)
+    ax.grid(True, alpha=0.3)
+    if not all_x:
+        ax.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes)
+    elif ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="x-small")
 
-    ax = flat[len(keys)]
+
+def _plot_curves(ax, summary: SweepSummary) -> None:
+    """The last panel: every run's val_loss per epoch; the best run thick, unfinished ones dashed."""
+    import matplotlib.ticker
+
     curves = [(i, run) for i, run in enumerate(summary.runs) if run.curve]
     for i, run in curves:
         epochs, losses = zip(*run.curve)
@@ -626,6 +617,26 @@ def save_plot(summary: SweepSummary, path: str | Path) -> Path | None:
         ax.text(0.5, 0.5, "no metrics.csv", ha="center", va="center", transform=ax.transAxes)
     elif len(curves) <= _MAX_LEGEND:
         ax.legend(fontsize="x-small")
+
+
+def save_plot(summary: SweepSummary, path: str | Path) -> Path | None:
+    """summary.png: best_<monitor> against each swept key, and the val_loss curves of all runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nettrain.files import atomic_write
+
+    keys = plot_keys(summary)
+    panels = len(keys) + 1
+    ncols = min(3, panels)
+    nrows = math.ceil(panels / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax, key in zip(flat, keys):
+        _plot_metric(ax, summary, key)
+    _plot_curves(flat[len(keys)], summary)
     for extra in flat[panels:]:
         extra.set_visible(False)
     fig.tight_layout()
