@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from nettrain.config import MONITORED, ConfigError
+from nettrain.config import MONITORED, ConfigError, plain
 from nettrain.data import Batches, DataSplits, Split
 from nettrain.state import TrainState
 
@@ -85,8 +85,7 @@ def fused_kwargs(target: str, device: torch.device, setting: str = "auto") -> di
 
 def build_data(cfg: DictConfig) -> tuple[DataSplits, dict[str, Any]]:
     """The data splits, and the loader settings nettrain reads itself (in_memory, num_workers)."""
-    data_node = OmegaConf.to_container(cfg.data, resolve=True)
-    assert isinstance(data_node, dict)
+    data_node = plain(cfg.data)
     loader = {"in_memory": data_node.pop("in_memory", True), "num_workers": data_node.pop("num_workers", 0)}
     return instantiate(data_node, "data"), loader
 
@@ -126,7 +125,7 @@ def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_
     with building("scheduler", cfg.scheduler._target_):
         return schedulers.build_schedule(
             optimizer,
-            OmegaConf.to_container(cfg.scheduler, resolve=True),
+            plain(cfg.scheduler),
             steps_per_epoch=steps_per_epoch,
             epochs=cfg.epochs,
         )

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 # Names the components accept; nettrain/models.py maps each to its torch module.
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu")
@@ -148,6 +148,15 @@ def matches(key: str, patterns: tuple[str, ...]) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
 
 
+def plain(node: Any) -> dict[str, Any]:
+    """A config (or one of its sections) as plain dicts and lists, interpolations resolved: what
+    checkpoints, config hashes and the builders take."""
+    container = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(container, dict):
+        raise TypeError(f"expected a config section, got {type(container).__name__}")
+    return cast(dict[str, Any], container)
+
+
 def _fmt(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
@@ -168,7 +177,8 @@ class Checks:
     """Collects 'key=value: what is allowed' problems of one config; `problems` runs every section."""
 
     def __init__(self, cfg: Any):
-        self.cfg, self.found = cfg, []
+        self.cfg = cfg
+        self.found: list[str] = []
 
     def get(self, path: str) -> Any:
         node = self.cfg

@@ -17,13 +17,13 @@ from typing import Any
 
 
 def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list[str] | None = None) -> dict[str, Any]:
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from nettrain import checkpoint as ckpt
+    from nettrain.build import build_data_and_model, build_loss, resolve_device
     from nettrain.config import TrainConfig, validate
     from nettrain.data import Batches
     from nettrain.loop import evaluate
-    from nettrain.build import build_data_and_model, build_loss, resolve_device
 
     target = Path(target).expanduser()
     if target.is_file():
@@ -38,6 +38,7 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
     cfg = OmegaConf.merge(
         OmegaConf.structured(TrainConfig), state["config"], OmegaConf.from_dotlist(list(overrides or []))
     )
+    assert isinstance(cfg, DictConfig)  # merged onto the schema: a mapping
     validate(cfg)
     device = resolve_device(cfg.device)
     data, loader, model = build_data_and_model(cfg, device)

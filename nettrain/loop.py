@@ -78,7 +78,7 @@ def train_step(state: TrainState, settings: LoopSettings) -> Callable[[torch.Ten
     step, schedule. Returns step(x, y) -> the batch's loss sum (detached, on the device)."""
     model, optimizer, precision, schedule = state.model, state.optimizer, state.precision, state.schedule
     loss_fn, grad_monitor = state.loss_fn, state.grad_monitor
-    l1_params = [p for p in model.parameters() if p.dim() > 1]  # weight matrices and conv kernels
+    l1_params: list[torch.Tensor] = [p for p in model.parameters() if p.dim() > 1]  # weight matrices, conv kernels
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with precision.autocast():
@@ -124,7 +124,7 @@ def fit(
         resuming = epoch == start.epoch + 1 and start.order is not None
         order = start.order if resuming else train_batches.order()
         step = start.step_in_epoch if resuming else 0
-        loss_sum = start.loss_sum if resuming else torch.zeros((), device=state.device)
+        loss_sum = start.loss_sum if resuming and start.loss_sum is not None else torch.zeros((), device=state.device)
         train_time = start.train_time if resuming else 0.0
         model.train()
         started = time.perf_counter()

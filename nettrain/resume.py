@@ -117,8 +117,7 @@ def make_rerunnable(config_yaml: Path) -> None:
     if "defaults" in saved:
         return
     primary = OmegaConf.create(files("nettrain.conf").joinpath("train.yaml").read_text())
-    rerun = OmegaConf.create({"defaults": ["nettrain_schema", "_self_"]})
-    rerun = OmegaConf.merge(rerun, saved, {"hydra": primary.hydra})
+    rerun = OmegaConf.merge({"defaults": ["nettrain_schema", "_self_"]}, saved, {"hydra": primary.hydra})
     write_text(
         config_yaml,
         "# The composed config of this run. Re-run it with:\n"

@@ -24,7 +24,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from nettrain.config import ConfigError, register_schema, validate
+from nettrain.config import ConfigError, plain, register_schema, validate
 from nettrain.interrupt import stop_on_signals
 from nettrain.metrics import COMPLETED, EARLY_STOPPED, FAILED, FINISHED, INTERRUPTED
 from nettrain.resume import finished_already, make_rerunnable, resume_argv, run_dir_of
@@ -56,8 +56,8 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
     if not cfg.resume and in_multirun():  # a re-launched sweep: skip, resume or re-run this config
         from nettrain.sweep import claim, config_hash
 
-        previous = claim(output_dir, config_hash(OmegaConf.to_container(cfg, resolve=True)), launch_id())
-        status = (previous or {}).get("status")
+        previous = claim(output_dir, config_hash(plain(cfg)), launch_id()) or {}
+        status = previous.get("status")
         if status in FINISHED:
             print(f"{output_dir}: this config already finished ({status}); skipped")
             return {**previous, "already_finished": True}
@@ -92,7 +92,7 @@ def write_failure(output_dir: Path, cfg: DictConfig, error: str, wall_time_s: fl
             "status": FAILED,
             "error": error,
             "wall_time_s": round(wall_time_s, 3),
-            "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
+            "config_hash": config_hash(plain(cfg)),
             "launch": launch_id(),
         },
     )
@@ -113,7 +113,7 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     reporter = Reporter(**cfg.console)
-    plain_config = OmegaConf.to_container(cfg, resolve=True)
+    plain_config = plain(cfg)
     saved = None
     if resume_from is not None:
         from nettrain.resume import load_resume_point
@@ -195,7 +195,7 @@ def _summarize(
 
     history, device = run.state.history, run.device
     status = INTERRUPTED if result.interrupted else EARLY_STOPPED if result.stopped_early else COMPLETED
-    best_row = next((r for r in history if r["epoch"] == result.best_epoch), {})
+    best_row: dict[str, Any] = next((r for r in history if r["epoch"] == result.best_epoch), {})
     test_loss = test_acc = None
     if not result.interrupted:
         test_loss, test_acc = evaluate(run.state.model, run.state.loss_fn, run.batches(run.data.test))
@@ -224,7 +224,7 @@ def _summarize(
         "precision": cfg.trainer.precision,
         "torch_threads": torch.get_num_threads(),
         "data_fingerprint": record["data_fingerprint"],
-        "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
+        "config_hash": config_hash(plain(cfg)),
         "launch": launch_id(),
     }
     if result.interrupted:

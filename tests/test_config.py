@@ -9,9 +9,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from conftest import CONF, make_cfg
+from nettrain.build import instantiate as _instantiate
 from nettrain.config import ConfigError, problems, validate
 from nettrain.schedulers import LRSchedule, build_schedule
-from nettrain.build import instantiate as _instantiate
 
 # Every option of every group, found by recursive glob: a new YAML file is covered automatically.
 # (conf/hydra/ holds launcher and sweeper presets: tests/test_launchers.py covers those.)

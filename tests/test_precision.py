@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import make_cfg
+from nettrain.build import fused_kwargs
 from nettrain.checkpoint import load_checkpoint
 from nettrain.config import ConfigError, validate
 from nettrain.loop import StopRequest
 from nettrain.metrics import read_metrics
 from nettrain.precision import Precision
-from nettrain.build import fused_kwargs
 from nettrain.train import train
 
 SHORT = ["data=synthetic", "data.num_samples=400", "epochs=2", "early_stopping.enabled=false"]
