@@ -26,9 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from nettrain.config import ConfigError, plain, register_schema, validate
 from nettrain.interrupt import stop_on_signals
-from nettrain.metrics import COMPLETED, EARLY_STOPPED, FAILED, FINISHED, INTERRUPTED
+from nettrain.metrics import FINISHED, INTERRUPTED
 from nettrain.resume import finished_already, make_rerunnable, resume_argv, run_dir_of
 from nettrain.run_dir import hydra_output_subdir, in_multirun
+from nettrain.run_summary import launch_id, write_failure, write_summary
 
 
 def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> dict[str, Any]:
@@ -81,28 +82,6 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
         raise
 
 
-def write_failure(output_dir: Path, cfg: DictConfig, error: str, wall_time_s: float = 0.0) -> None:
-    """summary.json for a run that failed: its status, the error's first line, its config hash."""
-    from nettrain.files import write_json
-    from nettrain.sweep import config_hash
-
-    write_json(
-        output_dir / "summary.json",
-        {
-            "status": FAILED,
-            "error": error,
-            "wall_time_s": round(wall_time_s, 3),
-            "config_hash": config_hash(plain(cfg)),
-            "launch": launch_id(),
-        },
-    )
-
-
-def launch_id() -> str | None:
-    """Which multirun launch this process belongs to (set by the sweep callback), if any."""
-    return os.environ.get("NETTRAIN_LAUNCH")
-
-
 def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from: Path | None) -> dict[str, Any]:
     """The recipe: resume -> build -> provenance -> fit -> summary."""
     from nettrain.build import build_run, resolve_device
@@ -130,7 +109,7 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
     record = write_provenance(run.device, run.data.fingerprint(), output_dir, resume_from is not None, reporter.warn)
     memory_estimate_mb = _introduce(cfg, run, output_dir, reporter)
     result = _fit(cfg, run, output_dir, plain_config, reporter, start, stop)
-    return _summarize(cfg, run, result, output_dir, reporter, stop, record, started, memory_estimate_mb)
+    return write_summary(cfg, run, result, output_dir, reporter, stop, record, started, memory_estimate_mb)
 
 
 def _introduce(cfg: DictConfig, run, output_dir: Path, reporter) -> float:
@@ -170,76 +149,6 @@ def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, s
         reporter=reporter,
     )
     return fit(run.state, run.train_batches, run.val_batches, settings, out, start=start, stop=stop)
-
-
-def _summarize(
-    cfg: DictConfig,
-    run,
-    result,
-    output_dir: Path,
-    reporter,
-    stop,
-    record: dict,
-    started: float,
-    memory_estimate_mb: float,
-) -> dict[str, Any]:
-    """Test the best weights, then write summary.json and the plots, and print the summary."""
-    import torch
-
-    from nettrain.files import write_json
-    from nettrain.loop import evaluate
-    from nettrain.memory import peak_rss_mb
-    from nettrain.models import param_count
-    from nettrain.report import save_plots
-    from nettrain.sweep import config_hash
-
-    history, device = run.state.history, run.device
-    status = INTERRUPTED if result.interrupted else EARLY_STOPPED if result.stopped_early else COMPLETED
-    best_row: dict[str, Any] = next((r for r in history if r["epoch"] == result.best_epoch), {})
-    test_loss = test_acc = None
-    if not result.interrupted:
-        test_loss, test_acc = evaluate(run.state.model, run.state.loss_fn, run.batches(run.data.test))
-    summary: dict[str, Any] = {
-        "status": status,
-        "best_epoch": result.best_epoch,
-        "best_val_loss": best_row.get("val_loss"),
-        "best_val_acc": best_row.get("val_acc"),
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early,
-        "monitor": cfg.early_stopping.monitor,
-        "wall_time_s": round(time.perf_counter() - started, 3),
-        "device": str(device),
-        "device_name": record["device_name"],
-        "param_count": param_count(run.state.model),
-        "samples_per_s": sum(r["samples_per_s"] for r in history) / len(history) if history else None,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "memory_estimate_mb": round(memory_estimate_mb, 2),
-        "cuda_peak_memory_mb": (
-            round(torch.cuda.max_memory_allocated(device) / 2**20, 2) if device.type == "cuda" else None
-        ),
-        "seed": cfg.seed,
-        "deterministic": cfg.deterministic,
-        "precision": cfg.trainer.precision,
-        "torch_threads": torch.get_num_threads(),
-        "data_fingerprint": record["data_fingerprint"],
-        "config_hash": config_hash(plain(cfg)),
-        "launch": launch_id(),
-    }
-    if result.interrupted:
-        summary["signal"] = stop.signum
-    save_plots(history, output_dir / "plots")
-    write_json(output_dir / "summary.json", summary)
-    reporter.summary(summary)
-    if result.interrupted and cfg.checkpoint.enabled:
-        reporter.note(
-            f"interrupted after {stop.steps} steps this session; a checkpoint is saved. "
-            f"Resume with:\n  nettrain-train resume={output_dir.resolve()}"
-        )
-    elif result.interrupted:
-        reporter.note(f"interrupted after {stop.steps} steps; checkpoint.enabled=false, so it cannot be resumed")
-    return summary
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nettrain.conf", config_name="train")

@@ -1,0 +1,111 @@
+"""summary.json: what a run ended with.
+
+`write_summary` tests the best weights and records the result: status, best epoch and its
+validation figures, the test result, speed, memory, the settings that decide exactness and the
+config hash that sweeps match runs by. `write_failure` records a run that failed, so sweeps and
+`nettrain-summarize` can say which job failed and why.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from nettrain.config import plain
+from nettrain.metrics import COMPLETED, EARLY_STOPPED, FAILED, INTERRUPTED
+
+
+def write_failure(output_dir: Path, cfg: DictConfig, error: str, wall_time_s: float = 0.0) -> None:
+    """summary.json for a run that failed: its status, the error's first line, its config hash."""
+    from nettrain.files import write_json
+    from nettrain.sweep import config_hash
+
+    write_json(
+        output_dir / "summary.json",
+        {
+            "status": FAILED,
+            "error": error,
+            "wall_time_s": round(wall_time_s, 3),
+            "config_hash": config_hash(plain(cfg)),
+            "launch": launch_id(),
+        },
+    )
+
+
+def launch_id() -> str | None:
+    """Which multirun launch this process belongs to (set by the sweep callback), if any."""
+    return os.environ.get("NETTRAIN_LAUNCH")
+
+
+def write_summary(
+    cfg: DictConfig,
+    run,
+    result,
+    output_dir: Path,
+    reporter,
+    stop,
+    record: dict,
+    started: float,
+    memory_estimate_mb: float,
+) -> dict[str, Any]:
+    """Test the best weights, then write summary.json and the plots, and print the summary."""
+    import torch
+
+    from nettrain.files import write_json
+    from nettrain.loop import evaluate
+    from nettrain.memory import peak_rss_mb
+    from nettrain.models import param_count
+    from nettrain.report import save_plots
+    from nettrain.sweep import config_hash
+
+    history, device = run.state.history, run.device
+    status = INTERRUPTED if result.interrupted else EARLY_STOPPED if result.stopped_early else COMPLETED
+    best_row: dict[str, Any] = next((r for r in history if r["epoch"] == result.best_epoch), {})
+    test_loss = test_acc = None
+    if not result.interrupted:
+        test_loss, test_acc = evaluate(run.state.model, run.state.loss_fn, run.batches(run.data.test))
+    summary: dict[str, Any] = {
+        "status": status,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": best_row.get("val_loss"),
+        "best_val_acc": best_row.get("val_acc"),
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "monitor": cfg.early_stopping.monitor,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "device": str(device),
+        "device_name": record["device_name"],
+        "param_count": param_count(run.state.model),
+        "samples_per_s": sum(r["samples_per_s"] for r in history) / len(history) if history else None,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "memory_estimate_mb": round(memory_estimate_mb, 2),
+        "cuda_peak_memory_mb": (
+            round(torch.cuda.max_memory_allocated(device) / 2**20, 2) if device.type == "cuda" else None
+        ),
+        "seed": cfg.seed,
+        "deterministic": cfg.deterministic,
+        "precision": cfg.trainer.precision,
+        "torch_threads": torch.get_num_threads(),
+        "data_fingerprint": record["data_fingerprint"],
+        "config_hash": config_hash(plain(cfg)),
+        "launch": launch_id(),
+    }
+    if result.interrupted:
+        summary["signal"] = stop.signum
+    save_plots(history, output_dir / "plots")
+    write_json(output_dir / "summary.json", summary)
+    reporter.summary(summary)
+    if result.interrupted and cfg.checkpoint.enabled:
+        reporter.note(
+            f"interrupted after {stop.steps} steps this session; a checkpoint is saved. "
+            f"Resume with:\n  nettrain-train resume={output_dir.resolve()}"
+        )
+    elif result.interrupted:
+        reporter.note(f"interrupted after {stop.steps} steps; checkpoint.enabled=false, so it cannot be resumed")
+    return summary
