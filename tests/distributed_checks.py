@@ -1,0 +1,59 @@
+"""Run under torchrun by tests/test_distributed.py: the collectives of nettrain/distributed.py
+on 2 gloo processes. Prints one `ok <check>` line per passed check on rank 0."""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+
+from nettrain import distributed as dist_lib
+
+
+def main() -> None:
+    env = dist_lib.detect()
+    assert env is not None and env.world_size == 2, env
+    dist_lib.publish(env, {"run_dir": "/shared/run"})
+    argv = dist_lib.follow_run_dir(env, ["nettrain-train", "hydra.run.dir=own"])
+    assert argv == (
+        ["nettrain-train", "hydra.run.dir=own"]
+        if env.rank == 0
+        else ["nettrain-train", *dist_lib.follower_overrides("/shared/run")]
+    ), argv
+    ctx = dist_lib.init(env, "gloo", torch.device("cpu"))
+    assert (ctx.rank, ctx.world_size, ctx.backend) == (env.rank, 2, "gloo")
+    report = print if ctx.is_main else (lambda *a: None)
+    report("ok run dir")
+
+    total = torch.tensor([1.0 + env.rank, 10.0])
+    dist_lib.all_reduce_sum(total)
+    assert total.tolist() == [3.0, 20.0], total
+    report("ok all-reduce")
+    assert dist_lib.broadcast_object({"dir": f"from {env.rank}"}) == {"dir": "from 0"}
+    report("ok broadcast")
+
+    # a signal on rank 1 alone, at its step 4: both ranks stop together at the next check point (6)
+    stop = dist_lib.SharedStop(every=3)
+    stopped_at = None
+    for step in range(1, 20):
+        if env.rank == 1 and step == 4:
+            stop.request(signal.SIGTERM)
+        if stop.tick():
+            stopped_at = step
+            break
+    both = (
+        dist_lib.broadcast_object(stopped_at)
+        if env.rank == 0
+        else dist_lib.broadcast_object(None)
+    )
+    assert stopped_at == 6 and both == 6 and stop.signum == signal.SIGTERM, (
+        stopped_at,
+        stop.signum,
+    )
+    report("ok shared stop")
+    dist_lib.shutdown()
+    assert not dist_lib.context().distributed
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""nettrain/distributed.py in one process: the torchrun and SLURM environments (faked), SLURM's
+host lists, the global-batch sharding arithmetic, the device and backend rules, the shared stop
+decision and the overrides that give every rank rank 0's run dir."""
+
+from __future__ import annotations
+
+import pytest
+
+from nettrain import distributed as dist_lib
+from nettrain.config import ConfigError
+from nettrain.distributed import (
+    DistEnv,
+    DistributedSetupError,
+    detect,
+    expand_nodelist,
+    share_of,
+)
+from torchrun import torchrun
+
+TORCHRUN = {
+    "RANK": "3",
+    "WORLD_SIZE": "4",
+    "LOCAL_RANK": "1",
+    "MASTER_ADDR": "10.0.0.5",
+    "MASTER_PORT": "29400",
+}
+SLURM = {
+    "SLURM_PROCID": "5",
+    "SLURM_NTASKS": "8",
+    "SLURM_LOCALID": "1",
+    "SLURM_JOB_ID": "123456",
+    "SLURM_JOB_NODELIST": "gpu[07-08]",
+}
+
+
+def test_no_launcher_variables_means_one_process():
+    assert detect({}) is None
+    assert (
+        detect(
+            {
+                "RANK": "0",
+                "WORLD_SIZE": "1",
+                "LOCAL_RANK": "0",
+                "MASTER_ADDR": "x",
+                "MASTER_PORT": "1",
+            }
+        )
+        is None
+    )
+    assert (
+        detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NODELIST": "n1"})
+        is None
+    )  # one task
+
+
+def test_torchrun_environment():
+    assert detect(TORCHRUN) == DistEnv(3, 4, 1, "10.0.0.5", 29400, "torchrun")
+
+
+def test_torchrun_wins_over_slurm_when_both_are_set():
+    assert (
+        detect({**SLURM, **TORCHRUN}).launcher == "torchrun"
+    )  # torchrun started inside an allocation
+
+
+def test_a_faked_slurm_environment_2_nodes_x_4_tasks():
+    env = detect(SLURM)
+    assert env == DistEnv(5, 8, 1, "gpu07", 15000 + 123456 % 20000, "slurm")
+    given = detect({**SLURM, "MASTER_PORT": "4000", "MASTER_ADDR": "head"})
+    assert (given.master_addr, given.master_port) == ("head", 4000)
+
+
+def test_an_incomplete_environment_names_what_is_missing():
+    with pytest.raises(DistributedSetupError, match="MASTER_ADDR, MASTER_PORT is not"):
+        detect({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    with pytest.raises(DistributedSetupError, match="SLURM_JOB_NODELIST is not set"):
+        detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
+    with pytest.raises(
+        DistributedSetupError, match="WORLD_SIZE='two': must be an integer"
+    ):
+        detect({**TORCHRUN, "WORLD_SIZE": "two"})
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "hosts"),
+    [
+        ("node01", ["node01"]),
+        ("node[01-04,07]", ["node01", "node02", "node03", "node04", "node07"]),
+        ("a[9-11],b3", ["a9", "a10", "a11", "b3"]),
+        ("gpu[008-010]-ib,login", ["gpu008-ib", "gpu009-ib", "gpu010-ib", "login"]),
+        ("c1,c2", ["c1", "c2"]),
+    ],
+)
+def test_slurm_host_lists(nodelist, hosts):
+    assert expand_nodelist(nodelist) == hosts
+
+
+def test_a_malformed_host_list_is_an_error():
+    with pytest.raises(DistributedSetupError, match="cannot read the range 'x-3'"):
+        expand_nodelist("n[x-3]")
+
+
+@pytest.mark.parametrize(("size", "world"), [(64, 2), (33, 2), (10, 4), (3, 3), (7, 8)])
+def test_shares_cover_each_position_once_in_rank_order(size, world):
+    parts = [share_of(100, 100 + size, r, world) for r in range(world)]
+    assert [p for a, b in parts for p in range(a, b)] == list(range(100, 100 + size))
+    lengths = [b - a for a, b in parts]
+    assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
+
+
+def test_loss_weights_make_the_averaged_gradient_the_global_mean():
+    # rank means m_r over shares s_r, weighted by s_r * W / B, averaged over W ranks = sum / B
+    shares = [17, 16]
+    weights = [dist_lib.loss_weight(s, 33, 2) for s in shares]
+    assert sum(w / 2 for w in weights) == pytest.approx(1.0)
+    assert weights[0] * (1 / 17) / 2 == pytest.approx(1 / 33)  # each sample counts 1/B
+    assert dist_lib.loss_weight(32, 64, 2) == 1.0
+
+
+def test_a_final_batch_smaller_than_the_world_size_is_dropped():
+    assert dist_lib.usable_samples(320, 64, 2) == 320
+    assert (
+        dist_lib.usable_samples(321, 64, 2) == 320
+    )  # one sample cannot be shared by 2 ranks
+    assert dist_lib.usable_samples(322, 64, 2) == 322
+    assert dist_lib.usable_samples(321, 64, 1) == 321
+
+
+def test_device_per_rank():
+    env = detect(TORCHRUN)
+    assert dist_lib.device_name("auto", env, cuda_available=True) == "cuda:1"
+    assert dist_lib.device_name("cuda", env, cuda_available=True) == "cuda:1"
+    assert dist_lib.device_name("auto", env, cuda_available=False) == "cpu"
+    assert dist_lib.device_name("cpu", env, cuda_available=True) == "cpu"
+
+
+def test_an_explicit_gpu_under_torchrun_is_refused_with_the_reason():
+    with pytest.raises(ConfigError) as err:
+        dist_lib.device_name("cuda:0", detect(TORCHRUN), cuda_available=True)
+    assert str(err.value.problems[0]).startswith(
+        "device='cuda:0': under torchrun each process uses the GPU of its local rank"
+    )
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        dist_lib.device_name("cuda", detect(TORCHRUN), cuda_available=False)
+
+
+def test_backend_choice():
+    assert dist_lib.backend_for("auto", "cpu") == "gloo"
+    assert dist_lib.backend_for("auto", "cuda") == "nccl"
+    assert dist_lib.backend_for("gloo", "cuda") == "gloo"
+    with pytest.raises(
+        ConfigError, match="distributed.backend='nccl': needs device=cuda"
+    ):
+        dist_lib.backend_for("nccl", "cpu")
+
+
+def test_shared_stop_in_one_process():
+    stop = dist_lib.SharedStop(every=3)
+    assert not stop.tick()
+    stop.request(15)
+    assert (
+        not stop.tick()
+    )  # pending until the check point: every rank stops at the same step
+    assert stop.tick() and stop.signum == 15 and stop.steps == 3
+    counted = dist_lib.SharedStop(after_steps=2, every=100)
+    assert [counted.tick(), counted.tick()] == [False, True] and counted.signum == 0
+
+
+def test_followers_use_rank_0s_run_dir_and_write_no_hydra_files():
+    overrides = dist_lib.follower_overrides("/runs/it's here")
+    assert overrides[0] == "hydra.run.dir='/runs/it\\'s here'"
+    assert "hydra.output_subdir=null" in overrides
+
+
+def test_follow_run_dir_replaces_the_ranks_own_run_dir(monkeypatch):
+    class Store:
+        def get(self, key):
+            assert key == dist_lib.RUN_DIR_KEY
+            return b'{"run_dir": "/out/a"}'
+
+    monkeypatch.setattr(dist_lib, "_store", Store())
+    env = detect(TORCHRUN)
+    argv = dist_lib.follow_run_dir(
+        env, ["nettrain-train", "lr=0.1", "hydra.run.dir=/elsewhere"]
+    )
+    assert argv == ["nettrain-train", "lr=0.1", *dist_lib.follower_overrides("/out/a")]
+    assert dist_lib.follow_run_dir(DistEnv(0, 4, 0, "h", 1, "torchrun"), ["x"]) == ["x"]
+
+    class Exited(Store):
+        def get(self, key):
+            return b'{"exit": 2}'
+
+    monkeypatch.setattr(dist_lib, "_store", Exited())
+    with pytest.raises(SystemExit) as exited:
+        dist_lib.follow_run_dir(env, ["nettrain-train"])
+    assert exited.value.code == 2
+
+
+def test_two_gloo_processes_share_the_run_dir_sums_and_the_stop_decision(tmp_path):
+    proc = torchrun("distributed_checks.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:4] == [
+        "ok run dir",
+        "ok all-reduce",
+        "ok broadcast",
+        "ok shared stop",
+    ], proc.stdout
