@@ -20,12 +20,13 @@ This module imports torch only inside the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -50,7 +51,7 @@ class DistEnv:
     local_rank: int
     master_addr: str
     master_port: int
-    launcher: str  # torchrun | slurm
+    launcher: str  # torchrun | slurm | submitit_local
 
 
 @dataclass
@@ -125,7 +126,8 @@ def slurm_port(job_id: str | None) -> int:
 
 
 def detect(environ: Mapping[str, str] | None = None) -> DistEnv | None:
-    """torchrun's variables, else SLURM's (with more than one task), else None (one process)."""
+    """torchrun's variables, else SLURM's, else submitit's local ones (each with more than one
+    task), else None: one process."""
     env = os.environ if environ is None else environ
     if "WORLD_SIZE" in env and "RANK" in env:
         missing = [
@@ -171,6 +173,13 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv | None:
             port,
             "slurm",
         )
+    if "SUBMITIT_LOCAL_GLOBALID" in env and "SUBMITIT_LOCAL_NTASKS" in env:  # hydra/launcher=submitit_local
+        world = _int(env, "SUBMITIT_LOCAL_NTASKS")
+        if world <= 1:
+            return None
+        port = slurm_port(env.get("SUBMITIT_LOCAL_JOB_ID"))
+        rank, local = _int(env, "SUBMITIT_LOCAL_GLOBALID"), _int(env, "SUBMITIT_LOCAL_LOCALID")
+        return DistEnv(rank, world, local, "127.0.0.1", port, "submitit_local")
     return None
 
 
@@ -391,24 +400,77 @@ def follower_overrides(run_dir: str) -> list[str]:
     ]
 
 
-def follow_run_dir(env: DistEnv, argv: list[str]) -> list[str]:
-    """Ranks > 0: wait for rank 0's run dir and run there; exit as rank 0 did when it ended
-    before training (--help, --cfg, a config error). Rank 0: argv unchanged."""
-    if env.rank == 0:
-        return argv
+MULTIRUN_REFUSED = (
+    "Error: --multirun under {launcher}: every process would launch the whole sweep. Run the sweep "
+    "without torchrun (one process per job), or with hydra/launcher=slurm, where each job is its own "
+    "group of processes (hydra.launcher.nodes, hydra.launcher.gpus_per_node)"
+)
+_published = False
+
+
+def refuse_multirun(env: DistEnv | None, argv: list[str]) -> None:
+    """`-m` under torchrun or srun: exit 2 at once on every rank (rank 0 says why), before any
+    process waits for another."""
+    if env is not None and ("-m" in argv[1:] or "--multirun" in argv[1:]):
+        if env.rank == 0:
+            print(MULTIRUN_REFUSED.format(launcher=env.launcher), file=sys.stderr)
+        sys.exit(2)
+
+
+def wait_for_run_dir(env: DistEnv | None) -> str | None:
+    """Ranks > 0: rank 0's run dir, once its Hydra has made it; when rank 0 ended before
+    training (--help, --cfg, a config error: it printed why), exit quietly with its exit status."""
+    if env is None or env.rank == 0:
+        return None
     message = json.loads(store(env).get(RUN_DIR_KEY).decode())
     if "exit" in message:
         sys.exit(message["exit"])
+    return message["run_dir"]
+
+
+def follower_argv(argv: list[str], run_dir: str | None) -> list[str]:
+    """argv with rank 0's run dir in place of this rank's own (unchanged on rank 0)."""
+    if run_dir is None:
+        return argv
     ours = ("hydra.run.dir=", "hydra.output_subdir=")
-    return [arg for arg in argv if not arg.startswith(ours)] + follower_overrides(
-        message["run_dir"]
-    )
+    return [arg for arg in argv if not arg.startswith(ours)] + follower_overrides(run_dir)
 
 
-def publish(env: DistEnv | None, message: dict[str, Any]) -> None:
-    """Rank 0 tells the waiting ranks its run dir ({'run_dir': ...}) or its exit ({'exit': code})."""
-    if env is not None and env.rank == 0:
-        store(env).set(RUN_DIR_KEY, json.dumps(message))
+def publish_run_dir(run_dir: str) -> None:
+    """Rank 0, inside its Hydra job: the run dir exists, the other ranks may start."""
+    global _published
+    env = detect()
+    if env is not None and env.rank == 0 and not _published:
+        store(env).set(RUN_DIR_KEY, json.dumps({"run_dir": run_dir}))
+        _published = True
+
+
+@contextlib.contextmanager
+def leading(env: DistEnv | None) -> Iterator[None]:
+    """Around rank 0's command line: if it ends without publishing a run dir, the waiting ranks
+    learn its exit status instead of waiting for ever."""
+    code: Any = 0
+    try:
+        yield
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        raise
+    except BaseException:
+        code = 1
+        raise
+    finally:
+        if env is not None and env.rank == 0 and not _published:
+            store(env).set(RUN_DIR_KEY, json.dumps({"exit": code}))
+
+
+def rank_zeros(env: DistEnv | None, key: str, value: str) -> str:
+    """Rank 0's `value` on every rank, through the rendezvous store (before any process group)."""
+    if env is None:
+        return value
+    if env.rank == 0:
+        store(env).set(f"nettrain/{key}", value)
+        return value
+    return store(env).get(f"nettrain/{key}").decode()
 
 
 # -- what other ranks print ------------------------------------------------------------------

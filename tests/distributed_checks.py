@@ -13,8 +13,9 @@ from nettrain import distributed as dist_lib
 def main() -> None:
     env = dist_lib.detect()
     assert env is not None and env.world_size == 2, env
-    dist_lib.publish(env, {"run_dir": "/shared/run"})
-    argv = dist_lib.follow_run_dir(env, ["nettrain-train", "hydra.run.dir=own"])
+    with dist_lib.leading(env):
+        dist_lib.publish_run_dir("/shared/run")
+    argv = dist_lib.follower_argv(["nettrain-train", "hydra.run.dir=own"], dist_lib.wait_for_run_dir(env))
     assert argv == (
         ["nettrain-train", "hydra.run.dir=own"]
         if env.rank == 0

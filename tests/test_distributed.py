@@ -4,6 +4,8 @@ decision and the overrides that give every rank rank 0's run dir."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from nettrain import distributed as dist_lib
@@ -172,28 +174,45 @@ def test_followers_use_rank_0s_run_dir_and_write_no_hydra_files():
     assert "hydra.output_subdir=null" in overrides
 
 
-def test_follow_run_dir_replaces_the_ranks_own_run_dir(monkeypatch):
+def test_followers_wait_for_rank_0s_run_dir_or_its_exit(monkeypatch):
+    messages = []
+
     class Store:
         def get(self, key):
             assert key == dist_lib.RUN_DIR_KEY
-            return b'{"run_dir": "/out/a"}'
+            return messages[-1].encode()
+
+        def set(self, key, value):
+            messages.append(value)
 
     monkeypatch.setattr(dist_lib, "_store", Store())
-    env = detect(TORCHRUN)
-    argv = dist_lib.follow_run_dir(
-        env, ["nettrain-train", "lr=0.1", "hydra.run.dir=/elsewhere"]
-    )
-    assert argv == ["nettrain-train", "lr=0.1", *dist_lib.follower_overrides("/out/a")]
-    assert dist_lib.follow_run_dir(DistEnv(0, 4, 0, "h", 1, "torchrun"), ["x"]) == ["x"]
-
-    class Exited(Store):
-        def get(self, key):
-            return b'{"exit": 2}'
-
-    monkeypatch.setattr(dist_lib, "_store", Exited())
+    monkeypatch.setattr(dist_lib, "_published", False)
+    leader, follower = DistEnv(0, 2, 0, "h", 1, "torchrun"), DistEnv(1, 2, 1, "h", 1, "torchrun")
+    with pytest.raises(SystemExit), dist_lib.leading(leader):
+        sys.exit(2)  # rank 0 ended before training (a config error)
     with pytest.raises(SystemExit) as exited:
-        dist_lib.follow_run_dir(env, ["nettrain-train"])
+        dist_lib.wait_for_run_dir(follower)
     assert exited.value.code == 2
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    with dist_lib.leading(leader):
+        dist_lib.publish_run_dir("/out/a")
+    assert len(messages) == 2  # published once, and not replaced by an exit status
+    run_dir = dist_lib.wait_for_run_dir(follower)
+    argv = dist_lib.follower_argv(["nettrain-train", "lr=0.1", "hydra.run.dir=/elsewhere"], run_dir)
+    assert argv == ["nettrain-train", "lr=0.1", *dist_lib.follower_overrides("/out/a")]
+    assert dist_lib.wait_for_run_dir(leader) is None
+
+
+def test_multirun_under_a_launcher_is_refused_by_every_rank(capsys):
+    for rank in (0, 1):
+        with pytest.raises(SystemExit) as exited:
+            dist_lib.refuse_multirun(DistEnv(rank, 2, rank, "h", 1, "torchrun"), ["nettrain-train", "-m", "lr=1,2"])
+        assert exited.value.code == 2
+    assert capsys.readouterr().err.count("Error: --multirun under torchrun: every process") == 1
+    dist_lib.refuse_multirun(None, ["nettrain-train", "-m"])  # one process: Hydra's multirun as usual
 
 
 def test_two_gloo_processes_share_the_run_dir_sums_and_the_stop_decision(tmp_path):
@@ -205,3 +224,9 @@ def test_two_gloo_processes_share_the_run_dir_sums_and_the_stop_decision(tmp_pat
         "ok broadcast",
         "ok shared stop",
     ], proc.stdout
+
+
+def test_submitit_local_tasks_form_a_group_on_this_machine():
+    env = detect({"SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_NTASKS": "2",
+                  "SUBMITIT_LOCAL_JOB_ID": "4242"})
+    assert env == DistEnv(1, 2, 1, "127.0.0.1", 15000 + 4242, "submitit_local")

@@ -1,0 +1,119 @@
+"""The real CLI under torchrun: 2 gloo processes on CPU train like one process, in one run dir,
+with one checkpoint that moves between world sizes, and resume that is exact.
+
+One 2-process run (module fixture) serves several tests; each torchrun start costs seconds on a
+small machine, so these are few."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import make_cfg
+from torchrun import torchrun
+
+from nettrain.metrics import read_metrics
+from nettrain.verify_resume import compare_runs
+
+pytestmark = pytest.mark.slow
+
+RUN = ["data=synthetic", "data.num_samples=400", "epochs=2", "early_stopping.enabled=false",
+       "console.show_config=false", "console.show_model=false"]
+TIMING = ("epoch_time_s", "samples_per_s")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """`torchrun --nproc_per_node=2 --no-python nettrain-train ...` without hydra.run.dir."""
+    cwd = tmp_path_factory.mktemp("straight")
+    proc = torchrun("nettrain-train", *RUN, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, cwd
+
+
+def only_run_dir(cwd: Path) -> Path:
+    """The one run dir under outputs/<date>/<time>/, and nothing else written."""
+    assert [p.name for p in cwd.iterdir()] == ["outputs"]
+    days = list((cwd / "outputs").iterdir())
+    assert len(days) == 1, days
+    runs = list(days[0].iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_two_processes_leave_one_run_dir_and_print_once(straight):
+    proc, cwd = straight
+    run_dir = only_run_dir(cwd)
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".hydra", "checkpoints", "metrics.csv", "plots", "summary.json", "train.log"]
+    assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == [
+        "config.yaml", "hydra.yaml", "overrides.yaml", "provenance.json"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["world_size"], summary["backend"], summary["status"]) == (2, "gloo", "completed")
+    epoch_lines = [line for line in proc.stdout.splitlines() if line.lstrip().startswith(("1 ", "2 "))]
+    assert len(epoch_lines) == 2, proc.stdout  # one line per epoch: only rank 0 prints
+    assert proc.stdout.count("test_acc") == 1
+
+
+def test_two_processes_compute_what_one_process_computes(straight, tmp_path):
+    from nettrain.train import train
+
+    _, cwd = straight
+    run_dir = only_run_dir(cwd)
+    one = train(make_cfg(*RUN), output_dir=tmp_path / "one")
+    two = json.loads((run_dir / "summary.json").read_text())
+    rows_one, rows_two = read_metrics(tmp_path / "one" / "metrics.csv"), read_metrics(run_dir / "metrics.csv")
+    assert len(rows_one) == len(rows_two) == 2
+    for a, b in zip(rows_one, rows_two):
+        for key in ("train_loss", "val_loss", "val_acc"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), (key, a[key], b[key])
+    assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-4)
+    assert (one["world_size"], one["backend"]) == (1, None)
+
+
+def test_a_two_process_checkpoint_evaluates_and_resumes_in_one_process(straight, tmp_path):
+    from nettrain.evaluate import evaluate_checkpoint
+    from nettrain.train import train
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(only_run_dir(straight[1]), run_dir)
+    two = json.loads((run_dir / "summary.json").read_text())
+    result = evaluate_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert result["test_acc"] == pytest.approx(two["test_acc"], abs=1e-6)
+    assert result["test_loss"] == pytest.approx(two["test_loss"], rel=1e-5)
+    resumed = train(make_cfg(*RUN, "epochs=3", f"resume={run_dir}"), output_dir=run_dir)
+    assert (resumed["status"], resumed["epochs_run"], resumed["world_size"]) == ("completed", 3, 1)
+    assert [r["epoch"] for r in read_metrics(run_dir / "metrics.csv")] == [1, 2, 3]
+
+
+def test_a_run_interrupted_on_one_rank_mid_epoch_resumes_under_torchrun_bit_identically(straight, tmp_path):
+    run_dir = tmp_path / "run"
+    # SIGTERM reaches rank 1 alone before its step 3; the ranks check every 2 steps, so both stop
+    # after step 4 of epoch 1 (5 steps of 64 = 2 x 32 samples), and rank 0 writes one checkpoint
+    proc = torchrun("ddp_signal.py", "1", "3", *RUN, "distributed.stop_check_every=2",
+                    f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted", proc.stderr[-3000:]
+    assert "interrupted after 4 steps" in proc.stdout, proc.stdout
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
+    proc = torchrun("nettrain-train", f"resume={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert compare_runs(only_run_dir(straight[1]), run_dir) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # the resume wrote nowhere else
+
+
+def test_verify_resume_under_torchrun(tmp_path):
+    proc = torchrun("nettrain-verify-resume", *RUN, "--out", str(tmp_path / "verify"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert proc.stdout.count("identical: straight vs interrupted after step 5 of 10 and resumed") == 1
+    assert json.loads((tmp_path / "verify" / "verify.json").read_text())["identical"] is True
+
+
+def test_multirun_under_torchrun_is_refused_at_once(tmp_path):
+    proc = torchrun("nettrain-train", "-m", "batch_size=32,64", *RUN, cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("Error: --multirun under torchrun") == 1, proc.stderr
+    assert list(tmp_path.iterdir()) == []
