@@ -92,7 +92,10 @@ def build_data(cfg: DictConfig) -> tuple[DataSplits, dict[str, Any]]:
 
 def build_model(cfg: DictConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
     """The model for the data's input shape and class count, on `device`."""
-    model = instantiate(cfg.model, "model", input_shape=list(data.input_shape), num_classes=data.num_classes)
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(node, dict)
+    node.pop("sync_bn", None)  # read by the distributed wrapper (build_run), not the model
+    model = instantiate(node, "model", input_shape=list(data.input_shape), num_classes=data.num_classes)
     return model.to(device)
 
 
@@ -161,7 +164,7 @@ class Run:
 
     device: torch.device
     data: DataSplits
-    loader: dict[str, Any]  # in_memory, num_workers
+    loader: dict[str, Any]  # in_memory, num_workers, and this rank's place (rank, world_size)
     batch_size: int
     state: TrainState
     train_batches: Batches
@@ -175,10 +178,13 @@ class Run:
 def build_run(cfg: DictConfig, device: torch.device) -> Run:
     """Everything the loop needs, from the config: data, model, loss, optimizer, precision,
     schedule, early stopping and the gradient monitor, with fresh (unrestored) state."""
+    from nettrain import distributed
     from nettrain.precision import Precision
 
     data, loader = build_data(cfg)
-    model = build_model(cfg, data, device)
+    ctx = distributed.context()  # rank 0 of 1 unless under torchrun/SLURM
+    loader.update(rank=ctx.rank, world_size=ctx.world_size)  # each rank's share of every batch
+    model = distributed.sync_batchnorm(build_model(cfg, data, device), cfg.model.get("sync_bn", False), device)
     if use_channels_last(cfg.trainer.channels_last, device, model):
         model = model.to(memory_format=torch.channels_last)
         for split in (data.train, data.val, data.test):
@@ -188,7 +194,9 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     if cfg.trainer.compile:
         model.compile()  # in place: state_dict keys and checkpoints stay the same
     order = torch.Generator().manual_seed(cfg.seed)  # the data order has its own generator
-    train_batches = Batches(data.train, cfg.batch_size, device, shuffle=True, generator=order, **loader)
+    train_batches = Batches(
+        data.train, cfg.batch_size, device, shuffle=True, generator=order, drop_unshareable=True, **loader
+    )
     state = TrainState(
         model=model,
         loss_fn=loss_fn,
@@ -198,6 +206,7 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         grad_monitor=build_grad_monitor(cfg, model),
         precision=Precision(cfg.trainer.precision, device),
         data_generator=order,
+        ddp=distributed.wrap(model, device),
     )
     return Run(
         device, data, loader, cfg.batch_size, state, train_batches, Batches(data.val, cfg.batch_size, device, **loader)

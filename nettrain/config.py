@@ -84,6 +84,12 @@ class ConsoleConfig:
     show_model: bool = True  # print the model and its parameter count at the start
 
 
+@dataclass
+class DistributedConfig:
+    backend: str = "auto"  # under torchrun/SLURM: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+    stop_check_every: int = 10  # steps between the processes' check for a stop signal (one CPU message)
+
+
 def _cross_entropy() -> dict:
     return {"_target_": "torch.nn.CrossEntropyLoss", "label_smoothing": 0.0}
 
@@ -111,6 +117,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 def register_schema() -> None:
@@ -122,6 +129,8 @@ def register_schema() -> None:
 
     ConfigStore.instance().store(name="nettrain_schema", node=TrainConfig)
     help_page.register()
+    # conf/hydra/launcher/slurm.yaml: one task per GPU, and one for a CPU-only job
+    OmegaConf.register_new_resolver("nettrain.at_least_one", lambda n: max(1, int(n or 0)), replace=True)
 
 
 class ConfigError(ValueError):
@@ -227,12 +236,15 @@ def _check_top_level(c: Checks) -> None:
     c.choice("trainer.precision", ("32", "bf16", "fp16"))
     c.choice("trainer.channels_last", ("auto", "on", "off"))
     c.choice("trainer.fused_optimizer", ("auto", "on", "off"))
+    c.choice("distributed.backend", ("auto", "gloo", "nccl"))
+    c.need("distributed.stop_check_every", lambda v: v >= 1, "must be an integer >= 1 (1 = every step)")
 
 
 def _check_model(c: Checks) -> None:
     c.choice("model.activation", ACTIVATIONS)
     c.choice("model.norm", NORMS)
     c.choice("model.init", INITS)
+    c.need("model.sync_bn", lambda v: isinstance(v, bool), "allowed: true, false")
     conv = "channels" in (c.get("model") or {})
     if c.get("model.hidden") is not None and not conv:
         c.need(

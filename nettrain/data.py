@@ -170,6 +170,8 @@ class Batches:
     in_memory=True: the split is moved to the device once; each pass draws a permutation with
     `generator` (shuffle) and slices it. in_memory=False: a DataLoader over the CPU tensors with
     the same permutation as its sampler, `num_workers` workers, and pinned memory on CUDA.
+    Under torchrun/SLURM (`world_size` > 1) each batch of `batch_size` is the global batch: this
+    rank gets its contiguous share of it (nettrain/distributed.py), and `n` counts every rank's.
     """
 
     def __init__(
@@ -181,12 +183,21 @@ class Batches:
         generator: torch.Generator | None = None,
         in_memory: bool = True,
         num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_unshareable: bool = False,
     ):
         if shuffle and generator is None:
             raise ValueError("shuffle=True needs a torch.Generator for the data order")
         self.batch_size, self.device, self.shuffle, self.generator = batch_size, device, shuffle, generator
         self.in_memory, self.num_workers = in_memory, num_workers
-        self.n = len(split)
+        self.rank, self.world_size = rank, world_size
+        self.n = len(split)  # samples per pass over all ranks
+        if drop_unshareable:  # training: a last batch smaller than the world size would leave a rank idle
+            from nettrain.distributed import usable_samples
+
+            self.n = usable_samples(self.n, batch_size, world_size)
+        self.dropped = len(split) - self.n
         if in_memory:
             self.x, self.y = split.x.to(device), split.y.to(device)
         else:
@@ -197,34 +208,52 @@ class Batches:
 
     def order(self) -> torch.Tensor | None:
         """This pass's sample order (CPU), or None for the natural order."""
-        return torch.randperm(self.n, generator=self.generator) if self.shuffle else None
+        return torch.randperm(self.n + self.dropped, generator=self.generator) if self.shuffle else None
+
+    def loss_weight(self, step: int, share: int) -> float:
+        """The factor on this rank's mean loss at `step` that makes the averaged gradient the
+        global batch's mean (1.0 in one process, and whenever the shares are equal)."""
+        if self.world_size == 1:
+            return 1.0
+        from nettrain.distributed import loss_weight
+
+        return loss_weight(share, min(self.batch_size, self.n - step * self.batch_size), self.world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One pass: a fresh order from the generator when shuffling."""
         return self.batches(self.order())
 
+    def _positions(self, first_step: int) -> Iterator[tuple[int, int]]:
+        """(start, stop) positions of this rank's share of each global batch from `first_step` on."""
+        from nettrain.distributed import share_of
+
+        for start in range(first_step * self.batch_size, self.n, self.batch_size):
+            stop = min(start + self.batch_size, self.n)
+            yield share_of(start, stop, self.rank, self.world_size) if self.world_size > 1 else (start, stop)
+
     def batches(self, order: torch.Tensor | None, first_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one pass in `order` (None: natural order), starting at batch `first_step`."""
-        begin = first_step * self.batch_size
         if self.in_memory:
             if order is not None:
                 order = order.to(self.device)
-            for start in range(begin, self.n, self.batch_size):
+            for start, stop in self._positions(first_step):
+                if stop == start:  # evaluation: a last batch smaller than the world size
+                    continue
                 if order is None:
-                    yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+                    yield self.x[start:stop], self.y[start:stop]
                 else:  # index_select: the same rows as x[idx], with less overhead than advanced indexing
-                    idx = order[start : start + self.batch_size]
+                    idx = order[start:stop]
                     yield self.x.index_select(0, idx), self.y.index_select(0, idx)
             return
         from torch.utils.data import DataLoader, TensorDataset
 
-        indices = range(self.n) if order is None else order.tolist()
+        indices = list(range(self.n)) if order is None else order.tolist()
+        shares = [indices[start:stop] for start, stop in self._positions(first_step) if stop > start]
         # its own generator: a DataLoader draws a base seed when it starts, which must not come
         # from torch's global RNG (that would shift dropout after a mid-epoch resume)
         loader = DataLoader(
             TensorDataset(self.x, self.y),
-            batch_size=self.batch_size,
-            sampler=indices[begin:],
+            batch_sampler=shares,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(0),

@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
@@ -32,9 +33,7 @@ from datetime import timedelta
 from typing import Any
 
 BACKENDS = ("auto", "gloo", "nccl")
-TIMEOUT = timedelta(
-    minutes=10
-)  # rendezvous and collectives: a lost rank fails the run, never hangs it
+TIMEOUT = timedelta(minutes=10)  # rendezvous and collectives: a lost rank fails the run, never hangs it
 RUN_DIR_KEY = "nettrain/run_dir"
 
 
@@ -66,7 +65,8 @@ class Context:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """In a process group (of 1 too, under `torchrun --nproc_per_node=1`)."""
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -75,10 +75,9 @@ class Context:
 
 _context = Context()
 _store: Any = None
-_control_group: Any = (
-    None  # a gloo group for the small CPU messages (stop flags) under nccl
-)
+_control_group: Any = None  # a gloo group for the small CPU messages (stop flags) under nccl
 _owns_group = False
+_device: Any = None  # this rank's device while in the group
 
 
 def context() -> Context:
@@ -93,9 +92,7 @@ def _int(environ: Mapping[str, str], name: str) -> int:
     try:
         return int(environ[name])
     except ValueError:
-        raise DistributedSetupError(
-            f"{name}={environ[name]!r}: must be an integer"
-        ) from None
+        raise DistributedSetupError(f"{name}={environ[name]!r}: must be an integer") from None
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
@@ -110,9 +107,7 @@ def expand_nodelist(nodelist: str) -> list[str]:
         for part in ranges.split(","):
             low, _, high = part.partition("-")
             if not low.isdigit() or (high and not high.isdigit()):
-                raise DistributedSetupError(
-                    f"SLURM_JOB_NODELIST={nodelist!r}: cannot read the range {part!r}"
-                )
+                raise DistributedSetupError(f"SLURM_JOB_NODELIST={nodelist!r}: cannot read the range {part!r}")
             for number in range(int(low), int(high or low) + 1):
                 hosts.append(f"{prefix}{number:0{len(low)}d}{suffix}")
     if not hosts:
@@ -130,19 +125,13 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv | None:
     task), else None: one process."""
     env = os.environ if environ is None else environ
     if "WORLD_SIZE" in env and "RANK" in env:
-        missing = [
-            name
-            for name in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-            if name not in env
-        ]
+        missing = [name for name in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if name not in env]
         if missing:
             raise DistributedSetupError(
                 f"RANK and WORLD_SIZE are set but {', '.join(missing)} is not: start the processes with "
                 "torchrun (or set all of RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)"
             )
-        world = _int(env, "WORLD_SIZE")
-        if world <= 1:
-            return None
+        world = _int(env, "WORLD_SIZE")  # a group of 1 too: torchrun was asked for it
         return DistEnv(
             _int(env, "RANK"),
             world,
@@ -160,11 +149,7 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv | None:
             raise DistributedSetupError(
                 "SLURM_NTASKS > 1 but SLURM_JOB_NODELIST is not set: cannot find the master host"
             )
-        port = (
-            _int(env, "MASTER_PORT")
-            if "MASTER_PORT" in env
-            else slurm_port(env.get("SLURM_JOB_ID"))
-        )
+        port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else slurm_port(env.get("SLURM_JOB_ID"))
         return DistEnv(
             _int(env, "SLURM_PROCID"),
             world,
@@ -196,17 +181,14 @@ def device_name(setting: str, env: DistEnv, cuda_available: bool) -> str:
         return "cpu"
     if setting in ("auto", "cuda"):
         if not cuda_available:
-            raise ConfigError(
-                [f"device={setting!r}: CUDA is not available here; allowed: auto, cpu"]
-            )
+            raise ConfigError([f"device={setting!r}: CUDA is not available here; allowed: auto, cpu"])
         return f"cuda:{env.local_rank}"
-    raise ConfigError(
-        [
-            f"device={setting!r}: under {env.launcher} each process uses the GPU of its local rank "
-            f"(cuda:LOCAL_RANK, here cuda:{env.local_rank}), so one fixed device cannot be given; "
-            "allowed: auto, cuda, cpu (choose the GPUs with CUDA_VISIBLE_DEVICES)"
-        ]
+    why = (
+        f"device={setting!r}: under {env.launcher} each process uses the GPU of its local rank "
+        f"(cuda:LOCAL_RANK, here cuda:{env.local_rank}), so one fixed device cannot be given; "
+        "allowed: auto, cuda, cpu (choose the GPUs with CUDA_VISIBLE_DEVICES)"
     )
+    raise ConfigError([why])
 
 
 def backend_for(setting: str, device_type: str) -> str:
@@ -217,11 +199,32 @@ def backend_for(setting: str, device_type: str) -> str:
         return "nccl" if device_type == "cuda" else "gloo"
     if setting == "nccl" and device_type != "cuda":
         raise ConfigError(
-            [
-                f"distributed.backend='nccl': needs device=cuda (this run is on {device_type}); allowed: auto, gloo"
-            ]
+            [f"distributed.backend='nccl': needs device=cuda (this run is on {device_type}); allowed: auto, gloo"]
         )
     return setting
+
+
+def sync_batchnorm(model, enabled: bool, device):
+    """`model.sync_bn`: BatchNorm -> SyncBatchNorm in a process group (a no-op in one process)."""
+    if not (enabled and _context.distributed):
+        return model
+    if device.type != "cuda":
+        from nettrain.config import ConfigError
+
+        why = f"model.sync_bn=True: torch's SyncBatchNorm runs on CUDA only (this run is on {device}); allowed on CPU: false"
+        raise ConfigError([why])
+    import torch
+
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def wrap(model, device):
+    """The DistributedDataParallel wrapper of `model` in a process group (None in one process)."""
+    if not _context.distributed:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 # -- the global batch -------------------------------------------------------------------------
@@ -294,20 +297,56 @@ def init(env: DistEnv, backend: str, device) -> Context:
         )
         _owns_group = True
         _control_group = dist.new_group(backend="gloo") if backend != "gloo" else None
-    _context = Context(
-        env.rank, env.world_size, env.local_rank, dist.get_backend(), env.launcher
-    )
+    _context = Context(env.rank, env.world_size, env.local_rank, dist.get_backend(), env.launcher)
     if env.rank != 0:
         prefix_warnings(env.rank)
     return _context
 
 
-def shutdown() -> None:
-    """Leave the process group this module joined (a no-op otherwise)."""
+@contextlib.contextmanager
+def group(cfg) -> Iterator[Any]:
+    """Around one run: under torchrun/SLURM, join the process group (unless this process already
+    has, as nettrain-verify-resume does for its three runs) and yield this rank's device; leave
+    the group afterwards. Yields None in a single process."""
+    env = detect()
+    if env is None:
+        yield None
+        return
+    if _context.distributed:
+        yield _device
+        return
+    device = join(cfg, env)
+    try:
+        yield device
+    except BaseException:
+        shutdown(wait=False)
+        raise
+    shutdown()
+
+
+def join(cfg, env: DistEnv | None = None):
+    """Join the process group for the run config `cfg` (device, distributed.backend); return the device."""
+    global _device
+    import torch
+
+    from nettrain.build import resolve_device
+
+    env = env or detect()
+    assert env is not None
+    _device = resolve_device(device_name(cfg.device, env, torch.cuda.is_available()))
+    init(env, backend_for(cfg.distributed.backend, _device.type), _device)
+    return _device
+
+
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group this module joined (a no-op otherwise); `wait`: after every rank
+    got here (rank 0 may still be writing), so no rank's exit cuts another short."""
     global _context, _control_group, _owns_group
     import torch.distributed as dist
 
     if _owns_group and dist.is_initialized():
+        if wait:
+            dist.barrier(group=_control_group)
         dist.destroy_process_group()
     _context, _control_group, _owns_group = Context(), None, False
 
@@ -352,6 +391,54 @@ def agree(flag: int) -> int:
     t = torch.tensor([flag], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group)
     return int(t.item())
+
+
+def shared_stop(stop, every: int):
+    """In a process group: `stop` as a SharedStop checking every `every` steps (a new one when
+    None); outside one: None, and the caller keeps its own."""
+    if not _context.distributed:
+        return None
+    stop = stop or SharedStop()
+    if not isinstance(stop, SharedStop):
+        raise TypeError("under torchrun/SLURM the stop request must be a distributed.SharedStop")
+    stop.every = every
+    return stop
+
+
+def introduce(reporter, train_batches, batch_size: int) -> None:
+    """Say how the processes share the work; warn when samples are left out of each epoch."""
+    if not _context.distributed:
+        return
+    reporter.note(
+        f"distributed: {_context.world_size} processes ({_context.launcher}, {_context.backend}); each takes "
+        f"its share of every global batch of {batch_size}"
+    )
+    if train_batches.dropped and _context.is_main:
+        reporter.warn(
+            f"each epoch leaves out the last {train_batches.dropped} sample(s) of its order: fewer than the "
+            f"{_context.world_size} processes (batch_size={batch_size}), so not every process would get one"
+        )
+
+
+def rank_prefix() -> str:
+    """'[rank N] ' on ranks > 0 (for messages), '' on rank 0 and in one process."""
+    rank = _context.rank
+    if not _context.distributed:
+        try:
+            env = detect()
+        except DistributedSetupError:
+            env = None
+        rank = env.rank if env is not None else 0
+    return f"[rank {rank}] " if rank else ""
+
+
+def detect_or_exit() -> DistEnv | None:
+    """detect() for the command line: a contradictory environment is an error message and exit 2."""
+    try:
+        return detect()
+    except DistributedSetupError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 class SharedStop:
@@ -409,12 +496,19 @@ _published = False
 
 
 def refuse_multirun(env: DistEnv | None, argv: list[str]) -> None:
-    """`-m` under torchrun or srun: exit 2 at once on every rank (rank 0 says why), before any
-    process waits for another."""
-    if env is not None and ("-m" in argv[1:] or "--multirun" in argv[1:]):
-        if env.rank == 0:
-            print(MULTIRUN_REFUSED.format(launcher=env.launcher), file=sys.stderr)
-        sys.exit(2)
+    """`-m` under torchrun or srun: exit 2 on every rank at once, rank 0 saying why. Rank 0 leaves
+    last, after every rank has seen its answer, so no early exit cuts its message short."""
+    if env is None or not ("-m" in argv[1:] or "--multirun" in argv[1:]):
+        return
+    key = "nettrain/multirun_refused"
+    if env.rank == 0:
+        print(MULTIRUN_REFUSED.format(launcher=env.launcher), file=sys.stderr, flush=True)
+        store(env).set(key, "1")
+        store(env).wait([f"{key}/{rank}" for rank in range(1, env.world_size)], TIMEOUT)
+    else:
+        store(env).get(key)
+        store(env).set(f"{key}/{env.rank}", "1")
+    sys.exit(2)
 
 
 def wait_for_run_dir(env: DistEnv | None) -> str | None:
@@ -471,6 +565,26 @@ def rank_zeros(env: DistEnv | None, key: str, value: str) -> str:
         store(env).set(f"nettrain/{key}", value)
         return value
     return store(env).get(f"nettrain/{key}").decode()
+
+
+# -- pre-emption under submitit ---------------------------------------------------------------
+
+
+def preemption_signal(environ: Mapping[str, str] | None = None) -> int | None:
+    """The signal submitit's SLURM jobs get before their time limit or a pre-emption (USR2, or
+    SUBMITIT_PREEMPT_SIGNAL); None outside submitit."""
+    env = os.environ if environ is None else environ
+    if "SUBMITIT_EXECUTOR" not in env:
+        return None
+    return int(getattr(signal, "SIG" + env.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")))
+
+
+def hand_over(signum: int) -> None:
+    """After the checkpoint is written: the launcher's own handler of the pre-emption signal
+    (submitit's requeues the job, whose next start resumes from the checkpoint)."""
+    handler = signal.getsignal(signum)
+    if callable(handler):
+        handler(signum, None)
 
 
 # -- what other ranks print ------------------------------------------------------------------

@@ -37,16 +37,18 @@ class StopRequest:
 def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
     """SIGINT/SIGTERM ask the loop to finish its step, save and leave; a second one waits for the save."""
 
+    from nettrain.distributed import preemption_signal
+
     def handler(signum, frame):
-        if stop.signum is not None:
+        if stop.signum is not None or getattr(stop, "pending", None) is not None:
             os.write(2, b"\nstill stopping: writing the checkpoint, please wait\n")
             return
         stop.request(signum)
         os.write(2, f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint\n".encode())
 
     previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+    try:  # under submitit also its pre-emption signal: first the checkpoint, then its requeue
+        for sig in (signal.SIGINT, signal.SIGTERM, *filter(None, [preemption_signal()])):
             previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread: leave signals alone
         pass

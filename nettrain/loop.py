@@ -38,14 +38,17 @@ class FitResult:
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: nn.Module, batches) -> tuple[float, float]:
     """Mean loss and accuracy over all batches, in eval mode (dropout off, BatchNorm running stats)."""
+    from nettrain import distributed
+
     model.eval()
-    loss_sum = correct = None
-    for x, y in batches:
+    distributed.broadcast_buffers(model)  # every rank evaluates rank 0's BatchNorm statistics
+    device = next(model.parameters()).device
+    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+    for x, y in batches:  # this rank's share of the split
         out = model(x)
-        batch_loss = loss_fn(out, y) * len(y)
-        batch_correct = (out.argmax(dim=1) == y).sum()
-        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-        correct = batch_correct if correct is None else correct + batch_correct
+        loss_sum += loss_fn(out, y) * len(y)
+        correct += (out.argmax(dim=1) == y).sum()
+    distributed.all_reduce_sum(loss_sum, correct)  # the sums over every rank's share
     return (loss_sum / batches.n).item(), (correct / batches.n).item()
 
 
@@ -73,17 +76,21 @@ class RunOutputs:
     reporter: Any  # nettrain.report.Reporter
 
 
-def train_step(state: TrainState, settings: LoopSettings) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def train_step(state: TrainState, settings: LoopSettings) -> Callable[..., torch.Tensor]:
     """The update for one batch: forward, loss, backward, gradient monitor, clipping, optimizer
-    step, schedule. Returns step(x, y) -> the batch's loss sum (detached, on the device)."""
+    step, schedule. Returns step(x, y, weight=1.0) -> the batch's loss sum (detached, on the
+    device); `weight` scales the loss for backward (a rank's share of a global batch)."""
     model, optimizer, precision, schedule = state.model, state.optimizer, state.precision, state.schedule
+    forward = state.train_model  # under DDP the wrapper, whose backward averages the gradients over ranks
     loss_fn, grad_monitor = state.loss_fn, state.grad_monitor
     l1_params: list[torch.Tensor] = [p for p in model.parameters() if p.dim() > 1]  # weight matrices, conv kernels
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def step(x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
         with precision.autocast():
-            loss = loss_fn(model(x), y)  # forward + data loss
+            loss = loss_fn(forward(x), y)  # forward + data loss
         batch_loss_sum = loss.detach() * len(y)
+        if weight != 1.0:
+            loss = loss * weight
         if settings.l1:
             loss = loss + settings.l1 * l1_penalty(l1_params)
         optimizer.zero_grad(set_to_none=True)
@@ -109,6 +116,8 @@ def fit(
     stop: StopRequest | None = None,
 ) -> FitResult:
     """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs."""
+    from nettrain import distributed
+
     model, early_stopping, grad_monitor, schedule = (
         state.model,
         state.early_stopping,
@@ -124,19 +133,23 @@ def fit(
         resuming = epoch == start.epoch + 1 and start.order is not None
         order = start.order if resuming else train_batches.order()
         step = start.step_in_epoch if resuming else 0
-        loss_sum = start.loss_sum if resuming and start.loss_sum is not None else torch.zeros((), device=state.device)
+        loss_sum = torch.zeros((), device=state.device)
+        if resuming and start.loss_sum is not None and distributed.context().is_main:
+            loss_sum = start.loss_sum  # the saved sum is every rank's: counted once, on rank 0
         train_time = start.train_time if resuming else 0.0
         model.train()
         started = time.perf_counter()
         with out.reporter.progress(len(train_batches), epoch, done=step) as advance:
             for x, y in train_batches.batches(order, first_step=step):
-                loss_sum += step_fn(x, y)
+                loss_sum += step_fn(x, y, train_batches.loss_weight(step, len(y)))
                 step += 1
                 advance()
                 if stop.tick() and step < len(train_batches):  # interrupted mid-epoch: save and leave
                     train_time += time.perf_counter() - started
+                    loss_sum = distributed.all_reduce_sum(loss_sum.clone())[0]  # the sum over every rank
                     out.checkpointer.save(state, Position(epoch - 1, step, order, loss_sum, train_time, best_weights))
                     return FitResult(epoch - 1, False, early_stopping.best_epoch, early_stopping.best, True)
+        distributed.all_reduce_sum(loss_sum)  # every rank's shares
         train_loss = (loss_sum / train_batches.n).item()  # the epoch's one host sync for training
         train_time += time.perf_counter() - started
 

@@ -21,11 +21,14 @@ FINISHED = (COMPLETED, EARLY_STOPPED)  # nothing left to do: a sweep launched ag
 
 
 class MetricsWriter:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, enabled: bool = True):
+        """`enabled=False`: write nothing (the other ranks of a distributed run)."""
+        self.path, self.enabled = Path(path), enabled
 
     def write(self, rows: list[dict]) -> None:
         """Rewrite the file from all rows so far (a resumed run's rows included)."""
+        if not self.enabled:
+            return
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()

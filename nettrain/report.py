@@ -8,8 +8,10 @@ no progress bar. Every epoch line and warning also goes to the run's log file.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,8 +33,17 @@ _COLUMNS = [
 
 class Reporter:
     def __init__(
-        self, progress: str = "auto", show_config: bool = True, show_model: bool = True, console: Console | None = None
+        self,
+        progress: str = "auto",
+        show_config: bool = True,
+        show_model: bool = True,
+        console: Console | None = None,
+        rank: int = 0,
     ):
+        """`rank` > 0 (another process of a distributed run): only warnings, to stderr, prefixed with the rank."""
+        self.rank = rank
+        if rank:
+            console = Console(file=io.StringIO())
         self.console = console or Console(highlight=False, soft_wrap=True)  # long lines stay whole
         self.show_progress = progress == "on" or (progress == "auto" and self.console.is_terminal)
         self.show_config, self.show_model = show_config, show_model
@@ -80,6 +91,8 @@ class Reporter:
         log.info("epoch %s", {k: row[k] for k, _, _ in _COLUMNS} | {"best": is_best})
 
     def warn(self, message: str) -> None:
+        if self.rank:
+            print(f"[rank {self.rank}] warning: {message}", file=sys.stderr)
         self.console.print(f"warning: {message}", style="yellow", markup=False)
         log.warning(message)
 

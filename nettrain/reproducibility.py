@@ -162,8 +162,11 @@ def provenance_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str
     return lines
 
 
-def write_provenance(device, data_fingerprint: str, output_dir: Path, resumed: bool, report) -> dict[str, Any]:
-    """Write provenance.json; print what differs from the run this one repeats or resumes."""
+def write_provenance(
+    device, data_fingerprint: str, output_dir: Path, resumed: bool, report, write: bool = True
+) -> dict[str, Any]:
+    """Write provenance.json (unless `write` is False: the other ranks of a distributed run);
+    print what differs from the run this one repeats or resumes."""
     import json
 
     from nettrain.files import write_json
@@ -171,6 +174,8 @@ def write_provenance(device, data_fingerprint: str, output_dir: Path, resumed: b
 
     record = provenance(device, data_fingerprint)
     record_dir = hydra_output_subdir() or output_dir
+    if not write:
+        return record
     write_json(record_dir / "provenance.json", record)
     origin = (output_dir / ".hydra") if resumed else rerun_source()
     if origin is not None and (origin / "provenance.json").is_file() and origin != record_dir:

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from nettrain import distributed
 from nettrain.config import plain
 from nettrain.metrics import COMPLETED, EARLY_STOPPED, FAILED, INTERRUPTED
 
@@ -95,11 +96,14 @@ def write_summary(
         "data_fingerprint": record["data_fingerprint"],
         "config_hash": config_hash(plain(cfg)),
         "launch": launch_id(),
+        "world_size": distributed.context().world_size,
+        "backend": distributed.context().backend,
     }
     if result.interrupted:
         summary["signal"] = stop.signum
-    save_plots(history, output_dir / "plots")
-    write_json(output_dir / "summary.json", summary)
+    if distributed.context().is_main:
+        save_plots(history, output_dir / "plots")
+        write_json(output_dir / "summary.json", summary)
     reporter.summary(summary)
     if result.interrupted and cfg.checkpoint.enabled:
         reporter.note(

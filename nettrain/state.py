@@ -45,6 +45,12 @@ class TrainState:
     data_generator: torch.Generator  # the data order's own generator
     history: list[dict] = field(default_factory=list)  # the metrics rows of the epochs done
     extras: dict[str, Any] = field(default_factory=dict)  # optional stateful parts, by checkpoint key
+    ddp: nn.Module | None = None  # under torchrun/SLURM: the DistributedDataParallel wrapper of `model`
+
+    @property
+    def train_model(self) -> nn.Module:
+        """What the training forward runs: the DDP wrapper (it synchronises the gradients), or the model."""
+        return self.ddp if self.ddp is not None else self.model
 
     def checkpointed(self) -> Iterator[tuple[str, Any]]:
         """(checkpoint key, object with state_dict/load_state_dict) for every stateful part.

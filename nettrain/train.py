@@ -24,6 +24,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from nettrain import distributed
 from nettrain.config import ConfigError, plain, register_schema, validate
 from nettrain.interrupt import stop_on_signals
 from nettrain.metrics import FINISHED, INTERRUPTED
@@ -37,9 +38,16 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
 
     With `cfg.resume` set, continue that run in its own folder from its newest valid checkpoint.
     `stop` (a loop.StopRequest) lets a caller interrupt the run; SIGINT/SIGTERM do the same.
+    Under torchrun/SLURM every rank calls it: the ranks train together, and only rank 0 writes.
     """
     validate(cfg)
-    started = time.perf_counter()
+    with distributed.group(cfg) as device:  # this rank's device in the process group (None: one process)
+        return _run(cfg, output_dir, stop, device)
+
+
+def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[str, Any]:
+    started, leader = time.perf_counter(), distributed.context().is_main
+    say = print if leader else (lambda *args: None)
     if output_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
@@ -57,10 +65,11 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
     if not cfg.resume and in_multirun():  # a re-launched sweep: skip, resume or re-run this config
         from nettrain.sweep import claim, config_hash
 
-        previous = claim(output_dir, config_hash(plain(cfg)), launch_id()) or {}
+        key = config_hash(plain(cfg))
+        previous = distributed.broadcast_object(claim(output_dir, key, launch_id()) if leader else None) or {}
         status = previous.get("status")
         if status in FINISHED:
-            print(f"{output_dir}: this config already finished ({status}); skipped")
+            say(f"{output_dir}: this config already finished ({status}); skipped")
             return {**previous, "already_finished": True}
         if status == INTERRUPTED and any((output_dir / "checkpoints").glob("*.pt")):
             resume_from = output_dir
@@ -70,28 +79,30 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
     from nettrain.loop import StopRequest
     from nettrain.reproducibility import process_settings
 
-    stop = stop or StopRequest()
+    stop = distributed.shared_stop(stop, cfg.distributed.stop_check_every) or stop or StopRequest()
     try:  # from here on, SIGINT/SIGTERM stop the run cleanly; torch's process-wide settings are the run's
         with stop_on_signals(stop), process_settings(cfg.threads, cfg.deterministic):
-            return _train(cfg, output_dir, started, stop, resume_from)
+            return _train(cfg, output_dir, started, stop, resume_from, device)
     except (ConfigError, KeyboardInterrupt):
         raise
     except Exception as exc:  # record the failure for sweeps and summaries, then let it propagate
         first_line = (str(exc).strip().splitlines() or [""])[0]
-        write_failure(output_dir, cfg, f"{type(exc).__name__}: {first_line}", time.perf_counter() - started)
+        if leader:
+            write_failure(output_dir, cfg, f"{type(exc).__name__}: {first_line}", time.perf_counter() - started)
         raise
 
 
-def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from: Path | None) -> dict[str, Any]:
-    """The recipe: resume -> build -> provenance -> fit -> summary."""
+def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from: Path | None, device) -> dict[str, Any]:
+    """The recipe: resume -> build -> provenance -> fit -> summary. Only rank 0 writes and prints."""
     from nettrain.build import build_run, resolve_device
     from nettrain.report import Reporter
     from nettrain.reproducibility import seed_everything, write_provenance
     from nettrain.run_dir import set_aside_old_results
 
-    device = resolve_device(cfg.device)
+    ctx = distributed.context()
+    device = device or resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    reporter = Reporter(**cfg.console)
+    reporter = Reporter(**cfg.console, rank=ctx.rank)
     plain_config = plain(cfg)
     saved = None
     if resume_from is not None:
@@ -104,9 +115,12 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
         from nettrain.checkpoint import restore
 
         start = restore(saved, run.state, device)
-    else:
+    elif ctx.is_main:
         set_aside_old_results(output_dir, reporter)
-    record = write_provenance(run.device, run.data.fingerprint(), output_dir, resume_from is not None, reporter.warn)
+    record = write_provenance(
+        run.device, run.data.fingerprint(), output_dir, resume_from is not None, reporter.warn, write=ctx.is_main
+    )
+    distributed.introduce(reporter, run.train_batches, cfg.batch_size)
     memory_estimate_mb = _introduce(cfg, run, output_dir, reporter)
     result = _fit(cfg, run, output_dir, plain_config, reporter, start, stop)
     return write_summary(cfg, run, result, output_dir, reporter, stop, record, started, memory_estimate_mb)
@@ -132,7 +146,8 @@ def _introduce(cfg: DictConfig, run, output_dir: Path, reporter) -> float:
 
 
 def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, start, stop):
-    """Train with the loop's settings and outputs taken from the config."""
+    """Train with the loop's settings and outputs taken from the config (files from rank 0 only)."""
+    leader = distributed.context().is_main
     from nettrain.checkpoint import Checkpointer
     from nettrain.loop import LoopSettings, RunOutputs, fit
     from nettrain.metrics import MetricsWriter
@@ -144,8 +159,8 @@ def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, s
         restore_best=cfg.early_stopping.restore_best,
     )
     out = RunOutputs(
-        checkpointer=Checkpointer(output_dir / "checkpoints", plain_config, enabled=cfg.checkpoint.enabled),
-        metrics=MetricsWriter(output_dir / "metrics.csv"),
+        checkpointer=Checkpointer(output_dir / "checkpoints", plain_config, enabled=cfg.checkpoint.enabled and leader),
+        metrics=MetricsWriter(output_dir / "metrics.csv", enabled=leader),
         reporter=reporter,
     )
     return fit(run.state, run.train_batches, run.val_batches, settings, out, start=start, stop=stop)
@@ -153,6 +168,9 @@ def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, s
 
 @hydra.main(version_base="1.3", config_path="pkg://nettrain.conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    distributed.publish_run_dir(HydraConfig.get().runtime.output_dir)  # the other ranks may start
     subdir = hydra_output_subdir()
     if subdir is not None and (subdir / "config.yaml").is_file():
         make_rerunnable(subdir / "config.yaml")
@@ -161,7 +179,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except ConfigError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"{distributed.rank_prefix()}Error: {exc}", file=sys.stderr)
         if in_multirun():  # one bad job must not take the sweep down; the summary records it
             from hydra.core.hydra_config import HydraConfig
 
@@ -174,6 +192,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         print(f"Error: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
     if summary.get("status") == INTERRUPTED:
+        if summary.get("signal") and summary["signal"] == distributed.preemption_signal():
+            distributed.hand_over(summary["signal"])  # submitit requeues the job; it resumes from the checkpoint
         sys.exit(128 + (summary.get("signal") or signal.SIGINT))
     return summary["best_val_loss"]  # the objective a hyperparameter sweeper minimises
 
@@ -182,9 +202,13 @@ def main() -> None:
     from hydra.errors import HydraException
 
     register_schema()  # also the --help page (nettrain/help.py)
-    sys.argv = resume_argv(sys.argv)
+    env = distributed.detect_or_exit()
+    distributed.refuse_multirun(env, sys.argv)
     try:
-        _hydra_main()
+        with distributed.leading(env):  # rank 0 resolves the run dir; the other ranks wait for it and use it
+            run_dir = distributed.wait_for_run_dir(env)
+            sys.argv = distributed.follower_argv(resume_argv(sys.argv), run_dir)
+            _hydra_main()
     except HydraException as exc:  # --help with a bad override (a run reports these itself)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

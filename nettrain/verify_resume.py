@@ -101,6 +101,7 @@ def verify_resume(
     """Run straight and interrupted+resumed in `workdir`; return (differences, facts)."""
     from hydra import compose, initialize_config_module
 
+    from nettrain import distributed
     from nettrain.config import register_schema
     from nettrain.loop import StopRequest
     from nettrain.train import train
@@ -115,12 +116,14 @@ def verify_resume(
             return compose("train", overrides=[*base, *overrides, *extra])
 
     sink = io.StringIO() if quiet else None
-    with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
-        counter = StopRequest()
+    # under torchrun/SLURM: one process group for the three runs, and stops decided alike on every rank
+    with distributed.group(config()) as device, contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
+        make_stop = distributed.SharedStop if device is not None else StopRequest
+        counter = make_stop()
         train(config(), output_dir=workdir / "straight", stop=counter)
         total_steps = counter.steps
         stop_after = stop_after or max(1, total_steps // 2)
-        first = train(config(), output_dir=workdir / "resumed", stop=StopRequest(after_steps=stop_after))
+        first = train(config(), output_dir=workdir / "resumed", stop=make_stop(after_steps=stop_after))
         resumed_too = first["status"] == INTERRUPTED
         if resumed_too:
             train(config(f"resume={workdir / 'resumed'}"), output_dir=workdir / "resumed")
@@ -137,9 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=int, help="interrupt after this many steps (default: half the run)")
     parser.add_argument("--out", help="output folder (default outputs/verify-resume/<date>/<time>)")
     args = parser.parse_intermixed_args(argv)
+    from nettrain import distributed
     from nettrain.config import ConfigError
 
-    workdir = Path(args.out or Path("outputs/verify-resume") / timestamp(sep="/"))
+    env = distributed.detect_or_exit()
+    default = Path("outputs/verify-resume") / timestamp(sep="/")
+    workdir = Path(args.out or distributed.rank_zeros(env, "verify_dir", str(default)))  # one folder for all ranks
     overrides = args.overrides or []
     if not any(o.startswith("epochs=") for o in overrides):
         overrides = ["epochs=2", *overrides]  # a few steps are enough; the user can ask for more
@@ -157,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from nettrain.files import write_json
 
+    if env is not None and env.rank != 0:  # rank 0 compares, writes and reports
+        return 0
     write_json(workdir / "verify.json", {**facts, "identical": not differences, "differences": differences})
     if not facts["resumed"]:
         print(

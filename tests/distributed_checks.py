@@ -42,11 +42,7 @@ def main() -> None:
         if stop.tick():
             stopped_at = step
             break
-    both = (
-        dist_lib.broadcast_object(stopped_at)
-        if env.rank == 0
-        else dist_lib.broadcast_object(None)
-    )
+    both = dist_lib.broadcast_object(stopped_at) if env.rank == 0 else dist_lib.broadcast_object(None)
     assert stopped_at == 6 and both == 6 and stop.signum == signal.SIGTERM, (
         stopped_at,
         stop.signum,

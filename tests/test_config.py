@@ -64,7 +64,9 @@ def test_every_option_composes_and_builds(option, mnist_root):
     data_node = OmegaConf.to_container(cfg.data, resolve=True)
     data_node.pop("in_memory"), data_node.pop("num_workers")
     data = _instantiate(data_node, "data")
-    model = _instantiate(cfg.model, "model", input_shape=list(data.input_shape), num_classes=data.num_classes)
+    model_node = OmegaConf.to_container(cfg.model, resolve=True)
+    assert model_node.pop("sync_bn") is False  # read by the distributed wrapper, not the model
+    model = _instantiate(model_node, "model", input_shape=list(data.input_shape), num_classes=data.num_classes)
     out = model(data.train.x[:4])
     assert out.shape == (4, data.num_classes)
     optimizer = _instantiate(cfg.optimizer, "optimizer", model.parameters(), _partial_=True)

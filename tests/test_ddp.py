@@ -14,14 +14,26 @@ import pytest
 from conftest import make_cfg
 from torchrun import torchrun
 
-from nettrain.metrics import read_metrics
 from nettrain.verify_resume import compare_runs
 
 pytestmark = pytest.mark.slow
 
-RUN = ["data=synthetic", "data.num_samples=400", "epochs=2", "early_stopping.enabled=false",
-       "console.show_config=false", "console.show_model=false"]
+RUN = [
+    "data=synthetic",
+    "data.num_samples=400",
+    "epochs=2",
+    "early_stopping.enabled=false",
+    "console.show_config=false",
+    "console.show_model=false",
+]
 TIMING = ("epoch_time_s", "samples_per_s")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    import csv
+
+    with open(path) as f:
+        return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +59,21 @@ def test_two_processes_leave_one_run_dir_and_print_once(straight):
     proc, cwd = straight
     run_dir = only_run_dir(cwd)
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        ".hydra", "checkpoints", "metrics.csv", "plots", "summary.json", "train.log"]
+        ".hydra",
+        "checkpoints",
+        "metrics.csv",
+        "plots",
+        "summary.json",
+        "train.log",
+    ]
     assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == [
-        "config.yaml", "hydra.yaml", "overrides.yaml", "provenance.json"]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+        "config.yaml",
+        "hydra.yaml",
+        "overrides.yaml",
+        "provenance.json",
+    ]
+    saved = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert {"best.pt", "last.pt"} <= saved and not any(name.startswith(".") for name in saved), saved
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["world_size"], summary["backend"], summary["status"]) == (2, "gloo", "completed")
     epoch_lines = [line for line in proc.stdout.splitlines() if line.lstrip().startswith(("1 ", "2 "))]
@@ -68,13 +91,15 @@ def test_two_processes_compute_what_one_process_computes(straight, tmp_path):
     rows_one, rows_two = read_metrics(tmp_path / "one" / "metrics.csv"), read_metrics(run_dir / "metrics.csv")
     assert len(rows_one) == len(rows_two) == 2
     for a, b in zip(rows_one, rows_two):
-        for key in ("train_loss", "val_loss", "val_acc"):
+        grad_means = [key for key in a if key.startswith("grad_mean/")]  # from the synchronised gradients
+        assert grad_means and set(grad_means) <= set(b)
+        for key in ("train_loss", "val_loss", "val_acc", *grad_means):
             assert b[key] == pytest.approx(a[key], rel=1e-4), (key, a[key], b[key])
     assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-4)
     assert (one["world_size"], one["backend"]) == (1, None)
 
 
-def test_a_two_process_checkpoint_evaluates_and_resumes_in_one_process(straight, tmp_path):
+def test_checkpoints_move_between_one_and_two_processes(straight, tmp_path):
     from nettrain.evaluate import evaluate_checkpoint
     from nettrain.train import train
 
@@ -87,18 +112,25 @@ def test_a_two_process_checkpoint_evaluates_and_resumes_in_one_process(straight,
     resumed = train(make_cfg(*RUN, "epochs=3", f"resume={run_dir}"), output_dir=run_dir)
     assert (resumed["status"], resumed["epochs_run"], resumed["world_size"]) == ("completed", 3, 1)
     assert [r["epoch"] for r in read_metrics(run_dir / "metrics.csv")] == [1, 2, 3]
+    # and the 1-process checkpoint resumes under 2 processes
+    proc = torchrun("nettrain-train", f"resume={run_dir}", "epochs=4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert (again["status"], again["epochs_run"], again["world_size"]) == ("completed", 4, 2)
+    assert [r["epoch"] for r in read_metrics(run_dir / "metrics.csv")] == [1, 2, 3, 4]
 
 
 def test_a_run_interrupted_on_one_rank_mid_epoch_resumes_under_torchrun_bit_identically(straight, tmp_path):
     run_dir = tmp_path / "run"
     # SIGTERM reaches rank 1 alone before its step 3; the ranks check every 2 steps, so both stop
     # after step 4 of epoch 1 (5 steps of 64 = 2 x 32 samples), and rank 0 writes one checkpoint
-    proc = torchrun("ddp_signal.py", "1", "3", *RUN, "distributed.stop_check_every=2",
-                    f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = torchrun(
+        "ddp_signal.py", "1", "3", *RUN, "distributed.stop_check_every=2", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted", proc.stderr[-3000:]
     assert "interrupted after 4 steps" in proc.stdout, proc.stdout
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
+    assert {p.name for p in (run_dir / "checkpoints").glob("*.pt")} == {"last.pt"}  # one checkpoint
     proc = torchrun("nettrain-train", f"resume={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert compare_runs(only_run_dir(straight[1]), run_dir) == []
@@ -117,3 +149,24 @@ def test_multirun_under_torchrun_is_refused_at_once(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.count("Error: --multirun under torchrun") == 1, proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_job_of_the_submitit_launcher_is_its_own_two_process_group(straight, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from conftest import cli
+
+    sweep = tmp_path / "sweep"
+    proc = cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.tasks_per_node=2",
+        "threads=1",
+        f"hydra.sweep.dir={sweep}",
+        *RUN,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert (summary["world_size"], summary["backend"], summary["status"]) == (2, "gloo", "completed")
+    two = json.loads((only_run_dir(straight[1]) / "summary.json").read_text())
+    assert summary["best_val_loss"] == two["best_val_loss"]  # the same 2-process computation

@@ -7,9 +7,10 @@ from __future__ import annotations
 import sys
 
 import pytest
+from torchrun import torchrun
 
 from nettrain import distributed as dist_lib
-from nettrain.config import ConfigError
+from nettrain.config import ConfigError, register_schema
 from nettrain.distributed import (
     DistEnv,
     DistributedSetupError,
@@ -17,7 +18,6 @@ from nettrain.distributed import (
     expand_nodelist,
     share_of,
 )
-from torchrun import torchrun
 
 TORCHRUN = {
     "RANK": "3",
@@ -37,32 +37,17 @@ SLURM = {
 
 def test_no_launcher_variables_means_one_process():
     assert detect({}) is None
-    assert (
-        detect(
-            {
-                "RANK": "0",
-                "WORLD_SIZE": "1",
-                "LOCAL_RANK": "0",
-                "MASTER_ADDR": "x",
-                "MASTER_PORT": "1",
-            }
-        )
-        is None
-    )
-    assert (
-        detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NODELIST": "n1"})
-        is None
-    )  # one task
+    assert detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NODELIST": "n1"}) is None  # one task
 
 
 def test_torchrun_environment():
     assert detect(TORCHRUN) == DistEnv(3, 4, 1, "10.0.0.5", 29400, "torchrun")
+    one = {**TORCHRUN, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    assert detect(one).world_size == 1  # torchrun --nproc_per_node=1: a group of one (DDP, nccl)
 
 
 def test_torchrun_wins_over_slurm_when_both_are_set():
-    assert (
-        detect({**SLURM, **TORCHRUN}).launcher == "torchrun"
-    )  # torchrun started inside an allocation
+    assert detect({**SLURM, **TORCHRUN}).launcher == "torchrun"  # torchrun started inside an allocation
 
 
 def test_a_faked_slurm_environment_2_nodes_x_4_tasks():
@@ -77,9 +62,7 @@ def test_an_incomplete_environment_names_what_is_missing():
         detect({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
     with pytest.raises(DistributedSetupError, match="SLURM_JOB_NODELIST is not set"):
         detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
-    with pytest.raises(
-        DistributedSetupError, match="WORLD_SIZE='two': must be an integer"
-    ):
+    with pytest.raises(DistributedSetupError, match="WORLD_SIZE='two': must be an integer"):
         detect({**TORCHRUN, "WORLD_SIZE": "two"})
 
 
@@ -121,9 +104,7 @@ def test_loss_weights_make_the_averaged_gradient_the_global_mean():
 
 def test_a_final_batch_smaller_than_the_world_size_is_dropped():
     assert dist_lib.usable_samples(320, 64, 2) == 320
-    assert (
-        dist_lib.usable_samples(321, 64, 2) == 320
-    )  # one sample cannot be shared by 2 ranks
+    assert dist_lib.usable_samples(321, 64, 2) == 320  # one sample cannot be shared by 2 ranks
     assert dist_lib.usable_samples(322, 64, 2) == 322
     assert dist_lib.usable_samples(321, 64, 1) == 321
 
@@ -150,9 +131,7 @@ def test_backend_choice():
     assert dist_lib.backend_for("auto", "cpu") == "gloo"
     assert dist_lib.backend_for("auto", "cuda") == "nccl"
     assert dist_lib.backend_for("gloo", "cuda") == "gloo"
-    with pytest.raises(
-        ConfigError, match="distributed.backend='nccl': needs device=cuda"
-    ):
+    with pytest.raises(ConfigError, match="distributed.backend='nccl': needs device=cuda"):
         dist_lib.backend_for("nccl", "cpu")
 
 
@@ -160,9 +139,7 @@ def test_shared_stop_in_one_process():
     stop = dist_lib.SharedStop(every=3)
     assert not stop.tick()
     stop.request(15)
-    assert (
-        not stop.tick()
-    )  # pending until the check point: every rank stops at the same step
+    assert not stop.tick()  # pending until the check point: every rank stops at the same step
     assert stop.tick() and stop.signum == 15 and stop.steps == 3
     counted = dist_lib.SharedStop(after_steps=2, every=100)
     assert [counted.tick(), counted.tick()] == [False, True] and counted.signum == 0
@@ -206,7 +183,18 @@ def test_followers_wait_for_rank_0s_run_dir_or_its_exit(monkeypatch):
     assert dist_lib.wait_for_run_dir(leader) is None
 
 
-def test_multirun_under_a_launcher_is_refused_by_every_rank(capsys):
+def test_multirun_under_a_launcher_is_refused_by_every_rank(capsys, monkeypatch):
+    class Store(dict):
+        def set(self, key, value):
+            self[key] = value
+
+        def get(self, key):
+            return self[key]
+
+        def wait(self, keys, timeout):
+            assert all(key in self for key in keys)
+
+    monkeypatch.setattr(dist_lib, "_store", Store({"nettrain/multirun_refused/1": "1"}))
     for rank in (0, 1):
         with pytest.raises(SystemExit) as exited:
             dist_lib.refuse_multirun(DistEnv(rank, 2, rank, "h", 1, "torchrun"), ["nettrain-train", "-m", "lr=1,2"])
@@ -227,6 +215,97 @@ def test_two_gloo_processes_share_the_run_dir_sums_and_the_stop_decision(tmp_pat
 
 
 def test_submitit_local_tasks_form_a_group_on_this_machine():
-    env = detect({"SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_NTASKS": "2",
-                  "SUBMITIT_LOCAL_JOB_ID": "4242"})
+    env = detect(
+        {
+            "SUBMITIT_LOCAL_GLOBALID": "1",
+            "SUBMITIT_LOCAL_LOCALID": "1",
+            "SUBMITIT_LOCAL_NTASKS": "2",
+            "SUBMITIT_LOCAL_JOB_ID": "4242",
+        }
+    )
     assert env == DistEnv(1, 2, 1, "127.0.0.1", 15000 + 4242, "submitit_local")
+
+
+@pytest.mark.parametrize(("nodes", "gpus", "tasks"), [(2, 4, 4), (1, 0, 1)])
+def test_the_slurm_preset_runs_one_task_per_gpu_on_every_node(nodes, gpus, tasks, tmp_path, monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import submitit
+    from hydra import compose, initialize_config_module
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+    from submitit.slurm.slurm import SlurmExecutor
+
+    register_schema()
+    overrides = [
+        "hydra/launcher=slurm",
+        f"hydra.launcher.nodes={nodes}",
+        f"hydra.launcher.gpus_per_node={gpus}",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    with initialize_config_module("nettrain.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert (launcher["nodes"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (nodes, gpus, tasks)
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # no srun here
+    params = {k: v for k, v in launcher.items() if k != "_target_"}
+    executor = submitit.AutoExecutor(
+        folder=params.pop("submitit_folder"), cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout")
+    )
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    script = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    for line in (f"#SBATCH --nodes={nodes}", f"#SBATCH --ntasks-per-node={tasks}", "#SBATCH --signal=USR2@120"):
+        assert line in script, script
+    assert f"#SBATCH --gpus-per-node={gpus}" in script
+    # each task then finds its place from SLURM's variables: task 5 of 8 is rank 5, GPU 1 of node 2
+    env = detect({**SLURM, "SLURM_NTASKS": str(nodes * tasks), "SLURM_PROCID": str(nodes * tasks - 1)})
+    assert env is None if nodes * tasks == 1 else env.rank == nodes * tasks - 1
+
+
+def test_submitits_preemption_signal_is_handed_over_after_the_checkpoint():
+    import signal
+
+    assert dist_lib.preemption_signal({}) is None
+    assert dist_lib.preemption_signal({"SUBMITIT_EXECUTOR": "slurm"}) == signal.SIGUSR2
+    assert (
+        dist_lib.preemption_signal({"SUBMITIT_EXECUTOR": "slurm", "SUBMITIT_PREEMPT_SIGNAL": "USR1"}) == signal.SIGUSR1
+    )
+    received = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
+    try:
+        dist_lib.hand_over(signal.SIGUSR2)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert received == [signal.SIGUSR2]
+
+
+def test_sync_bn_converts_batchnorm_in_a_group_and_needs_cuda(monkeypatch):
+    import torch
+
+    from nettrain.models import MLP
+
+    model = MLP(input_shape=[1, 4, 4], num_classes=3, hidden=[8], norm="batchnorm")
+    assert dist_lib.sync_batchnorm(model, True, torch.device("cpu")) is model  # one process: unchanged
+    monkeypatch.setattr(dist_lib, "_context", dist_lib.Context(backend="nccl"))
+    converted = dist_lib.sync_batchnorm(model, True, torch.device("cuda", 0))
+    assert [type(m).__name__ for m in converted.modules() if "BatchNorm" in type(m).__name__] == ["SyncBatchNorm"]
+    with pytest.raises(ConfigError, match=r"model.sync_bn=True: torch's SyncBatchNorm runs on CUDA only"):
+        dist_lib.sync_batchnorm(model, True, torch.device("cpu"))
+
+
+def test_other_ranks_print_only_warnings_prefixed_with_their_rank(capsys):
+    import warnings
+
+    from nettrain.report import Reporter
+
+    Reporter(rank=1).note("epoch lines and notes stay with rank 0")
+    Reporter(rank=1).warn("vanishing gradient in fc1.weight")
+    Reporter().note("rank 0 prints")
+    out, err = capsys.readouterr()
+    assert out == "rank 0 prints\n" and err == "[rank 1] warning: vanishing gradient in fc1.weight\n"
+    plain = warnings.formatwarning
+    try:
+        dist_lib.prefix_warnings(2)
+        assert warnings.formatwarning("careful", UserWarning, "x.py", 1, "").startswith("[rank 2] x.py:1: UserWarning")
+    finally:
+        warnings.formatwarning = plain

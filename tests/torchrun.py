@@ -20,15 +20,9 @@ def torchrun(
     """`torchrun --standalone --nproc_per_node=N --no-python COMMAND...`; a bare script name in
     tests/ or a console script of this venv (nettrain-train, nettrain-verify-resume) as COMMAND."""
     exe = Path(sys.executable).with_name(command[0])
-    program = (
-        [str(exe)]
-        if exe.exists()
-        else [sys.executable, str(Path(__file__).with_name(command[0]))]
-    )
+    program = [str(exe)] if exe.exists() else [sys.executable, str(Path(__file__).with_name(command[0]))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    env.pop("HYDRA_FULL_ERROR", None) if not (
-        env_extra and "HYDRA_FULL_ERROR" in env_extra
-    ) else None
+    env.pop("HYDRA_FULL_ERROR", None) if not (env_extra and "HYDRA_FULL_ERROR" in env_extra) else None
     args = [
         sys.executable,
         "-m",
@@ -39,6 +33,4 @@ def torchrun(
         *program,
         *command[1:],
     ]
-    return subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return subprocess.run(args, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
