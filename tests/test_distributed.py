@@ -309,3 +309,19 @@ def test_other_ranks_print_only_warnings_prefixed_with_their_rank(capsys):
         assert warnings.formatwarning("careful", UserWarning, "x.py", 1, "").startswith("[rank 2] x.py:1: UserWarning")
     finally:
         warnings.formatwarning = plain
+
+
+def test_distributed_settings_are_validated_up_front():
+    from hydra import compose, initialize_config_module
+
+    from nettrain.config import problems
+
+    register_schema()
+    bad = ["distributed.backend=mpi", "distributed.stop_check_every=0", "model.sync_bn=maybe"]
+    with initialize_config_module("nettrain.conf", version_base="1.3"):
+        found = problems(compose("train", overrides=bad))
+    assert found == [
+        "distributed.backend='mpi': allowed: auto, gloo, nccl",
+        "distributed.stop_check_every=0: must be an integer >= 1 (1 = every step)",
+        "model.sync_bn='maybe': allowed: true, false",
+    ]
