@@ -92,8 +92,7 @@ def build_data(cfg: DictConfig) -> tuple[DataSplits, dict[str, Any]]:
 
 def build_model(cfg: DictConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
     """The model for the data's input shape and class count, on `device`."""
-    node = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(node, dict)
+    node = plain(cfg.model)
     node.pop("sync_bn", None)  # read by the distributed wrapper (build_run), not the model
     model = instantiate(node, "model", input_shape=list(data.input_shape), num_classes=data.num_classes)
     return model.to(device)

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import make_cfg
 from torchrun import torchrun
 
+from conftest import make_cfg
 from nettrain.verify_resume import compare_runs
 
 pytestmark = pytest.mark.slow
