@@ -1,0 +1,129 @@
+"""trainer.cuda_graph: which configurations capture the whole step, which fall back and why.
+
+The decision is a pure function of the settings (nettrain.cuda_graph.plan), so it is tested here
+on any machine; tests/test_gpu.py replays the graphs themselves on CUDA.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from nettrain.cuda_graph import CAPTURABLE_OPTIMIZERS, compile_mode, optimizer_kwargs, plan
+
+ADAM = "torch.optim.Adam"
+
+
+def test_a_plain_cuda_run_captures_under_auto_and_on():
+    for setting in ("auto", "on"):
+        p = plan(setting, device="cuda", optimizer=ADAM, train_size=4096, batch_size=64)
+        assert p.capture and p.fallbacks == [] and p.message() is None and p.refusal() == []
+        assert p.notes == []
+
+
+def test_off_never_captures_and_says_nothing():
+    p = plan("off", device="cuda", precision="fp16", in_memory=False)
+    assert not p.capture and p.message() is None and p.refusal() == []
+
+
+@pytest.mark.parametrize("device", ["cpu", "mps"])
+def test_auto_on_a_device_without_cuda_is_eager_without_a_word(device):
+    p = plan("auto", device=device, optimizer=ADAM)
+    assert not p.capture and p.message() is None and p.refusal() == []
+
+
+def test_on_without_cuda_is_refused_naming_the_device():
+    p = plan("on", device="cpu", optimizer=ADAM)
+    assert not p.capture
+    assert p.refusal() == ["trainer.cuda_graph='on': cannot capture the training step: device='cpu': CUDA graphs "
+                           "need a CUDA device; use trainer.cuda_graph=auto to fall back to the eager step, or off"]
+
+
+def test_fp16_falls_back_because_its_grad_scaler_syncs():
+    p = plan("auto", device="cuda", precision="fp16", optimizer=ADAM)
+    assert not p.capture
+    assert p.message() == (
+        "trainer.cuda_graph=auto: the eager step is used: trainer.precision='fp16': its GradScaler checks the "
+        "gradients for inf/NaN on the host every step (a sync a graph cannot hold); bf16 needs no scaler and "
+        "is captured")
+    assert p.refusal() == []  # auto never refuses
+
+
+def test_bf16_and_32_capture():
+    for precision in ("32", "bf16"):
+        assert plan("on", device="cuda:0", precision=precision, optimizer=ADAM).capture
+
+
+def test_the_dataloader_path_falls_back():
+    p = plan("auto", device="cuda", in_memory=False, optimizer=ADAM)
+    assert not p.capture and "data.in_memory=false: batches come from a DataLoader" in p.message()
+
+
+@pytest.mark.parametrize("target", sorted(CAPTURABLE_OPTIMIZERS))
+def test_every_optimizer_option_captures(target):
+    assert plan("on", device="cuda", optimizer=target).capture
+
+
+def test_an_optimizer_without_capturable_support_falls_back_and_on_is_refused():
+    target = "torch.optim.Adagrad"
+    auto = plan("auto", device="cuda", optimizer=target)
+    assert not auto.capture and auto.fallbacks == [
+        f"optimizer._target_='{target}': its step is not known to be capturable; captured: "
+        + ", ".join(CAPTURABLE_OPTIMIZERS)]
+    assert plan("on", device="cuda", optimizer=target).refusal()[0].startswith(
+        "trainer.cuda_graph='on': cannot capture the training step: optimizer._target_='torch.optim.Adagrad'")
+
+
+def test_sgd_needs_its_fused_kernel():
+    assert plan("on", device="cuda", optimizer="torch.optim.SGD", fused_optimizer="auto").capture
+    p = plan("auto", device="cuda", optimizer="torch.optim.SGD", fused_optimizer="off")
+    assert not p.capture and "trainer.fused_optimizer='off'" in p.message()
+
+
+def test_sgd_with_dampening_falls_back():
+    p = plan("auto", device="cuda", optimizer="torch.optim.SGD", optimizer_options={"momentum": 0.9, "dampening": 0.1})
+    assert not p.capture and "optimizer.dampening=0.1" in p.message()
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_compile_modes_with_their_own_graphs_fall_back(mode):
+    p = plan("auto", device="cuda", optimizer=ADAM, compile=mode)
+    assert not p.capture and f"trainer.compile='{mode}'" in p.message()
+
+
+@pytest.mark.parametrize("value", [True, "default", False])
+def test_compile_default_captures(value):
+    assert plan("on", device="cuda", optimizer=ADAM, compile=value).capture
+
+
+def test_a_last_batch_of_another_size_gets_its_own_graph():
+    p = plan("on", device="cuda", optimizer=ADAM, train_size=1000, batch_size=64)
+    assert p.capture and p.notes == ["the last batch has 40 samples: it gets a graph of its own"]
+
+
+def test_every_reason_is_listed_at_once():
+    p = plan("on", device="cpu", precision="fp16", in_memory=False, optimizer="torch.optim.Adagrad")
+    assert len(p.refusal()) == 4
+
+
+def test_device_auto_judges_only_what_holds_everywhere():
+    """At config time `device=auto` is not resolved yet: no device verdict, the rest is judged."""
+    assert plan("on", device="auto", optimizer=ADAM).capture
+    assert not plan("on", device="auto", precision="fp16", optimizer=ADAM).capture
+
+
+def test_compile_mode_and_optimizer_kwargs():
+    assert [compile_mode(v) for v in (True, False, None, "default", "max-autotune")] == [
+        "default", None, None, "default", "max-autotune"]
+    assert optimizer_kwargs("torch.optim.Adam") == {"capturable": True}
+    assert optimizer_kwargs("torch.optim.RMSprop") == {"capturable": True}
+    assert optimizer_kwargs("torch.optim.SGD") == {}  # fused: nettrain's fused_optimizer setting
+    assert optimizer_kwargs("nettrain.optim.ManualSGD") == {}
+
+
+def test_the_decision_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from nettrain.cuda_graph import plan; plan('auto', device='cuda'); "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
