@@ -168,10 +168,10 @@ class GraphStep:
 
     def __init__(self, *, model, loss_fn, optimizer, x: torch.Tensor, y: torch.Tensor,
                  batch_sizes: Iterable[int], autocast_dtype=None, l1: float = 0.0,
-                 grad_clip: float | None = None, grad_monitor=None):
+                 grad_clip: float | None = None, grad_monitor=None, schedule=None, capture: bool = True):
         import torch
 
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.model, self.loss_fn, self.optimizer, self.schedule = model, loss_fn, optimizer, schedule
         self.x, self.y = x, y
         self.device = x.device
         self.autocast_dtype, self.l1, self.grad_clip = autocast_dtype, l1, grad_clip
@@ -184,6 +184,12 @@ class GraphStep:
                 p.grad = torch.zeros_like(p)
         self.pool = None
         self.graphs: dict[tuple[int, bool], _Graph] = {}
+        if capture:
+            self.capture(batch_sizes)
+
+    def capture(self, batch_sizes: Iterable[int]) -> None:
+        """Capture the graphs of these batch sizes (GraphCaptureError if that fails)."""
+        model = self.model
         variants = (False, True) if self.monitor and self.monitor.every_n_steps > 1 else (self.monitor is not None,)
         was_training = model.training
         model.train()
@@ -219,13 +225,15 @@ class GraphStep:
         self.optimizer.step()
         return batch_loss
 
-    def __call__(self, index: torch.Tensor) -> torch.Tensor:
-        """One training step on the samples `index` (a device tensor); returns loss * batch size,
-        overwritten by the next replay of the same graph."""
+    def __call__(self, index: torch.Tensor, _: Any = None) -> torch.Tensor:
+        """One training step on the samples `index` (a device tensor), then the schedule's step;
+        returns loss * batch size, overwritten by the next replay of the same graph."""
         sampled = self.monitor.tick() if self.monitor is not None else False
         g = self.graphs[(index.numel(), sampled)]
         g.index.copy_(index)
         g.graph.replay()
+        if self.schedule is not None:
+            self.schedule.after_step()
         return g.batch_loss
 
     # -- capture ----------------------------------------------------------------------------
@@ -283,3 +291,63 @@ class GraphStep:
                     if isinstance(v, torch.Tensor) and id(v) not in kept:
                         v.zero_()
         torch.cuda.set_rng_state(rng, self.device)
+
+
+class IndexBatches:
+    """In-memory training batches served as their sample index, `(index, index)`: the graph step
+    gathers the rows itself, inside the graph. Everything else (len, n, order, generator, the
+    device tensors x and y) is the wrapped Batches'."""
+
+    def __init__(self, batches):
+        if not batches.in_memory:
+            raise ValueError("IndexBatches needs in-memory batches (data.in_memory=true)")
+        self.inner = batches
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def batch_sizes(self) -> set[int]:
+        """The batch sizes an epoch has: the full one, and the last batch's if it is smaller."""
+        n, size = self.inner.n, self.inner.batch_size
+        return {min(size, n)} | ({n % size} if n > size and n % size else set())
+
+    def batches(self, order, first_step: int = 0):
+        import torch
+
+        n, size, device = self.inner.n, self.inner.batch_size, self.inner.device
+        order = torch.arange(n, device=device) if order is None else order.to(device)
+        for start in range(first_step * size, n, size):
+            index = order[start:start + size]
+            yield index, index
+
+    def __iter__(self):
+        return self.batches(self.order())
+
+
+def step_factory(setting: str, batches: IndexBatches, report: Callable[[str], None]):
+    """`make_step(state, settings)` for the loop: the graph step over `batches`; when the capture
+    fails, `on` raises a ConfigError and `auto` reports why and returns the eager step (which
+    then gathers each batch itself, as Batches does)."""
+
+    def make_step(state, settings):
+        from nettrain.config import ConfigError
+        from nettrain.loop import train_step
+
+        try:
+            return GraphStep(model=state.model, loss_fn=state.loss_fn, optimizer=state.optimizer,
+                             x=batches.x, y=batches.y, batch_sizes=batches.batch_sizes(),
+                             autocast_dtype=state.precision.dtype, l1=settings.l1, grad_clip=settings.grad_clip,
+                             grad_monitor=state.grad_monitor, schedule=state.schedule)
+        except GraphCaptureError as exc:
+            if setting == "on":
+                raise ConfigError([f"trainer.cuda_graph='on': {exc}; use trainer.cuda_graph=auto to fall back "
+                                   "to the eager step, or off"]) from exc
+            report(f"trainer.cuda_graph={setting}: the eager step is used: {exc}")
+            eager = train_step(state, settings)
+            x, y = batches.x, batches.y
+            return lambda index, _=None: eager(x.index_select(0, index), y.index_select(0, index))
+
+    return make_step

@@ -127,3 +127,54 @@ def test_the_decision_does_not_import_torch():
     code = ("import sys; from nettrain.cuda_graph import plan; plan('auto', device='cuda'); "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+# -- the index batches the graph step gathers from ----------------------------------------------
+
+
+def _batches(n=300, batch_size=64):
+    import torch
+
+    from nettrain.data import Batches, Split
+
+    split = Split(torch.randn(n, 1, 4, 4), torch.arange(n) % 10)
+    return Batches(split, batch_size, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+def test_index_batches_select_the_rows_batches_serves():
+    import torch
+
+    from nettrain.cuda_graph import IndexBatches
+
+    batches = _batches()
+    view = IndexBatches(batches)
+    order = batches.order()
+    assert len(view) == len(batches) == 5 and view.n == 300 and view.generator is batches.generator
+    for first_step in (0, 3):
+        served = list(batches.batches(order, first_step=first_step))
+        indexed = list(view.batches(order, first_step=first_step))
+        assert len(served) == len(indexed) == 5 - first_step
+        for (x, y), (index, same) in zip(served, indexed):
+            assert same is index
+            assert torch.equal(view.x.index_select(0, index), x) and torch.equal(view.y.index_select(0, index), y)
+    assert [len(i) for i, _ in view.batches(None)] == [64, 64, 64, 64, 44]
+
+
+def test_index_batches_know_the_epochs_batch_sizes():
+    from nettrain.cuda_graph import IndexBatches
+
+    assert IndexBatches(_batches(300, 64)).batch_sizes() == {64, 44}
+    assert IndexBatches(_batches(256, 64)).batch_sizes() == {64}
+    assert IndexBatches(_batches(40, 64)).batch_sizes() == {40}  # one batch, smaller than batch_size
+
+
+def test_index_batches_refuse_the_dataloader_path():
+    import torch
+
+    from nettrain.cuda_graph import IndexBatches
+    from nettrain.data import Batches, Split
+
+    loader = Batches(Split(torch.zeros(8, 1, 2, 2), torch.zeros(8, dtype=torch.long)), 4, torch.device("cpu"),
+                     in_memory=False)
+    with pytest.raises(ValueError, match="in_memory"):
+        IndexBatches(loader)
