@@ -20,8 +20,7 @@ def graph_epoch(images, targets, batch_size: int) -> dict:
 
     device = images.device
     model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-3, device=device), fused=True,
-                                 capturable=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-3, device=device), fused=True, capturable=True)
     params = list(model.parameters())
     for p in params:
         p.grad = torch.zeros_like(p)
@@ -58,10 +57,33 @@ def graph_epoch(images, targets, batch_size: int) -> dict:
     started = time.perf_counter()
     order = torch.randperm(n, device=device)
     for step in range(steps):
-        index.copy_(order[step * batch_size:(step + 1) * batch_size])
+        index.copy_(order[step * batch_size : (step + 1) * batch_size])
         graph.replay()
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
     samples = steps * batch_size
-    return {"samples": samples, "seconds": elapsed, "samples_per_s": samples / elapsed,
-            "final_loss": loss_sum.item() / steps}
+    return {
+        "samples": samples,
+        "seconds": elapsed,
+        "samples_per_s": samples / elapsed,
+        "final_loss": loss_sum.item() / steps,
+    }
+
+
+def worker(root: str, batch_size: int, device_name: str, threads: int, seed: int, epochs: int = 3) -> dict:
+    """`bench.py --worker graph`: the data as bench.py's tensor loop holds it, then `epochs`
+    epochs of graph replays; the fastest epoch is reported (the first includes no capture, but
+    the GPU's clocks may still be rising)."""
+    import torch
+    import torchvision
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    device = torch.device(device_name)
+    if device.type != "cuda":
+        raise SystemExit("the graph contender needs --device cuda")
+    raw = torchvision.datasets.MNIST(root, train=True)
+    images = raw.data.to(device).float().div_(255).sub_(0.1307).div_(0.3081).view(-1, 784)
+    targets = raw.targets.to(device)
+    runs = [graph_epoch(images, targets, batch_size) for _ in range(epochs)]
+    return max(runs, key=lambda r: r["samples_per_s"])

@@ -22,6 +22,7 @@ flow reads its data on the host, say) is the one fallback found only when it is 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ CAPTURABLE_OPTIMIZERS = {
     "torch.optim.SGD": "fused",
     "nettrain.optim.ManualSGD": "tensor",
 }
+EVAL_BATCH_SIZE = 1024  # validation and test batches at least this large when the step is a graph
 WARMUP_STEPS = 2  # eager steps on a side stream before capture (lazy state, cuBLAS workspaces)
 
 
@@ -67,8 +69,11 @@ class Plan:
         """The config problems of `on` when the step cannot be captured (empty otherwise)."""
         if self.setting != "on":
             return []
-        return [f"trainer.cuda_graph='on': cannot capture the training step: {why}; use "
-                "trainer.cuda_graph=auto to fall back to the eager step, or off" for why in self.fallbacks]
+        return [
+            f"trainer.cuda_graph='on': cannot capture the training step: {why}; use "
+            "trainer.cuda_graph=auto to fall back to the eager step, or off"
+            for why in self.fallbacks
+        ]
 
 
 def compile_mode(value: Any) -> str | None:
@@ -80,10 +85,19 @@ def compile_mode(value: Any) -> str | None:
     return str(value)
 
 
-def plan(setting: str, *, device: str, precision: str = "32", in_memory: bool = True,
-         optimizer: str | None = None, optimizer_options: dict | None = None,
-         fused_optimizer: str = "auto", compile: Any = False, train_size: int | None = None,
-         batch_size: int | None = None) -> Plan:
+def plan(
+    setting: str,
+    *,
+    device: str,
+    precision: str = "32",
+    in_memory: bool = True,
+    optimizer: str | None = None,
+    optimizer_options: dict | None = None,
+    fused_optimizer: str = "auto",
+    compile: Any = False,
+    train_size: int | None = None,
+    batch_size: int | None = None,
+) -> Plan:
     """Decide whether the training step can be one CUDA graph, from the settings alone.
 
     `device` is the device's name (`cuda`, `cuda:1`, `cpu`, `mps`) or `auto` when it is not known
@@ -99,17 +113,23 @@ def plan(setting: str, *, device: str, precision: str = "32", in_memory: bool = 
             return Plan(setting, False)  # CUDA graphs are a CUDA feature; nothing to report
         fallbacks.append(f"device={device!r}: CUDA graphs need a CUDA device")
     if precision == "fp16":
-        fallbacks.append("trainer.precision='fp16': its GradScaler checks the gradients for inf/NaN "
-                         "on the host every step (a sync a graph cannot hold); bf16 needs no scaler "
-                         "and is captured")
+        fallbacks.append(
+            "trainer.precision='fp16': its GradScaler checks the gradients for inf/NaN "
+            "on the host every step (a sync a graph cannot hold); bf16 needs no scaler "
+            "and is captured"
+        )
     if not in_memory:
-        fallbacks.append("data.in_memory=false: batches come from a DataLoader on the host, while the "
-                         "graph gathers each batch from the tensors held on the device")
+        fallbacks.append(
+            "data.in_memory=false: batches come from a DataLoader on the host, while the "
+            "graph gathers each batch from the tensors held on the device"
+        )
     fallbacks += _optimizer_fallbacks(optimizer, optimizer_options or {}, fused_optimizer)
     mode = compile_mode(compile)
     if mode in ("reduce-overhead", "max-autotune"):
-        fallbacks.append(f"trainer.compile={mode!r}: torch.compile's own CUDA graphs cannot nest inside "
-                         "the step's graph; use trainer.compile=default (or true) with the graph step")
+        fallbacks.append(
+            f"trainer.compile={mode!r}: torch.compile's own CUDA graphs cannot nest inside "
+            "the step's graph; use trainer.compile=default (or true) with the graph step"
+        )
     notes = []
     if train_size and batch_size and train_size % batch_size:
         notes.append(f"the last batch has {train_size % batch_size} samples: it gets a graph of its own")
@@ -121,15 +141,16 @@ def _optimizer_fallbacks(target: str | None, options: dict, fused_optimizer: str
         return []
     how = CAPTURABLE_OPTIMIZERS.get(target)
     if how is None:
-        return [f"optimizer._target_={target!r}: its step is not known to be capturable; captured: "
-                + ", ".join(CAPTURABLE_OPTIMIZERS)]
+        return [
+            f"optimizer._target_={target!r}: its step is not known to be capturable; captured: "
+            + ", ".join(CAPTURABLE_OPTIMIZERS)
+        ]
     if how == "fused" and fused_optimizer == "off":
-        return [f"optimizer._target_={target!r} with trainer.fused_optimizer='off': its foreach step "
-                "reads a tensor learning rate on the host; the fused kernel (fused_optimizer=auto "
-                "or on) takes it on the device"]
+        why = "its foreach step reads a tensor learning rate on the host; the fused kernel (auto or on) takes it"
+        return [f"optimizer._target_={target!r} with trainer.fused_optimizer='off': {why}"]
     if how == "fused" and (options.get("dampening") or 0) != 0:
-        return [f"optimizer.dampening={options['dampening']}: SGD's first momentum step ignores "
-                "dampening, which a graph (captured after that step) cannot reproduce"]
+        why = "SGD's first momentum step ignores dampening, which a graph captured after it cannot reproduce"
+        return [f"optimizer.dampening={options['dampening']}: {why}"]
     return []
 
 
@@ -166,9 +187,22 @@ class GraphStep:
     its state, before the first epoch's clock starts.
     """
 
-    def __init__(self, *, model, loss_fn, optimizer, x: torch.Tensor, y: torch.Tensor,
-                 batch_sizes: Iterable[int], autocast_dtype=None, l1: float = 0.0,
-                 grad_clip: float | None = None, grad_monitor=None, schedule=None, capture: bool = True):
+    def __init__(
+        self,
+        *,
+        model,
+        loss_fn,
+        optimizer,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_sizes: Iterable[int],
+        autocast_dtype=None,
+        l1: float = 0.0,
+        grad_clip: float | None = None,
+        grad_monitor=None,
+        schedule=None,
+        capture: bool = True,
+    ):
         import torch
 
         self.model, self.loss_fn, self.optimizer, self.schedule = model, loss_fn, optimizer, schedule
@@ -182,7 +216,7 @@ class GraphStep:
         for p in self.params:  # static gradients: zeroed inside the graph, never set to None
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        self.pool = None
+        self.pool: Any = None  # the graphs' shared memory pool
         self.graphs: dict[tuple[int, bool], _Graph] = {}
         if capture:
             self.capture(batch_sizes)
@@ -218,7 +252,7 @@ class GraphStep:
         if self.l1:
             loss = loss + self.l1 * l1_penalty(self.l1_params)
         loss.backward()
-        if sampled:  # the gradient monitor's sums, as GradientMonitor.accumulate adds them
+        if sampled and self.monitor is not None:  # the gradient monitor's sums, as accumulate adds them
             self.monitor.add_sums()
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
@@ -256,7 +290,8 @@ class GraphStep:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         try:
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*capturable=True.*")  # uncaptured on purpose
                 for _ in range(WARMUP_STEPS):
                     self._body(index, sampled)
             torch.cuda.current_stream(self.device).wait_stream(side)
@@ -264,14 +299,16 @@ class GraphStep:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 batch_loss = self._body(index, sampled)
-        except Exception as exc:  # noqa: BLE001 - any failure to capture means: use the eager step
+        except Exception as exc:  # any failure to capture means: use the eager step
             with contextlib.suppress(RuntimeError):
                 torch.cuda.synchronize(self.device)
                 self._put_back(before, saved, rng)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise GraphCaptureError(f"capturing the step failed ({type(exc).__name__}: {first}); "
-                                    "a model whose control flow reads tensor values on the host "
-                                    "(if x.sum() > 0, .item(), data-dependent shapes) cannot be captured") from exc
+            raise GraphCaptureError(
+                f"capturing the step failed ({type(exc).__name__}: {first}); "
+                "a model whose control flow reads tensor values on the host "
+                "(if x.sum() > 0, .item(), data-dependent shapes) cannot be captured"
+            ) from exc
         self._put_back(before, saved, rng)
         self.pool = graph.pool()
         return _Graph(graph, index, batch_loss)
@@ -320,34 +357,63 @@ class IndexBatches:
         n, size, device = self.inner.n, self.inner.batch_size, self.inner.device
         order = torch.arange(n, device=device) if order is None else order.to(device)
         for start in range(first_step * size, n, size):
-            index = order[start:start + size]
+            index = order[start : start + size]
             yield index, index
 
     def __iter__(self):
         return self.batches(self.order())
 
 
-def step_factory(setting: str, batches: IndexBatches, report: Callable[[str], None]):
-    """`make_step(state, settings)` for the loop: the graph step over `batches`; when the capture
-    fails, `on` raises a ConfigError and `auto` reports why and returns the eager step (which
-    then gathers each batch itself, as Batches does)."""
+class StepChoice:
+    """`make_step(state, settings)` for the loop: the graph step over `batches` when the plan
+    captures, else the eager step. When the capture itself fails, `on` raises a ConfigError and
+    `auto` says why and trains eagerly (gathering each batch itself, as Batches does).
+    `used` says which step the loop got: `cuda_graph` or `eager`."""
 
-    def make_step(state, settings):
-        from nettrain.config import ConfigError
+    def __init__(self, setting: str, graph_plan: Plan | None, batches, report: Callable[[str], None]):
+        self.setting, self.plan, self.batches, self.report = setting, graph_plan, batches, report
+        self.used = "eager"
+
+    def __call__(self, state, settings):
         from nettrain.loop import train_step
 
+        if self.plan is None or not self.plan.capture:
+            message = self.plan.message() if self.plan is not None else None
+            if message:
+                self.report(message)
+            return train_step(state, settings)
         try:
-            return GraphStep(model=state.model, loss_fn=state.loss_fn, optimizer=state.optimizer,
-                             x=batches.x, y=batches.y, batch_sizes=batches.batch_sizes(),
-                             autocast_dtype=state.precision.dtype, l1=settings.l1, grad_clip=settings.grad_clip,
-                             grad_monitor=state.grad_monitor, schedule=state.schedule)
+            step = GraphStep(
+                model=state.model,
+                loss_fn=state.loss_fn,
+                optimizer=state.optimizer,
+                x=self.batches.x,
+                y=self.batches.y,
+                batch_sizes=self.batches.batch_sizes(),
+                autocast_dtype=state.precision.dtype,
+                l1=settings.l1,
+                grad_clip=settings.grad_clip,
+                grad_monitor=state.grad_monitor,
+                schedule=state.schedule,
+            )
         except GraphCaptureError as exc:
-            if setting == "on":
-                raise ConfigError([f"trainer.cuda_graph='on': {exc}; use trainer.cuda_graph=auto to fall back "
-                                   "to the eager step, or off"]) from exc
-            report(f"trainer.cuda_graph={setting}: the eager step is used: {exc}")
-            eager = train_step(state, settings)
-            x, y = batches.x, batches.y
-            return lambda index, _=None: eager(x.index_select(0, index), y.index_select(0, index))
+            return self._eager_instead(exc, train_step(state, settings))
+        self.used = "cuda_graph"
+        sizes = sorted({size for size, _ in step.graphs}, reverse=True)
+        self.report(
+            f"trainer.cuda_graph={self.setting}: the training step is one CUDA graph replay per batch "
+            f"({len(step.graphs)} graphs: batch size {' and '.join(map(str, sizes))}"
+            + (", with and without gradient-mean sampling)" if len(step.graphs) > len(sizes) else ")")
+        )
+        return step
 
-    return make_step
+    def _eager_instead(self, exc: GraphCaptureError, eager):
+        from nettrain.config import ConfigError
+
+        if self.setting == "on":
+            raise ConfigError(
+                [f"trainer.cuda_graph='on': {exc}; use trainer.cuda_graph=auto to fall back to the eager step, or off"]
+            ) from exc
+        self.report(f"trainer.cuda_graph={self.setting}: the eager step is used: {exc}")
+        x, y = self.batches.x, self.batches.y
+        return lambda index, _=None: eager(x.index_select(0, index), y.index_select(0, index))

@@ -107,8 +107,13 @@ def fit(
     out: RunOutputs,
     start: Position | None = None,
     stop: StopRequest | None = None,
+    make_step: Callable[[TrainState, LoopSettings], Callable] = train_step,
 ) -> FitResult:
-    """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs."""
+    """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs.
+
+    `make_step(state, settings)` builds the per-batch update, `step(*batch) -> loss sum`: the
+    eager `train_step`, or the CUDA graph step (nettrain.cuda_graph), which is captured here,
+    after a resume has restored the state and before the first epoch's clock starts."""
     model, early_stopping, grad_monitor, schedule = (
         state.model,
         state.early_stopping,
@@ -116,7 +121,7 @@ def fit(
         state.schedule,
     )
     start, stop = start or Position(), stop or StopRequest()
-    step_fn = train_step(state, settings)
+    step_fn = make_step(state, settings)
     best_weights = start.best_weights
     epoch = start.epoch
     for epoch in range(start.epoch + 1, settings.epochs + 1):

@@ -148,7 +148,10 @@ def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, s
         metrics=MetricsWriter(output_dir / "metrics.csv"),
         reporter=reporter,
     )
-    return fit(run.state, run.train_batches, run.val_batches, settings, out, start=start, stop=stop)
+    from nettrain.cuda_graph import StepChoice
+
+    run.step = StepChoice(cfg.trainer.cuda_graph, run.graph, run.train_batches, reporter.note)
+    return fit(run.state, run.train_batches, run.val_batches, settings, out, start=start, stop=stop, make_step=run.step)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nettrain.conf", config_name="train")
