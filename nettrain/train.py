@@ -30,6 +30,7 @@ from nettrain.metrics import FINISHED, INTERRUPTED
 from nettrain.resume import finished_already, make_rerunnable, resume_argv, run_dir_of
 from nettrain.run_dir import hydra_output_subdir, in_multirun
 from nettrain.run_summary import launch_id, write_failure, write_summary
+from nettrain.startup import single_composition
 
 
 def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> dict[str, Any]:
@@ -187,7 +188,8 @@ def main() -> None:
     register_schema()  # also the --help page (nettrain/help.py)
     sys.argv = resume_argv(sys.argv)
     try:
-        _hydra_main()
+        with single_composition(sys.argv):  # Hydra composes the config once, not twice
+            _hydra_main()
     except HydraException as exc:  # --help with a bad override (a run reports these itself)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
