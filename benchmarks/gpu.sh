@@ -9,7 +9,7 @@
 # A machine with a package index: `pip install -e ".[dev]"`. A machine without one (the usual
 # GPU machine): put the wheels it lacks into the ignored folder .whl/ first, here, and carry it:
 #
-#   echo /.whl/ >> .git/info/exclude; mkdir -p .whl; cp ../shared/gpu-wheels/*.whl .whl/
+#   mkdir -p .whl; cp ../shared/gpu-wheels/*.whl .whl/      # .whl/ is in .gitignore
 #   # when pyproject.toml asks for a newer hydra-core (say 1.3.8) than the shared wheel:
 #   pip download hydra-core==1.3.8 --no-deps -d .whl
 #
