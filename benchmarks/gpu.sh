@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On a CUDA machine, from the repository root: install, the GPU tests (tests/test_gpu.py with the
 # CUDA graph step, and tests/test_speed.py with its CUDA sync check; both skip elsewhere), then
-# the benchmark with --device cuda. At most 8 minutes: install <= 0.5, tests <= 2.3 (timeout),
-# benchmark <= 4.9 (--max-minutes 4.3 drops extra batch sizes that would not fit; timeout as a backstop).
+# the benchmark with --device cuda. At most 8 minutes: install <= 0.4, tests <= 2.8 (timeout),
+# benchmark <= 4.7 (--max-minutes 4.1 drops extra batch sizes that would not fit; timeout as a backstop).
 #
 #   bash benchmarks/gpu.sh            # writes benchmarks/RESULTS-cuda.md
 #
@@ -33,13 +33,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
 
 echo "== GPU tests =="
-timeout 140 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_speed.py::test_no_cuda_synchronisation_per_step
+timeout 170 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_speed.py::test_no_cuda_synchronisation_per_step tests/test_gpu.py
 tests=$?
 
 echo "== benchmark, --device cuda =="
-timeout 290 "$PY" benchmarks/bench.py --device cuda --repeats 2 --extra-repeats 1 --startup-repeats 2 \
+timeout 280 "$PY" benchmarks/bench.py --device cuda --repeats 2 --extra-repeats 1 --startup-repeats 2 \
     --batch-sizes 1024,256,8192 --train-size 60000 --tutorial-size 4000 --wait-quiet 0 \
-    --max-minutes 4.3 --out benchmarks/RESULTS-cuda.md
+    --max-minutes 4.1 --out benchmarks/RESULTS-cuda.md
 bench=$?
 
 echo "gpu.sh done in $((SECONDS - start)) s: tests exit $tests, benchmark exit $bench"
