@@ -139,7 +139,7 @@ def graph_plan(cfg: DictConfig, device: torch.device, train_size: int):
         precision=cfg.trainer.precision,
         in_memory=cfg.data.get("in_memory", True),
         optimizer=cfg.optimizer._target_,
-        optimizer_options=dict(OmegaConf.to_container(cfg.optimizer, resolve=True)),  # type: ignore[arg-type]
+        optimizer_options=plain(cfg.optimizer),
         fused_optimizer=cfg.trainer.fused_optimizer,
         compile=cfg.trainer.compile,
         train_size=train_size,

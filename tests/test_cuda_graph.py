@@ -7,8 +7,8 @@ on any machine; tests/test_gpu.py replays the graphs themselves on CUDA.
 from __future__ import annotations
 
 import pytest
-from conftest import make_cfg
 
+from conftest import make_cfg
 from nettrain.cuda_graph import CAPTURABLE_OPTIMIZERS, compile_mode, optimizer_kwargs, plan
 
 ADAM = "torch.optim.Adam"

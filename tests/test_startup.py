@@ -6,8 +6,8 @@ import json
 import sys
 
 import pytest
-from conftest import QUIET
 
+from conftest import QUIET
 from nettrain.startup import mode_is_run
 
 
