@@ -114,10 +114,43 @@ def build_loss(cfg: DictConfig) -> torch.nn.Module:
     return instantiate(cfg.loss, "loss")
 
 
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer option over the model's parameters, fused on CUDA where torch has kernels."""
-    fused = fused_kwargs(cfg.optimizer._target_, device, cfg.trainer.fused_optimizer)
-    return instantiate(cfg.optimizer, "optimizer", model.parameters(), _partial_=True, **fused)
+def build_optimizer(
+    cfg: DictConfig, model: torch.nn.Module, device: torch.device, capturable: bool = False
+) -> torch.optim.Optimizer:
+    """The optimizer option over the model's parameters, fused on CUDA where torch has kernels;
+    `capturable`: ready for the CUDA graph step (capturable flag, learning rate a device tensor)."""
+    from nettrain import cuda_graph
+
+    kwargs = fused_kwargs(cfg.optimizer._target_, device, cfg.trainer.fused_optimizer)
+    if capturable:
+        kwargs.update(cuda_graph.optimizer_kwargs(cfg.optimizer._target_))
+    optimizer = instantiate(cfg.optimizer, "optimizer", model.parameters(), _partial_=True, **kwargs)
+    if capturable:
+        cuda_graph.tensor_lr(optimizer, device)
+    return optimizer
+
+
+def graph_plan(cfg: DictConfig, device: torch.device, train_size: int):
+    """trainer.cuda_graph for this run: capture or not, and why (nettrain.cuda_graph.plan); `on`
+    with a step that cannot be captured is a ConfigError."""
+    from nettrain import cuda_graph, distributed
+
+    found = cuda_graph.plan(
+        cfg.trainer.cuda_graph,
+        device=str(device),
+        precision=cfg.trainer.precision,
+        in_memory=cfg.data.get("in_memory", True),
+        optimizer=cfg.optimizer._target_,
+        optimizer_options=plain(cfg.optimizer),
+        fused_optimizer=cfg.trainer.fused_optimizer,
+        compile=cfg.trainer.compile,
+        train_size=train_size,
+        batch_size=cfg.batch_size,
+        world_size=distributed.context().world_size,
+    )
+    if found.refusal():
+        raise ConfigError(found.refusal())
+    return found
 
 
 def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -166,18 +199,21 @@ class Run:
     loader: dict[str, Any]  # in_memory, num_workers, and this rank's place (rank, world_size)
     batch_size: int
     state: TrainState
-    train_batches: Batches
+    train_batches: Any  # Batches, or cuda_graph.IndexBatches for the CUDA graph step
     val_batches: Batches
+    graph: Any = None  # the trainer.cuda_graph plan (nettrain.cuda_graph.Plan)
+    eval_batch_size: int | None = None  # validation and test batches; None = batch_size
+    step: Any = None  # the step the loop used (nettrain.cuda_graph.StepChoice; set by train.py)
 
     def batches(self, split: Split) -> Batches:
         """Unshuffled batches of another split (the test split), served like the others."""
-        return Batches(split, self.batch_size, self.device, **self.loader)
+        return Batches(split, self.eval_batch_size or self.batch_size, self.device, **self.loader)
 
 
 def build_run(cfg: DictConfig, device: torch.device) -> Run:
     """Everything the loop needs, from the config: data, model, loss, optimizer, precision,
     schedule, early stopping and the gradient monitor, with fresh (unrestored) state."""
-    from nettrain import distributed
+    from nettrain import cuda_graph, distributed
     from nettrain.precision import Precision
 
     data, loader = build_data(cfg)
@@ -188,14 +224,17 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         model = model.to(memory_format=torch.channels_last)
         for split in (data.train, data.val, data.test):
             split.x = split.x.contiguous(memory_format=torch.channels_last)
+    graph = graph_plan(cfg, device, len(data.train))
     loss_fn = build_loss(cfg)
-    optimizer = build_optimizer(cfg, model, device)
-    if cfg.trainer.compile:
-        model.compile()  # in place: state_dict keys and checkpoints stay the same
+    optimizer = build_optimizer(cfg, model, device, capturable=graph.capture)
+    mode = cuda_graph.compile_mode(cfg.trainer.compile)
+    if mode is not None:  # in place: state_dict keys and checkpoints stay the same
+        model.compile(mode=None if mode == "default" else mode)
     order = torch.Generator().manual_seed(cfg.seed)  # the data order has its own generator
     train_batches = Batches(
         data.train, cfg.batch_size, device, shuffle=True, generator=order, drop_unshareable=True, **loader
     )
+    eval_batch_size = max(cfg.batch_size, cuda_graph.EVAL_BATCH_SIZE) if graph.capture else cfg.batch_size
     state = TrainState(
         model=model,
         loss_fn=loss_fn,
@@ -208,5 +247,13 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         ddp=distributed.wrap(model, device),
     )
     return Run(
-        device, data, loader, cfg.batch_size, state, train_batches, Batches(data.val, cfg.batch_size, device, **loader)
+        device,
+        data,
+        loader,
+        cfg.batch_size,
+        state,
+        cuda_graph.IndexBatches(train_batches) if graph.capture else train_batches,
+        Batches(data.val, eval_batch_size, device, **loader),
+        graph,
+        eval_batch_size,
     )

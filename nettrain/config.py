@@ -70,7 +70,8 @@ class TrainerConfig:
     """Speed settings."""
 
     precision: str = "32"  # 32 | bf16 (autocast) | fp16 (autocast + GradScaler)
-    compile: bool = False  # torch.compile the model (nn.Module.compile); compile time exceeds an MNIST run
+    compile: Any = False  # torch.compile the model: false | true (= default) | default | reduce-overhead | max-autotune
+    cuda_graph: str = "auto"  # the whole training step as one CUDA graph: auto (CUDA runs that can) | on | off
     channels_last: str = "auto"  # auto (on for conv models on CUDA) | on | off
     fused_optimizer: str = "auto"  # auto (fused kernels on CUDA where the optimizer has them) | on | off
 
@@ -219,7 +220,7 @@ class Checks:
 def problems(cfg: Any) -> list[str]:
     """Every invalid setting of `cfg`, as 'key=value: what is allowed' lines (empty when valid)."""
     checks = Checks(cfg)
-    for section in (_check_top_level, _check_model, _check_optimization, _check_data, _check_monitors):
+    for section in (_check_top_level, _check_model, _check_optimization, _check_data, _check_monitors, _check_graph):
         section(checks)
     return checks.found
 
@@ -314,3 +315,31 @@ def _check_monitors(c: Checks) -> None:
     c.need("grad_monitor.every_n_steps", lambda v: v >= 1, "must be an integer >= 1 (1 = every step)")
     for key in ("vanishing_below", "exploding_above", "ratio"):
         c.need(f"grad_monitor.{key}", lambda v: finite(v) and v > 0, "must be a number > 0")
+
+
+def _check_graph(c: Checks) -> None:
+    """trainer.compile's value, trainer.cuda_graph's, and `cuda_graph=on` with a setting that
+    cannot be captured (judged from the config; a device chosen by `auto` is judged at build)."""
+    from nettrain.cuda_graph import COMPILE_MODES, SETTINGS, plan
+
+    compile_value = c.get("trainer.compile")
+    c.need(
+        "trainer.compile",
+        lambda v: isinstance(v, bool) or v in COMPILE_MODES,
+        "allowed: false, true, " + ", ".join(COMPILE_MODES),
+    )
+    c.choice("trainer.cuda_graph", SETTINGS)
+    if c.get("trainer.cuda_graph") != "on" or not (isinstance(compile_value, bool) or compile_value in COMPILE_MODES):
+        return
+    device = c.get("device")
+    for problem in plan(
+        "on",
+        device=device if isinstance(device, str) and DEVICE_PATTERN.match(device) else "auto",
+        precision=str(c.get("trainer.precision")),
+        in_memory=c.get("data.in_memory") is not False,
+        optimizer=c.get("optimizer._target_"),
+        optimizer_options=dict(c.get("optimizer") or {}),
+        fused_optimizer=str(c.get("trainer.fused_optimizer")),
+        compile=compile_value,
+    ).refusal():
+        c.problem(problem)

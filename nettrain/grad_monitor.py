@@ -47,11 +47,22 @@ class GradientMonitor:
 
     def accumulate(self) -> None:
         """Call after loss.backward(): adds this step's sum |grad| per parameter tensor."""
+        if self.tick():
+            self.add_sums()
+
+    def tick(self) -> bool:
+        """Count a step; True when this step's gradients are sampled (host-side bookkeeping only:
+        the CUDA graph step calls it, then replays the graph that holds add_sums)."""
         if not self.enabled:
-            return
+            return False
         self.calls += 1
         if (self.calls - 1) % self.every_n_steps:
-            return
+            return False
+        self.steps += 1
+        return True
+
+    def add_sums(self) -> None:
+        """Add this step's sum |grad| per parameter tensor to the epoch's sums (device work only)."""
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
         if len(present) == len(grads):
@@ -68,7 +79,6 @@ class GradientMonitor:
             norms = torch.where(finite, norms, torch.zeros_like(norms))
             self.finite_steps += finite
         self.sums += norms
-        self.steps += 1
 
     @staticmethod
     def _abs_sums(grads: list[torch.Tensor]) -> tuple[torch.Tensor, ...] | list[torch.Tensor]:

@@ -65,6 +65,7 @@ class LoopSettings:
     l1: float = 0.0  # weight of the L1 penalty l1 * sum|w| added to the loss
     grad_clip: float | None = None  # max global gradient norm; None = no clipping
     restore_best: bool = True  # load the best epoch's weights when training ends
+    make_step: Callable | None = None  # builds the per-batch update; None = train_step (eager)
 
 
 @dataclass
@@ -115,7 +116,11 @@ def fit(
     start: Position | None = None,
     stop: StopRequest | None = None,
 ) -> FitResult:
-    """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs."""
+    """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs.
+
+    `settings.make_step(state, settings)` builds the per-batch update, `step(*batch) -> loss sum`: the
+    eager `train_step`, or the CUDA graph step (nettrain.cuda_graph), which is captured here,
+    after a resume has restored the state and before the first epoch's clock starts."""
     from nettrain import distributed
 
     model, early_stopping, grad_monitor, schedule = (
@@ -125,7 +130,7 @@ def fit(
         state.schedule,
     )
     start, stop = start or Position(), stop or StopRequest()
-    step_fn = train_step(state, settings)
+    step_fn = (settings.make_step or train_step)(state, settings)
     best_weights = start.best_weights
     epoch = start.epoch
     for epoch in range(start.epoch + 1, settings.epochs + 1):

@@ -92,6 +92,7 @@ def write_summary(
         "seed": cfg.seed,
         "deterministic": cfg.deterministic,
         "precision": cfg.trainer.precision,
+        "train_step": run.step.used if run.step is not None else "eager",  # eager | cuda_graph
         "torch_threads": torch.get_num_threads(),
         "data_fingerprint": record["data_fingerprint"],
         "config_hash": config_hash(plain(cfg)),

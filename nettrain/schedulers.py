@@ -55,7 +55,7 @@ class LRSchedule:
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        return float(self.optimizer.param_groups[0]["lr"])  # a tensor under the CUDA graph step
 
     def state_dict(self) -> dict:
         return {

@@ -31,6 +31,7 @@ from nettrain.metrics import FINISHED, INTERRUPTED
 from nettrain.resume import finished_already, make_rerunnable, resume_argv, run_dir_of
 from nettrain.run_dir import hydra_output_subdir, in_multirun
 from nettrain.run_summary import launch_id, write_failure, write_summary
+from nettrain.startup import single_composition
 
 
 def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> dict[str, Any]:
@@ -163,6 +164,10 @@ def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, s
         metrics=MetricsWriter(output_dir / "metrics.csv", enabled=leader),
         reporter=reporter,
     )
+    from nettrain.cuda_graph import StepChoice
+
+    run.step = StepChoice(cfg.trainer.cuda_graph, run.graph, run.train_batches, reporter.note)
+    settings.make_step = run.step
     return fit(run.state, run.train_batches, run.val_batches, settings, out, start=start, stop=stop)
 
 
@@ -208,7 +213,8 @@ def main() -> None:
         with distributed.leading(env):  # rank 0 resolves the run dir; the other ranks wait for it and use it
             run_dir = distributed.wait_for_run_dir(env)
             sys.argv = distributed.follower_argv(resume_argv(sys.argv), run_dir)
-            _hydra_main()
+            with single_composition(sys.argv):  # Hydra composes the config once, not twice
+                _hydra_main()
     except HydraException as exc:  # --help with a bad override (a run reports these itself)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

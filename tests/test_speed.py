@@ -193,7 +193,7 @@ def loaded_modules(*commands: list[str], cwd: Path) -> tuple[list[dict], str]:
         capture_output=True,
         text=True,
         timeout=240,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])},
     )
     lines = [json.loads(ln.removeprefix("MODULES ")) for ln in proc.stdout.splitlines() if ln.startswith("MODULES ")]
     assert len(lines) == len(commands), proc.stdout + proc.stderr
