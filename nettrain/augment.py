@@ -23,8 +23,15 @@ MIXES = ("none", "mixup", "cutmix")
 class Augment:
     """`augment(x, y) -> (x, y)` for one normalised training batch x (N, C, H, W)."""
 
-    def __init__(self, augment: str = "none", crop_padding: int = 4, mix: str = "none", mix_alpha: float = 1.0,
-                 num_classes: int = 2, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        augment: str = "none",
+        crop_padding: int = 4,
+        mix: str = "none",
+        mix_alpha: float = 1.0,
+        num_classes: int = 2,
+        generator: torch.Generator | None = None,
+    ):
         if augment not in AUGMENTS:
             raise ValueError(f"data.augment={augment!r}: allowed: {', '.join(AUGMENTS)}")
         if mix not in MIXES:
@@ -70,8 +77,9 @@ class Augment:
             h, w = x.shape[2], x.shape[3]
             side = (1 - lam).sqrt()
             centre = torch.rand(2, generator=g)
-            (top, bottom), (left, right) = ((centre[i] * size - side * size / 2, centre[i] * size + side * size / 2)
-                                            for i, size in ((0, h), (1, w)))
+            (top, bottom), (left, right) = (
+                (centre[i] * size - side * size / 2, centre[i] * size + side * size / 2) for i, size in ((0, h), (1, w))
+            )
             rows, cols = torch.arange(h) + 0.5, torch.arange(w) + 0.5  # pixel centres inside the box
             box = ((rows >= top) & (rows < bottom)).view(h, 1) & ((cols >= left) & (cols < right)).view(1, w)
             lam = 1 - box.float().mean()  # the share of the image actually kept

@@ -49,12 +49,12 @@ def decode_image(path: str | Path, size: tuple[int, int] | None, channels: int) 
     """One image file -> uint8 (channels, H, W), resized (bilinear, antialiased) to `size` = (H, W)."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        if size is not None and (img.height, img.width) != tuple(size):
-            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        return data.view(img.height, img.width, channels).permute(2, 0, 1).contiguous()
+    with Image.open(path) as file:
+        img = file.convert("L" if channels == 1 else "RGB")
+    if size is not None and (img.height, img.width) != tuple(size):
+        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    return data.view(img.height, img.width, channels).permute(2, 0, 1).contiguous()
 
 
 def _probe(path: Path) -> tuple[tuple[int, int], int]:
@@ -82,12 +82,15 @@ class Folder:
         if not (root / "train").is_dir():
             found = sorted(p.name for p in root.iterdir()) if root.is_dir() else None
             what = "does not exist" if found is None else f"holds {found[:8] or 'nothing'}"
-            raise DataError(f"data.root={str(root)!r}: needs a train/ folder with one sub-folder per class "
-                            f"(train/<class>/*.png); {what}")
+            raise DataError(
+                f"data.root={str(root)!r}: needs a train/ folder with one sub-folder per class "
+                f"(train/<class>/*.png); {what}"
+            )
         self.classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
         if len(self.classes) < 2:
-            raise DataError(f"data.root={str(root)!r}: train/ needs at least 2 class folders; "
-                            f"found {self.classes or 'none'}")
+            raise DataError(
+                f"data.root={str(root)!r}: train/ needs at least 2 class folders; found {self.classes or 'none'}"
+            )
         self.files: dict[str, list[tuple[str, int]]] = {}
         for split in SPLITS:
             folder = root / split
@@ -95,20 +98,30 @@ class Folder:
                 continue
             extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in self.classes)
             if extra:
-                raise DataError(f"data.root={str(root)!r}: {split}/ has classes that train/ lacks: {extra}; "
-                                f"allowed: {self.classes}")
-            self.files[split] = [(str(path.relative_to(root)), index)
-                                 for index, name in enumerate(self.classes)
-                                 if (folder / name).is_dir()
-                                 for path in list_images(folder / name)]
+                raise DataError(
+                    f"data.root={str(root)!r}: {split}/ has classes that train/ lacks: {extra}; allowed: {self.classes}"
+                )
+            self.files[split] = [
+                (str(path.relative_to(root)), index)
+                for index, name in enumerate(self.classes)
+                if (folder / name).is_dir()
+                for path in list_images(folder / name)
+            ]
         if not self.files["train"]:
-            raise DataError(f"data.root={str(root)!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) "
-                            "in train/<class>/")
+            raise DataError(f"data.root={str(root)!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) in train/<class>/")
 
     def key(self, settings: dict[str, Any]) -> str:
         """A hash of every file's path, size and mtime and of the decode settings."""
-        h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "root": str(self.root.resolve()),
-                                       "classes": self.classes, "settings": settings}).encode())
+        h = hashlib.sha256(
+            json.dumps(
+                {
+                    "version": CACHE_VERSION,
+                    "root": str(self.root.resolve()),
+                    "classes": self.classes,
+                    "settings": settings,
+                }
+            ).encode()
+        )
         for split, files in self.files.items():
             for rel, label in files:
                 st = os.stat(self.root / rel)
@@ -116,8 +129,9 @@ class Folder:
         return h.hexdigest()[:24]
 
 
-def _decode_folder(folder: Folder, image_size: Any, channels: int | None, on_bad_file: str,
-                   warn: Callable[[str], None]) -> dict[str, Any]:
+def _decode_folder(
+    folder: Folder, image_size: Any, channels: int | None, on_bad_file: str, warn: Callable[[str], None]
+) -> dict[str, Any]:
     """Decode every file: {"splits": {split: {"x", "y"}}, "skipped": [...], "size", "channels"}."""
     skipped: list[str] = []
     bad: set[str] = set()
@@ -139,14 +153,18 @@ def _decode_folder(folder: Folder, image_size: Any, channels: int | None, on_bad
     if size is None:
         sizes = sorted({s for s, _ in shapes})
         if len(sizes) != 1:
-            raise DataError(f"data.image_size=None: the images have {len(sizes)} different sizes "
-                            f"(H, W) {sizes[:4]}{' ...' if len(sizes) > 4 else ''}; set data.image_size=N")
+            raise DataError(
+                f"data.image_size=None: the images have {len(sizes)} different sizes "
+                f"(H, W) {sizes[:4]}{' ...' if len(sizes) > 4 else ''}; set data.image_size=N"
+            )
         size = sizes[0]
     if channels is None:
         found = sorted({c for _, c in shapes})
         if len(found) != 1:
-            raise DataError("data.channels=None: the folder mixes grayscale and colour images; "
-                            "set data.channels=1 (grayscale) or data.channels=3 (RGB)")
+            raise DataError(
+                "data.channels=None: the folder mixes grayscale and colour images; "
+                "set data.channels=1 (grayscale) or data.channels=3 (RGB)"
+            )
         channels = found[0]
     splits: dict[str, dict[str, torch.Tensor]] = {}
     for split, files in folder.files.items():
@@ -191,16 +209,32 @@ def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
 
 
-def image_meta(class_names: list[str], channels: int, size: list[int], mean: list[float],
-               std: list[float]) -> dict[str, Any]:
+def image_meta(
+    class_names: list[str], channels: int, size: list[int], mean: list[float], std: list[float]
+) -> dict[str, Any]:
     """The preprocessing a classifier of these images needs, as plain data for the checkpoint."""
-    return {"kind": "image", "task": "classification", "class_names": list(class_names),
-            "channels": channels, "image_size": list(size), "mean": list(mean), "std": list(std)}
+    return {
+        "kind": "image",
+        "task": "classification",
+        "class_names": list(class_names),
+        "channels": channels,
+        "image_size": list(size),
+        "mean": list(mean),
+        "std": list(std),
+    }
 
 
-def image_folder(root: str = "???", image_size: Any = None, channels: int | None = None,
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
-                 on_bad_file: str = "fail", cache: bool = True, cache_dir: str | None = None) -> DataSplits:
+def image_folder(
+    root: str = "???",
+    image_size: Any = None,
+    channels: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    on_bad_file: str = "fail",
+    cache: bool = True,
+    cache_dir: str | None = None,
+) -> DataSplits:
     """Classes from ROOT/train/<class>/, decoded to uint8 (N, C, H, W); see the module docstring."""
     if on_bad_file not in ("skip", "fail"):
         raise DataError(f"data.on_bad_file={on_bad_file!r}: allowed: skip, fail")
@@ -216,8 +250,10 @@ def image_folder(root: str = "???", image_size: Any = None, channels: int | None
         decoded = _load_cache(cache_path) if cache_path.is_file() else None
         if decoded is not None:
             notes.append(f"image cache: used {cache_path}")
-            notes += [f"skipped {root_path / rel}: not a readable image (found when the cache was built)"
-                      for rel in decoded["skipped"]]
+            notes += [
+                f"skipped {root_path / rel}: not a readable image (found when the cache was built)"
+                for rel in decoded["skipped"]
+            ]
     if decoded is None:
         decoded = _decode_folder(folder, image_size, channels, on_bad_file, notes.append)
         if cache_path is not None:

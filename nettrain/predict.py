@@ -54,8 +54,10 @@ def load_model(state: dict[str, Any], device):
 
     prep = state.get("preprocessing")
     if not prep:
-        raise PredictError("the checkpoint holds no preprocessing (it was written by an older nettrain); "
-                           "train the model again to use nettrain-predict")
+        raise PredictError(
+            "the checkpoint holds no preprocessing (it was written by an older nettrain); "
+            "train the model again to use nettrain-predict"
+        )
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"])
     model = build_model_for(cfg, prep, device)
     model.load_state_dict(state["model"])
@@ -119,8 +121,9 @@ def table_inputs(path: Path, prep: dict[str, Any]):
         raise PredictError(f"{path}: {exc}") from None
 
 
-def predict(target: str | Path, inputs: list[str], top_k: int = 3, device_name: str = "cpu",
-            batch_size: int = 256) -> tuple[Path, list[dict[str, Any]]]:
+def predict(
+    target: str | Path, inputs: list[str], top_k: int = 3, device_name: str = "cpu", batch_size: int = 256
+) -> tuple[Path, list[dict[str, Any]]]:
     """(checkpoint path, one result row per input)."""
     import torch
 

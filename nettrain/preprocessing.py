@@ -52,8 +52,10 @@ def describe(meta: dict[str, Any]) -> str:
         shown = ", ".join(str(n) for n in names[:10]) + (f", ... ({len(names)})" if len(names) > 10 else "")
         parts.append(f"classes: {shown}")
     if meta.get("kind") == "image":
-        parts.append(f"images {meta['channels']}x{meta['image_size'][0]}x{meta['image_size'][1]}, "
-                     f"mean {meta['mean']}, std {meta['std']}")
+        parts.append(
+            f"images {meta['channels']}x{meta['image_size'][0]}x{meta['image_size'][1]}, "
+            f"mean {meta['mean']}, std {meta['std']}"
+        )
     elif meta.get("kind") == "table":
         parts.append(f"target {meta['target']!r}, {len(meta['features'])} feature columns")
     return "; ".join(parts)

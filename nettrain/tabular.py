@@ -60,8 +60,9 @@ def read_table(path: str | Path) -> tuple[list[str], list[list[Any]]]:
 
             frame = pd.read_parquet(path)
         except ImportError as exc:
-            raise DataError(f"data.path={str(path)!r}: reading Parquet needs pandas and pyarrow "
-                            f"(pip install pandas pyarrow): {exc}") from None
+            raise DataError(
+                f"data.path={str(path)!r}: reading Parquet needs pandas and pyarrow (pip install pandas pyarrow): {exc}"
+            ) from None
         return [str(c) for c in frame.columns], frame.astype(object).values.tolist()
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv_module.reader(f)
@@ -71,8 +72,10 @@ def read_table(path: str | Path) -> tuple[list[str], list[list[Any]]]:
         rows = [row for row in reader if row]
     bad = [i + 2 for i, row in enumerate(rows) if len(row) != len(header)]
     if bad:
-        raise DataError(f"data.path={str(path)!r}: line(s) {bad[:5]} have a different number of fields "
-                        f"than the header ({len(header)})")
+        raise DataError(
+            f"data.path={str(path)!r}: line(s) {bad[:5]} have a different number of fields "
+            f"than the header ({len(header)})"
+        )
     return header, rows
 
 
@@ -80,7 +83,7 @@ def _column_spec(name: str, values: list[Any], train_idx: list[int], impute: str
     """numeric (with the train mean and std) or categorical (with the train categories)."""
     present = [v for v in values if not _is_missing(v)]
     if present and all(_number(v) is not None for v in present):
-        train = [_number(values[i]) for i in train_idx if not _is_missing(values[i])]
+        train = [float(values[i]) for i in train_idx if not _is_missing(values[i])]
         mean = sum(train) / len(train) if train else 0.0
         var = sum((v - mean) ** 2 for v in train) / len(train) if train else 1.0
         return {"name": name, "type": "numeric", "mean": mean, "std": math.sqrt(var) if var > 0 else 1.0}
@@ -105,8 +108,7 @@ def encode_rows(rows: list[dict[str, Any]], meta: dict[str, Any]) -> torch.Tenso
                 v = row.get(name)
                 if _is_missing(v):
                     if not meta.get("impute") == "mean":
-                        raise DataError(f"row {r + 1}: column {name!r} is missing; set data.impute=mean "
-                                        "or fill it in")
+                        raise DataError(f"row {r + 1}: column {name!r} is missing; set data.impute=mean or fill it in")
                     values.append(0.0)  # the mean, standardised
                 else:
                     number = _number(v)
@@ -116,8 +118,10 @@ def encode_rows(rows: list[dict[str, Any]], meta: dict[str, Any]) -> torch.Tenso
             columns.append(torch.tensor(values, dtype=torch.float32).unsqueeze(1))
             continue
         index = {c: i for i, c in enumerate(spec["categories"])}
-        codes = [index.get(MISSING_CATEGORY if _is_missing(row.get(name)) else str(row.get(name)).strip(), -1)
-                 for row in rows]
+        codes = [
+            index.get(MISSING_CATEGORY if _is_missing(row.get(name)) else str(row.get(name)).strip(), -1)
+            for row in rows
+        ]
         code_t = torch.tensor(codes, dtype=torch.int64)
         if meta["categorical"] == "embed":
             columns.append((code_t + 1).to(torch.float32).unsqueeze(1))  # 0 = unseen
@@ -134,14 +138,24 @@ def _check_missing(header: list[str], table: list[list[Any]], used: list[str], i
     missing = {name: n for name, n in counts.items() if n}
     if missing and impute != "mean":
         listed = ", ".join(f"{name!r} ({n} rows)" for name, n in missing.items())
-        raise DataError(f"data.impute={impute!r}: missing values in column(s) {listed}; "
-                        "set data.impute=mean to fill them (numeric: the train mean; categorical: "
-                        f"a {MISSING_CATEGORY!r} category), or fill them in")
+        raise DataError(
+            f"data.impute={impute!r}: missing values in column(s) {listed}; "
+            "set data.impute=mean to fill them (numeric: the train mean; categorical: "
+            f"a {MISSING_CATEGORY!r} category), or fill them in"
+        )
 
 
-def csv(path: str = "???", target: str = "???", features: list[str] | None = None, task: str = "classification",
-        categorical: str = "onehot", impute: str = "none", val_fraction: float = 0.1, test_fraction: float = 0.1,
-        split_seed: int = 0) -> DataSplits:
+def csv(
+    path: str = "???",
+    target: str = "???",
+    features: list[str] | None = None,
+    task: str = "classification",
+    categorical: str = "onehot",
+    impute: str = "none",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> DataSplits:
     """A table as DataSplits: x float32 (N, F), y int64 class indices or float32 (N, 1) values."""
     header, table = read_table(path)
     if target not in header:
@@ -149,8 +163,9 @@ def csv(path: str = "???", target: str = "???", features: list[str] | None = Non
     features = [c for c in header if c != target] if features is None else list(features)
     unknown = [c for c in features if c not in header or c == target]
     if unknown:
-        raise DataError(f"data.features: {unknown} are not feature columns of {path}; allowed: "
-                        f"{[c for c in header if c != target]}")
+        raise DataError(
+            f"data.features: {unknown} are not feature columns of {path}; allowed: {[c for c in header if c != target]}"
+        )
     if len(table) < 10:
         raise DataError(f"data.path={str(path)!r}: {len(table)} rows; at least 10 are needed to split")
     target_values = [row[header.index(target)] for row in table]
@@ -160,15 +175,19 @@ def csv(path: str = "???", target: str = "???", features: list[str] | None = Non
     _check_missing(header, table, features, impute)
     val_idx, test_idx, train_idx = _split_indices(len(table), [val_fraction, test_fraction], split_seed)
     train_list = train_idx.tolist()
-    specs = [_column_spec(name, [row[header.index(name)] for row in table], train_list, impute)
-             for name in features]
-    meta: dict[str, Any] = {"kind": "table", "task": task, "target": target, "features": specs,
-                            "categorical": categorical, "impute": impute}
+    specs = [_column_spec(name, [row[header.index(name)] for row in table], train_list, impute) for name in features]
+    meta: dict[str, Any] = {
+        "kind": "table",
+        "task": task,
+        "target": target,
+        "features": specs,
+        "categorical": categorical,
+        "impute": impute,
+    }
     x = encode_rows([dict(zip(header, row)) for row in table], meta)
     if task == "classification":
         numeric = all(_number(v) is not None for v in target_values)
-        names = sorted({str(v).strip() for v in target_values},
-                       key=lambda v: (float(v), v) if numeric else (0.0, v))
+        names = sorted({str(v).strip() for v in target_values}, key=lambda v: (float(v), v) if numeric else (0.0, v))
         lookup = {name: i for i, name in enumerate(names)}
         y = torch.tensor([lookup[str(v).strip()] for v in target_values], dtype=torch.int64)
         meta["class_names"] = names
@@ -177,8 +196,10 @@ def csv(path: str = "???", target: str = "???", features: list[str] | None = Non
         values = [_number(v) for v in target_values]
         if any(v is None for v in values):
             bad = next(v for v in target_values if _number(v) is None)
-            raise DataError(f"data.task='regression': target {target!r} has a non-number value {bad!r}; "
-                            "use data.task=classification for class labels")
+            raise DataError(
+                f"data.task='regression': target {target!r} has a non-number value {bad!r}; "
+                "use data.task=classification for class labels"
+            )
         t = torch.tensor(values, dtype=torch.float64)
         mean, std = t[train_idx].mean().item(), t[train_idx].std(correction=0).item() or 1.0
         meta.update(target_mean=mean, target_std=std)
@@ -186,8 +207,8 @@ def csv(path: str = "???", target: str = "???", features: list[str] | None = Non
         num_classes = 1
     if categorical == "embed":
         meta["cardinalities"] = [len(s["categories"]) + 1 for s in specs if s["type"] == "categorical"]
-    splits = [Split(x[idx], y[idx]) for idx in (train_idx, val_idx, test_idx)]
-    data = DataSplits("csv", *splits, num_classes=num_classes)
+    train, val, test = (Split(x[idx], y[idx]) for idx in (train_idx, val_idx, test_idx))
+    data = DataSplits("csv", train, val, test, num_classes=num_classes)
     data.meta, data.notes = meta, []
     return data
 
@@ -210,7 +231,8 @@ class EmbeddedInputs(nn.Module):
         self.model = model_factory([width])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = [x.index_select(1, self.numeric_index)]
+        numeric_index: torch.Tensor = self.numeric_index  # type: ignore[assignment]  (a buffer)
+        parts = [x.index_select(1, numeric_index)]
         parts += [emb(x[:, i].long()) for emb, i in zip(self.embeddings, self.categorical)]
         return self.model(torch.cat(parts, dim=1))
 
@@ -222,5 +244,9 @@ def embedding_width(cardinality: int) -> int:
 @torch.no_grad()
 def regression_metrics(pred: torch.Tensor, y: torch.Tensor, target_std: float) -> dict[str, torch.Tensor]:
     """Sums for R² and MAE over one batch of standardised predictions and targets (device tensors)."""
-    return {"abs_err": (pred - y).abs().sum() * target_std, "sq_err": (pred - y).square().sum(),
-            "y_sum": y.sum(), "y_sq": y.square().sum()}
+    return {
+        "abs_err": (pred - y).abs().sum() * target_std,
+        "sq_err": (pred - y).square().sum(),
+        "y_sum": y.sum(),
+        "y_sq": y.square().sum(),
+    }

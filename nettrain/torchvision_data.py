@@ -44,16 +44,21 @@ def _open(name: str, root: str, download: bool, part: str | None) -> Any:
     try:
         return cls(**kwargs)
     except (RuntimeError, FileNotFoundError) as exc:
-        hint = ("put the files there or set data.download=true" if not download
-                else "the download failed; check the network or fetch the files by hand")
+        hint = (
+            "put the files there or set data.download=true"
+            if not download
+            else "the download failed; check the network or fetch the files by hand"
+        )
         raise DataError(f"data.root={root!r}: no {name} data found ({exc}); {hint}") from None
     except ValueError as exc:  # e.g. a `split` value the class does not have
         if part is not None and "split" in params:
             return None
         raise DataError(f"data.name={name!r}: {exc}") from None
     except OSError as exc:
-        raise DataError(f"data.download=True: could not fetch {name} into {root!r} ({exc}); "
-                        "place the files in data.root and set data.download=false") from None
+        raise DataError(
+            f"data.download=True: could not fetch {name} into {root!r} ({exc}); "
+            "place the files in data.root and set data.download=false"
+        ) from None
 
 
 def _decode_all(dataset: Any, name: str, size: tuple[int, int] | None, channels: int | None):
@@ -69,8 +74,10 @@ def _decode_all(dataset: Any, name: str, size: tuple[int, int] | None, channels:
 
             img = to_pil_image(img)
         if not isinstance(img, Image.Image) or not isinstance(label, int):
-            raise DataError(f"data.name={name!r}: not an image classification data set "
-                            f"(item 0 is {type(img).__name__}, {type(label).__name__})")
+            raise DataError(
+                f"data.name={name!r}: not an image classification data set "
+                f"(item 0 is {type(img).__name__}, {type(label).__name__})"
+            )
         channels = channels or (1 if img.mode in ("1", "L", "LA", "I", "F", "I;16") else 3)
         img = img.convert("L" if channels == 1 else "RGB")
         size = size or (img.height, img.width)
@@ -81,9 +88,16 @@ def _decode_all(dataset: Any, name: str, size: tuple[int, int] | None, channels:
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64), size, channels
 
 
-def torchvision_classification(name: str = "CIFAR10", root: str = "data", download: bool = False,
-                               image_size: Any = None, channels: int | None = None, val_fraction: float = 0.1,
-                               test_fraction: float = 0.1, split_seed: int = 0) -> DataSplits:
+def torchvision_classification(
+    name: str = "CIFAR10",
+    root: str = "data",
+    download: bool = False,
+    image_size: Any = None,
+    channels: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> DataSplits:
     """Any torchvision classification data set by class name; see the module docstring.
 
     Its official test split is the test split (test_fraction is cut from train only when it has
@@ -91,15 +105,17 @@ def torchvision_classification(name: str = "CIFAR10", root: str = "data", downlo
     import torchvision
 
     if name not in getattr(torchvision.datasets, "__all__", ()):
-        raise DataError(f"data.name={name!r}: not a torchvision data set; allowed: a class of "
-                        "torchvision.datasets, e.g. CIFAR10, CIFAR100, SVHN, STL10, Flowers102, FakeData")
+        raise DataError(
+            f"data.name={name!r}: not a torchvision data set; allowed: a class of "
+            "torchvision.datasets, e.g. CIFAR10, CIFAR100, SVHN, STL10, Flowers102, FakeData"
+        )
     root = os.path.expanduser(str(root))
     train_set = _open(name, root, download, "train")
     test_set = _open(name, root, download, "test") if train_set is not None else None
     if train_set is None:
         train_set = _open(name, root, download, None)
     size = _as_size(image_size)
-    if hasattr(train_set, "data") and name in ("CIFAR10", "CIFAR100") and size is None and channels in (None, 3):
+    if name in ("CIFAR10", "CIFAR100") and test_set is not None and size is None and channels in (None, 3):
         x = torch.from_numpy(train_set.data).permute(0, 3, 1, 2).contiguous()
         y = torch.tensor(train_set.targets, dtype=torch.int64)
         test_x = torch.from_numpy(test_set.data).permute(0, 3, 1, 2).contiguous()

@@ -14,7 +14,7 @@ def class_image(label: int, rng: np.random.Generator, size: int = 12, channels: 
     """uint8 (size, size[, 3]): noise plus a bright block whose place depends on the class."""
     img = rng.integers(0, 70, size=(size, size, channels), dtype=np.uint8)
     third = size // 3
-    img[:, label * third:(label + 1) * third, :] = rng.integers(180, 255)
+    img[:, label * third : (label + 1) * third, :] = rng.integers(180, 255)
     return img[:, :, 0] if channels == 1 else img
 
 
@@ -26,8 +26,14 @@ def write_png(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def image_folder(root: Path, per_class: int = 30, size: int = 12, channels: int = 1, seed: int = 0,
-                 splits: tuple[str, ...] = ("train",)) -> Path:
+def image_folder(
+    root: Path,
+    per_class: int = 30,
+    size: int = 12,
+    channels: int = 1,
+    seed: int = 0,
+    splits: tuple[str, ...] = ("train",),
+) -> Path:
     """ROOT/<split>/<class>/NNN.png for each split, `per_class` images per class (fewer in val/test)."""
     rng = np.random.default_rng(seed)
     for split in splits:
@@ -53,8 +59,11 @@ def table(path: Path, n: int = 300, seed: int = 0, task: str = "classification",
             a, b = rng.normal(10, 3), rng.normal(-5, 2)
             colour = colours[rng.integers(0, 3)]
             score = 2 * (a - 10) / 3 - (b + 5) / 2 + effect[colour]
-            target = ("high" if score > 0 else "low") if task == "classification" else \
-                f"{3 * a - 2 * b + 4 * effect[colour] + rng.normal(0, 0.1):.4f}"
+            target = (
+                ("high" if score > 0 else "low")
+                if task == "classification"
+                else f"{3 * a - 2 * b + 4 * effect[colour] + rng.normal(0, 0.1):.4f}"
+            )
             row = [f"{a:.4f}", f"{b:.4f}", colour, f"{rng.normal():.4f}", target]
             if i < missing:
                 row[1] = ""
@@ -77,7 +86,7 @@ def tiny_cifar(root: Path, name: str = "CIFAR10", per_batch: int = 20, seed: int
         labels = rng.integers(0, classes, size=n)
         images = rng.integers(0, 80, size=(n, 3, 32, 32), dtype=np.uint8)
         for i, label in enumerate(labels):
-            images[i, :, :, (label % 8) * 4:(label % 8) * 4 + 4] = 250
+            images[i, :, :, (label % 8) * 4 : (label % 8) * 4 + 4] = 250
         return {"data": images.reshape(n, -1), label_key: [int(v) for v in labels]}
 
     if name == "CIFAR10":
@@ -87,8 +96,11 @@ def tiny_cifar(root: Path, name: str = "CIFAR10", per_batch: int = 20, seed: int
         files["batches.meta"] = {names_key: [f"class{i}" for i in range(classes)]}
     else:
         folder = root / "cifar-100-python"
-        files = {"train": batch(per_batch * 5), "test": batch(per_batch),
-                 "meta": {names_key: [f"class{i}" for i in range(classes)]}}
+        files = {
+            "train": batch(per_batch * 5),
+            "test": batch(per_batch),
+            "meta": {names_key: [f"class{i}" for i in range(classes)]},
+        }
     folder.mkdir(parents=True, exist_ok=True)
     for file, content in files.items():
         with open(folder / file, "wb") as f:

@@ -27,7 +27,7 @@ def test_crop_shifts_each_image_within_the_padding():
     out, _ = Augment("crop", crop_padding=2, generator=torch.Generator().manual_seed(0))(x, y)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for o, p in zip(out, padded):
-        assert any(torch.equal(o, p[:, r:r + 8, c:c + 8]) for r in range(5) for c in range(5))
+        assert any(torch.equal(o, p[:, r : r + 8, c : c + 8]) for r in range(5) for c in range(5))
     assert not torch.equal(out, x)
 
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 import torch
-
 from made_data import CLASSES, image_folder, write_png
+
 from nettrain.data import DataError
 from nettrain.image_folder import image_folder as load
 

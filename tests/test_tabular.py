@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from made_data import table
+
 from nettrain.data import DataError
 from nettrain.tabular import EmbeddedInputs, csv, encode_rows
 
@@ -25,8 +25,10 @@ def test_numeric_columns_are_standardised_with_train_statistics_and_categories_o
 def test_encoding_new_rows_uses_the_saved_statistics(tmp_path):
     data = csv(str(table(tmp_path / "t.csv")), target="label", features=["a", "colour"])
     spec = data.meta["features"][0]
-    x = encode_rows([{"a": str(spec["mean"] + spec["std"]), "colour": "blue"},
-                     {"a": str(spec["mean"]), "colour": "purple"}], data.meta)
+    x = encode_rows(
+        [{"a": str(spec["mean"] + spec["std"]), "colour": "blue"}, {"a": str(spec["mean"]), "colour": "purple"}],
+        data.meta,
+    )
     assert torch.allclose(x, torch.tensor([[1.0, 1, 0, 0], [0, 0, 0, 0]]), atol=1e-6)
 
 

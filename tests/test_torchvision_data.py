@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from made_data import accept_tiny_cifar, tiny_cifar
+
 from nettrain.data import DataError
 from nettrain.torchvision_data import cifar10, cifar100, torchvision_classification
 
