@@ -231,7 +231,7 @@ class EmbeddedInputs(nn.Module):
         self.model = model_factory([width])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        numeric_index: torch.Tensor = self.numeric_index  # type: ignore[assignment]  (a buffer)
+        numeric_index: torch.Tensor = self.numeric_index  # type: ignore[assignment]
         parts = [x.index_select(1, numeric_index)]
         parts += [emb(x[:, i].long()) for emb, i in zip(self.embeddings, self.categorical)]
         return self.model(torch.cat(parts, dim=1))
