@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from nettrain.config import MONITORED, ConfigError, plain
 from nettrain.data import Batches, DataSplits, Split
+from nettrain.data.preprocessing import PreprocessingRecord, input_transform
 from nettrain.state import TrainState
 
 FUSED_OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
@@ -83,17 +84,48 @@ def fused_kwargs(target: str, device: torch.device, setting: str = "auto") -> di
     return {}
 
 
+# data keys nettrain reads itself (the image options' augmentation), not passed to the data's _target_
+AUGMENT_KEYS = ("augment", "crop_padding", "mix", "mix_alpha")
+
+
 def build_data(cfg: DictConfig) -> tuple[DataSplits, dict[str, Any]]:
     """The data splits, and the loader settings nettrain reads itself (in_memory, num_workers)."""
     data_node = plain(cfg.data)
     loader = {"in_memory": data_node.pop("in_memory", True), "num_workers": data_node.pop("num_workers", 0)}
+    for key in AUGMENT_KEYS:
+        data_node.pop(key, None)
     return instantiate(data_node, "data"), loader
+
+
+def build_augment(cfg: DictConfig, data: DataSplits, generator: torch.Generator):
+    """The data option's on-device augmentation (nettrain/data/augment.py) drawing from the data
+    generator, or None when it has none or all of it is off."""
+    from nettrain.data.augment import Augment
+
+    settings = {key: cfg.data[key] for key in AUGMENT_KEYS if key in cfg.data}
+    if not settings:
+        return None
+    augment = Augment(**settings, num_classes=data.num_classes, generator=generator)
+    return augment if augment.active else None
 
 
 def build_model(cfg: DictConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
     """The model for the data's input shape and class count, on `device`."""
-    model = instantiate(cfg.model, "model", input_shape=list(data.input_shape), num_classes=data.num_classes)
-    return model.to(device)
+    return build_model_for(cfg, data.meta, device)
+
+
+def build_model_for(cfg: DictConfig, preprocessing: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    """The model for data described by `preprocessing` (DataSplits.meta, or the record a checkpoint
+    keeps): its input shape and class count; tables with embedded categories get the embeddings in front."""
+    shape, num_classes = list(preprocessing["input_shape"]), preprocessing["num_classes"]
+    if preprocessing.get("categorical") == "embed":
+        from nettrain.data.tabular import EmbeddedInputs
+
+        def inner(width: list[int]) -> torch.nn.Module:
+            return instantiate(cfg.model, "model", input_shape=width, num_classes=num_classes)
+
+        return EmbeddedInputs(preprocessing["features"], inner).to(device)
+    return instantiate(cfg.model, "model", input_shape=shape, num_classes=num_classes).to(device)
 
 
 def build_data_and_model(cfg: DictConfig, device: torch.device):
@@ -108,7 +140,14 @@ def use_channels_last(setting: str, device: torch.device, model: torch.nn.Module
     return setting == "on" or (setting == "auto" and device.type == "cuda" and has_conv)
 
 
-def build_loss(cfg: DictConfig) -> torch.nn.Module:
+CROSS_ENTROPY = "torch.nn.CrossEntropyLoss"
+
+
+def build_loss(cfg: DictConfig, task: str = "classification") -> torch.nn.Module:
+    """The `loss` option; for regression data (data.task=regression) the default cross-entropy
+    becomes mean squared error."""
+    if task == "regression" and cfg.loss._target_ == CROSS_ENTROPY:
+        return torch.nn.MSELoss()
     return instantiate(cfg.loss, "loss")
 
 
@@ -167,9 +206,12 @@ class Run:
     train_batches: Batches
     val_batches: Batches
 
+    augment: Any = None  # the training batches' augmentation (nettrain/data/augment.py), or None
+
     def batches(self, split: Split) -> Batches:
         """Unshuffled batches of another split (the test split), served like the others."""
-        return Batches(split, self.batch_size, self.device, **self.loader)
+        transform = input_transform(self.data.meta, split.x, self.device)
+        return Batches(split, self.batch_size, self.device, transform=transform, **self.loader)
 
 
 def build_run(cfg: DictConfig, device: torch.device) -> Run:
@@ -183,12 +225,15 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         model = model.to(memory_format=torch.channels_last)
         for split in (data.train, data.val, data.test):
             split.x = split.x.contiguous(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg)
+    loss_fn = build_loss(cfg, data.task)
     optimizer = build_optimizer(cfg, model, device)
     if cfg.trainer.compile:
         model.compile()  # in place: state_dict keys and checkpoints stay the same
     order = torch.Generator().manual_seed(cfg.seed)  # the data order has its own generator
-    train_batches = Batches(data.train, cfg.batch_size, device, shuffle=True, generator=order, **loader)
+    transform = input_transform(data.meta, data.train.x, device)  # uint8 images: normalised per batch
+    train_batches = Batches(
+        data.train, cfg.batch_size, device, shuffle=True, generator=order, transform=transform, **loader
+    )
     state = TrainState(
         model=model,
         loss_fn=loss_fn,
@@ -198,7 +243,10 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         grad_monitor=build_grad_monitor(cfg, model),
         precision=Precision(cfg.trainer.precision, device),
         data_generator=order,
+        extras={"preprocessing": PreprocessingRecord(data.meta)},  # saved in every checkpoint
     )
-    return Run(
-        device, data, loader, cfg.batch_size, state, train_batches, Batches(data.val, cfg.batch_size, device, **loader)
+    val_batches = Batches(
+        data.val, cfg.batch_size, device, transform=input_transform(data.meta, data.val.x, device), **loader
     )
+    augment = build_augment(cfg, data, order)
+    return Run(device, data, loader, cfg.batch_size, state, train_batches, val_batches, augment)

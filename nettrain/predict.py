@@ -66,7 +66,7 @@ def load_model(state: dict[str, Any], device):
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
     """(image files, table files) from the command line; folders give their images."""
-    from nettrain.image_folder import IMAGE_EXTENSIONS, list_images
+    from nettrain.data.image_folder import IMAGE_EXTENSIONS, list_images
 
     images, tables = [], []
     for item in inputs:
@@ -91,7 +91,7 @@ def image_inputs(paths: list[Path], prep: dict[str, Any]):
     """Decoded, resized uint8 images (N, C, H, W), decoded as the training images were."""
     import torch
 
-    from nettrain.image_folder import decode_image
+    from nettrain.data.image_folder import decode_image
 
     if prep.get("kind") != "image":
         raise PredictError(f"{paths[0]}: an image, but the model was trained on {prep.get('kind')} data")
@@ -107,7 +107,7 @@ def image_inputs(paths: list[Path], prep: dict[str, Any]):
 def table_inputs(path: Path, prep: dict[str, Any]):
     """(row labels, encoded feature tensor) for a table with the training table's feature columns."""
     from nettrain.data import DataError
-    from nettrain.tabular import encode_rows, read_table
+    from nettrain.data.tabular import encode_rows, read_table
 
     if prep.get("kind") != "table":
         raise PredictError(f"{path}: a table, but the model was trained on {prep.get('kind')} data")
@@ -127,8 +127,8 @@ def predict(
     """(checkpoint path, one result row per input)."""
     import torch
 
-    from nettrain.preprocessing import input_transform
-    from nettrain.train import resolve_device
+    from nettrain.data.preprocessing import input_transform
+    from nettrain.build import resolve_device
 
     device = resolve_device(device_name)
     path, state = find_checkpoint(target)

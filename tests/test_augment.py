@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nettrain.augment import Augment, sample_beta
+from nettrain.data.augment import Augment, sample_beta
 
 
 def batch(n=16):

@@ -9,7 +9,7 @@ import torch
 from made_data import CLASSES, image_folder, write_png
 
 from nettrain.data import DataError
-from nettrain.image_folder import image_folder as load
+from nettrain.data.image_folder import image_folder as load
 
 
 def test_folder_is_decoded_to_uint8_with_its_own_size_channels_and_class_names(tmp_path):

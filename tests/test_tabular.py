@@ -7,7 +7,7 @@ import torch
 from made_data import table
 
 from nettrain.data import DataError
-from nettrain.tabular import EmbeddedInputs, csv, encode_rows
+from nettrain.data.tabular import EmbeddedInputs, csv, encode_rows
 
 
 def test_numeric_columns_are_standardised_with_train_statistics_and_categories_one_hot(tmp_path):

@@ -7,7 +7,7 @@ import torch
 from made_data import accept_tiny_cifar, tiny_cifar
 
 from nettrain.data import DataError
-from nettrain.torchvision_data import cifar10, cifar100, torchvision_classification
+from nettrain.data.vision import cifar10, cifar100, torchvision_classification
 
 
 @pytest.fixture

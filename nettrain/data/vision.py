@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from nettrain.data import DataError, DataSplits, Split, _split_indices
-from nettrain.image_folder import _as_size, channel_stats, image_meta
+from nettrain.data.image_folder import _as_size, channel_stats, image_meta
 
 
 def _open(name: str, root: str, download: bool, part: str | None) -> Any:
@@ -134,10 +134,8 @@ def torchvision_classification(
         test = Split(test_x, test_y)
     train = Split(x[train_idx], y[train_idx])
     mean, std = channel_stats(train.x)
-    data = DataSplits(name, train, Split(x[val_idx], y[val_idx]), test, num_classes=len(classes))
-    data.meta = image_meta(classes, channels, list(size), mean, std)
-    data.notes = []
-    return data
+    meta = image_meta(classes, channels, list(size), mean, std)
+    return DataSplits(name, train, Split(x[val_idx], y[val_idx]), test, num_classes=len(classes), meta=meta)
 
 
 def cifar10(root: str = "data", download: bool = False, val_fraction: float = 0.1, split_seed: int = 0) -> DataSplits:

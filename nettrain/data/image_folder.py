@@ -2,7 +2,7 @@
 
 The images are decoded once (Pillow), converted to `channels`, resized to `image_size` and kept
 as uint8 tensors (N, C, H, W); the training device normalises them per batch with the train
-split's per-channel mean and std (nettrain/preprocessing.py). Missing val/ or test/ folders are
+split's per-channel mean and std (nettrain/data/preprocessing.py). Missing val/ or test/ folders are
 cut from train by `val_fraction`/`test_fraction` with `split_seed`.
 
 The decoded tensors are cached in `cache_dir` (default: $XDG_CACHE_HOME/nettrain, else
@@ -277,7 +277,7 @@ def image_folder(
     if len(train) == 0:
         raise DataError(f"data.root={str(root_path)!r}: no training images left after the val/test cut")
     mean, std = channel_stats(train.x)
-    splits = DataSplits("image_folder", train, taken["val"], taken["test"], num_classes=len(folder.classes))
-    splits.meta = image_meta(folder.classes, decoded["channels"], decoded["size"], mean, std)
-    splits.notes = notes
-    return splits
+    meta = image_meta(folder.classes, decoded["channels"], decoded["size"], mean, std)
+    return DataSplits(
+        "image_folder", train, taken["val"], taken["test"], num_classes=len(folder.classes), meta=meta, notes=notes
+    )

@@ -7,7 +7,7 @@ checkpoint under `preprocessing`, so a model can be used without its data set
 - images: `kind: image`, `channels`, `image_size` [H, W], per-channel `mean` and `std` (in [0, 1]
   pixel units), `class_names`;
 - tables: `kind: table`, the `target` column, each feature's statistics or categories, the
-  categorical encoding (nettrain/tabular.py);
+  categorical encoding (nettrain/data/tabular.py);
 - both: `task` (classification | regression).
 
 Images held as uint8 are normalised on the training device, per batch, by :class:`Normalize`.
@@ -59,3 +59,19 @@ def describe(meta: dict[str, Any]) -> str:
     elif meta.get("kind") == "table":
         parts.append(f"target {meta['target']!r}, {len(meta['features'])} feature columns")
     return "; ".join(parts)
+
+
+class PreprocessingRecord:
+    """The data's preprocessing as a checkpointed part (TrainState.extras['preprocessing']).
+
+    Saved in every checkpoint under `preprocessing`, so `nettrain-predict` can use the model
+    without the data set. Nothing to restore on resume: the data is rebuilt from the same config."""
+
+    def __init__(self, meta: dict[str, Any]):
+        self.meta = meta
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.meta
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -208,9 +208,7 @@ def csv(
     if categorical == "embed":
         meta["cardinalities"] = [len(s["categories"]) + 1 for s in specs if s["type"] == "categorical"]
     train, val, test = (Split(x[idx], y[idx]) for idx in (train_idx, val_idx, test_idx))
-    data = DataSplits("csv", train, val, test, num_classes=num_classes)
-    data.meta, data.notes = meta, []
-    return data
+    return DataSplits("csv", train, val, test, num_classes=num_classes, meta=meta)
 
 
 class EmbeddedInputs(nn.Module):
