@@ -247,7 +247,12 @@ def problems(cfg: Any) -> list[str]:
     """Every invalid setting of `cfg`, as 'key=value: what is allowed' lines (empty when valid)."""
     checks = Checks(cfg)
     for section in (
-        _check_top_level, _check_model, _check_optimization, _check_data, _check_data_options, _check_monitors
+        _check_top_level,
+        _check_model,
+        _check_optimization,
+        _check_data,
+        _check_data_options,
+        _check_monitors,
     ):
         section(checks)
     return checks.found

@@ -23,7 +23,17 @@ from torch import nn
 from nettrain.interrupt import StopRequest
 from nettrain.state import Position, TrainState
 
-__all__ = ["FitResult", "LoopSettings", "Position", "RunOutputs", "StopRequest", "evaluate", "evaluate_metrics", "fit", "train_step"]
+__all__ = [
+    "FitResult",
+    "LoopSettings",
+    "Position",
+    "RunOutputs",
+    "StopRequest",
+    "evaluate",
+    "evaluate_metrics",
+    "fit",
+    "train_step",
+]
 
 
 @dataclass
@@ -56,14 +66,22 @@ def evaluate_regression(model: nn.Module, loss_fn: nn.Module, batches, target_st
     sums: dict[str, torch.Tensor] = {}
     for x, y in batches:
         out = model(x)
-        batch = {"loss": loss_fn(out, y) * len(y), "abs_err": (out - y).abs().sum(), "sq_err": (out - y).square().sum(),
-                 "y": y.sum(), "y_sq": y.square().sum()}
+        batch = {
+            "loss": loss_fn(out, y) * len(y),
+            "abs_err": (out - y).abs().sum(),
+            "sq_err": (out - y).square().sum(),
+            "y": y.sum(),
+            "y_sq": y.square().sum(),
+        }
         sums = batch if not sums else {k: sums[k] + v for k, v in batch.items()}
     n = batches.n
     total = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # one host sync per pass
     spread = total["y_sq"] - total["y"] ** 2 / n
-    return {"loss": total["loss"] / n, "r2": 1 - total["sq_err"] / spread if spread > 0 else 0.0,
-            "mae": total["abs_err"] / n * target_std}
+    return {
+        "loss": total["loss"] / n,
+        "r2": 1 - total["sq_err"] / spread if spread > 0 else 0.0,
+        "mae": total["abs_err"] / n * target_std,
+    }
 
 
 def evaluate_metrics(

@@ -47,7 +47,7 @@ def find_checkpoint(target: str | Path) -> tuple[Path, dict[str, Any]]:
 
 def load_model(state: dict[str, Any], device):
     """The checkpoint's model in eval mode, built from its own config and saved preprocessing."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from nettrain.build import build_model_for
     from nettrain.config import TrainConfig
@@ -59,6 +59,7 @@ def load_model(state: dict[str, Any], device):
             "train the model again to use nettrain-predict"
         )
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"])
+    assert isinstance(cfg, DictConfig)
     model = build_model_for(cfg, prep, device)
     model.load_state_dict(state["model"])
     return model.eval(), prep
@@ -127,8 +128,8 @@ def predict(
     """(checkpoint path, one result row per input)."""
     import torch
 
-    from nettrain.data.preprocessing import input_transform
     from nettrain.build import resolve_device
+    from nettrain.data.preprocessing import input_transform
 
     device = resolve_device(device_name)
     path, state = find_checkpoint(target)

@@ -130,7 +130,10 @@ def test_augmentation_settings_are_validated(folder):
 
 
 def test_mixing_needs_a_loss_that_takes_soft_targets(folder):
-    with pytest.raises(ConfigError, match=r"data.mix=.mixup.: gives soft targets .*NLLLoss.* does not take; allowed: torch.nn.CrossEntropyLoss"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.mix=.mixup.: gives soft targets .*NLLLoss.* does not take; allowed: torch.nn.CrossEntropyLoss",
+    ):
         train(
             make_cfg(
                 "data=image_folder",

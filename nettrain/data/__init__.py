@@ -136,7 +136,14 @@ def mnist_sample(val_fraction: float = 0.1, test_fraction: float = 0.1, split_se
 def _digits_meta(class_names: list[str], name: str) -> dict[str, Any]:
     """28x28 grayscale normalised with NORMALISATION[name]: what a new image needs to match these."""
     mean, std = NORMALISATION[name]
-    return {"kind": "image", "class_names": class_names, "channels": 1, "image_size": [28, 28], "mean": [mean], "std": [std]}
+    return {
+        "kind": "image",
+        "class_names": class_names,
+        "channels": 1,
+        "image_size": [28, 28],
+        "mean": [mean],
+        "std": [std],
+    }
 
 
 def torchvision_dataset(
