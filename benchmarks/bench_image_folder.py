@@ -2,6 +2,7 @@
 """image_folder speed benchmark: training from a folder of PNGs vs the MNIST tensor path.
 
     python benchmarks/bench_image_folder.py              # 60,000 images, 5 alternated runs each
+    python benchmarks/bench_image_folder.py --images 12000 --runs 3   # a smaller set on a busy machine
     python benchmarks/bench_image_folder.py --quick      # 6,000 images, 2 runs each, writes nothing
 
 The same 28x28 grayscale digits (the 5,000 bundled real digits, tiled, as in bench.py) are
@@ -64,11 +65,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--images", type=int, default=60000, help="training images (test: a sixth of it)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    n_train, n_test, runs = (6000, 1000, 2) if args.quick else (60000, 10000, args.runs)
+    n_train, n_test, runs = (6000, 1000, 2) if args.quick else (args.images, args.images // 6, args.runs)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nettrain-bench-images-") as tmp:
         work = Path(tmp)
