@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from nettrain.config import MONITORED, ConfigError, plain
 from nettrain.data import Batches, DataSplits, Split
+from nettrain.data.preprocessing import PreprocessingRecord, input_transform
 from nettrain.state import TrainState
 
 FUSED_OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
@@ -83,19 +84,50 @@ def fused_kwargs(target: str, device: torch.device, setting: str = "auto") -> di
     return {}
 
 
+# data keys nettrain reads itself (the image options' augmentation), not passed to the data's _target_
+AUGMENT_KEYS = ("augment", "crop_padding", "mix", "mix_alpha")
+
+
 def build_data(cfg: DictConfig) -> tuple[DataSplits, dict[str, Any]]:
     """The data splits, and the loader settings nettrain reads itself (in_memory, num_workers)."""
     data_node = plain(cfg.data)
     loader = {"in_memory": data_node.pop("in_memory", True), "num_workers": data_node.pop("num_workers", 0)}
+    for key in AUGMENT_KEYS:
+        data_node.pop(key, None)
     return instantiate(data_node, "data"), loader
+
+
+def build_augment(cfg: DictConfig, data: DataSplits, generator: torch.Generator):
+    """The data option's on-device augmentation (nettrain/data/augment.py) drawing from the data
+    generator, or None when it has none or all of it is off."""
+    from nettrain.data.augment import Augment
+
+    settings = {key: cfg.data[key] for key in AUGMENT_KEYS if key in cfg.data}
+    if not settings:
+        return None
+    augment = Augment(**settings, num_classes=data.num_classes, generator=generator)
+    return augment if augment.active else None
 
 
 def build_model(cfg: DictConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
     """The model for the data's input shape and class count, on `device`."""
+    return build_model_for(cfg, data.meta, device)
+
+
+def build_model_for(cfg: DictConfig, preprocessing: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    """The model for data described by `preprocessing` (DataSplits.meta, or the record a checkpoint
+    keeps): its input shape and class count; tables with embedded categories get the embeddings in front."""
+    shape, num_classes = list(preprocessing["input_shape"]), preprocessing["num_classes"]
     node = plain(cfg.model)
     node.pop("sync_bn", None)  # read by the distributed wrapper (build_run), not the model
-    model = instantiate(node, "model", input_shape=list(data.input_shape), num_classes=data.num_classes)
-    return model.to(device)
+    if preprocessing.get("categorical") == "embed":
+        from nettrain.data.tabular import EmbeddedInputs
+
+        def inner(width: list[int]) -> torch.nn.Module:
+            return instantiate(node, "model", input_shape=width, num_classes=num_classes)
+
+        return EmbeddedInputs(preprocessing["features"], inner).to(device)
+    return instantiate(node, "model", input_shape=shape, num_classes=num_classes).to(device)
 
 
 def build_data_and_model(cfg: DictConfig, device: torch.device):
@@ -110,7 +142,14 @@ def use_channels_last(setting: str, device: torch.device, model: torch.nn.Module
     return setting == "on" or (setting == "auto" and device.type == "cuda" and has_conv)
 
 
-def build_loss(cfg: DictConfig) -> torch.nn.Module:
+CROSS_ENTROPY = "torch.nn.CrossEntropyLoss"
+
+
+def build_loss(cfg: DictConfig, task: str = "classification") -> torch.nn.Module:
+    """The `loss` option; for regression data (data.task=regression) the default cross-entropy
+    becomes mean squared error."""
+    if task == "regression" and cfg.loss._target_ == CROSS_ENTROPY:
+        return torch.nn.MSELoss()
     return instantiate(cfg.loss, "loss")
 
 
@@ -130,7 +169,7 @@ def build_optimizer(
     return optimizer
 
 
-def graph_plan(cfg: DictConfig, device: torch.device, train_size: int):
+def graph_plan(cfg: DictConfig, device: torch.device, train_size: int, per_batch_input: bool = False):
     """trainer.cuda_graph for this run: capture or not, and why (nettrain.cuda_graph.plan); `on`
     with a step that cannot be captured is a ConfigError."""
     from nettrain import cuda_graph, distributed
@@ -147,6 +186,7 @@ def graph_plan(cfg: DictConfig, device: torch.device, train_size: int):
         train_size=train_size,
         batch_size=cfg.batch_size,
         world_size=distributed.context().world_size,
+        per_batch_input=per_batch_input,
     )
     if found.refusal():
         raise ConfigError(found.refusal())
@@ -201,13 +241,15 @@ class Run:
     state: TrainState
     train_batches: Any  # Batches, or cuda_graph.IndexBatches for the CUDA graph step
     val_batches: Batches
+    augment: Any = None  # the training batches' augmentation (nettrain/data/augment.py), or None
     graph: Any = None  # the trainer.cuda_graph plan (nettrain.cuda_graph.Plan)
     eval_batch_size: int | None = None  # validation and test batches; None = batch_size
     step: Any = None  # the step the loop used (nettrain.cuda_graph.StepChoice; set by train.py)
 
     def batches(self, split: Split) -> Batches:
         """Unshuffled batches of another split (the test split), served like the others."""
-        return Batches(split, self.eval_batch_size or self.batch_size, self.device, **self.loader)
+        transform = input_transform(self.data.meta, split.x, self.device)
+        return Batches(split, self.eval_batch_size or self.batch_size, self.device, transform=transform, **self.loader)
 
 
 def build_run(cfg: DictConfig, device: torch.device) -> Run:
@@ -224,15 +266,23 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         model = model.to(memory_format=torch.channels_last)
         for split in (data.train, data.val, data.test):
             split.x = split.x.contiguous(memory_format=torch.channels_last)
-    graph = graph_plan(cfg, device, len(data.train))
-    loss_fn = build_loss(cfg)
+    transform = input_transform(data.meta, data.train.x, device)  # uint8 images: normalised per batch
+    graph = graph_plan(cfg, device, len(data.train), per_batch_input=transform is not None or _augments(cfg))
+    loss_fn = build_loss(cfg, data.task)
     optimizer = build_optimizer(cfg, model, device, capturable=graph.capture)
     mode = cuda_graph.compile_mode(cfg.trainer.compile)
     if mode is not None:  # in place: state_dict keys and checkpoints stay the same
         model.compile(mode=None if mode == "default" else mode)
     order = torch.Generator().manual_seed(cfg.seed)  # the data order has its own generator
     train_batches = Batches(
-        data.train, cfg.batch_size, device, shuffle=True, generator=order, drop_unshareable=True, **loader
+        data.train,
+        cfg.batch_size,
+        device,
+        shuffle=True,
+        generator=order,
+        drop_unshareable=True,
+        transform=transform,
+        **loader,
     )
     eval_batch_size = max(cfg.batch_size, cuda_graph.EVAL_BATCH_SIZE) if graph.capture else cfg.batch_size
     state = TrainState(
@@ -245,6 +295,10 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         precision=Precision(cfg.trainer.precision, device),
         data_generator=order,
         ddp=distributed.wrap(model, device),
+        extras={"preprocessing": PreprocessingRecord(data.meta)},  # saved in every checkpoint
+    )
+    val_batches = Batches(
+        data.val, eval_batch_size, device, transform=input_transform(data.meta, data.val.x, device), **loader
     )
     return Run(
         device,
@@ -253,7 +307,13 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         cfg.batch_size,
         state,
         cuda_graph.IndexBatches(train_batches) if graph.capture else train_batches,
-        Batches(data.val, eval_batch_size, device, **loader),
+        val_batches,
+        build_augment(cfg, data, order),
         graph,
         eval_batch_size,
     )
+
+
+def _augments(cfg: DictConfig) -> bool:
+    """Whether the data option augments training batches (flips, crops, mixup/cutmix)."""
+    return cfg.data.get("augment", "none") not in (None, "none") or bool(cfg.data.get("mix", None))

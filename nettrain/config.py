@@ -22,7 +22,10 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu")
 NORMS = ("none", "batchnorm", "layernorm")
 INITS = ("default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform")
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST")
-MONITORED = {"val_loss": "min", "val_acc": "max"}
+MONITORED = {"val_loss": "min", "val_acc": "max", "val_r2": "max", "val_mae": "min"}
+AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data.augment (nettrain/data/augment.py)
+MIXES = ("none", "mixup", "cutmix")  # data.mix
+SOFT_TARGET_LOSSES = ("torch.nn.CrossEntropyLoss",)  # losses that take class probabilities as targets
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -41,7 +44,7 @@ class EarlyStoppingConfig:
     """Stop when the monitored metric has not improved for `patience` epochs."""
 
     enabled: bool = True  # stop early; false: run all `epochs`
-    monitor: str = "val_loss"  # val_loss (lower is better) | val_acc (higher is better)
+    monitor: str = "val_loss"  # val_loss | val_acc (higher is better) | regression: val_r2 (higher), val_mae
     patience: int = 3  # epochs without improvement before stopping (the tutorial's 3)
     min_delta: float = 0.0  # an improvement must beat the best by more than this
     restore_best: bool = True  # load the best epoch's weights when training ends
@@ -183,6 +186,39 @@ def is_finite_number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _check_data_options(c: Checks) -> None:
+    """The keys of the image, table and augmentation data options (conf/data/)."""
+
+    def positive_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    c.choice("data.augment", AUGMENTS)
+    c.choice("data.mix", MIXES)
+    c.need("data.mix_alpha", lambda v: is_finite_number(v) and v > 0, "must be a number > 0")
+    c.need("data.crop_padding", positive_int, "must be an integer >= 1 (pixels)")
+    c.choice("data.on_bad_file", ("fail", "skip"))
+    c.choice("data.task", ("classification", "regression"))
+    c.choice("data.categorical", ("onehot", "embed"))
+    c.choice("data.impute", ("none", "mean"))
+    c.need("data.channels", lambda v: v in (1, 3), "must be null (the images' own), 1 (grayscale) or 3 (RGB)")
+    c.need(
+        "data.image_size",
+        lambda v: positive_int(v) or (len(v) == 2 and all(positive_int(d) for d in v)),
+        "must be null (the images' own), an integer N >= 1 or [H, W]",
+    )
+    loss = c.get("loss._target_")
+    if c.get("data.mix") in ("mixup", "cutmix") and loss not in SOFT_TARGET_LOSSES:
+        c.problem(
+            f"data.mix={_fmt(c.get('data.mix'))}: gives soft targets (class probabilities), which loss._target_="
+            f"{_fmt(loss)} does not take; allowed: {', '.join(SOFT_TARGET_LOSSES)}, or data.mix=none"
+        )
+    monitor, task = c.get("early_stopping.monitor"), c.get("data.task") or "classification"
+    wrong = {"classification": ("val_r2", "val_mae"), "regression": ("val_acc",)}
+    if monitor in wrong.get(task, ()):
+        allowed = "val_loss, val_r2, val_mae" if task == "regression" else "val_loss, val_acc"
+        c.problem(f"early_stopping.monitor={_fmt(monitor)}: not reported for data.task={task!r}; allowed: {allowed}")
+
+
 class Checks:
     """Collects 'key=value: what is allowed' problems of one config; `problems` runs every section."""
 
@@ -220,7 +256,15 @@ class Checks:
 def problems(cfg: Any) -> list[str]:
     """Every invalid setting of `cfg`, as 'key=value: what is allowed' lines (empty when valid)."""
     checks = Checks(cfg)
-    for section in (_check_top_level, _check_model, _check_optimization, _check_data, _check_monitors, _check_graph):
+    for section in (
+        _check_top_level,
+        _check_model,
+        _check_optimization,
+        _check_data,
+        _check_data_options,
+        _check_monitors,
+        _check_graph,
+    ):
         section(checks)
     return checks.found
 
@@ -303,7 +347,8 @@ def _check_data(c: Checks) -> None:
         lambda v: len(v) == 3 and all(isinstance(d, int) and d >= 1 for d in v),
         "must be [C, H, W], three integers >= 1",
     )
-    c.choice("data.name", TORCHVISION_DATASETS)
+    if c.get("data._target_") == "nettrain.data.torchvision_dataset":
+        c.choice("data.name", TORCHVISION_DATASETS)
 
 
 def _check_monitors(c: Checks) -> None:

@@ -23,7 +23,8 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
     from nettrain.build import build_data_and_model, build_loss, resolve_device
     from nettrain.config import TrainConfig, validate
     from nettrain.data import Batches
-    from nettrain.loop import evaluate
+    from nettrain.data.preprocessing import input_transform
+    from nettrain.loop import evaluate_metrics
 
     target = Path(target).expanduser()
     if target.is_file():
@@ -43,15 +44,17 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
     device = resolve_device(cfg.device)
     data, loader, model = build_data_and_model(cfg, device)
     model.load_state_dict(state["model"])
-    batches = Batches(getattr(data, split), cfg.batch_size, device, **loader)
-    loss, acc = evaluate(model, build_loss(cfg), batches)
+    chosen = getattr(data, split)
+    transform = input_transform(data.meta, chosen.x, device)  # uint8 images: normalised per batch
+    batches = Batches(chosen, cfg.batch_size, device, transform=transform, **loader)
+    target_std = data.meta.get("target_std", 1.0)
+    metrics = evaluate_metrics(model, build_loss(cfg, data.task), batches, data.task, target_std)
     result = {
         "checkpoint": str(path),
         "epoch": state["epoch"],
         "split": split,
         "samples": batches.n,
-        f"{split}_loss": loss,
-        f"{split}_acc": acc,
+        **{f"{split}_{name}": value for name, value in metrics.items()},  # loss, then acc or r2, mae
         "device": str(device),
         "overrides": list(overrides or []),
     }

@@ -23,7 +23,17 @@ from torch import nn
 from nettrain.interrupt import StopRequest
 from nettrain.state import Position, TrainState
 
-__all__ = ["FitResult", "LoopSettings", "Position", "RunOutputs", "StopRequest", "evaluate", "fit", "train_step"]
+__all__ = [
+    "FitResult",
+    "LoopSettings",
+    "Position",
+    "RunOutputs",
+    "StopRequest",
+    "evaluate",
+    "evaluate_metrics",
+    "fit",
+    "train_step",
+]
 
 
 @dataclass
@@ -52,6 +62,41 @@ def evaluate(model: nn.Module, loss_fn: nn.Module, batches) -> tuple[float, floa
     return (loss_sum / batches.n).item(), (correct / batches.n).item()
 
 
+@torch.no_grad()
+def evaluate_regression(model: nn.Module, loss_fn: nn.Module, batches, target_std: float = 1.0) -> dict[str, float]:
+    """Mean loss, R² and MAE (in the target's units: standardised error x target_std) over all batches."""
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    for x, y in batches:
+        out = model(x)
+        batch = {
+            "loss": loss_fn(out, y) * len(y),
+            "abs_err": (out - y).abs().sum(),
+            "sq_err": (out - y).square().sum(),
+            "y": y.sum(),
+            "y_sq": y.square().sum(),
+        }
+        sums = batch if not sums else {k: sums[k] + v for k, v in batch.items()}
+    n = batches.n
+    total = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # one host sync per pass
+    spread = total["y_sq"] - total["y"] ** 2 / n
+    return {
+        "loss": total["loss"] / n,
+        "r2": 1 - total["sq_err"] / spread if spread > 0 else 0.0,
+        "mae": total["abs_err"] / n * target_std,
+    }
+
+
+def evaluate_metrics(
+    model: nn.Module, loss_fn: nn.Module, batches, task: str = "classification", target_std: float = 1.0
+) -> dict[str, float]:
+    """{"loss", "acc"} for classification, {"loss", "r2", "mae"} for regression."""
+    if task == "regression":
+        return evaluate_regression(model, loss_fn, batches, target_std)
+    loss, acc = evaluate(model, loss_fn, batches)
+    return {"loss": loss, "acc": acc}
+
+
 def l1_penalty(params: list[torch.Tensor]) -> torch.Tensor:
     """sum |w| over the given tensors, with one fused multi-tensor op."""
     return torch.stack(torch._foreach_norm(params, 1)).sum()
@@ -66,6 +111,9 @@ class LoopSettings:
     grad_clip: float | None = None  # max global gradient norm; None = no clipping
     restore_best: bool = True  # load the best epoch's weights when training ends
     make_step: Callable | None = None  # builds the per-batch update; None = train_step (eager)
+    augment: Callable | None = None  # per-batch training augmentation (nettrain/data/augment.py), or None
+    task: str = "classification"  # the validation metrics: classification (acc) | regression (r2, mae)
+    target_std: float = 1.0  # regression: the target's std, to report MAE in its own units
 
 
 @dataclass
@@ -87,6 +135,8 @@ def train_step(state: TrainState, settings: LoopSettings) -> Callable[..., torch
     l1_params: list[torch.Tensor] = [p for p in model.parameters() if p.dim() > 1]  # weight matrices, conv kernels
 
     def step(x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        if settings.augment is not None:
+            x, y = settings.augment(x, y)  # flips, crops, mixup/cutmix (soft targets), from the data generator
         with precision.autocast():
             loss = loss_fn(forward(x), y)  # forward + data loss
         batch_loss_sum = loss.detach() * len(y)
@@ -160,12 +210,11 @@ def fit(
 
         # -- validate, record, decide --------------------------------------------------------
         val_started = time.perf_counter()
-        val_loss, val_acc = evaluate(model, state.loss_fn, val_batches)
+        val = evaluate_metrics(model, state.loss_fn, val_batches, settings.task, settings.target_std)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
+            **{f"val_{name}": value for name, value in val.items()},  # val_loss, then val_acc or val_r2, val_mae
             "lr": schedule.lr,
             "epoch_time_s": train_time + time.perf_counter() - val_started,
             "samples_per_s": train_batches.n / train_time,
@@ -180,7 +229,7 @@ def fit(
         out.reporter.epoch(row, is_best)
         for warning in grad_monitor.check(grad_means):
             out.reporter.warn(f"epoch {epoch}: {warning}")
-        schedule.after_epoch(val_loss)
+        schedule.after_epoch(row["val_loss"])
         out.checkpointer.save(state, Position(epoch, best_weights=best_weights), is_best=is_best)
         if early_stopping.should_stop:
             out.reporter.note(

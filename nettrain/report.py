@@ -24,7 +24,9 @@ _COLUMNS = [
     ("epoch", "epoch", "{:>5d}"),
     ("train_loss", "train_loss", "{:>10.4f}"),
     ("val_loss", "val_loss", "{:>8.4f}"),
-    ("val_acc", "val_acc", "{:>7.4f}"),
+    ("val_acc", "val_acc", "{:>7.4f}"),  # classification
+    ("val_r2", "val_r2", "{:>7.4f}"),  # regression
+    ("val_mae", "val_mae", "{:>9.4g}"),
     ("lr", "lr", "{:>9.2e}"),
     ("epoch_time_s", "time_s", "{:>6.2f}"),
     ("samples_per_s", "samples/s", "{:>9.0f}"),
@@ -80,15 +82,16 @@ class Reporter:
             yield lambda: bar.advance(task)
 
     def epoch(self, row: dict, is_best: bool) -> None:
+        columns = [c for c in _COLUMNS if c[0] in row]  # the task's metrics
         if not self._header_done:
             header = "  ".join(
-                f"{title:>{len(fmt.format(0 if key == 'epoch' else 0.0))}}" for key, title, fmt in _COLUMNS
+                f"{title:>{len(fmt.format(0 if key == 'epoch' else 0.0))}}" for key, title, fmt in columns
             )
             self.console.print(header, style="bold", markup=False)
             self._header_done = True
-        line = "  ".join(fmt.format(row[key]) for key, _, fmt in _COLUMNS)
+        line = "  ".join(fmt.format(row[key]) for key, _, fmt in columns)
         self.console.print(line + ("  *best" if is_best else ""), markup=False)
-        log.info("epoch %s", {k: row[k] for k, _, _ in _COLUMNS} | {"best": is_best})
+        log.info("epoch %s", {k: row[k] for k, _, _ in columns} | {"best": is_best})
 
     def warn(self, message: str) -> None:
         if self.rank:
@@ -143,10 +146,13 @@ def save_plots(rows: list[dict], directory: str | Path) -> list[Path]:
     plot(
         "loss.png",
         "loss",
-        "cross-entropy",
+        "loss (cross-entropy; MSE for regression)",
         {"train_loss": [r["train_loss"] for r in rows], "val_loss": [r["val_loss"] for r in rows]},
     )
-    plot("accuracy.png", "validation accuracy", "accuracy", {"val_acc": [r["val_acc"] for r in rows]})
+    if "val_acc" in rows[0]:
+        plot("accuracy.png", "validation accuracy", "accuracy", {"val_acc": [r["val_acc"] for r in rows]})
+    if "val_r2" in rows[0]:
+        plot("r2.png", "validation R²", "R²", {"val_r2": [r["val_r2"] for r in rows]})
     plot("lr.png", "learning rate (end of epoch)", "lr", {"lr": [r["lr"] for r in rows]})
     grad_keys = [k for k in rows[0] if k.startswith("grad_mean/")]
     if grad_keys:

@@ -57,7 +57,7 @@ def write_summary(
     import torch
 
     from nettrain.files import write_json
-    from nettrain.loop import evaluate
+    from nettrain.loop import evaluate_metrics
     from nettrain.memory import peak_rss_mb
     from nettrain.models import param_count
     from nettrain.report import save_plots
@@ -66,16 +66,23 @@ def write_summary(
     history, device = run.state.history, run.device
     status = INTERRUPTED if result.interrupted else EARLY_STOPPED if result.stopped_early else COMPLETED
     best_row: dict[str, Any] = next((r for r in history if r["epoch"] == result.best_epoch), {})
-    test_loss = test_acc = None
+    test: dict[str, float] = {}
     if not result.interrupted:
-        test_loss, test_acc = evaluate(run.state.model, run.state.loss_fn, run.batches(run.data.test))
+        test_batches, target_std = run.batches(run.data.test), run.data.meta.get("target_std", 1.0)
+        test = evaluate_metrics(run.state.model, run.state.loss_fn, test_batches, run.data.task, target_std)
     summary: dict[str, Any] = {
         "status": status,
         "best_epoch": result.best_epoch,
         "best_val_loss": best_row.get("val_loss"),
         "best_val_acc": best_row.get("val_acc"),
-        "test_loss": test_loss,
-        "test_acc": test_acc,
+        "test_loss": test.get("loss"),
+        "test_acc": test.get("acc"),
+        **(
+            {"best_val_r2": best_row.get("val_r2"), "test_r2": test.get("r2"), "test_mae": test.get("mae")}
+            if run.data.task == "regression"
+            else {}
+        ),
+        "class_names": run.data.meta.get("class_names"),
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "monitor": cfg.early_stopping.monitor,

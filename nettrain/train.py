@@ -129,6 +129,7 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
 
 def _introduce(cfg: DictConfig, run, output_dir: Path, reporter) -> float:
     """Print the config, the model, the memory rule of thumb and the data; return the estimate (MiB)."""
+    from nettrain.data.preprocessing import describe
     from nettrain.memory import estimate_training_memory
     from nettrain.models import param_count
 
@@ -139,9 +140,11 @@ def _introduce(cfg: DictConfig, run, output_dir: Path, reporter) -> float:
         f"training memory, rule of thumb: ~{memory_estimate_mb:.1f} MiB "
         "(weights, gradients, optimizer state, one batch of activations; 4 bytes each)"
     )
+    for line in data.notes:  # the image cache built or used, files skipped
+        (reporter.warn if line.startswith("skipped") else reporter.note)(line)
     reporter.note(
         f"data: {data.name}, train {len(data.train)} / val {len(data.val)} / "
-        f"test {len(data.test)}, input {list(data.input_shape)}, {data.num_classes} classes"
+        f"test {len(data.test)}, input {list(data.input_shape)}; {describe(data.meta)}"
     )
     return memory_estimate_mb
 
@@ -158,6 +161,9 @@ def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, s
         l1=cfg.regularization.l1,
         grad_clip=cfg.regularization.grad_clip,
         restore_best=cfg.early_stopping.restore_best,
+        augment=run.augment,
+        task=run.data.task,
+        target_std=run.data.meta.get("target_std", 1.0),
     )
     out = RunOutputs(
         checkpointer=Checkpointer(output_dir / "checkpoints", plain_config, enabled=cfg.checkpoint.enabled and leader),

@@ -49,25 +49,42 @@ def test_the_glob_finds_every_group():
     assert named <= set(OPTIONS)
 
 
+def data_files(name: str, mnist_root, tmp_path, monkeypatch) -> list[str]:
+    """Overrides that point a data option at small files the test writes."""
+    import made_data
+
+    if "mnist" in name and name != "mnist_sample":
+        return [f"data.root={mnist_root}"]
+    if name == "image_folder":
+        return [f"data.root={made_data.image_folder(tmp_path / 'imgs', per_class=5)}", "data.cache=false"]
+    if name == "csv":
+        return [f"data.path={made_data.table(tmp_path / 't.csv', n=40)}", "data.target=label"]
+    if name in ("cifar10", "cifar100", "torchvision"):
+        made_data.accept_tiny_cifar(monkeypatch)
+        made_data.tiny_cifar(tmp_path, "CIFAR100" if name == "cifar100" else "CIFAR10", per_batch=4)
+        return [f"data.root={tmp_path}"]
+    return []
+
+
 @pytest.mark.parametrize("option", OPTIONS)
-def test_every_option_composes_and_builds(option, mnist_root):
+def test_every_option_composes_and_builds(option, mnist_root, tmp_path, monkeypatch):
+    from nettrain.build import build_data, build_model
+    from nettrain.data.preprocessing import input_transform
+
     group, name = option.split("/", 1)
-    overrides = (
-        [f"{group}={name}", f"data.root={mnist_root}"]
-        if option.startswith("data/") and "mnist" in name and name != "mnist_sample"
-        else [f"{group}={name}"]
-    )
-    if group != "data":
+    overrides = [f"{group}={name}"]
+    if group == "data":
+        overrides += data_files(name, mnist_root, tmp_path, monkeypatch)
+    else:
         overrides += ["data=synthetic", "data.num_samples=200"]
     cfg = make_cfg(*overrides)
     validate(cfg)
-    data_node = OmegaConf.to_container(cfg.data, resolve=True)
-    data_node.pop("in_memory"), data_node.pop("num_workers")
-    data = _instantiate(data_node, "data")
-    model_node = OmegaConf.to_container(cfg.model, resolve=True)
-    assert model_node.pop("sync_bn") is False  # read by the distributed wrapper, not the model
-    model = _instantiate(model_node, "model", input_shape=list(data.input_shape), num_classes=data.num_classes)
-    out = model(data.train.x[:4])
+    data, _ = build_data(cfg)
+    assert cfg.model.sync_bn is False  # read by the distributed wrapper, not the model
+    model = build_model(cfg, data, torch.device("cpu"))
+    x = data.train.x[:4]
+    transform = input_transform(data.meta, x, torch.device("cpu"))  # uint8 images: normalised per batch
+    out = model(transform(x) if transform else x)
     assert out.shape == (4, data.num_classes)
     optimizer = _instantiate(cfg.optimizer, "optimizer", model.parameters(), _partial_=True)
     assert isinstance(optimizer, torch.optim.Optimizer)
@@ -129,7 +146,7 @@ def test_validation_reports_every_problem_at_once():
             "  - model.activation='swish': allowed: relu, gelu, tanh, sigmoid, leaky_relu, silu",
             "  - regularization.dropout=1.5: must be a probability in [0, 1)",
             "  - scheduler.warmup_ratio=2: must be a fraction in [0, 1); 0 = no warmup",
-            "  - early_stopping.monitor='train_loss': allowed: val_loss, val_acc",
+            "  - early_stopping.monitor='train_loss': allowed: val_loss, val_acc, val_r2, val_mae",
         ]
     )
 

@@ -1,10 +1,16 @@
 """Data: datasets are decoded once into tensors, split into train/val/test, and batched.
 
-Each `conf/data/*.yaml` option names a factory here that returns :class:`DataSplits`:
-normalised float32 images (N, C, H, W) and int64 labels. :class:`Batches` then serves one
-split in batches: by default from tensors held on the training device, by shuffled index
-(no per-sample __getitem__, no collate); with `data.in_memory=false`, through a DataLoader.
-Both paths draw the order from the same generator, so they give the same batches.
+Each `conf/data/*.yaml` option names a factory in this package that returns :class:`DataSplits`:
+normalised float32 inputs, or uint8 images that the device normalises per batch, and int64
+labels (float32 values for regression). :class:`Batches` then serves one split in batches: by
+default from tensors held on the training device, by shuffled index (no per-sample __getitem__,
+no collate); with `data.in_memory=false`, through a DataLoader. Both paths draw the order from
+the same generator, so they give the same batches.
+
+The factories: MNIST-format data and synthetic data here; your own images in `image_folder`,
+tables in `tabular`, CIFAR and torchvision's catalogue in `vision`. On-device augmentation is
+`augment`; the preprocessing record a checkpoint keeps, and the per-batch normalisation, are
+`preprocessing`.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +38,8 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    x: torch.Tensor  # float32 (N, C, H, W), normalised
-    y: torch.Tensor  # int64 (N,)
+    x: torch.Tensor  # float32 (N, ...) normalised, or uint8 images (N, C, H, W) normalised per batch
+    y: torch.Tensor  # int64 (N,) class indices, or float32 (N, 1) regression targets
 
     def __len__(self) -> int:
         return len(self.y)
@@ -44,11 +51,29 @@ class DataSplits:
     train: Split
     val: Split
     test: Split
-    num_classes: int
+    num_classes: int  # 1 for regression
+    # the preprocessing a model of this data needs (kind, task, class names, normalisation or
+    # feature statistics; nettrain/data/preprocessing.py), saved in every checkpoint: plain data
+    meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # lines for the console (cache built/used, files skipped)
+
+    def __post_init__(self) -> None:
+        self.meta = {
+            "kind": "tensor",
+            "task": "classification",
+            **self.meta,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+        }
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+    @property
+    def task(self) -> str:
+        """classification | regression"""
+        return self.meta["task"]
 
     def fingerprint(self) -> str:
         """A short hash of every split's tensors, to tell whether two runs saw the same data."""
@@ -103,7 +128,22 @@ def mnist_sample(val_fraction: float = 0.1, test_fraction: float = 0.1, split_se
     labels = torch.from_numpy(table[:, -1].astype(np.int64))
     x = _normalise(images, *NORMALISATION["MNIST"])
     train, val, test = _three_way(x, labels, val_fraction, test_fraction, split_seed)
-    return DataSplits("mnist_sample", train, val, test, num_classes=10)
+    return DataSplits(
+        "mnist_sample", train, val, test, num_classes=10, meta=_digits_meta([str(d) for d in range(10)], "MNIST")
+    )
+
+
+def _digits_meta(class_names: list[str], name: str) -> dict[str, Any]:
+    """28x28 grayscale normalised with NORMALISATION[name]: what a new image needs to match these."""
+    mean, std = NORMALISATION[name]
+    return {
+        "kind": "image",
+        "class_names": class_names,
+        "channels": 1,
+        "image_size": [28, 28],
+        "mean": [mean],
+        "std": [std],
+    }
 
 
 def torchvision_dataset(
@@ -142,8 +182,14 @@ def torchvision_dataset(
     y = train_set.targets.long()
     val_idx, train_idx = _split_indices(len(y), [val_fraction], split_seed)
     test = Split(_normalise(test_set.data, mean, std), test_set.targets.long())
+    classes = [str(c) for c in train_set.classes]
     return DataSplits(
-        name, Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx]), test, num_classes=len(train_set.classes)
+        name,
+        Split(x[train_idx], y[train_idx]),
+        Split(x[val_idx], y[val_idx]),
+        test,
+        num_classes=len(classes),
+        meta=_digits_meta(classes, name),
     )
 
 
@@ -165,7 +211,8 @@ def synthetic(
 
 
 class Batches:
-    """Serves one split as (x, y) batches on `device`.
+    """Serves one split as (x, y) batches on `device`, each x passed through `transform` when given
+    (the per-batch normalisation of uint8 images, nettrain/data/preprocessing.py).
 
     in_memory=True: the split is moved to the device once; each pass draws a permutation with
     `generator` (shuffle) and slices it. in_memory=False: a DataLoader over the CPU tensors with
@@ -186,11 +233,12 @@ class Batches:
         rank: int = 0,
         world_size: int = 1,
         drop_unshareable: bool = False,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         if shuffle and generator is None:
             raise ValueError("shuffle=True needs a torch.Generator for the data order")
         self.batch_size, self.device, self.shuffle, self.generator = batch_size, device, shuffle, generator
-        self.in_memory, self.num_workers = in_memory, num_workers
+        self.in_memory, self.num_workers, self.transform = in_memory, num_workers, transform
         self.rank, self.world_size = rank, world_size
         self.n = len(split)  # samples per pass over all ranks
         if drop_unshareable:  # training: a last batch smaller than the world size would leave a rank idle
@@ -233,6 +281,13 @@ class Batches:
 
     def batches(self, order: torch.Tensor | None, first_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one pass in `order` (None: natural order), starting at batch `first_step`."""
+        if self.transform is None:
+            yield from self._batches(order, first_step)
+            return
+        for x, y in self._batches(order, first_step):
+            yield self.transform(x), y
+
+    def _batches(self, order: torch.Tensor | None, first_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.in_memory:
             if order is not None:
                 order = order.to(self.device)

@@ -1,0 +1,283 @@
+"""`data=image_folder`: your own images, ROOT/train/<class>/*.png (+ optional val/ and test/).
+
+The images are decoded once (Pillow), converted to `channels`, resized to `image_size` and kept
+as uint8 tensors (N, C, H, W); the training device normalises them per batch with the train
+split's per-channel mean and std (nettrain/data/preprocessing.py). Missing val/ or test/ folders are
+cut from train by `val_fraction`/`test_fraction` with `split_seed`.
+
+The decoded tensors are cached in `cache_dir` (default: $XDG_CACHE_HOME/nettrain, else
+~/.cache/nettrain), the one place outside a run folder that nettrain writes. The cache key is a
+hash of every file's path, size and mtime and of the decode settings, so any change to the files
+builds a new cache entry; reading the folder then costs one stat() per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nettrain.data import DataError, DataSplits, Split, _split_indices
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+SPLITS = ("train", "val", "test")
+CACHE_VERSION = 1  # part of the cache key: a change to the decoding code bumps it
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/nettrain, else ~/.cache/nettrain."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nettrain"
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files under `folder` (any depth), by extension, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def image_mode(mode: str) -> int:
+    """Pillow mode -> channels: grayscale modes (L, LA, 1, I, F, I;16) give 1, the rest 3."""
+    return 1 if mode in ("1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "La") else 3
+
+
+def decode_image(path: str | Path, size: tuple[int, int] | None, channels: int) -> torch.Tensor:
+    """One image file -> uint8 (channels, H, W), resized (bilinear, antialiased) to `size` = (H, W)."""
+    from PIL import Image
+
+    with Image.open(path) as file:
+        img = file.convert("L" if channels == 1 else "RGB")
+    if size is not None and (img.height, img.width) != tuple(size):
+        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    return data.view(img.height, img.width, channels).permute(2, 0, 1).contiguous()
+
+
+def _probe(path: Path) -> tuple[tuple[int, int], int]:
+    """(H, W) and channels from the file's header, without decoding the pixels."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return (img.height, img.width), image_mode(img.mode)
+
+
+def _as_size(image_size: Any) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    h, w = image_size
+    return (int(h), int(w))
+
+
+class Folder:
+    """The file list of ROOT: per split, (relative path, class index) pairs; the class names."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        if not (root / "train").is_dir():
+            found = sorted(p.name for p in root.iterdir()) if root.is_dir() else None
+            what = "does not exist" if found is None else f"holds {found[:8] or 'nothing'}"
+            raise DataError(
+                f"data.root={str(root)!r}: needs a train/ folder with one sub-folder per class "
+                f"(train/<class>/*.png); {what}"
+            )
+        self.classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        if len(self.classes) < 2:
+            raise DataError(
+                f"data.root={str(root)!r}: train/ needs at least 2 class folders; found {self.classes or 'none'}"
+            )
+        self.files: dict[str, list[tuple[str, int]]] = {}
+        for split in SPLITS:
+            folder = root / split
+            if not folder.is_dir():
+                continue
+            extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in self.classes)
+            if extra:
+                raise DataError(
+                    f"data.root={str(root)!r}: {split}/ has classes that train/ lacks: {extra}; allowed: {self.classes}"
+                )
+            self.files[split] = [
+                (str(path.relative_to(root)), index)
+                for index, name in enumerate(self.classes)
+                if (folder / name).is_dir()
+                for path in list_images(folder / name)
+            ]
+        if not self.files["train"]:
+            raise DataError(f"data.root={str(root)!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) in train/<class>/")
+
+    def key(self, settings: dict[str, Any]) -> str:
+        """A hash of every file's path, size and mtime and of the decode settings."""
+        h = hashlib.sha256(
+            json.dumps(
+                {
+                    "version": CACHE_VERSION,
+                    "root": str(self.root.resolve()),
+                    "classes": self.classes,
+                    "settings": settings,
+                }
+            ).encode()
+        )
+        for split, files in self.files.items():
+            for rel, label in files:
+                st = os.stat(self.root / rel)
+                h.update(f"{split}\0{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:24]
+
+
+def _decode_folder(
+    folder: Folder, image_size: Any, channels: int | None, on_bad_file: str, warn: Callable[[str], None]
+) -> dict[str, Any]:
+    """Decode every file: {"splits": {split: {"x", "y"}}, "skipped": [...], "size", "channels"}."""
+    skipped: list[str] = []
+    bad: set[str] = set()
+    probed: dict[str, dict[str, tuple]] = {}
+    for split, files in folder.files.items():
+        probed[split] = {}
+        for rel, _ in files:
+            try:
+                probed[split][rel] = _probe(folder.root / rel)
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is named
+                message = f"{folder.root / rel}: not a readable image ({type(exc).__name__}: {exc})"
+                if on_bad_file == "fail":
+                    raise DataError(f"{message}; fix or remove it, or set data.on_bad_file=skip") from None
+                warn(f"skipped {message}")
+                skipped.append(rel)
+                bad.add(rel)
+    shapes = {value for split in probed.values() for value in split.values()}
+    size = _as_size(image_size)
+    if size is None:
+        sizes = sorted({s for s, _ in shapes})
+        if len(sizes) != 1:
+            raise DataError(
+                f"data.image_size=None: the images have {len(sizes)} different sizes "
+                f"(H, W) {sizes[:4]}{' ...' if len(sizes) > 4 else ''}; set data.image_size=N"
+            )
+        size = sizes[0]
+    if channels is None:
+        found = sorted({c for _, c in shapes})
+        if len(found) != 1:
+            raise DataError(
+                "data.channels=None: the folder mixes grayscale and colour images; "
+                "set data.channels=1 (grayscale) or data.channels=3 (RGB)"
+            )
+        channels = found[0]
+    splits: dict[str, dict[str, torch.Tensor]] = {}
+    for split, files in folder.files.items():
+        images, labels = [], []
+        for rel, label in files:
+            if rel in bad:
+                continue
+            try:
+                images.append(decode_image(folder.root / rel, size, channels))
+            except Exception as exc:  # noqa: BLE001 - a header that parses but pixels that do not
+                message = f"{folder.root / rel}: cannot be decoded ({type(exc).__name__}: {exc})"
+                if on_bad_file == "fail":
+                    raise DataError(f"{message}; fix or remove it, or set data.on_bad_file=skip") from None
+                warn(f"skipped {message}")
+                skipped.append(rel)
+                continue
+            labels.append(label)
+        x = torch.stack(images) if images else torch.zeros((0, channels, *size), dtype=torch.uint8)
+        splits[split] = {"x": x, "y": torch.tensor(labels, dtype=torch.int64)}
+    return {"splits": splits, "skipped": skipped, "size": list(size), "channels": channels}
+
+
+def _load_cache(path: Path) -> dict[str, Any] | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt, never trusted
+        return None
+
+
+def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units (std floored at 1e-3)."""
+    c = x.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for chunk in x.split(4096):  # bounded memory for large folders
+        f = chunk.to(torch.float64).div_(255.0)
+        total += f.sum(dim=(0, 2, 3))
+        squares += f.square().sum(dim=(0, 2, 3))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)
+    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+
+
+def image_meta(
+    class_names: list[str], channels: int, size: list[int], mean: list[float], std: list[float]
+) -> dict[str, Any]:
+    """The preprocessing a classifier of these images needs, as plain data for the checkpoint."""
+    return {
+        "kind": "image",
+        "task": "classification",
+        "class_names": list(class_names),
+        "channels": channels,
+        "image_size": list(size),
+        "mean": list(mean),
+        "std": list(std),
+    }
+
+
+def image_folder(
+    root: str = "???",
+    image_size: Any = None,
+    channels: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    on_bad_file: str = "fail",
+    cache: bool = True,
+    cache_dir: str | None = None,
+) -> DataSplits:
+    """Classes from ROOT/train/<class>/, decoded to uint8 (N, C, H, W); see the module docstring."""
+    if on_bad_file not in ("skip", "fail"):
+        raise DataError(f"data.on_bad_file={on_bad_file!r}: allowed: skip, fail")
+    root_path = Path(os.path.expanduser(str(root)))
+    folder = Folder(root_path)
+    notes: list[str] = []
+    settings = {"image_size": list(_as_size(image_size) or []), "channels": channels, "on_bad_file": on_bad_file}
+    decoded = None
+    cache_path = None
+    if cache:
+        cache_path = Path(os.path.expanduser(cache_dir)) if cache_dir else default_cache_dir()
+        cache_path = cache_path / f"image_folder-{folder.key(settings)}.pt"
+        decoded = _load_cache(cache_path) if cache_path.is_file() else None
+        if decoded is not None:
+            notes.append(f"image cache: used {cache_path}")
+            notes += [
+                f"skipped {root_path / rel}: not a readable image (found when the cache was built)"
+                for rel in decoded["skipped"]
+            ]
+    if decoded is None:
+        decoded = _decode_folder(folder, image_size, channels, on_bad_file, notes.append)
+        if cache_path is not None:
+            from nettrain.files import atomic_write
+
+            atomic_write(cache_path, lambda tmp: torch.save(decoded, tmp))
+            notes.append(f"image cache: built {cache_path}")
+    parts = decoded["splits"]
+    train = Split(parts["train"]["x"], parts["train"]["y"])
+    cut = [f for split, f in (("val", val_fraction), ("test", test_fraction)) if split not in parts]
+    pieces = _split_indices(len(train), cut, split_seed)
+    taken = {}
+    for split in ("val", "test"):
+        if split in parts:
+            taken[split] = Split(parts[split]["x"], parts[split]["y"])
+        else:
+            idx = pieces.pop(0)
+            taken[split] = Split(train.x[idx], train.y[idx])
+    rest = pieces.pop(0)
+    train = Split(train.x[rest], train.y[rest])
+    if len(train) == 0:
+        raise DataError(f"data.root={str(root_path)!r}: no training images left after the val/test cut")
+    mean, std = channel_stats(train.x)
+    meta = image_meta(folder.classes, decoded["channels"], decoded["size"], mean, std)
+    return DataSplits(
+        "image_folder", train, taken["val"], taken["test"], num_classes=len(folder.classes), meta=meta, notes=notes
+    )

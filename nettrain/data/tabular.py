@@ -1,0 +1,250 @@
+"""`data=csv`: a table (CSV, or Parquet when pandas and pyarrow are installed) -> feature tensors.
+
+`target` names the label column; `features` lists the input columns (null: all the others).
+A column whose every non-missing value parses as a number is numeric, and is standardised
+with the train split's mean and std; any other column is categorical, one-hot encoded
+(`categorical: onehot`) or given a learned embedding (`categorical: embed`, see
+:class:`EmbeddedInputs`). Empty cells and NA/N/A/NaN/null/None are missing: each column with
+missing values is named in an error, unless `impute: mean` fills numeric ones with the train
+mean (categorical ones then get their own "<missing>" category).
+
+`task: classification` (class names: the target's distinct values) or `task: regression`
+(the target is standardised with train statistics; the loss is MSE of the standardised target,
+and R² and MAE are reported in the target's own units).
+
+All the statistics and categories go to `DataSplits.meta`, so that `nettrain-predict`
+encodes new rows exactly as the training rows were (:func:`encode_rows`).
+"""
+
+from __future__ import annotations
+
+import csv as csv_module
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nettrain.data import DataError, DataSplits, Split, _split_indices
+
+MISSING = {"", "na", "n/a", "nan", "null", "none"}
+MISSING_CATEGORY = "<missing>"
+TASKS = ("classification", "regression")
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return str(value).strip().lower() in MISSING
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[list[Any]]]:
+    """(header, rows) of a CSV file, or of a Parquet file when pandas and pyarrow are installed."""
+    path = Path(os.path.expanduser(str(path)))
+    if not path.is_file():
+        raise DataError(f"data.path={str(path)!r}: no such file")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        try:
+            import pandas as pd
+
+            frame = pd.read_parquet(path)
+        except ImportError as exc:
+            raise DataError(
+                f"data.path={str(path)!r}: reading Parquet needs pandas and pyarrow (pip install pandas pyarrow): {exc}"
+            ) from None
+        return [str(c) for c in frame.columns], frame.astype(object).values.tolist()
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv_module.reader(f)
+        header = next(reader, None)
+        if not header:
+            raise DataError(f"data.path={str(path)!r}: empty file (a header row is needed)")
+        rows = [row for row in reader if row]
+    bad = [i + 2 for i, row in enumerate(rows) if len(row) != len(header)]
+    if bad:
+        raise DataError(
+            f"data.path={str(path)!r}: line(s) {bad[:5]} have a different number of fields "
+            f"than the header ({len(header)})"
+        )
+    return header, rows
+
+
+def _column_spec(name: str, values: list[Any], train_idx: list[int], impute: str) -> dict[str, Any]:
+    """numeric (with the train mean and std) or categorical (with the train categories)."""
+    present = [v for v in values if not _is_missing(v)]
+    if present and all(_number(v) is not None for v in present):
+        train = [float(values[i]) for i in train_idx if not _is_missing(values[i])]
+        mean = sum(train) / len(train) if train else 0.0
+        var = sum((v - mean) ** 2 for v in train) / len(train) if train else 1.0
+        return {"name": name, "type": "numeric", "mean": mean, "std": math.sqrt(var) if var > 0 else 1.0}
+    categories = sorted({str(values[i]).strip() for i in train_idx if not _is_missing(values[i])})
+    if impute == "mean" and any(_is_missing(v) for v in values):
+        categories.append(MISSING_CATEGORY)
+    return {"name": name, "type": "categorical", "categories": categories}
+
+
+def encode_rows(rows: list[dict[str, Any]], meta: dict[str, Any]) -> torch.Tensor:
+    """Feature rows ({column: value}) -> float32 (N, F) with the saved statistics and categories.
+
+    Numeric columns are standardised; categorical ones become one-hot blocks (`onehot`) or one
+    column of category codes each (`embed`, embedded by the model's :class:`EmbeddedInputs`).
+    An unseen category is all zeros (onehot) or the reserved code 0 (embed)."""
+    columns = []
+    for spec in meta["features"]:
+        name = spec["name"]
+        if spec["type"] == "numeric":
+            values = []
+            for r, row in enumerate(rows):
+                v = row.get(name)
+                if _is_missing(v):
+                    if not meta.get("impute") == "mean":
+                        raise DataError(f"row {r + 1}: column {name!r} is missing; set data.impute=mean or fill it in")
+                    values.append(0.0)  # the mean, standardised
+                else:
+                    number = _number(v)
+                    if number is None:
+                        raise DataError(f"row {r + 1}: column {name!r} = {v!r} is not a number")
+                    values.append((number - spec["mean"]) / spec["std"])
+            columns.append(torch.tensor(values, dtype=torch.float32).unsqueeze(1))
+            continue
+        index = {c: i for i, c in enumerate(spec["categories"])}
+        codes = [
+            index.get(MISSING_CATEGORY if _is_missing(row.get(name)) else str(row.get(name)).strip(), -1)
+            for row in rows
+        ]
+        code_t = torch.tensor(codes, dtype=torch.int64)
+        if meta["categorical"] == "embed":
+            columns.append((code_t + 1).to(torch.float32).unsqueeze(1))  # 0 = unseen
+        else:
+            onehot = torch.zeros(len(rows), len(spec["categories"]))
+            known = code_t >= 0
+            onehot[known.nonzero().squeeze(1), code_t[known]] = 1.0
+            columns.append(onehot)
+    return torch.cat(columns, dim=1) if columns else torch.zeros(len(rows), 0)
+
+
+def _check_missing(header: list[str], table: list[list[Any]], used: list[str], impute: str) -> None:
+    counts = {name: sum(_is_missing(row[header.index(name)]) for row in table) for name in used}
+    missing = {name: n for name, n in counts.items() if n}
+    if missing and impute != "mean":
+        listed = ", ".join(f"{name!r} ({n} rows)" for name, n in missing.items())
+        raise DataError(
+            f"data.impute={impute!r}: missing values in column(s) {listed}; "
+            "set data.impute=mean to fill them (numeric: the train mean; categorical: "
+            f"a {MISSING_CATEGORY!r} category), or fill them in"
+        )
+
+
+def csv(
+    path: str = "???",
+    target: str = "???",
+    features: list[str] | None = None,
+    task: str = "classification",
+    categorical: str = "onehot",
+    impute: str = "none",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> DataSplits:
+    """A table as DataSplits: x float32 (N, F), y int64 class indices or float32 (N, 1) values."""
+    header, table = read_table(path)
+    if target not in header:
+        raise DataError(f"data.target={target!r}: no such column in {path}; allowed: {header}")
+    features = [c for c in header if c != target] if features is None else list(features)
+    unknown = [c for c in features if c not in header or c == target]
+    if unknown:
+        raise DataError(
+            f"data.features: {unknown} are not feature columns of {path}; allowed: {[c for c in header if c != target]}"
+        )
+    if len(table) < 10:
+        raise DataError(f"data.path={str(path)!r}: {len(table)} rows; at least 10 are needed to split")
+    target_values = [row[header.index(target)] for row in table]
+    if any(_is_missing(v) for v in target_values):
+        rows_missing = [i + 1 for i, v in enumerate(target_values) if _is_missing(v)]
+        raise DataError(f"data.target={target!r}: missing in row(s) {rows_missing[:5]}; every row needs a target")
+    _check_missing(header, table, features, impute)
+    val_idx, test_idx, train_idx = _split_indices(len(table), [val_fraction, test_fraction], split_seed)
+    train_list = train_idx.tolist()
+    specs = [_column_spec(name, [row[header.index(name)] for row in table], train_list, impute) for name in features]
+    meta: dict[str, Any] = {
+        "kind": "table",
+        "task": task,
+        "target": target,
+        "features": specs,
+        "categorical": categorical,
+        "impute": impute,
+    }
+    x = encode_rows([dict(zip(header, row)) for row in table], meta)
+    if task == "classification":
+        numeric = all(_number(v) is not None for v in target_values)
+        names = sorted({str(v).strip() for v in target_values}, key=lambda v: (float(v), v) if numeric else (0.0, v))
+        lookup = {name: i for i, name in enumerate(names)}
+        y = torch.tensor([lookup[str(v).strip()] for v in target_values], dtype=torch.int64)
+        meta["class_names"] = names
+        num_classes = len(names)
+    else:
+        values = [_number(v) for v in target_values]
+        if any(v is None for v in values):
+            bad = next(v for v in target_values if _number(v) is None)
+            raise DataError(
+                f"data.task='regression': target {target!r} has a non-number value {bad!r}; "
+                "use data.task=classification for class labels"
+            )
+        t = torch.tensor(values, dtype=torch.float64)
+        mean, std = t[train_idx].mean().item(), t[train_idx].std(correction=0).item() or 1.0
+        meta.update(target_mean=mean, target_std=std)
+        y = ((t - mean) / std).to(torch.float32).unsqueeze(1)
+        num_classes = 1
+    if categorical == "embed":
+        meta["cardinalities"] = [len(s["categories"]) + 1 for s in specs if s["type"] == "categorical"]
+    train, val, test = (Split(x[idx], y[idx]) for idx in (train_idx, val_idx, test_idx))
+    return DataSplits("csv", train, val, test, num_classes=num_classes, meta=meta)
+
+
+class EmbeddedInputs(nn.Module):
+    """Learned embeddings for the categorical code columns, then the wrapped model.
+
+    The input holds each numeric column standardised and each categorical column as a code
+    (0 = unseen); each code column is replaced by an embedding of min(16, (cardinality + 1) // 2)
+    dimensions, and the result goes to `model`, built for that wider input."""
+
+    def __init__(self, features: list[dict[str, Any]], model_factory):
+        super().__init__()
+        self.categorical = [i for i, s in enumerate(features) if s["type"] == "categorical"]
+        self.numeric = [i for i, s in enumerate(features) if s["type"] == "numeric"]
+        sizes = [len(features[i]["categories"]) + 1 for i in self.categorical]
+        self.embeddings = nn.ModuleList(nn.Embedding(n, embedding_width(n)) for n in sizes)
+        width = len(self.numeric) + sum(embedding_width(n) for n in sizes)
+        self.register_buffer("numeric_index", torch.tensor(self.numeric, dtype=torch.int64), persistent=False)
+        self.model = model_factory([width])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        numeric_index: torch.Tensor = self.numeric_index  # type: ignore[assignment]
+        parts = [x.index_select(1, numeric_index)]
+        parts += [emb(x[:, i].long()) for emb, i in zip(self.embeddings, self.categorical)]
+        return self.model(torch.cat(parts, dim=1))
+
+
+def embedding_width(cardinality: int) -> int:
+    return max(1, min(16, (cardinality + 1) // 2))
+
+
+@torch.no_grad()
+def regression_metrics(pred: torch.Tensor, y: torch.Tensor, target_std: float) -> dict[str, torch.Tensor]:
+    """Sums for R² and MAE over one batch of standardised predictions and targets (device tensors)."""
+    return {
+        "abs_err": (pred - y).abs().sum() * target_std,
+        "sq_err": (pred - y).square().sum(),
+        "y_sum": y.sum(),
+        "y_sq": y.square().sum(),
+    }

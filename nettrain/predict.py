@@ -1,0 +1,227 @@
+"""`nettrain-predict RUN_DIR_or_CHECKPOINT INPUT... [--out FILE] [--top-k K]`: use a trained model.
+
+INPUT is image files, folders of images (searched recursively) or a CSV/Parquet table with the
+training table's feature columns (the target column may be there; it is ignored). The
+checkpoint's saved preprocessing (image size, channels, normalisation, feature statistics and
+categories, class names) is applied, so the data set itself is not needed. One row per input:
+
+    input, prediction, probability, top1, top1_probability, ..., topK, topK_probability
+
+`input` is the file path or, for a table, FILE:ROW (row 1 is the first data row); `prediction`
+is the class name (the value, for regression; then there are no probability columns).
+Written to --out, by default RUN_DIR/predict/<checkpoint>-<time>.csv; the first rows are printed.
+
+    nettrain-predict outputs/2026-01-01/12-00-00-000000 new_images/ --top-k 3
+    nettrain-predict outputs/.../checkpoints/last.pt rows.csv --out rows-predicted.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+class PredictError(ValueError):
+    """An input or checkpoint that cannot be used; the message names it."""
+
+
+def find_checkpoint(target: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint file, or a run dir's checkpoints/best.pt (else its newest valid checkpoint)."""
+    from nettrain import checkpoint as ckpt
+
+    target = Path(target).expanduser()
+    if target.is_file():
+        return target, ckpt.load_checkpoint(target)
+    if (target / "checkpoints" / "best.pt").is_file():
+        path = target / "checkpoints" / "best.pt"
+        return path, ckpt.load_checkpoint(path)
+    return ckpt.newest_valid(target / "checkpoints")
+
+
+def load_model(state: dict[str, Any], device):
+    """The checkpoint's model in eval mode, built from its own config and saved preprocessing."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from nettrain.build import build_model_for
+    from nettrain.config import TrainConfig
+
+    prep = state.get("preprocessing")
+    if not prep:
+        raise PredictError(
+            "the checkpoint holds no preprocessing (it was written by an older nettrain); "
+            "train the model again to use nettrain-predict"
+        )
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"])
+    assert isinstance(cfg, DictConfig)
+    model = build_model_for(cfg, prep, device)
+    model.load_state_dict(state["model"])
+    return model.eval(), prep
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
+    """(image files, table files) from the command line; folders give their images."""
+    from nettrain.data.image_folder import IMAGE_EXTENSIONS, list_images
+
+    images, tables = [], []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise PredictError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+            images += found
+        elif not path.is_file():
+            raise PredictError(f"{path}: no such file or folder")
+        elif path.suffix.lower() in TABLE_SUFFIXES:
+            tables.append(path)
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(path)
+        else:
+            raise PredictError(f"{path}: not an image ({', '.join(IMAGE_EXTENSIONS)}) or a table (.csv, .parquet)")
+    return images, tables
+
+
+def image_inputs(paths: list[Path], prep: dict[str, Any]):
+    """Decoded, resized uint8 images (N, C, H, W), decoded as the training images were."""
+    import torch
+
+    from nettrain.data.image_folder import decode_image
+
+    if prep.get("kind") != "image":
+        raise PredictError(f"{paths[0]}: an image, but the model was trained on {prep.get('kind')} data")
+    decoded = []
+    for path in paths:
+        try:
+            decoded.append(decode_image(path, tuple(prep["image_size"]), prep["channels"]))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is named
+            raise PredictError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    return torch.stack(decoded)
+
+
+def table_inputs(path: Path, prep: dict[str, Any]):
+    """(row labels, encoded feature tensor) for a table with the training table's feature columns."""
+    from nettrain.data import DataError
+    from nettrain.data.tabular import encode_rows, read_table
+
+    if prep.get("kind") != "table":
+        raise PredictError(f"{path}: a table, but the model was trained on {prep.get('kind')} data")
+    try:
+        header, rows = read_table(path)
+        missing = [s["name"] for s in prep["features"] if s["name"] not in header]
+        if missing:
+            raise PredictError(f"{path}: lacks the feature column(s) {missing} the model was trained on")
+        return [f"{path}:{i + 1}" for i in range(len(rows))], encode_rows([dict(zip(header, r)) for r in rows], prep)
+    except DataError as exc:
+        raise PredictError(f"{path}: {exc}") from None
+
+
+def predict(
+    target: str | Path, inputs: list[str], top_k: int = 3, device_name: str = "cpu", batch_size: int = 256
+) -> tuple[Path, list[dict[str, Any]]]:
+    """(checkpoint path, one result row per input)."""
+    import torch
+
+    from nettrain.build import resolve_device
+    from nettrain.data.preprocessing import input_transform
+
+    device = resolve_device(device_name)
+    path, state = find_checkpoint(target)
+    model, prep = load_model(state, device)
+    images, tables = expand_inputs(inputs)
+    names: list[str] = [str(p) for p in images]
+    blocks = [image_inputs(images, prep)] if images else []
+    for table in tables:
+        labels, x = table_inputs(table, prep)
+        names += labels
+        blocks.append(x)
+    x = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+    transform = input_transform(prep, x, device)
+    outputs = []
+    with torch.no_grad():
+        for chunk in x.split(batch_size):
+            chunk = chunk.to(device)
+            outputs.append(model(transform(chunk) if transform else chunk).float().cpu())
+    out = torch.cat(outputs)
+    return path, result_rows(names, out, prep, top_k)
+
+
+def result_rows(names: list[str], out, prep: dict[str, Any], top_k: int) -> list[dict[str, Any]]:
+    """input, prediction, probability and the top-k columns (regression: input, prediction)."""
+    if prep.get("task") == "regression":
+        values = (out.squeeze(1) * prep["target_std"] + prep["target_mean"]).tolist()
+        return [{"input": n, "prediction": round(v, 6)} for n, v in zip(names, values)]
+    classes = prep.get("class_names") or [str(i) for i in range(out.shape[1])]
+    probs = out.softmax(dim=1)
+    k = min(top_k, probs.shape[1])
+    top_p, top_i = probs.topk(k, dim=1)
+    rows = []
+    for n, ps, idx in zip(names, top_p.tolist(), top_i.tolist()):
+        row: dict[str, Any] = {"input": n, "prediction": classes[idx[0]], "probability": round(ps[0], 6)}
+        for j in range(k):
+            row[f"top{j + 1}"] = classes[idx[j]]
+            row[f"top{j + 1}_probability"] = round(ps[j], 6)
+        rows.append(row)
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    from nettrain.files import write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def default_out(checkpoint: Path) -> Path:
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return run_dir / "predict" / f"{checkpoint.stem}-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}.csv"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nettrain-predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
+    parser.add_argument("inputs", nargs="+", help="image files, folders of images, or a CSV/Parquet table")
+    parser.add_argument("--out", help="the CSV to write (default: RUN_DIR/predict/<checkpoint>-<time>.csv)")
+    parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per input (default 3)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) | auto | cuda | cuda:N | mps")
+    args = parser.parse_args(argv)
+    from nettrain.checkpoint import CheckpointError
+    from nettrain.config import ConfigError
+
+    if args.top_k < 1:
+        print(f"Error: --top-k={args.top_k}: must be an integer >= 1", file=sys.stderr)
+        return 2
+    try:
+        path, rows = predict(args.target, args.inputs, args.top_k, args.device)
+    except (PredictError, CheckpointError, ConfigError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out).expanduser() if args.out else default_out(path)
+    write_rows(out, rows)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"nettrain-predict: {len(rows)} inputs, {path}")
+    for key in rows[0]:
+        table.add_column(key)
+    for row in rows[:20]:
+        table.add_row(*(str(v) for v in row.values()))
+    console = Console()
+    console.print(table)
+    if len(rows) > 20:
+        console.print(f"... {len(rows) - 20} more rows")
+    console.print(f"wrote {out}")
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Training on the new data options through the run: image folders, CSV tables, a tiny CIFAR,
+augmentation with exact resume, the preprocessing kept in checkpoints, and nettrain-predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from made_data import CLASSES, accept_tiny_cifar, image_folder, table, tiny_cifar
+
+from conftest import make_cfg
+from nettrain.checkpoint import load_checkpoint
+from nettrain.config import ConfigError
+from nettrain.train import train
+
+FAST = ["epochs=4", "batch_size=16", "lr=3e-3", "early_stopping.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """3 classes of 12x12 grayscale PNGs: 30 per class in train/, 7 per class in test/."""
+    return image_folder(tmp_path_factory.mktemp("images") / "imgs", per_class=30, splits=("train", "test"))
+
+
+@pytest.fixture(scope="module")
+def folder_run(folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("folder_run") / "run"
+    cache = tmp_path_factory.mktemp("cache")
+    train(make_cfg("data=image_folder", f"data.root={folder}", f"data.cache_dir={cache}", *FAST), output_dir=out)
+    return out
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+# -- image folders ---------------------------------------------------------------------------------
+def test_training_on_an_image_folder_reaches_95_percent_on_separable_images(folder_run):
+    summary = json.loads((folder_run / "summary.json").read_text())
+    assert summary["test_acc"] >= 0.95, summary
+    assert summary["class_names"] == list(CLASSES)
+
+
+def test_the_checkpoint_keeps_the_preprocessing(folder_run):
+    prep = load_checkpoint(folder_run / "checkpoints" / "last.pt")["preprocessing"]
+    assert prep["class_names"] == list(CLASSES) and prep["kind"] == "image" and prep["task"] == "classification"
+    assert prep["channels"] == 1 and prep["image_size"] == [12, 12] and prep["input_shape"] == [1, 12, 12]
+    assert len(prep["mean"]) == len(prep["std"]) == 1 and prep["num_classes"] == 3
+
+
+def test_the_run_says_whether_it_built_or_used_the_cache(folder, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    common = ["data=image_folder", f"data.root={folder}", f"data.cache_dir={cache}", "epochs=1"]
+    train(make_cfg(*common), output_dir=tmp_path / "a")
+    assert "image cache: built" in capsys.readouterr().out
+    train(make_cfg(*common), output_dir=tmp_path / "b")
+    assert "image cache: used" in capsys.readouterr().out
+    train(make_cfg(*common, "data.cache=false"), output_dir=tmp_path / "c")
+    assert "image cache" not in capsys.readouterr().out
+
+
+def test_a_corrupt_image_stops_the_run_naming_it(folder, tmp_path):
+    import shutil
+
+    root = tmp_path / "imgs"
+    shutil.copytree(folder, root)
+    bad = root / "train" / CLASSES[0] / "zz-broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match=rf"{bad}: not a readable image"):
+        train(
+            make_cfg("data=image_folder", f"data.root={root}", "data.cache=false", "epochs=1"),
+            output_dir=tmp_path / "run",
+        )
+
+
+# -- augmentation and exact resume ----------------------------------------------------------------
+AUGMENTED = [
+    "data.augment=flip_crop",
+    "data.crop_padding=2",
+    "data.mix=cutmix",
+    "data.mix_alpha=1.0",
+    "regularization=dropout",
+    "epochs=2",
+    "batch_size=16",
+    "early_stopping.enabled=false",
+]
+
+
+def test_resume_mid_epoch_with_augmentation_on_is_bit_identical(folder, tmp_path):
+    from nettrain.interrupt import StopRequest
+
+    common = ["data=image_folder", f"data.root={folder}", f"data.cache_dir={tmp_path / 'cache'}", *AUGMENTED]
+    straight = tmp_path / "straight"
+    train(make_cfg(*common), output_dir=straight)
+    out = tmp_path / "run"
+    first = train(make_cfg(*common), output_dir=out, stop=StopRequest(after_steps=7))  # 72 samples: 5 steps/epoch
+    assert first["status"] == "interrupted"
+    train(make_cfg(*common, f"resume={out}"), output_dir=out)
+    a, b = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(out / "checkpoints" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    drop = ("epoch_time_s", "samples_per_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in read_rows(straight / "metrics.csv")] == [
+        {k: v for k, v in r.items() if k not in drop} for r in read_rows(out / "metrics.csv")
+    ]
+    # the augmentation ran: cutmix's soft targets keep the training loss well above a hard-label run's
+    assert float(read_rows(straight / "metrics.csv")[-1]["train_loss"]) > 0.2
+
+
+def test_augmentation_settings_are_validated(folder):
+    with pytest.raises(ConfigError) as err:
+        train(
+            make_cfg(
+                "data=image_folder",
+                f"data.root={folder}",
+                "data.augment=rotate",
+                "data.mix=blend",
+                "data.mix_alpha=0",
+                "loss._target_=torch.nn.NLLLoss",
+            ),
+            output_dir=Path("unused"),
+        )
+    text = str(err.value)
+    assert "data.augment='rotate': allowed: none, flip, crop, flip_crop" in text
+    assert "data.mix='blend': allowed: none, mixup, cutmix" in text
+    assert "data.mix_alpha=0: must be a number > 0" in text
+
+
+def test_mixing_needs_a_loss_that_takes_soft_targets(folder):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.mix=.mixup.: gives soft targets .*NLLLoss.* does not take; allowed: torch.nn.CrossEntropyLoss",
+    ):
+        train(
+            make_cfg(
+                "data=image_folder",
+                f"data.root={folder}",
+                "data.mix=mixup",
+                "loss._target_=torch.nn.NLLLoss",
+                "~loss.label_smoothing",
+            ),
+            output_dir=Path("unused"),
+        )
+
+
+# -- tables -----------------------------------------------------------------------------------------
+def test_csv_classification_learns(tmp_path):
+    path = table(tmp_path / "t.csv", n=400)
+    summary = train(
+        make_cfg(
+            "data=csv",
+            f"data.path={path}",
+            "data.target=label",
+            "epochs=8",
+            "batch_size=32",
+            "lr=1e-2",
+            "early_stopping.enabled=false",
+        ),
+        output_dir=tmp_path / "run",
+    )
+    assert summary["test_acc"] >= 0.85, summary
+    assert summary["class_names"] == ["high", "low"]
+
+
+def test_csv_regression_learns_with_mse_r2_and_mae(tmp_path):
+    path = table(tmp_path / "r.csv", n=400, task="regression")
+    summary = train(
+        make_cfg(
+            "data=csv",
+            f"data.path={path}",
+            "data.target=value",
+            "data.task=regression",
+            "data.categorical=embed",
+            "epochs=10",
+            "batch_size=32",
+            "lr=1e-2",
+            "early_stopping.enabled=false",
+            "early_stopping.monitor=val_r2",
+        ),
+        output_dir=tmp_path / "run",
+    )
+    assert summary["test_r2"] >= 0.9 and summary["test_mae"] < 2.0, summary
+    assert summary["test_acc"] is None
+    rows = read_rows(tmp_path / "run" / "metrics.csv")
+    assert "val_r2" in rows[0] and "val_mae" in rows[0] and "val_acc" not in rows[0]
+    assert float(rows[-1]["val_r2"]) > float(rows[0]["val_r2"])
+
+
+def test_csv_settings_are_validated(tmp_path):
+    path = table(tmp_path / "t.csv")
+    with pytest.raises(ConfigError) as err:
+        train(
+            make_cfg(
+                "data=csv",
+                f"data.path={path}",
+                "data.target=label",
+                "data.task=ranking",
+                "data.categorical=hash",
+                "data.impute=median",
+            ),
+            output_dir=tmp_path / "run",
+        )
+    text = str(err.value)
+    assert "data.task='ranking': allowed: classification, regression" in text
+    assert "data.categorical='hash': allowed: onehot, embed" in text
+    assert "data.impute='median': allowed: none, mean" in text
+
+
+# -- CIFAR through torchvision --------------------------------------------------------------------
+def test_cifar10_trains_through_torchvision_on_a_tiny_copy(tmp_path, monkeypatch):
+    accept_tiny_cifar(monkeypatch)
+    tiny_cifar(tmp_path / "datasets")
+    summary = train(
+        make_cfg(
+            "data=cifar10",
+            f"data.root={tmp_path / 'datasets'}",
+            "model=cnn",
+            "model.channels=[4]",
+            "model.hidden=8",
+            "epochs=1",
+            "data.augment=flip",
+        ),
+        output_dir=tmp_path / "run",
+    )
+    assert summary["status"] == "completed" and summary["class_names"][:2] == ["class0", "class1"]
+
+
+# -- nettrain-predict ---------------------------------------------------------------------------
+def test_prediction_on_the_saved_test_images_matches_eval(folder, folder_run, tmp_path, capsys):
+    from nettrain.evaluate import evaluate_checkpoint
+    from nettrain.predict import main as predict_main
+
+    evaluated = evaluate_checkpoint(folder_run)
+    out = tmp_path / "pred.csv"
+    assert predict_main([str(folder_run), str(folder / "test"), "--out", str(out), "--top-k", "2"]) == 0
+    rows = read_rows(out)
+    assert len(rows) == evaluated["samples"] == 21
+    assert list(rows[0]) == [
+        "input",
+        "prediction",
+        "probability",
+        "top1",
+        "top1_probability",
+        "top2",
+        "top2_probability",
+    ]
+    correct = sum(Path(r["input"]).parent.name == r["prediction"] for r in rows)
+    assert correct / len(rows) == pytest.approx(evaluated["test_acc"], abs=1e-6)
+    assert all(r["prediction"] == r["top1"] and float(r["probability"]) >= float(r["top2_probability"]) for r in rows)
+
+
+def test_prediction_on_a_table_gives_classes_and_regression_values(tmp_path):
+    from nettrain.predict import main as predict_main
+    from nettrain.predict import predict
+
+    path = table(tmp_path / "r.csv", n=300, task="regression")
+    train(
+        make_cfg(
+            "data=csv",
+            f"data.path={path}",
+            "data.target=value",
+            "data.task=regression",
+            "epochs=6",
+            "batch_size=32",
+            "lr=1e-2",
+            "early_stopping.enabled=false",
+        ),
+        output_dir=tmp_path / "run",
+    )
+    _, rows = predict(tmp_path / "run", [str(path)])
+    truth = [float(r["value"]) for r in read_rows(path)]
+    assert len(rows) == 300 and rows[0]["input"] == f"{path}:1" and list(rows[0]) == ["input", "prediction"]
+    mae = sum(abs(r["prediction"] - t) for r, t in zip(rows, truth)) / len(rows)
+    assert mae < 2.0
+    assert predict_main([str(tmp_path / "run"), str(tmp_path / "nothing.png")]) == 2
+
+
+def test_predict_names_bad_inputs(folder_run, tmp_path, capsys):
+    from nettrain.predict import main as predict_main
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    assert predict_main([str(folder_run), str(bad)]) == 2
+    assert f"{bad}: not a readable image" in capsys.readouterr().err
+    other = table(tmp_path / "t.csv")
+    assert predict_main([str(folder_run), str(other)]) == 2
+    assert "a table, but the model was trained on image data" in capsys.readouterr().err

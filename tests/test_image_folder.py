@@ -1,0 +1,86 @@
+"""data=image_folder: decoding, the split cut, the on-disk cache, bad files, and training."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from made_data import CLASSES, image_folder, write_png
+
+from nettrain.data import DataError
+from nettrain.data.image_folder import image_folder as load
+
+
+def test_folder_is_decoded_to_uint8_with_its_own_size_channels_and_class_names(tmp_path):
+    root = image_folder(tmp_path / "imgs", per_class=20, size=12, splits=("train", "test"))
+    data = load(str(root), cache=False, val_fraction=0.2)
+    assert data.train.x.dtype == torch.uint8 and data.input_shape == (1, 12, 12)
+    assert data.meta["class_names"] == list(CLASSES) and data.num_classes == 3
+    # test/ is used as it is; val is cut from train (20% of 60), train keeps the rest
+    assert (len(data.train), len(data.val), len(data.test)) == (48, 12, 15)
+    assert data.meta["channels"] == 1 and data.meta["image_size"] == [12, 12]
+    assert 0 < data.meta["mean"][0] < 1 and 0 < data.meta["std"][0] < 1
+
+
+def test_channels_and_image_size_convert_and_resize(tmp_path):
+    root = image_folder(tmp_path / "imgs", per_class=4, size=12, channels=3)
+    data = load(str(root), cache=False, channels=1, image_size=8)
+    assert data.input_shape == (1, 8, 8) and len(data.meta["mean"]) == 1
+    assert load(str(root), cache=False).input_shape == (3, 12, 12)
+
+
+def test_mixed_sizes_need_an_image_size(tmp_path):
+    root = image_folder(tmp_path / "imgs", per_class=4, size=12)
+    write_png(root / "train" / CLASSES[0] / "big.png", torch.zeros(20, 20, dtype=torch.uint8).numpy())
+    with pytest.raises(DataError, match=r"data.image_size=None: the images have 2 different sizes"):
+        load(str(root), cache=False)
+    assert load(str(root), cache=False, image_size=12).input_shape == (1, 12, 12)
+
+
+def test_cache_is_built_then_used_and_rebuilt_when_a_file_changes(tmp_path):
+    root = image_folder(tmp_path / "imgs", per_class=6)
+    cache = tmp_path / "cache"
+    first = load(str(root), cache_dir=str(cache))
+    assert any(n.startswith("image cache: built") for n in first.notes)
+    entries = list(cache.glob("image_folder-*.pt"))
+    assert len(entries) == 1 and not list(cache.glob(".*tmp"))  # written atomically, no leftovers
+    second = load(str(root), cache_dir=str(cache))
+    assert any(n.startswith("image cache: used") for n in second.notes)
+    assert torch.equal(first.train.x, second.train.x) and torch.equal(first.test.y, second.test.y)
+    # a changed file (new content, new size and mtime) gives a new key: the cache is rebuilt
+    changed = root / "train" / CLASSES[1] / "000.png"
+    write_png(changed, torch.full((12, 12), 255, dtype=torch.uint8).numpy())
+    os.utime(changed, ns=(1, 1))
+    third = load(str(root), cache_dir=str(cache))
+    assert any(n.startswith("image cache: built") for n in third.notes)
+    assert len(list(cache.glob("image_folder-*.pt"))) == 2
+    # cache=False neither reads nor writes it
+    assert load(str(root), cache=False, cache_dir=str(tmp_path / "off")).notes == []
+    assert not (tmp_path / "off").exists()
+
+
+def test_the_default_cache_folder_follows_xdg_cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = image_folder(tmp_path / "imgs", per_class=4)
+    load(str(root))
+    assert len(list((tmp_path / "xdg" / "nettrain").glob("image_folder-*.pt"))) == 1
+
+
+def test_a_corrupt_image_is_named_and_skipped_only_when_asked(tmp_path):
+    root = image_folder(tmp_path / "imgs", per_class=6)
+    bad = root / "train" / CLASSES[2] / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match=rf"{bad}: not a readable image .*data.on_bad_file=skip"):
+        load(str(root), cache=False)
+    data = load(str(root), cache=False, on_bad_file="skip")
+    assert any(str(bad) in n and n.startswith("skipped") for n in data.notes)
+    assert len(data.train) + len(data.val) + len(data.test) == 18
+
+
+def test_a_folder_without_train_or_classes_is_explained(tmp_path):
+    with pytest.raises(DataError, match=r"needs a train/ folder with one sub-folder per class"):
+        load(str(tmp_path), cache=False)
+    (tmp_path / "train" / "only").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"train/ needs at least 2 class folders"):
+        load(str(tmp_path), cache=False)
