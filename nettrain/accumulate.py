@@ -39,12 +39,12 @@ class Accumulation:
         self.batches_per_epoch = math.ceil(num_samples / batch_size)
         self.index = 0  # the next batch's index in its epoch
 
-    def begin(self) -> tuple[bool, float]:
-        """For the next batch: (whether it opens a group, its loss weight = 1 / samples of its group)."""
+    def begin(self) -> tuple[bool, int]:
+        """For the next batch: (whether it opens a group, the number of samples in its group)."""
         first = self.index - self.index % self.steps
         end = min(first + self.steps, self.batches_per_epoch)
         samples = min(self.n, end * self.batch_size) - first * self.batch_size
-        return self.index == first, 1.0 / samples
+        return self.index == first, samples
 
     def end(self) -> bool:
         """After the batch's backward: True when it closed its group (time for the optimizer step)."""

@@ -31,11 +31,14 @@ def rows(run):
 
 def test_group_sizes_and_weights_count_the_true_samples():
     acc = Accumulation(torch.nn.Linear(2, 2), steps=4, num_samples=106, batch_size=10)
-    weights, closes = [], []
+    opens, samples, closes = [], [], []
     for _ in range(11):
-        weights.append(acc.begin()[1])
+        starts, group_samples = acc.begin()
+        opens.append(starts)
+        samples.append(group_samples)
         closes.append(acc.end())
-    assert weights == [1 / 40] * 8 + [1 / 26] * 3
+    assert samples == [40] * 8 + [26] * 3
+    assert opens == [True, False, False, False] * 2 + [True, False, False]
     assert closes == [False, False, False, True] * 2 + [False, False, True]
     assert acc.index == 0 and optimizer_steps(11, 4) == 3
 

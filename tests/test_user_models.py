@@ -40,6 +40,17 @@ def tabular(num_samples: int = 60, features: int = 5, **_synthetic_keys) -> Data
     return DataSplits("table", Split(x[:40], y[:40]), Split(x[40:50], y[40:50]), Split(x[50:], y[50:]), 2)
 
 
+class FixedWidth(torch.nn.Module):
+    """Builds for any data but takes 10 features only: its forward fails on other shapes."""
+
+    def __init__(self, input_shape, num_classes, **_mlp_keys):
+        super().__init__()
+        self.flatten, self.fc = torch.nn.Flatten(), torch.nn.Linear(10, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.flatten(x))
+
+
 @pytest.mark.slow
 def test_a_user_model_in_the_working_directory_trains_evaluates_and_exports_through_the_cli(tmp_path):
     (tmp_path / "mymodels.py").write_text(MODULE)
