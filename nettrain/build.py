@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from nettrain.accumulate import Accumulation, optimizer_steps
 from nettrain.config import MONITORED, ConfigError, plain
 from nettrain.data import Batches, DataSplits, Split
+from nettrain.ema import EMA
 from nettrain.state import TrainState
 
 FUSED_OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
@@ -52,17 +54,25 @@ def resolve_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def building(group: str, target: str | None) -> Iterator[None]:
-    """Turn a failure to build `target` of config group `group` into a ConfigError naming both."""
+def building(group: str, target: str | None, context: str = "") -> Iterator[None]:
+    """Turn a failure to build `target` of config group `group` into a ConfigError naming both
+    (and `context`, e.g. the data the model is built for); a target that cannot be imported is
+    explained: which module, where it was looked for, the fix."""
     from hydra.errors import InstantiationException
 
     try:
         yield
-    except (InstantiationException, TypeError, ValueError) as exc:
+    except (InstantiationException, TypeError, ValueError, ImportError) as exc:
         if isinstance(exc, ConfigError):
             raise
         cause = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
-        raise ConfigError([f"{group}: could not build {target}: {cause}"]) from exc
+        if isinstance(cause, ImportError) and target:
+            from nettrain.usermodules import import_problem
+
+            problem = import_problem(target)
+            if problem:
+                raise ConfigError([f"{group}: {problem}"]) from exc
+        raise ConfigError([f"{group}: could not build {target}{context}: {cause}"]) from exc
 
 
 def instantiate(node: Any, group: str, *call_args: Any, **kwargs: Any) -> Any:
@@ -91,9 +101,51 @@ def build_data(cfg: DictConfig) -> tuple[DataSplits, dict[str, Any]]:
 
 
 def build_model(cfg: DictConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
-    """The model for the data's input shape and class count, on `device`."""
-    model = instantiate(cfg.model, "model", input_shape=list(data.input_shape), num_classes=data.num_classes)
-    return model.to(device)
+    """The model for the data's input shape and class count, on `device`, checked by a forward
+    pass of one sample: a model that cannot take the data is a config error naming both."""
+    from hydra.utils import instantiate as hydra_instantiate
+
+    about = f"data {data.name!r} (input shape {list(data.input_shape)}, {data.num_classes} classes)"
+    with building("model", cfg.model.get("_target_"), context=f" for {about}"):
+        model = hydra_instantiate(cfg.model, input_shape=list(data.input_shape), num_classes=data.num_classes)
+    model = model.to(device)
+    check_model_fits(model, cfg.model.get("_target_"), data.input_shape, data.num_classes, about)
+    return model
+
+
+def check_model_fits(model: torch.nn.Module, target: str | None, input_shape, num_classes: int, about: str) -> None:
+    """Run one zero sample through the model in eval mode (no RNG drawn, no statistics changed)
+    and check it gives (1, num_classes) logits."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((1, *input_shape), device=next(model.parameters()).device))
+    except Exception as exc:  # any failure here means the shapes do not fit
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        problem = f"model {target} cannot take the data's inputs: {about}; a forward pass of one sample failed: "
+        raise ConfigError([problem + f"{type(exc).__name__}: {first_line}"]) from exc
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        problem = f"model {target} does not fit the data: {about}; one sample gave output {got}, "
+        raise ConfigError([problem + f"expected [1, {num_classes}] (a batch of logits, one per class)"])
+
+
+@dataclass
+class ModelInputs:
+    """What the model was built for, kept in every checkpoint (`model_io`), so that export and
+    prediction can rebuild it without the data set."""
+
+    input_shape: list[int]
+    num_classes: int
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"input_shape": list(self.input_shape), "num_classes": self.num_classes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Fixed by the config and the data, which resume already checks."""
 
 
 def build_data_and_model(cfg: DictConfig, device: torch.device):
@@ -189,16 +241,22 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         model.compile()  # in place: state_dict keys and checkpoints stay the same
     order = torch.Generator().manual_seed(cfg.seed)  # the data order has its own generator
     train_batches = Batches(data.train, cfg.batch_size, device, shuffle=True, generator=order, **loader)
+    steps = cfg.trainer.accumulate_steps  # the schedule counts optimizer steps
     state = TrainState(
         model=model,
         loss_fn=loss_fn,
         optimizer=optimizer,
-        schedule=build_schedule(cfg, optimizer, len(train_batches)),
+        schedule=build_schedule(cfg, optimizer, optimizer_steps(len(train_batches), steps)),
         early_stopping=build_early_stopping(cfg),
         grad_monitor=build_grad_monitor(cfg, model),
         precision=Precision(cfg.trainer.precision, device),
         data_generator=order,
     )
+    state.extras["model_io"] = ModelInputs(list(data.input_shape), data.num_classes)
+    if steps > 1:
+        state.extras["accumulation"] = Accumulation(model, steps, len(data.train), cfg.batch_size)
+    if cfg.trainer.ema_decay:  # last: the average starts from the model as it will train
+        state.extras["ema"] = EMA(model, cfg.trainer.ema_decay)
     return Run(
         device, data, loader, cfg.batch_size, state, train_batches, Batches(data.val, cfg.batch_size, device, **loader)
     )

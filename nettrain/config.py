@@ -73,6 +73,12 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model (nn.Module.compile); compile time exceeds an MNIST run
     channels_last: str = "auto"  # auto (on for conv models on CUDA) | on | off
     fused_optimizer: str = "auto"  # auto (fused kernels on CUDA where the optimizer has them) | on | off
+    accumulate_steps: int = (
+        1  # gradient accumulation: one optimizer step per this many batches (effective batch = batch_size x steps)
+    )
+    ema_decay: Optional[float] = (
+        None  # EMA of the weights (e.g. 0.999), used for validation, best.pt and the test; None = off
+    )
 
 
 @dataclass
@@ -227,6 +233,10 @@ def _check_top_level(c: Checks) -> None:
     c.choice("trainer.precision", ("32", "bf16", "fp16"))
     c.choice("trainer.channels_last", ("auto", "on", "off"))
     c.choice("trainer.fused_optimizer", ("auto", "on", "off"))
+    c.need("trainer.accumulate_steps", lambda v: v >= 1, "must be an integer >= 1 (1 = no accumulation)")
+    c.need(
+        "trainer.ema_decay", lambda v: finite(v) and 0 < v < 1, "must be null (off) or a number in (0, 1), e.g. 0.999"
+    )
 
 
 def _check_model(c: Checks) -> None:

@@ -23,6 +23,7 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
     from nettrain.build import build_data_and_model, build_loss, resolve_device
     from nettrain.config import TrainConfig, validate
     from nettrain.data import Batches
+    from nettrain.ema import inference_weights
     from nettrain.loop import evaluate
 
     target = Path(target).expanduser()
@@ -42,7 +43,7 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
     validate(cfg)
     device = resolve_device(cfg.device)
     data, loader, model = build_data_and_model(cfg, device)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(inference_weights(state))
     batches = Batches(getattr(data, split), cfg.batch_size, device, **loader)
     loss, acc = evaluate(model, build_loss(cfg), batches)
     result = {
@@ -62,6 +63,9 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nettrain import usermodules
+
+    usermodules.add_working_dir()  # a run with a model of your own, from the working directory
     parser = argparse.ArgumentParser(prog="nettrain-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=... device=cuda")

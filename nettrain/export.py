@@ -51,13 +51,14 @@ def find_checkpoint(target: str | Path) -> tuple[Path, dict[str, Any]]:
 def rebuild_model(state: dict[str, Any]):
     """The checkpoint's model, built from its config and loaded with its inference weights (EMA
     when kept), in eval mode on the CPU; with its input shape and the data's description."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from nettrain.build import build_data, instantiate
     from nettrain.config import TrainConfig, validate
     from nettrain.ema import inference_weights
 
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"])
+    assert isinstance(cfg, DictConfig)
     validate(cfg)
     io = state.get("model_io")
     if io is None:  # a checkpoint from before model_io was kept: the data set tells the shape
@@ -93,16 +94,28 @@ def export(target: str | Path, fmt: str, out: str | Path | None = None) -> dict[
     ok = bool(torch.allclose(got.float(), expected.float(), rtol=RTOL, atol=ATOL))
     preprocessing = state.get("preprocessing") or {}
     sidecar = {
-        "format": fmt, "file": file.name, "checkpoint": str(path.resolve()), "epoch": state["epoch"],
+        "format": fmt,
+        "file": file.name,
+        "checkpoint": str(path.resolve()),
+        "epoch": state["epoch"],
         "weights": "ema" if "ema" in state else "model",
-        "model": OmegaConf.to_container(cfg.model, resolve=True), "input_shape": list(io["input_shape"]), "input_dtype": "float32",
-        "num_classes": io["num_classes"], "class_names": preprocessing.get("class_names"),
-        "preprocessing": preprocessing, "output": "logits (N, num_classes)",
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "input_shape": list(io["input_shape"]),
+        "input_dtype": "float32",
+        "num_classes": io["num_classes"],
+        "class_names": preprocessing.get("class_names"),
+        "preprocessing": preprocessing,
+        "output": "logits (N, num_classes)",
         "check": {"batch": CHECK_BATCH, "max_abs_diff": diff, "rtol": RTOL, "atol": ATOL, "passed": ok},
     }
     write_json(file.with_name(f"{path.stem}.{fmt}.json"), sidecar)
-    return {"file": str(file), "sidecar": str(file.with_name(f"{path.stem}.{fmt}.json")), "format": fmt,
-            "max_abs_diff": diff, "passed": ok}
+    return {
+        "file": str(file),
+        "sidecar": str(file.with_name(f"{path.stem}.{fmt}.json")),
+        "format": fmt,
+        "max_abs_diff": diff,
+        "passed": ok,
+    }
 
 
 # -- writers: model, example batch, path -> file on disk (atomically) -----------------------------
@@ -139,8 +152,15 @@ def _write_onnx(model, example, file: Path) -> None:
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, (example,), tmp, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=dynamo)
+            torch.onnx.export(
+                model,
+                (example,),
+                tmp,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                dynamo=dynamo,
+            )
 
     atomic_write(file, write)
 
@@ -178,7 +198,7 @@ def _run_torchscript(file: Path, model, example):
 
 
 def _run_onnx(file: Path, model, example):
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]
     import torch
 
     session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
@@ -191,16 +211,24 @@ def _run_exported(file: Path, model, example):
     return torch.export.load(str(file)).module()(example)
 
 
-WRITERS = {"safetensors": _write_safetensors, "torchscript": _write_torchscript, "onnx": _write_onnx,
-           "exported": _write_exported}
-RUNNERS = {"safetensors": _run_safetensors, "torchscript": _run_torchscript, "onnx": _run_onnx,
-           "exported": _run_exported}
+WRITERS = {
+    "safetensors": _write_safetensors,
+    "torchscript": _write_torchscript,
+    "onnx": _write_onnx,
+    "exported": _write_exported,
+}
+RUNNERS = {
+    "safetensors": _run_safetensors,
+    "torchscript": _run_torchscript,
+    "onnx": _run_onnx,
+    "exported": _run_exported,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nettrain.usermodules import add_working_dir
+    from nettrain import usermodules
 
-    add_working_dir()
+    usermodules.add_working_dir()  # a run with a model of your own, from the working directory
     parser = argparse.ArgumentParser(prog="nettrain-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("--format", required=True, choices=tuple(FORMATS), help="what to write")
@@ -218,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     verdict = "matches" if result["passed"] else "DOES NOT MATCH"
     print(f"wrote {result['file']} ({result['format']}) and {Path(result['sidecar']).name}")
-    print(f"checked: loaded back and run on a batch of {CHECK_BATCH}, it {verdict} the eager model "
-          f"(max |diff| {result['max_abs_diff']:.2g}; tolerance rtol {RTOL:g}, atol {ATOL:g})")
+    print(
+        f"checked: loaded back and run on a batch of {CHECK_BATCH}, it {verdict} the eager model "
+        f"(max |diff| {result['max_abs_diff']:.2g}; tolerance rtol {RTOL:g}, atol {ATOL:g})"
+    )
     return 0 if result["passed"] else 1
 
 

@@ -26,7 +26,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -50,8 +52,9 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         stages, in_ch = [], width
         for i, out_ch in enumerate((width, 2 * width, 4 * width)):
-            layers = [BasicBlock(in_ch if b == 0 else out_ch, out_ch, 2 if (i > 0 and b == 0) else 1)
-                      for b in range(blocks)]
+            layers = [
+                BasicBlock(in_ch if b == 0 else out_ch, out_ch, 2 if (i > 0 and b == 0) else 1) for b in range(blocks)
+            ]
             stages.append(nn.Sequential(*layers))
             in_ch = out_ch
         self.layer1, self.layer2, self.layer3 = stages

@@ -31,26 +31,32 @@ RESNET_FAMILY = ("resnet", "resnext", "wide_resnet")
 
 def available() -> list[str]:
     """The classification architectures torchvision offers, by name."""
-    from torchvision import models
+    from torchvision import models  # type: ignore[import-untyped]
 
     return list(models.list_models(module=models))
 
 
-def torchvision_model(input_shape: Sequence[int], num_classes: int, name: str = "resnet18",
-                      weights: str | None = None, small_input: bool = False, download: bool = False,
-                      **kwargs) -> nn.Module:
+def torchvision_model(
+    input_shape: Sequence[int],
+    num_classes: int,
+    name: str = "resnet18",
+    weights: str | None = None,
+    small_input: bool = False,
+    download: bool = False,
+    **kwargs,
+) -> nn.Module:
     """torchvision's `name` with `num_classes` outputs, adapted to `input_shape` (C, H, W)."""
-    from torchvision import models
+    from torchvision import models  # type: ignore[import-untyped]
 
     names = available()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ValueError(f"model.name={name!r}: not a torchvision classification model; {hint}"
-                         f"allowed: {', '.join(names)}")
+        raise ValueError(
+            f"model.name={name!r}: not a torchvision classification model; {hint}allowed: {', '.join(names)}"
+        )
     if len(input_shape) != 3:
-        raise ValueError(f"model.name={name!r} takes images (C, H, W); the data's input shape is "
-                         f"{list(input_shape)}")
+        raise ValueError(f"model.name={name!r} takes images (C, H, W); the data's input shape is {list(input_shape)}")
     channels, height, width = input_shape
     if name.startswith("vit_") and (height, width) != (224, 224) and not weights:
         kwargs.setdefault("image_size", height)  # positional embeddings for the data's size
@@ -63,18 +69,23 @@ def torchvision_model(input_shape: Sequence[int], num_classes: int, name: str = 
         state = _read_weights(name, weights, download)
         skipped = load_matching(model, state)
         if skipped:
-            print(f"model: {len(skipped)} pretrained tensor(s) did not fit and keep their fresh "
-                  f"initialisation: {', '.join(skipped)}")
+            print(
+                f"model: {len(skipped)} pretrained tensor(s) did not fit and keep their fresh "
+                f"initialisation: {', '.join(skipped)}"
+            )
     return model
 
 
 def _small_stem(model: nn.Module, name: str) -> None:
     """The CIFAR stem of the ResNet paper: conv1 3x3 stride 1, no max-pool."""
     if not name.startswith(RESNET_FAMILY):
-        raise ValueError(f"model.small_input=true: the CIFAR stem is for the ResNet family "
-                         f"(resnet*, resnext*, wide_resnet*), not {name!r}; leave it false, or use "
-                         "model=resnet (nettrain's CIFAR ResNet)")
-    conv = model.conv1
+        raise ValueError(
+            f"model.small_input=true: the CIFAR stem is for the ResNet family "
+            f"(resnet*, resnext*, wide_resnet*), not {name!r}; leave it false, or use "
+            "model=resnet (nettrain's CIFAR ResNet)"
+        )
+    conv = model.get_submodule("conv1")
+    assert isinstance(conv, nn.Conv2d)
     model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
 
@@ -90,8 +101,17 @@ def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
 def _set_input_channels(model: nn.Module, channels: int) -> None:
     """Replace the first convolution by one with `channels` inputs, all else equal."""
     parent, attr, conv = _first_conv(model)
-    new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                    dilation=conv.dilation, groups=1, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    new = nn.Conv2d(
+        channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]  # a Conv2d's own 2-tuples
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
+        dilation=conv.dilation,  # type: ignore[arg-type]
+        groups=1,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
     setattr(parent, attr, new)
 
 
@@ -106,7 +126,7 @@ def _read_weights(name: str, weights: str, download: bool) -> dict[str, torch.Te
         if not path.is_file():
             raise ValueError(f"model.weights={weights!r}: no such file")
         return read_state_dict(path)
-    from torchvision import models
+    from torchvision import models  # type: ignore[import-untyped]
 
     enum = models.get_model_weights(name)
     label = weights.split(".")[-1]  # ResNet18_Weights.IMAGENET1K_V1 or IMAGENET1K_V1
@@ -121,7 +141,8 @@ def _read_weights(name: str, weights: str, download: bool) -> dict[str, torch.Te
             raise ValueError(
                 f"model.weights={weights!r}: {name}'s weights are not in torchvision's cache ({cached}) and "
                 f"downloading is off. Offline: fetch {entry.url} elsewhere and copy it to {cached}, or give "
-                "model.weights=/path/to/file.pth; online: add model.download=true")
+                "model.weights=/path/to/file.pth; online: add model.download=true"
+            )
         torch.hub.download_url_to_file(entry.url, str(cached), progress=False)
     return read_state_dict(cached)
 
@@ -136,12 +157,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is reported by name
-        raise ValueError(f"model.weights={str(path)!r}: cannot be read as tensors "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise ValueError(
+            f"model.weights={str(path)!r}: cannot be read as tensors ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
-        raise ValueError(f"model.weights={str(path)!r}: holds no state dict")
+        raise TypeError(f"model.weights={str(path)!r}: holds no state dict")
     return state
 
 
@@ -155,8 +177,12 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]
         target = own.get(key)
         if target is None:
             continue
-        if value.shape != target.shape and value.dim() == 4 and value.shape[0] == target.shape[0] \
-                and value.shape[2:] == target.shape[2:]:
+        if (
+            value.shape != target.shape
+            and value.dim() == 4
+            and value.shape[0] == target.shape[0]
+            and value.shape[2:] == target.shape[2:]
+        ):
             value = _adapt_kernel(value, target.shape[1])
         if value.shape == target.shape:
             fitting[key] = value

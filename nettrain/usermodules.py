@@ -37,10 +37,12 @@ def import_problem(target: str) -> str | None:
     except ModuleNotFoundError as exc:
         if exc.name != parts[0]:
             return _failed(parts[0], exc)
-        return (f"cannot import module {parts[0]!r} for _target_ {target!r}: no {parts[0]}.py or {parts[0]}/ "
-                f"package in the working directory ({os.getcwd()}) or on the module search path "
-                f"({_search_path()}). Fix: run the command from the folder that holds {parts[0]}.py, or add "
-                f"that folder to PYTHONPATH (PYTHONPATH=/path/to/folder nettrain-train ...), or pip install it")
+        return (
+            f"cannot import module {parts[0]!r} for _target_ {target!r}: no {parts[0]}.py or {parts[0]}/ "
+            f"package in the working directory ({os.getcwd()}) or on the module search path "
+            f"({_search_path()}). Fix: run the command from the folder that holds {parts[0]}.py, or add "
+            f"that folder to PYTHONPATH (PYTHONPATH=/path/to/folder nettrain-train ...), or pip install it"
+        )
     except Exception as exc:  # noqa: BLE001 - the user's module raised while importing
         return _failed(parts[0], exc)
     for i in range(1, len(parts)):
@@ -54,13 +56,17 @@ def import_problem(target: str) -> str | None:
             if exc.name != name:
                 return _failed(name, exc)
             where = getattr(obj, "__file__", None) or ".".join(parts[:i])
-            return (f"_target_ {target!r}: {'.'.join(parts[:i])} ({where}) has no {parts[i]!r}. "
-                    "Fix: check the spelling of the class or function name in _target_")
+            return (
+                f"_target_ {target!r}: {'.'.join(parts[:i])} ({where}) has no {parts[i]!r}. "
+                "Fix: check the spelling of the class or function name in _target_"
+            )
         except Exception as exc:  # noqa: BLE001
             return _failed(name, exc)
     return None
 
 
 def _failed(module: str, exc: BaseException) -> str:
-    return (f"module {module!r} was found but failed to import: {type(exc).__name__}: {exc}. "
-            "Fix the error in that module (or install what it imports)")
+    return (
+        f"module {module!r} was found but failed to import: {type(exc).__name__}: {exc}. "
+        "Fix the error in that module (or install what it imports)"
+    )

@@ -17,16 +17,31 @@ from nettrain.train import train
 # 106 training samples: one batch of 40 -> batches 40, 40, 26; four batches of 10 -> 11 batches
 # in groups of 4, 4, 3 holding 40, 40 and 26 samples (the last group short, its last batch partial).
 # No batchnorm; momentum, warmup + cosine per step, clipping and L1 all act once per optimizer step.
-SETUP = ["data=synthetic", "data.num_samples=132", "data.input_shape=[1,4,4]", "data.num_classes=3",
-         "model.hidden=[16]", "optimizer=sgd", "lr=0.2", "optimizer.momentum=0.9", "scheduler=cosine",
-         "scheduler.interval=step", "scheduler.warmup_ratio=0.2", "regularization.grad_clip=0.5",
-         "regularization.l1=1e-3", "epochs=3", "early_stopping.enabled=false"]
+SETUP = [
+    "data=synthetic",
+    "data.num_samples=132",
+    "data.input_shape=[1,4,4]",
+    "data.num_classes=3",
+    "model.hidden=[16]",
+    "optimizer=sgd",
+    "lr=0.2",
+    "optimizer.momentum=0.9",
+    "scheduler=cosine",
+    "scheduler.interval=step",
+    "scheduler.warmup_ratio=0.2",
+    "regularization.grad_clip=0.5",
+    "regularization.l1=1e-3",
+    "epochs=3",
+    "early_stopping.enabled=false",
+]
 
 
 def rows(run):
     with open(run / "metrics.csv") as f:
-        return [{k: float(v) for k, v in r.items() if not k.startswith(("epoch_time", "samples_per"))}
-                for r in csv.DictReader(f)]
+        return [
+            {k: float(v) for k, v in r.items() if not k.startswith(("epoch_time", "samples_per"))}
+            for r in csv.DictReader(f)
+        ]
 
 
 def test_group_sizes_and_weights_count_the_true_samples():

@@ -14,15 +14,25 @@ from nettrain.evaluate import evaluate_checkpoint
 from nettrain.loop import StopRequest
 from nettrain.train import train
 
-SETUP = ["data=synthetic", "data.num_samples=300", "data.input_shape=[1,6,6]", "data.num_classes=3",
-         "model.hidden=[16]", "model.norm=batchnorm", "batch_size=32", "epochs=3",
-         "early_stopping.enabled=false", "trainer.ema_decay=0.9"]
+SETUP = [
+    "data=synthetic",
+    "data.num_samples=300",
+    "data.input_shape=[1,6,6]",
+    "data.num_classes=3",
+    "model.hidden=[16]",
+    "model.norm=batchnorm",
+    "batch_size=32",
+    "epochs=3",
+    "early_stopping.enabled=false",
+    "trainer.ema_decay=0.9",
+]
 
 
 def rows(run):
     with open(run / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if not k.startswith(("epoch_time", "samples_per"))}
-                for r in csv.DictReader(f)]
+        return [
+            {k: v for k, v in r.items() if not k.startswith(("epoch_time", "samples_per"))} for r in csv.DictReader(f)
+        ]
 
 
 def test_ema_moves_each_float_tensor_towards_the_model_and_copies_integer_buffers():

@@ -16,9 +16,20 @@ from nettrain.train import train
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "run"
-    train(make_cfg("model=cnn", "model.channels=[4]", "model.hidden=8", "model.norm=batchnorm", "data=synthetic",
-                   "data.num_samples=120", "data.input_shape=[1,8,8]", "data.num_classes=3", "epochs=1"),
-          output_dir=out)
+    train(
+        make_cfg(
+            "model=cnn",
+            "model.channels=[4]",
+            "model.hidden=8",
+            "model.norm=batchnorm",
+            "data=synthetic",
+            "data.num_samples=120",
+            "data.input_shape=[1,8,8]",
+            "data.num_classes=3",
+            "epochs=1",
+        ),
+        output_dir=out,
+    )
     return out
 
 
@@ -60,8 +71,12 @@ def test_each_format_round_trips_and_the_command_says_it_was_checked(run_dir, fm
 def test_a_mismatch_fails_the_check_and_out_picks_the_folder(run_dir, tmp_path, monkeypatch, capsys):
     real = export_lib.RUNNERS["torchscript"]
     monkeypatch.setitem(export_lib.RUNNERS, "torchscript", lambda f, m, x: real(f, m, x) + 1e-2)
-    assert export_main([str(run_dir / "checkpoints" / "last.pt"), "--format", "torchscript", "--out",
-                        str(tmp_path / "deploy")]) == 1
+    assert (
+        export_main(
+            [str(run_dir / "checkpoints" / "last.pt"), "--format", "torchscript", "--out", str(tmp_path / "deploy")]
+        )
+        == 1
+    )
     assert "DOES NOT MATCH the eager model" in capsys.readouterr().out
     assert (tmp_path / "deploy" / "last.torchscript.pt").is_file()
     assert not json.loads((tmp_path / "deploy" / "last.torchscript.json").read_text())["check"]["passed"]

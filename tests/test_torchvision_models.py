@@ -10,8 +10,14 @@ import torch
 from nettrain.resnet import ResNet
 from nettrain.torchvision_models import cache_path, torchvision_model
 
-TINY_IMAGES = ["data=synthetic", "data.num_samples=40", "data.input_shape=[3,32,32]", "data.num_classes=4",
-               "batch_size=32", "epochs=1"]
+TINY_IMAGES = [
+    "data=synthetic",
+    "data.num_samples=40",
+    "data.input_shape=[3,32,32]",
+    "data.num_classes=4",
+    "batch_size=32",
+    "epochs=1",
+]
 
 
 def test_resnet18_trains_one_epoch_on_32x32_images(run):
@@ -60,7 +66,9 @@ def test_local_weights_load_except_the_head_and_rgb_kernel_is_summed_for_gray(tm
     assert torch.equal(model.layer1[0].conv1.weight, pretrained.layer1[0].conv1.weight)
     assert torch.allclose(model.conv1.weight, pretrained.conv1.weight.sum(dim=1, keepdim=True))
     assert model.fc.weight.shape == (10, 512)
-    assert "did not fit and keep their fresh initialisation: fc.bias, fc.weight" in capsys.readouterr().out  # the head keeps its fresh initialisation
+    assert (
+        "did not fit and keep their fresh initialisation: fc.bias, fc.weight" in capsys.readouterr().out
+    )  # the head keeps its fresh initialisation
 
 
 def test_torchvision_weights_come_from_its_cache_and_offline_says_where(tmp_path, monkeypatch):

@@ -29,8 +29,15 @@ MODULE = textwrap.dedent('''
                              nn.Linear(width, num_classes))
     ''')
 OPTION = "_target_: mymodels.TwoLayer\nwidth: 12\n"
-SMALL = ["data=synthetic", "data.num_samples=120", "data.input_shape=[1,4,4]", "data.num_classes=3", "epochs=1",
-         "console.show_config=false", "console.progress=off"]
+SMALL = [
+    "data=synthetic",
+    "data.num_samples=120",
+    "data.input_shape=[1,4,4]",
+    "data.num_classes=3",
+    "epochs=1",
+    "console.show_config=false",
+    "console.progress=off",
+]
 
 
 def tabular(num_samples: int = 60, features: int = 5, **_synthetic_keys) -> DataSplits:
@@ -62,14 +69,27 @@ def test_a_user_model_in_the_working_directory_trains_evaluates_and_exports_thro
     assert state["model"]["1.weight"].shape == (12, 16)  # width 12 from the option, 16 inputs from the data
     bin_dir = Path(sys.executable).parent
     for command in (["nettrain-eval", "run"], ["nettrain-export", "run", "--format", "safetensors"]):
-        done = subprocess.run([str(bin_dir / command[0]), *command[1:]], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=240)
+        done = subprocess.run(
+            [str(bin_dir / command[0]), *command[1:]],
+            check=False,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert done.returncode == 0, done.stderr
     assert (tmp_path / "run" / "export" / "best.safetensors").is_file()
 
 
-@pytest.mark.parametrize("module, entry", [("nettrain.train", "main"), ("nettrain.evaluate", "main"),
-                                           ("nettrain.export", "main"), ("nettrain.verify_resume", "main")])
+@pytest.mark.parametrize(
+    "module, entry",
+    [
+        ("nettrain.train", "main"),
+        ("nettrain.evaluate", "main"),
+        ("nettrain.export", "main"),
+        ("nettrain.verify_resume", "main"),
+    ],
+)
 def test_every_command_makes_the_working_directory_importable(module, entry, tmp_path, monkeypatch):
     import importlib
 
@@ -110,5 +130,7 @@ def test_a_model_whose_forward_does_not_fit_the_data_is_caught_before_training(t
     with pytest.raises(ConfigError) as err:
         train(make_cfg(*SMALL, "model._target_=test_user_models.FixedWidth"), output_dir=tmp_path / "r")
     message = str(err.value)
-    assert ("model test_user_models.FixedWidth cannot take the data's inputs: data 'synthetic' "
-            "(input shape [1, 4, 4], 3 classes)") in message
+    assert (
+        "model test_user_models.FixedWidth cannot take the data's inputs: data 'synthetic' "
+        "(input shape [1, 4, 4], 3 classes)"
+    ) in message
