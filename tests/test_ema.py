@@ -16,13 +16,13 @@ from nettrain.train import train
 
 SETUP = [
     "data=synthetic",
-    "data.num_samples=300",
+    "data.num_samples=200",
     "data.input_shape=[1,6,6]",
     "data.num_classes=3",
     "model.hidden=[16]",
     "model.norm=batchnorm",
     "batch_size=32",
-    "epochs=3",
+    "epochs=2",
     "early_stopping.enabled=false",
     "trainer.ema_decay=0.9",
 ]
@@ -55,7 +55,7 @@ def test_ema_moves_each_float_tensor_towards_the_model_and_copies_integer_buffer
 def test_validation_best_checkpoint_and_test_use_the_ema_weights(tmp_path):
     summary = train(make_cfg(*SETUP), output_dir=tmp_path / "run")
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert last["ema"]["updates"] == 3 * 8  # 240 training samples / 32: 8 steps an epoch
+    assert last["ema"]["updates"] == 2 * 5  # 160 training samples / 32: 5 steps an epoch
     assert not torch.equal(last["ema"]["weights"]["fc1.weight"], last["model"]["fc1.weight"])
     assert inference_weights(last) is last["ema"]["weights"]
     # the epoch's val_loss is the EMA weights' (nettrain-eval picks the same weights)
@@ -69,7 +69,7 @@ def test_validation_best_checkpoint_and_test_use_the_ema_weights(tmp_path):
 
 def test_ema_resume_is_exact(tmp_path):
     train(make_cfg(*SETUP), output_dir=tmp_path / "straight")
-    train(make_cfg(*SETUP), output_dir=tmp_path / "resumed", stop=StopRequest(after_steps=11))
+    train(make_cfg(*SETUP), output_dir=tmp_path / "resumed", stop=StopRequest(after_steps=7))
     train(make_cfg(*SETUP, f"resume={tmp_path / 'resumed'}"), output_dir=tmp_path / "resumed")
     assert rows(tmp_path / "resumed") == rows(tmp_path / "straight")
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")

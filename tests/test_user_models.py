@@ -112,6 +112,7 @@ def test_a_module_that_cannot_be_imported_is_named_with_the_path_searched_and_th
     assert "run the command from the folder that holds nomodels.py" in message and "PYTHONPATH" in message
 
 
+@pytest.mark.slow
 def test_a_missing_module_through_the_cli_is_one_message_and_exit_2(tmp_path):
     proc = cli(*SMALL, "model._target_=nomodels.Net", cwd=tmp_path)
     assert proc.returncode == 2
