@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,9 @@ def _write_exported(model, example, file: Path) -> None:
     from nettrain.files import atomic_write
 
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
-    atomic_write(file, lambda tmp: torch.export.save(program, tmp))
+    buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer, not the temporary file
+    torch.export.save(program, buffer)
+    atomic_write(file, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
 
 
 # -- runners: load the file back and run it on the example batch ----------------------------------
