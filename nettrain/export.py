@@ -174,7 +174,11 @@ def _write_exported(model, example, file: Path) -> None:
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
     buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer, not the temporary file
     torch.export.save(program, buffer)
-    atomic_write(file, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(buffer.getvalue())
+
+    atomic_write(file, write)
 
 
 # -- runners: load the file back and run it on the example batch ----------------------------------
