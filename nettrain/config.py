@@ -74,11 +74,9 @@ class TrainerConfig:
     channels_last: str = "auto"  # auto (on for conv models on CUDA) | on | off
     fused_optimizer: str = "auto"  # auto (fused kernels on CUDA where the optimizer has them) | on | off
     accumulate_steps: int = (
-        1  # gradient accumulation: one optimizer step per this many batches (effective batch = batch_size x steps)
+        1  # gradient accumulation: batches per optimizer step (effective batch = batch_size x steps)
     )
-    ema_decay: Optional[float] = (
-        None  # EMA of the weights (e.g. 0.999), used for validation, best.pt and the test; None = off
-    )
+    ema_decay: float | None = None  # EMA of the weights (e.g. 0.999) for validation, best.pt and test; None = off
 
 
 @dataclass

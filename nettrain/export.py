@@ -205,7 +205,7 @@ def _run_torchscript(file: Path, model, example):
 
 
 def _run_onnx(file: Path, model, example):
-    import onnxruntime  # type: ignore[import-untyped]
+    import onnxruntime
     import torch
 
     session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])

@@ -31,7 +31,7 @@ RESNET_FAMILY = ("resnet", "resnext", "wide_resnet")
 
 def available() -> list[str]:
     """The classification architectures torchvision offers, by name."""
-    from torchvision import models  # type: ignore[import-untyped]
+    from torchvision import models
 
     return list(models.list_models(module=models))
 
@@ -46,7 +46,7 @@ def torchvision_model(
     **kwargs,
 ) -> nn.Module:
     """torchvision's `name` with `num_classes` outputs, adapted to `input_shape` (C, H, W)."""
-    from torchvision import models  # type: ignore[import-untyped]
+    from torchvision import models
 
     names = available()
     if name not in names:
@@ -126,7 +126,7 @@ def _read_weights(name: str, weights: str, download: bool) -> dict[str, torch.Te
         if not path.is_file():
             raise ValueError(f"model.weights={weights!r}: no such file")
         return read_state_dict(path)
-    from torchvision import models  # type: ignore[import-untyped]
+    from torchvision import models
 
     enum = models.get_model_weights(name)
     label = weights.split(".")[-1]  # ResNet18_Weights.IMAGENET1K_V1 or IMAGENET1K_V1

@@ -7,8 +7,8 @@ import csv
 
 import pytest
 import torch
-from conftest import make_cfg
 
+from conftest import make_cfg
 from nettrain.accumulate import Accumulation, optimizer_steps
 from nettrain.checkpoint import load_checkpoint
 from nettrain.loop import StopRequest

@@ -6,8 +6,8 @@ import csv
 
 import pytest
 import torch
-from conftest import make_cfg
 
+from conftest import make_cfg
 from nettrain.checkpoint import load_checkpoint
 from nettrain.ema import EMA, inference_weights
 from nettrain.evaluate import evaluate_checkpoint

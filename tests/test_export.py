@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import make_cfg
 
+from conftest import make_cfg
 from nettrain import export as export_lib
 from nettrain.export import main as export_main
 from nettrain.train import train

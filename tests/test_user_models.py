@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli, make_cfg
 
+from conftest import cli, make_cfg
 from nettrain.config import ConfigError
 from nettrain.data import DataSplits, Split
 from nettrain.train import train
