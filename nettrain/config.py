@@ -73,9 +73,7 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model (nn.Module.compile); compile time exceeds an MNIST run
     channels_last: str = "auto"  # auto (on for conv models on CUDA) | on | off
     fused_optimizer: str = "auto"  # auto (fused kernels on CUDA where the optimizer has them) | on | off
-    accumulate_steps: int = (
-        1  # gradient accumulation: batches per optimizer step (effective batch = batch_size x steps)
-    )
+    accumulate_steps: int = 1  # gradient accumulation: batches per optimizer step (effective batch: batch_size x this)
     ema_decay: float | None = None  # EMA of the weights (e.g. 0.999) for validation, best.pt and test; None = off
 
 
