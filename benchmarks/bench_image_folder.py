@@ -51,8 +51,17 @@ def write_png_folder(idx_root: Path, out: Path) -> Path:
 
 def run(args, data: list[str], work: Path) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
-    cmd = [*bench.nettrain_cmd(), *data, "epochs=1", f"threads={args.threads}", f"batch_size={args.batch_size}",
-           f"device={args.device}", "checkpoint.enabled=false", "console.progress=off", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        *bench.nettrain_cmd(),
+        *data,
+        "epochs=1",
+        f"threads={args.threads}",
+        f"batch_size={args.batch_size}",
+        f"device={args.device}",
+        "checkpoint.enabled=false",
+        "console.progress=off",
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = bench.run_checked(cmd, cwd=work)
     with open(run_dir / "metrics.csv") as f:
         row = next(csv.DictReader(f))
@@ -102,21 +111,32 @@ def main() -> None:
     info = bench.machine(args)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        "", "## image_folder vs the MNIST path (same 28x28x1 tensors)", "",
+        "",
+        "## image_folder vs the MNIST path (same 28x28x1 tensors)",
+        "",
         f"Measured {now} with `python benchmarks/bench_image_folder.py{' --quick' if args.quick else ''}` "
         f"({(time.perf_counter() - started) / 60:.1f} min) on {info['cpu']}, {info['cores']}, torch {info['torch']}, "
         f"nettrain {info['code']}. {n_train:,} train / {n_test:,} test images; one epoch, batch {args.batch_size}, "
         f"threads={args.threads}, device={args.device}; {runs} alternated runs each. The machine was shared with "
-        "other work, so each contender's best run (its least disturbed one) is compared; medians beside it.", "",
-        "| contender | best samples/s | median | all runs |", "|---|---:|---:|---|",
+        "other work, so each contender's best run (its least disturbed one) is compared; medians beside it.",
+        "",
+        "| contender | best samples/s | median | all runs |",
+        "|---|---:|---:|---|",
     ]
     for name, values in results.items():
-        lines.append(f"| `data={name}` | {max(values):,.0f} | {statistics.median(values):,.0f} | "
-                     + ", ".join(f"{v:,.0f}" for v in values) + " |")
-    lines += ["", f"image_folder / mnist: **{best:.3f}x** (best runs), {median:.3f}x (medians); "
-              f"target >= 0.9x: {'met' if best >= 0.9 else 'NOT met'}.",
-              f"Start-up: the first image_folder run (decoding {n_train + n_test:,} PNGs into the cache) took "
-              f"{build_s:.1f} s in all; a run reading the cache took {cached_s:.1f} s in all.", ""]
+        lines.append(
+            f"| `data={name}` | {max(values):,.0f} | {statistics.median(values):,.0f} | "
+            + ", ".join(f"{v:,.0f}" for v in values)
+            + " |"
+        )
+    lines += [
+        "",
+        f"image_folder / mnist: **{best:.3f}x** (best runs), {median:.3f}x (medians); "
+        f"target >= 0.9x: {'met' if best >= 0.9 else 'NOT met'}.",
+        f"Start-up: the first image_folder run (decoding {n_train + n_test:,} PNGs into the cache) took "
+        f"{build_s:.1f} s in all; a run reading the cache took {cached_s:.1f} s in all.",
+        "",
+    ]
     report = "\n".join(lines)
     print(report)
     if not args.quick:

@@ -20,9 +20,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from nettrain.accumulate import Accumulation, optimizer_steps
 from nettrain.config import MONITORED, ConfigError, plain
 from nettrain.data import Batches, DataSplits, Split
 from nettrain.data.preprocessing import PreprocessingRecord, input_transform
+from nettrain.ema import EMA
 from nettrain.state import TrainState
 
 FUSED_OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
@@ -53,17 +55,25 @@ def resolve_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def building(group: str, target: str | None) -> Iterator[None]:
-    """Turn a failure to build `target` of config group `group` into a ConfigError naming both."""
+def building(group: str, target: str | None, context: str = "") -> Iterator[None]:
+    """Turn a failure to build `target` of config group `group` into a ConfigError naming both
+    (and `context`, e.g. the data the model is built for); a target that cannot be imported is
+    explained: which module, where it was looked for, the fix."""
     from hydra.errors import InstantiationException
 
     try:
         yield
-    except (InstantiationException, TypeError, ValueError) as exc:
+    except (InstantiationException, TypeError, ValueError, ImportError) as exc:
         if isinstance(exc, ConfigError):
             raise
         cause = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
-        raise ConfigError([f"{group}: could not build {target}: {cause}"]) from exc
+        if isinstance(cause, ImportError) and target:
+            from nettrain.usermodules import import_problem
+
+            problem = import_problem(target)
+            if problem:
+                raise ConfigError([f"{group}: {problem}"]) from exc
+        raise ConfigError([f"{group}: could not build {target}{context}: {cause}"]) from exc
 
 
 def instantiate(node: Any, group: str, *call_args: Any, **kwargs: Any) -> Any:
@@ -110,24 +120,69 @@ def build_augment(cfg: DictConfig, data: DataSplits, generator: torch.Generator)
 
 
 def build_model(cfg: DictConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
-    """The model for the data's input shape and class count, on `device`."""
-    return build_model_for(cfg, data.meta, device)
+    """The model for the data's input shape and class count, on `device`, checked by a forward
+    pass of one sample: a model that cannot take the data is a config error naming both."""
+    about = f"data {data.name!r} (input shape {list(data.input_shape)}, {data.num_classes} classes)"
+    model = build_model_for(cfg, data.meta, device, context=f" for {about}")
+    check_model_fits(model, cfg.model.get("_target_"), data.input_shape, data.num_classes, about)
+    return model
 
 
-def build_model_for(cfg: DictConfig, preprocessing: dict[str, Any], device: torch.device) -> torch.nn.Module:
+def build_model_for(
+    cfg: DictConfig, preprocessing: dict[str, Any], device: torch.device, context: str = ""
+) -> torch.nn.Module:
     """The model for data described by `preprocessing` (DataSplits.meta, or the record a checkpoint
     keeps): its input shape and class count; tables with embedded categories get the embeddings in front."""
+    from hydra.utils import instantiate as hydra_instantiate
+
     shape, num_classes = list(preprocessing["input_shape"]), preprocessing["num_classes"]
     node = plain(cfg.model)
     node.pop("sync_bn", None)  # read by the distributed wrapper (build_run), not the model
+
+    def make(width: list[int]) -> torch.nn.Module:
+        with building("model", node.get("_target_"), context=context):
+            return hydra_instantiate(node, input_shape=width, num_classes=num_classes)
+
     if preprocessing.get("categorical") == "embed":
         from nettrain.data.tabular import EmbeddedInputs
 
-        def inner(width: list[int]) -> torch.nn.Module:
-            return instantiate(node, "model", input_shape=width, num_classes=num_classes)
+        return EmbeddedInputs(preprocessing["features"], make).to(device)
+    return make(shape).to(device)
 
-        return EmbeddedInputs(preprocessing["features"], inner).to(device)
-    return instantiate(node, "model", input_shape=shape, num_classes=num_classes).to(device)
+
+def check_model_fits(model: torch.nn.Module, target: str | None, input_shape, num_classes: int, about: str) -> None:
+    """Run one zero sample through the model in eval mode (no RNG drawn, no statistics changed)
+    and check it gives (1, num_classes) logits."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((1, *input_shape), device=next(model.parameters()).device))
+    except Exception as exc:  # any failure here means the shapes do not fit
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        problem = f"model {target} cannot take the data's inputs: {about}; a forward pass of one sample failed: "
+        raise ConfigError([problem + f"{type(exc).__name__}: {first_line}"]) from exc
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        problem = f"model {target} does not fit the data: {about}; one sample gave output {got}, "
+        raise ConfigError([problem + f"expected [1, {num_classes}] (a batch of logits, one per class)"])
+
+
+@dataclass
+class ModelInputs:
+    """What the model was built for, kept in every checkpoint (`model_io`), so that export and
+    prediction can rebuild it without the data set."""
+
+    input_shape: list[int]
+    num_classes: int
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"input_shape": list(self.input_shape), "num_classes": self.num_classes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Fixed by the config and the data, which resume already checks."""
 
 
 def build_data_and_model(cfg: DictConfig, device: torch.device):
@@ -169,7 +224,7 @@ def build_optimizer(
     return optimizer
 
 
-def graph_plan(cfg: DictConfig, device: torch.device, train_size: int, per_batch_input: bool = False):
+def graph_plan(cfg: DictConfig, device: torch.device, train_size: int, eager_only: list[str] | None = None):
     """trainer.cuda_graph for this run: capture or not, and why (nettrain.cuda_graph.plan); `on`
     with a step that cannot be captured is a ConfigError."""
     from nettrain import cuda_graph, distributed
@@ -186,7 +241,7 @@ def graph_plan(cfg: DictConfig, device: torch.device, train_size: int, per_batch
         train_size=train_size,
         batch_size=cfg.batch_size,
         world_size=distributed.context().world_size,
-        per_batch_input=per_batch_input,
+        eager_only=eager_only or [],
     )
     if found.refusal():
         raise ConfigError(found.refusal())
@@ -267,7 +322,7 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         for split in (data.train, data.val, data.test):
             split.x = split.x.contiguous(memory_format=torch.channels_last)
     transform = input_transform(data.meta, data.train.x, device)  # uint8 images: normalised per batch
-    graph = graph_plan(cfg, device, len(data.train), per_batch_input=transform is not None or _augments(cfg))
+    graph = graph_plan(cfg, device, len(data.train), eager_only=_eager_only(cfg, transform is not None))
     loss_fn = build_loss(cfg, data.task)
     optimizer = build_optimizer(cfg, model, device, capturable=graph.capture)
     mode = cuda_graph.compile_mode(cfg.trainer.compile)
@@ -284,12 +339,13 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         transform=transform,
         **loader,
     )
+    steps = cfg.trainer.accumulate_steps  # the schedule counts optimizer steps
     eval_batch_size = max(cfg.batch_size, cuda_graph.EVAL_BATCH_SIZE) if graph.capture else cfg.batch_size
     state = TrainState(
         model=model,
         loss_fn=loss_fn,
         optimizer=optimizer,
-        schedule=build_schedule(cfg, optimizer, len(train_batches)),
+        schedule=build_schedule(cfg, optimizer, optimizer_steps(len(train_batches), steps)),
         early_stopping=build_early_stopping(cfg),
         grad_monitor=build_grad_monitor(cfg, model),
         precision=Precision(cfg.trainer.precision, device),
@@ -300,6 +356,11 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     val_batches = Batches(
         data.val, eval_batch_size, device, transform=input_transform(data.meta, data.val.x, device), **loader
     )
+    state.extras["model_io"] = ModelInputs(list(data.input_shape), data.num_classes)
+    if steps > 1:
+        state.extras["accumulation"] = Accumulation(model, steps, len(data.train), cfg.batch_size)
+    if cfg.trainer.ema_decay:  # last: the average starts from the model as it will train
+        state.extras["ema"] = EMA(model, cfg.trainer.ema_decay)
     return Run(
         device,
         data,
@@ -314,6 +375,16 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     )
 
 
-def _augments(cfg: DictConfig) -> bool:
-    """Whether the data option augments training batches (flips, crops, mixup/cutmix)."""
-    return cfg.data.get("augment", "none") not in (None, "none") or bool(cfg.data.get("mix", None))
+def _eager_only(cfg: DictConfig, per_batch_transform: bool) -> list[str]:
+    """Settings whose work runs outside a captured CUDA-graph step, each with its reason."""
+    reasons = []
+    if per_batch_transform or cfg.data.get("augment", "none") not in (None, "none") or cfg.data.get("mix", None):
+        reasons.append(
+            "the data option transforms each batch (uint8 images normalised per batch, or augmentation): "
+            "the graph gathers its batch from the device tensors as they are"
+        )
+    if cfg.trainer.accumulate_steps > 1:
+        reasons.append("trainer.accumulate_steps > 1: the optimizer steps once per group, not once per replay")
+    if cfg.trainer.ema_decay:
+        reasons.append("trainer.ema_decay: the EMA update runs outside the captured step")
+    return reasons

@@ -77,6 +77,8 @@ class TrainerConfig:
     cuda_graph: str = "auto"  # the whole training step as one CUDA graph: auto (CUDA runs that can) | on | off
     channels_last: str = "auto"  # auto (on for conv models on CUDA) | on | off
     fused_optimizer: str = "auto"  # auto (fused kernels on CUDA where the optimizer has them) | on | off
+    accumulate_steps: int = 1  # gradient accumulation: batches per optimizer step (effective batch: batch_size x this)
+    ema_decay: float | None = None  # EMA of the weights (e.g. 0.999) for validation, best.pt and test; None = off
 
 
 @dataclass
@@ -90,6 +92,8 @@ class ConsoleConfig:
 
 @dataclass
 class DistributedConfig:
+    """Training under torchrun or SLURM (one process per GPU): the backend and the shared stop check."""
+
     backend: str = "auto"  # under torchrun/SLURM: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
     stop_check_every: int = 10  # steps between the processes' check for a stop signal (one CPU message)
 
@@ -283,6 +287,10 @@ def _check_top_level(c: Checks) -> None:
     c.choice("trainer.fused_optimizer", ("auto", "on", "off"))
     c.choice("distributed.backend", ("auto", "gloo", "nccl"))
     c.need("distributed.stop_check_every", lambda v: v >= 1, "must be an integer >= 1 (1 = every step)")
+    c.need("trainer.accumulate_steps", lambda v: v >= 1, "must be an integer >= 1 (1 = no accumulation)")
+    c.need(
+        "trainer.ema_decay", lambda v: finite(v) and 0 < v < 1, "must be null (off) or a number in (0, 1), e.g. 0.999"
+    )
 
 
 def _check_model(c: Checks) -> None:

@@ -98,7 +98,7 @@ def plan(
     train_size: int | None = None,
     batch_size: int | None = None,
     world_size: int = 1,
-    per_batch_input: bool = False,
+    eager_only: list[str] | None = None,
 ) -> Plan:
     """Decide whether the training step can be one CUDA graph, from the settings alone.
 
@@ -125,11 +125,7 @@ def plan(
             "data.in_memory=false: batches come from a DataLoader on the host, while the "
             "graph gathers each batch from the tensors held on the device"
         )
-    if per_batch_input:
-        fallbacks.append(
-            "the data option transforms each batch (uint8 images normalised per batch, or augmentation): "
-            "the graph gathers its batch from the device tensors as they are"
-        )
+    fallbacks += eager_only or []  # settings the caller knows run outside a captured step
     if world_size > 1:
         fallbacks.append(
             f"distributed training ({world_size} processes): DistributedDataParallel all-reduces the "

@@ -24,6 +24,7 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
     from nettrain.config import TrainConfig, validate
     from nettrain.data import Batches
     from nettrain.data.preprocessing import input_transform
+    from nettrain.ema import inference_weights
     from nettrain.loop import evaluate_metrics
 
     target = Path(target).expanduser()
@@ -43,7 +44,7 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
     validate(cfg)
     device = resolve_device(cfg.device)
     data, loader, model = build_data_and_model(cfg, device)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(inference_weights(state))
     chosen = getattr(data, split)
     transform = input_transform(data.meta, chosen.x, device)  # uint8 images: normalised per batch
     batches = Batches(chosen, cfg.batch_size, device, transform=transform, **loader)
@@ -65,6 +66,9 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nettrain import usermodules
+
+    usermodules.add_working_dir()  # a run with a model of your own, from the working directory
     parser = argparse.ArgumentParser(prog="nettrain-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=... device=cuda")

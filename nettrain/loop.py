@@ -12,6 +12,7 @@ the step reached, the partial loss sum and every RNG state (see checkpoint.snaps
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,7 +133,18 @@ def train_step(state: TrainState, settings: LoopSettings) -> Callable[..., torch
     model, optimizer, precision, schedule = state.model, state.optimizer, state.precision, state.schedule
     forward = state.train_model  # under DDP the wrapper, whose backward averages the gradients over ranks
     loss_fn, grad_monitor = state.loss_fn, state.grad_monitor
+    accumulation, ema = state.extras.get("accumulation"), state.extras.get("ema")
     l1_params: list[torch.Tensor] = [p for p in model.parameters() if p.dim() > 1]  # weight matrices, conv kernels
+
+    def update() -> None:
+        precision.unscale_(optimizer)  # true gradients (fp16 scales them)
+        grad_monitor.accumulate()  # raw gradients, before clipping
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        precision.step(optimizer)  # update
+        schedule.after_step()
+        if ema is not None:
+            ema.update()
 
     def step(x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
         if settings.augment is not None:
@@ -144,17 +156,26 @@ def train_step(state: TrainState, settings: LoopSettings) -> Callable[..., torch
             loss = loss * weight
         if settings.l1:
             loss = loss + settings.l1 * l1_penalty(l1_params)
-        optimizer.zero_grad(set_to_none=True)
-        precision.backward(loss)  # backward
-        precision.unscale_(optimizer)  # true gradients (fp16 scales them)
-        grad_monitor.accumulate()  # raw gradients, before clipping
-        if settings.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        precision.step(optimizer)  # update
-        schedule.after_step()
+        if accumulation is None:
+            optimizer.zero_grad(set_to_none=True)
+            precision.backward(loss)  # backward
+            update()
+            return batch_loss_sum
+        opens_group, group_samples = accumulation.begin()
+        if opens_group:
+            optimizer.zero_grad(set_to_none=True)
+        precision.backward(loss * (len(y) / group_samples))  # this batch's share of the group's mean
+        if accumulation.end():  # the group's last batch: one optimizer step for the whole group
+            update()
         return batch_loss_sum
 
     return step
+
+
+def weights_to_evaluate(state: TrainState) -> contextlib.AbstractContextManager:
+    """The EMA weights swapped into the model for validation, when the run keeps an EMA."""
+    ema = state.extras.get("ema")
+    return ema.swapped_in() if ema is not None else contextlib.nullcontext()
 
 
 def fit(
@@ -210,7 +231,11 @@ def fit(
 
         # -- validate, record, decide --------------------------------------------------------
         val_started = time.perf_counter()
-        val = evaluate_metrics(model, state.loss_fn, val_batches, settings.task, settings.target_std)
+        with weights_to_evaluate(state):  # the EMA's, when kept: for validation and best_weights
+            val = evaluate_metrics(model, state.loss_fn, val_batches, settings.task, settings.target_std)
+            is_best = early_stopping.update(val[early_stopping.monitor.removeprefix("val_")], epoch)
+            if is_best and settings.restore_best:
+                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -221,9 +246,6 @@ def fit(
         }
         grad_means = grad_monitor.end_epoch()
         row.update(grad_means)
-        is_best = early_stopping.update(row[early_stopping.monitor], epoch)
-        if is_best and settings.restore_best:
-            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         state.history.append(row)
         out.metrics.write(state.history)
         out.reporter.epoch(row, is_best)
@@ -243,6 +265,8 @@ def fit(
 
     if best_weights is not None:
         model.load_state_dict(best_weights)
+    elif "ema" in state.extras:  # the test uses the averaged weights
+        model.load_state_dict(state.extras["ema"].weights)
     return FitResult(
         epochs_run=epoch,
         stopped_early=early_stopping.should_stop,

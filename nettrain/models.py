@@ -118,6 +118,11 @@ class CNN(nn.Sequential):
     ):
         _check("activation", activation, ACTIVATIONS)
         _check("norm", norm, NORMS)
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"CNN takes images (C, H, W); the data's input shape is {list(input_shape)}: "
+                "use model=mlp for table-shaped data"
+            )
         in_ch, height, width = input_shape
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         for i, out_ch in enumerate(channels, start=1):

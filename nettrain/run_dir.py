@@ -14,20 +14,23 @@ from nettrain.files import timestamp
 def hydra_output_subdir() -> Path | None:
     try:
         from hydra.core.hydra_config import HydraConfig
+        from omegaconf.errors import MissingMandatoryValue
 
         hc = HydraConfig.get()
-    except ValueError:  # not running under Hydra
+        output_dir = hc.runtime.output_dir
+    except (ValueError, MissingMandatoryValue):  # not running under Hydra (a composed config has no runtime)
         return None
-    return Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None
+    return Path(output_dir) / hc.output_subdir if hc.output_subdir else None
 
 
 def rerun_source() -> Path | None:
     """The --config-dir a re-run composed its primary config from, if any."""
     try:
         from hydra.core.hydra_config import HydraConfig
+        from omegaconf.errors import MissingMandatoryValue
 
         sources = HydraConfig.get().runtime.config_sources
-    except ValueError:
+    except (ValueError, MissingMandatoryValue):
         return None
     for source in sources:
         if source.provider == "command-line" and source.schema == "file":

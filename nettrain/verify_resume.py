@@ -71,8 +71,8 @@ def compare_runs(straight: Path, resumed: Path) -> list[str]:
             differences.append(f"metrics epoch {ra['epoch']} {key}: {ra[key]} vs {rb.get(key)} (|diff| {delta:.3g})")
     state_a = load_checkpoint(straight / "checkpoints" / "last.pt")
     state_b = load_checkpoint(resumed / "checkpoints" / "last.pt")
-    for part in ("model", "optimizer", "scheduler"):
-        ta, tb = _tensors(state_a[part], part), _tensors(state_b[part], part)
+    for part in ("model", "optimizer", "scheduler", "ema"):  # ema: only in runs that keep one
+        ta, tb = _tensors(state_a.get(part), part), _tensors(state_b.get(part), part)
         for key in sorted(set(ta) | set(tb)):
             va, vb = ta.get(key), tb.get(key)
             if isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor):
@@ -132,6 +132,9 @@ def verify_resume(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nettrain import usermodules
+
+    usermodules.add_working_dir()  # models of your own, from the working directory
     parser = argparse.ArgumentParser(prog="nettrain-verify-resume", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "overrides", nargs="*", help="config overrides, as for nettrain-train (key=value, group=option)"

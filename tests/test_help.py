@@ -46,7 +46,7 @@ def test_help_shows_every_key_with_its_default_and_meaning(tmp_path):
     assert row(page, "optimizer.betas") == ("[0.9, 0.999]", "decay rates of the gradient's running mean and square")
     assert "early_stopping: Stop when the monitored metric has not improved for `patience` epochs." in page
     assert "model=mlp: nettrain.models.MLP" in page
-    for line in ("model: cnn, mlp", "optimizer: adam, adamw, manual_sgd, rmsprop, sgd"):
+    for line in ("model: cnn, mlp, resnet, torchvision", "optimizer: adam, adamw, manual_sgd, rmsprop, sgd"):
         assert line in page
     assert re.search(r"^\* mlp +The tutorial's SimpleNet \(784-256-10, ReLU\), generalised\.$", page, re.MULTILINE)
     assert re.search(r"^  cnn +A small convolutional net", page, re.MULTILINE)
@@ -64,7 +64,7 @@ def test_help_shows_the_chosen_options_and_overrides_and_your_own_options(tmp_pa
     )
     assert proc.returncode == 0, proc.stderr
     page = proc.stdout
-    assert "model: cnn, mlp, wide" in page
+    assert "model: cnn, mlp, resnet, torchvision, wide" in page
     assert re.search(r"^\* wide +A wide MLP of my own\.$", page, re.MULTILINE)
     assert row(page, "model.hidden") == ("[1024, 512]", "two wide layers")
     # a key the file leaves bare takes the comment of an option with the same _target_ (mlp.yaml)
