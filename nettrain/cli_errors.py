@@ -142,8 +142,13 @@ def explain(exc: BaseException, hydra: Any, config_name: str | None, overrides: 
     return [str(exc).splitlines()[0]]
 
 
-def _report(found: list[str]) -> None:
-    print(f"Error: {ConfigError(found)}", file=sys.stderr)
+def _user_overrides(overrides: list[str]) -> list[str]:
+    """The command line's own overrides, without those nettrain adds for resume (hydra.run.dir, ...)."""
+    return [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+
+
+def _report(found: list[str], kind: type[ConfigError] = ConfigError) -> None:
+    print(f"Error: {kind(found)}", file=sys.stderr)
     sys.exit(2)  # SystemExit passes through Hydra's error handler: exit 2, not Hydra's 1
 
 
@@ -168,8 +173,10 @@ def composition_errors_exit_2(argv: list[str]) -> Iterator[None]:
     inspecting = any(arg.split("=")[0] in INSPECT_FLAGS for arg in argv[1:])
 
     def compose_config(self: Any, config_name: Any, overrides: list[str], run_mode: Any, *args: Any, **kwargs: Any):
-        try:
-            cfg = original(self, config_name, overrides, run_mode, *args, **kwargs)
+        with_log = kwargs.pop("with_log_configuration", args[0] if args else False)
+        args = args[1:]
+        try:  # without logging: a saved config's log handlers are checked before they are built
+            cfg = original(self, config_name, overrides, run_mode, False, *args, **kwargs)
         except Exception as exc:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
@@ -177,10 +184,21 @@ def composition_errors_exit_2(argv: list[str]) -> Iterator[None]:
             if found is None:
                 raise
             _report(found)
+        if cfg.get("resume"):  # a run folder's saved config: data, not code
+            from nettrain import trust
+
+            source = f"the run folder's saved config ({cfg.resume})"
+            found = trust.problems(cfg, source, trust.trusted_from_overrides(_user_overrides(overrides)))
+            if found:
+                _report(found, trust.UntrustedTargetError)
         if run_mode == RunMode.RUN and not inspecting and os.environ.get("HYDRA_FULL_ERROR") != "1":
             found = unknown_top_level(cfg) + problems(cfg)
             if found:
                 _report(found)
+        if with_log:
+            from hydra.core.utils import configure_log
+
+            configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
         return cfg
 
     Hydra.compose_config = compose_config  # type: ignore[method-assign]

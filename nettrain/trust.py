@@ -128,6 +128,11 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 class UntrustedTargetError(ConfigError):
     """A `_target_` in a config read from a file that nettrain does not build without being told."""
 
+    def __init__(self, problems: list[str]):
+        super().__init__(problems)
+        lines = "\n".join(f"  - {p}" for p in problems)
+        self.args = (f"Refused: a config read from a file names code nettrain does not run unasked:\n{lines}",)
+
 
 def targets(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     """Every (dotted key, value) of a `_target_` in a plain nested config, lists included; also a
