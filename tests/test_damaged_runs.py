@@ -47,6 +47,11 @@ def test_summarize_marks_a_damaged_run_unreadable_and_writes_the_rest(tmp_path, 
     assert "Traceback" not in capsys.readouterr().err
 
 
+def _state(weights):
+    return {"format": 1, "epoch": 1, "progress": {"step_in_epoch": 0}, "config": {}, "history": [],
+            "model": {"w": weights}, "optimizer": {"lr": math.nan}, "scheduler": {}}
+
+
 def test_verify_resume_calls_identical_nans_identical(tmp_path):
     from nettrain.checkpoint import save_checkpoint
     from nettrain.files import write_json
@@ -57,10 +62,8 @@ def test_verify_resume_calls_identical_nans_identical(tmp_path):
         (run / "checkpoints").mkdir(parents=True)
         (run / "metrics.csv").write_text("epoch,train_loss,val_loss\n1,nan,nan\n")
         weights = torch.tensor([1.0, math.nan, 2.0])
-        save_checkpoint(run / "checkpoints" / "last.pt",
-                        {"model": {"w": weights}, "optimizer": {"lr": math.nan}, "scheduler": {}})
+        save_checkpoint(run / "checkpoints" / "last.pt", _state(weights))
         write_json(run / "summary.json", {"status": "diverged", "best_val_loss": math.nan, "test_loss": None})
     assert compare_runs(tmp_path / "a", tmp_path / "b") == []
-    save_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt",
-                    {"model": {"w": torch.tensor([1.0, 3.0, 2.0])}, "optimizer": {"lr": math.nan}, "scheduler": {}})
+    save_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt", _state(torch.tensor([1.0, 3.0, 2.0])))
     assert any(d.startswith("model.w") for d in compare_runs(tmp_path / "a", tmp_path / "b"))
