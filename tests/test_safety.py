@@ -166,3 +166,26 @@ def test_labels_outside_the_classes_are_named_by_index():
     idx.check_labels(torch.tensor([0, 9, 3]), 10, "train labels")
     with pytest.raises(idx.IdxError, match=r"train labels: label 12 at index 2 is outside the 10 classes \(0..9\)"):
         idx.check_labels(torch.tensor([0, 1, 12, -1]), 10, "train labels")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda raw: (raw / "t10k-images-idx3-ubyte").write_bytes(b""), "t10k-images-idx3-ubyte: the file is empty"),
+        (lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(b"\x12\x34\x08\x01" + bytes(8)),
+         "train-labels-idx1-ubyte: wrong magic number"),
+        (lambda raw: write_idx(raw / "train-labels-idx1-ubyte", np.full(120, 12)), "label 12 at index 0"),
+        (lambda raw: write_idx(raw / "train-labels-idx1-ubyte", np.zeros(100)), "has 120 images but"),
+    ],
+    ids=["empty", "magic", "label", "counts"],
+)
+def test_the_mnist_loader_names_a_bad_idx_file(tmp_path, damage, message):
+    from conftest import write_mnist_raw
+
+    from nettrain.data import DataError, torchvision_dataset
+
+    root = write_mnist_raw(tmp_path)
+    damage(root / "MNIST" / "raw")
+    with pytest.raises(DataError) as info:
+        torchvision_dataset("MNIST", str(root))
+    assert f"data.root={str(root)!r}" in str(info.value) and message in str(info.value)
