@@ -206,3 +206,22 @@ def composition_errors_exit_2(argv: list[str]) -> Iterator[None]:
         yield
     finally:
         Hydra.compose_config = original  # type: ignore[method-assign]
+
+
+def kept_checkpoints() -> str:
+    """'; the earlier checkpoints are intact (...)' for this process's run folder."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from nettrain.checkpoint import NAMES, verify_checkpoint
+
+    folder = Path(HydraConfig.get().runtime.output_dir) / "checkpoints"
+    kept = []
+    for name in NAMES:
+        with contextlib.suppress(Exception):
+            verify_checkpoint(folder / name)
+            kept.append(name)
+    if not kept:
+        return "; no checkpoint had been written yet"
+    return f"; the earlier checkpoints are intact ({', '.join(kept)} in {folder})"

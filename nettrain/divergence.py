@@ -63,3 +63,33 @@ def finite_state(tensors: Iterable[torch.Tensor]) -> bool:
     """Whether every floating-point tensor is free of NaN and infinity (one sync)."""
     checks = [torch.isfinite(t).all() for t in tensors if t.is_floating_point() or t.is_complex()]
     return bool(torch.stack(checks).all()) if checks else True
+
+
+def diverged_summary(exc: Diverged, history: list[dict], output_dir, elapsed_s: float, extra: dict) -> dict:
+    """summary.json (strict JSON) and the plots of a run stopped by a non-finite loss: status
+    `diverged`, the message, the epochs completed and the best finite one; returns the summary."""
+    import math
+    from pathlib import Path
+
+    from nettrain.files import write_json
+    from nettrain.report import save_plots
+
+    finite = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
+    best = min(finite, key=lambda r: r["val_loss"], default={})
+    summary = {
+        "status": "diverged",
+        "error": str(exc),
+        "epochs_run": len(history),
+        "stopped_early": False,
+        "best_epoch": best.get("epoch"),
+        "best_val_loss": best.get("val_loss"),
+        "best_val_acc": best.get("val_acc"),
+        "test_loss": None,
+        "test_acc": None,
+        "wall_time_s": round(elapsed_s, 3),
+        **extra,
+    }
+    if history:
+        save_plots(history, Path(output_dir) / "plots")
+    write_json(Path(output_dir) / "summary.json", summary)
+    return summary

@@ -128,7 +128,15 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
         set_aside_old_results(output_dir, reporter)
     record = write_provenance(run.device, run.data.fingerprint(), output_dir, resume_from is not None, reporter.warn)
     memory_estimate_mb = _introduce(cfg, run, output_dir, reporter)
-    result = _fit(cfg, run, output_dir, plain_config, reporter, start, stop)
+    from nettrain.divergence import Diverged, diverged_summary
+    from nettrain.sweep import config_hash
+
+    try:
+        result = _fit(cfg, run, output_dir, plain_config, reporter, start, stop)
+    except Diverged as exc:  # the checkpoints keep the last finite state
+        reporter.warn(str(exc))
+        extra = {"seed": cfg.seed, "config_hash": config_hash(plain_config), "launch": launch_id()}
+        return diverged_summary(exc, run.state.history, output_dir, time.perf_counter() - started, extra)
     return _summarize(cfg, run, result, output_dir, reporter, stop, record, started, memory_estimate_mb)
 
 
@@ -258,20 +266,34 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             write_failure(Path(HydraConfig.get().runtime.output_dir), cfg, f"ConfigError: {exc.problems[0]}")
             return None  # not NaN: the Optuna sweeper fails on NaN; None marks the trial failed
         sys.exit(2)
+    except OSError as exc:  # a fault writing a file: one line naming it, and what is kept
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or in_multirun():
+            raise
+        from nettrain.cli_errors import kept_checkpoints
+
+        print(f"Error: {exc}{kept_checkpoints()}", file=sys.stderr)
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001
         if not in_multirun():
             raise
         print(f"Error: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
+    if summary.get("status") == "diverged":  # a non-finite loss: a failed run, exit 3
+        print(f"Error: {summary['error']}", file=sys.stderr)
+        return None if in_multirun() else sys.exit(3)
     if summary.get("status") == "interrupted":
         sys.exit(128 + (summary.get("signal") or signal.SIGINT))
     return summary["best_val_loss"]  # the objective a hyperparameter sweeper minimises
 
 
 def main() -> None:
+    from nettrain.cli_errors import before_hydra, composition_errors_exit_2
+
     register_schema()
+    before_hydra(sys.argv)  # a shadowing checkout, an unusable run folder, a launcher without its command
     sys.argv = resume_argv(sys.argv)
-    _hydra_main()
+    with composition_errors_exit_2(sys.argv):  # Hydra's errors exit 2; a resumed config's targets checked
+        _hydra_main()
     from nettrain.callbacks import sweep_exit_code
 
     if sweep_exit_code():  # a multirun with a failed or incomplete job; the sweep summary says which

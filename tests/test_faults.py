@@ -18,25 +18,29 @@ from conftest import QUIET
 SMALL = ["data=synthetic", "data.num_samples=300", "model.hidden=[16]", "early_stopping.enabled=false"]
 
 
-def _fail_writes(monkeypatch, code: int, after: int, match: str = "last.pt"):
-    """Let `after` checkpoint writes succeed, then raise OSError(code) writing a file named like `match`."""
-    from nettrain import files
+def _fail_writes(monkeypatch, code: int, after: int, name: str = "last.pt"):
+    """Let `after` writes of a file called `name` succeed, then fail the next with OSError(code),
+    as the disk or the file system would (inside the write, so nettrain's own handling runs)."""
+    from nettrain import checkpoint, files
 
     real = files.atomic_write
     count = {"n": 0}
 
     def atomic_write(path, write):
-        if match in str(path):
-            count["n"] += 1
-            if count["n"] > after:
-                raise OSError(code, os.strerror(code), str(path))
-        return real(path, write)
+        if Path(path).name != name:
+            return real(path, write)
+        count["n"] += 1
+        if count["n"] <= after:
+            return real(path, write)
+
+        def failing(tmp):
+            write(tmp)
+            raise OSError(code, os.strerror(code))
+
+        return real(path, failing)
 
     monkeypatch.setattr(files, "atomic_write", atomic_write)
-    import nettrain.checkpoint as ckpt
-
-    if hasattr(ckpt, "atomic_write"):
-        monkeypatch.setattr(ckpt, "atomic_write", atomic_write)
+    monkeypatch.setattr(checkpoint, "atomic_write", atomic_write, raising=False)
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS])

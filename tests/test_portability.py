@@ -54,7 +54,7 @@ def test_tilde_is_expanded_in_path_keys(tmp_path, monkeypatch, mnist_root):
     from nettrain.train import train
 
     monkeypatch.setenv("HOME", str(mnist_root.parent))
-    summary = train(make_cfg("data=mnist", f"data.root=~/{mnist_root.name}", "epochs=1", "model.hidden=[16]"),
+    summary = train(make_cfg("data=mnist", f"data.root='~/{mnist_root.name}'", "epochs=1", "model.hidden=[16]"),
                     output_dir=tmp_path / "r")
     assert summary["status"] == "completed"
 
