@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import os
 import sys
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def _override_text(overrides: list[str], key: str) -> str:
-    for text in overrides:
+    for text in reversed(overrides):  # the last one wins, as in Hydra
         if text.lstrip("+~").split("=", 1)[0] == key:
             return _short(text)
     return key
@@ -114,6 +115,9 @@ def explain(exc: BaseException, hydra: Any, config_name: str | None, overrides: 
 
     if isinstance(exc, OverrideParseException):
         first = str(exc).splitlines()[0]
+        if any("=~" in o for o in overrides):
+            return [f"cannot parse the overrides ({first}); a value starting with ~ needs quotes: "
+                    "'data.root=\"~/datasets\"' (or write $HOME/datasets); nettrain expands ~ in path keys"]
         return [
             f"cannot parse the overrides ({first}); each is key=value, and values with spaces, "
             "brackets or special characters need quotes, e.g. 'data.root=\"~/my data\"'"
@@ -124,6 +128,14 @@ def explain(exc: BaseException, hydra: Any, config_name: str | None, overrides: 
             group, _, option = missing.rpartition("/")
             return [f"{group}={_short(option)}: no such {group} option; allowed: {', '.join(exc.options)}"]
         return [str(exc).splitlines()[0]]
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # Hydra looks for group/<name>.yaml
+        for text in overrides:
+            group, _, option = text.partition("=")
+            if len(option) > 200 and "." not in group:
+                allowed = ", ".join(_group_options(hydra, group.lstrip("+~"))) or "see nettrain-train --help"
+                return [f"{_short(text)}: no such {group} option (the name is {len(option)} characters); "
+                        f"allowed: {allowed}"]
+        return None
     if not isinstance(exc, ConfigCompositionException):
         return None
     cause = exc.__cause__
@@ -145,6 +157,53 @@ def explain(exc: BaseException, hydra: Any, config_name: str | None, overrides: 
 def _user_overrides(overrides: list[str]) -> list[str]:
     """The command line's own overrides, without those nettrain adds for resume (hydra.run.dir, ...)."""
     return [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+
+
+def _shadowing_folder() -> str | None:
+    import nettrain
+
+    if getattr(nettrain, "__file__", None) is None:  # a namespace package: a folder named nettrain
+        return ", ".join(str(p) for p in getattr(nettrain, "__path__", []))
+    return None
+
+
+def _argv_value(argv: list[str], key: str) -> str | None:
+    for arg in reversed(argv[1:]):
+        name, sep, value = arg.partition("=")
+        if sep and name.lstrip("+") == key:
+            return value.strip("'\"")
+    return None
+
+
+def before_hydra(argv: list[str]) -> None:
+    """Problems found from the command line alone, before Hydra makes a run folder: a folder named
+    `nettrain` shadowing the package, an unusable `hydra.run.dir`, a SLURM launcher without SLURM.
+    Also expands `~` in hydra.run.dir and hydra.sweep.dir (in place)."""
+    import shutil
+
+    from nettrain.rundir import unsafe_run_dir
+
+    shadow = _shadowing_folder()
+    if shadow:
+        print(f"Error: a folder named nettrain ({shadow}) shadows the installed nettrain package: "
+              "Python finds it first on the path (PYTHONPATH or the current folder). Remove its parent "
+              "from PYTHONPATH, or run from another folder", file=sys.stderr)
+        sys.exit(2)
+    for i, arg in enumerate(argv):
+        for key in ("hydra.run.dir=", "hydra.sweep.dir="):
+            if arg.startswith(key) and arg[len(key):].startswith("~"):
+                argv[i] = key + os.path.expanduser(arg[len(key):])
+    multirun = "-m" in argv or "--multirun" in argv
+    run_dir = _argv_value(argv, "hydra.run.dir")
+    if run_dir is not None and not multirun and "${" not in run_dir and not _argv_value(argv, "resume"):
+        why = unsafe_run_dir(run_dir)
+        if why:
+            _report([why])
+    launcher = _argv_value(argv, "hydra/launcher")
+    if multirun and launcher in ("slurm", "submitit_slurm") and shutil.which("sbatch") is None:
+        _report([f"hydra/launcher={launcher}: there is no `sbatch` (nor `srun`) command here, so no SLURM "
+                 "job can be submitted from this machine. Run the sweep on the cluster's login node, or "
+                 "try it on this machine with hydra/launcher=submitit_local"])
 
 
 def _report(found: list[str], kind: type[ConfigError] = ConfigError) -> None:

@@ -23,6 +23,7 @@ from nettrain.config import ConfigError, flatten, matches
 SAFE_ON_RESUME = (
     "epochs",
     "resume",
+    "trust_targets",
     "device",
     "threads",
     "console.",

@@ -100,7 +100,24 @@ def _unlock(handle: IO[Any]) -> None:
 
 @contextlib.contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
-    """A blocking exclusive lock on `path` (created if missing), portable; for short sections."""
+    """A blocking exclusive lock on `path` (created if missing), portable; for short sections.
+    Without OS locks: an O_EXCL file beside it, waited for (a minute at most, then taken over)."""
+    if fcntl is None and msvcrt is None:
+        excl = Path(str(path) + ".excl")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                os.close(os.open(excl, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                break
+            except FileExistsError:
+                if time.monotonic() > deadline:  # its holder died: take it over
+                    excl.unlink(missing_ok=True)
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            excl.unlink(missing_ok=True)
+        return
     with open(path, "a+") as handle:
         _try_lock(handle, blocking=True)
         try:
@@ -223,6 +240,30 @@ def unsafe_run_dir(value: str | Path | None, must_be_ours: bool = True) -> str |
                 "folder or a nettrain run folder. Pick another folder"
             )
     return None
+
+
+HYDRA_RECORD = {"config.yaml", "hydra.yaml", "overrides.yaml", "provenance.json"}
+
+
+def remove_if_unused(run_dir: str | Path) -> bool:
+    """Delete a run folder that holds nothing but this command's Hydra record and log (a config
+    rejected after Hydra made the folder); True when it was removed. Anything else keeps it."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    names = {p.name for p in run_dir.iterdir()}
+    hydra = run_dir / ".hydra"
+    if not names <= {".hydra", LOCK_NAME, "train.log"}:
+        return False
+    if hydra.is_dir() and not {p.name for p in hydra.iterdir()} <= HYDRA_RECORD:
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    parent = run_dir.parent  # outputs/<date>/ made for this run alone
+    with contextlib.suppress(OSError):
+        parent.rmdir()
+    return True
 
 
 def remove_stale_temps(run_dir: str | Path) -> list[Path]:
