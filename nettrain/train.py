@@ -14,6 +14,7 @@ Resume an interrupted one:             nettrain-train resume=RUN_DIR
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -68,33 +69,43 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
     from nettrain.loop import StopRequest
     from nettrain.reproducibility import process_settings
 
+    from nettrain.rundir import RunLock, remove_stale_temps
+
     stop = stop or StopRequest()
-    try:  # from here on, SIGINT/SIGTERM stop the run cleanly; torch's process-wide settings are the run's
-        with stop_on_signals(stop), process_settings(cfg.threads, cfg.deterministic):
-            return _train(cfg, output_dir, started, stop, resume_from)
-    except (ConfigError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # record the failure for sweeps and summaries, then let it propagate
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        write_failure(output_dir, cfg, f"{type(exc).__name__}: {first_line}", time.perf_counter() - started)
-        raise
+    with RunLock(output_dir):  # one writer per run folder: a second process is refused here
+        remove_stale_temps(output_dir)  # what a save killed halfway left
+        try:  # from here on, SIGINT/SIGTERM stop the run cleanly; torch's process-wide settings are the run's
+            with stop_on_signals(stop), process_settings(cfg.threads, cfg.deterministic):
+                return _train(cfg, output_dir, started, stop, resume_from)
+        except (ConfigError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # record the failure for sweeps and summaries, then let it propagate
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            error = first_line if isinstance(exc, OSError) else f"{type(exc).__name__}: {first_line}"
+            write_failure(output_dir, cfg, error, time.perf_counter() - started)
+            raise
 
 
 def write_failure(output_dir: Path, cfg: DictConfig, error: str, wall_time_s: float = 0.0) -> None:
-    """summary.json for a run that failed: its status, the error's first line, its config hash."""
+    """summary.json for a run that failed: its status, the error's first line, its config hash.
+    A finished run's summary (a resume that failed) is kept; a fault that stops the write is skipped."""
     from nettrain.files import write_json
+    from nettrain.resume import read_summary
     from nettrain.sweep import config_hash
 
-    write_json(
-        output_dir / "summary.json",
-        {
-            "status": "failed",
-            "error": error,
-            "wall_time_s": round(wall_time_s, 3),
-            "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
-            "launch": launch_id(),
-        },
-    )
+    if read_summary(output_dir / "summary.json").get("status") in FINISHED:
+        return
+    with contextlib.suppress(OSError):  # the fault itself (a full disk); the error message says so
+        write_json(
+            output_dir / "summary.json",
+            {
+                "status": "failed",
+                "error": error,
+                "wall_time_s": round(wall_time_s, 3),
+                "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
+                "launch": launch_id(),
+            },
+        )
 
 
 def launch_id() -> str | None:
@@ -251,20 +262,28 @@ def _summarize(
 
 @hydra.main(version_base="1.3", config_path="pkg://nettrain.conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from nettrain.rundir import RunFolderError, remove_if_unused
+
     subdir = hydra_output_subdir()
     if subdir is not None and (subdir / "config.yaml").is_file():
         make_rerunnable(subdir / "config.yaml")
     try:
         summary = train(cfg)
-    except ConfigError as exc:
+    except (ConfigError, RunFolderError) as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"Error: {exc}", file=sys.stderr)
+        if isinstance(exc, RunFolderError) and not in_multirun():
+            sys.exit(2)
         if in_multirun():  # one bad job must not take the sweep down; the summary records it
             from hydra.core.hydra_config import HydraConfig
 
             write_failure(Path(HydraConfig.get().runtime.output_dir), cfg, f"ConfigError: {exc.problems[0]}")
             return None  # not NaN: the Optuna sweeper fails on NaN; None marks the trial failed
+        from hydra.core.hydra_config import HydraConfig
+
+        if not cfg.resume:
+            remove_if_unused(HydraConfig.get().runtime.output_dir)  # a rejected config leaves no empty folder
         sys.exit(2)
     except OSError as exc:  # a fault writing a file: one line naming it, and what is kept
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or in_multirun():
