@@ -110,7 +110,7 @@ REQUIRED = ("format", "epoch", "progress", "model", "optimizer", "config", "hist
 def newest_valid(directory: str | Path, report=print) -> tuple[Path, dict[str, Any]]:
     """The most advanced loadable checkpoint in `directory`; each unusable one is reported."""
     directory = Path(directory)
-    found = []
+    found, skipped = [], []
     for name in NAMES:
         path = directory / name
         if not path.exists():
@@ -119,10 +119,12 @@ def newest_valid(directory: str | Path, report=print) -> tuple[Path, dict[str, A
             state = load_checkpoint(path)
         except CheckpointError as exc:
             report(f"skipping {exc}")
+            skipped.append(f"{name}: {str(exc).split(': ', 1)[-1]}")
             continue
         found.append(((state["epoch"], state["progress"]["step_in_epoch"], -NAMES.index(name)), path, state))
     if not found:
-        raise CheckpointError(f"no valid checkpoint in {directory}")
+        why = f" ({'; '.join(skipped)})" if skipped else ""
+        raise CheckpointError(f"no valid checkpoint in {directory}{why}")
     _, path, state = max(found, key=lambda item: item[0])
     return path, state
 

@@ -43,9 +43,9 @@ def test_best_and_last_are_independent_files(finished):
     ("damage", "message"),
     [
         (lambda p: p.with_name(p.name + ".sha256").write_bytes(b"\xff\xfe\x00\x81junk"), "checksum file"),
-        (lambda p: _resave(p, torch.zeros(3)), "not a nettrain checkpoint"),
-        (lambda p: _resave(p, {"model": {}}), "not a nettrain checkpoint"),
-        (lambda p: _resave(p, {**torch.load(p, weights_only=True), "format": 99}), "format 99"),
+        (lambda p: _resave(p, torch.zeros(3)), "format version None"),
+        (lambda p: _resave(p, {"model": {}}), "format version None"),
+        (lambda p: _resave(p, {**torch.load(p, weights_only=True), "format": 99}), "format version 99"),
     ],
     ids=["junk sidecar", "bare tensor", "missing keys", "unknown format"],
 )
