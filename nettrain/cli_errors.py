@@ -116,8 +116,10 @@ def explain(exc: BaseException, hydra: Any, config_name: str | None, overrides: 
     if isinstance(exc, OverrideParseException):
         first = str(exc).splitlines()[0]
         if any("=~" in o for o in overrides):
-            return [f"cannot parse the overrides ({first}); a value starting with ~ needs quotes: "
-                    "'data.root=\"~/datasets\"' (or write $HOME/datasets); nettrain expands ~ in path keys"]
+            return [
+                f"cannot parse the overrides ({first}); a value starting with ~ needs quotes: "
+                "'data.root=\"~/datasets\"' (or write $HOME/datasets); nettrain expands ~ in path keys"
+            ]
         return [
             f"cannot parse the overrides ({first}); each is key=value, and values with spaces, "
             "brackets or special characters need quotes, e.g. 'data.root=\"~/my data\"'"
@@ -133,8 +135,9 @@ def explain(exc: BaseException, hydra: Any, config_name: str | None, overrides: 
             group, _, option = text.partition("=")
             if len(option) > 200 and "." not in group:
                 allowed = ", ".join(_group_options(hydra, group.lstrip("+~"))) or "see nettrain-train --help"
-                return [f"{_short(text)}: no such {group} option (the name is {len(option)} characters); "
-                        f"allowed: {allowed}"]
+                return [
+                    f"{_short(text)}: no such {group} option (the name is {len(option)} characters); allowed: {allowed}"
+                ]
         return None
     if not isinstance(exc, ConfigCompositionException):
         return None
@@ -185,14 +188,17 @@ def before_hydra(argv: list[str]) -> None:
 
     shadow = _shadowing_folder()
     if shadow:
-        print(f"Error: a folder named nettrain ({shadow}) shadows the installed nettrain package: "
-              "Python finds it first on the path (PYTHONPATH or the current folder). Remove its parent "
-              "from PYTHONPATH, or run from another folder", file=sys.stderr)
+        print(
+            f"Error: a folder named nettrain ({shadow}) shadows the installed nettrain package: "
+            "Python finds it first on the path (PYTHONPATH or the current folder). Remove its parent "
+            "from PYTHONPATH, or run from another folder",
+            file=sys.stderr,
+        )
         sys.exit(2)
     for i, arg in enumerate(argv):
         for key in ("hydra.run.dir=", "hydra.sweep.dir="):
-            if arg.startswith(key) and arg[len(key):].startswith("~"):
-                argv[i] = key + os.path.expanduser(arg[len(key):])
+            if arg.startswith(key) and arg[len(key) :].startswith("~"):
+                argv[i] = key + os.path.expanduser(arg[len(key) :])
     multirun = "-m" in argv or "--multirun" in argv
     run_dir = _argv_value(argv, "hydra.run.dir")
     if run_dir is not None and not multirun and "${" not in run_dir and not _argv_value(argv, "resume"):
@@ -201,9 +207,13 @@ def before_hydra(argv: list[str]) -> None:
             _report([why])
     launcher = _argv_value(argv, "hydra/launcher")
     if multirun and launcher in ("slurm", "submitit_slurm") and shutil.which("sbatch") is None:
-        _report([f"hydra/launcher={launcher}: there is no `sbatch` (nor `srun`) command here, so no SLURM "
-                 "job can be submitted from this machine. Run the sweep on the cluster's login node, or "
-                 "try it on this machine with hydra/launcher=submitit_local"])
+        _report(
+            [
+                f"hydra/launcher={launcher}: there is no `sbatch` (nor `srun`) command here, so no SLURM "
+                "job can be submitted from this machine. Run the sweep on the cluster's login node, or "
+                "try it on this machine with hydra/launcher=submitit_local"
+            ]
+        )
 
 
 def _report(found: list[str], kind: type[ConfigError] = ConfigError) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -35,7 +35,7 @@ class RegularizationConfig:
     l1: float = 0.0  # weight of l1 * sum|w| added to the loss (weight matrices and conv kernels)
     weight_decay: float = 0.0  # L2, through the optimizer's weight_decay
     dropout: float = 0.0  # dropout probability inside the model
-    grad_clip: Optional[float] = None  # max global gradient norm; None = no clipping
+    grad_clip: float | None = None  # max global gradient norm; None = no clipping
 
 
 @dataclass
@@ -87,9 +87,9 @@ class TrainConfig:
     epochs: int = MISSING  # maximum number of epochs
     seed: int = MISSING  # seeds Python, NumPy and torch, and the data order
     device: str = MISSING  # auto | cpu | cuda | cuda:N | mps
-    threads: Optional[int] = None  # torch CPU threads; None = what torch picks (the cores it sees)
+    threads: int | None = None  # torch CPU threads; None = what torch picks (the cores it sees)
     deterministic: bool = False  # torch.use_deterministic_algorithms and cudnn settings
-    resume: Optional[str] = None  # a run dir or checkpoint file to continue (nettrain-train resume=RUN_DIR)
+    resume: str | None = None  # a run dir or checkpoint file to continue (nettrain-train resume=RUN_DIR)
     model: Any = MISSING  # group: conf/model/
     optimizer: Any = MISSING  # group: conf/optimizer/
     scheduler: Any = MISSING  # group: conf/scheduler/

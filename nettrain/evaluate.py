@@ -41,21 +41,26 @@ def _load_weights(model, weights: dict, path: Path, overrides: list[str]) -> Non
     except RuntimeError as exc:
         mismatch = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()][:3]
         given = f" (overrides: {' '.join(overrides)})" if overrides else ""
-        raise ConfigError([f"the model built from the config{given} does not fit the weights in {path}: "
-                           + "; ".join(mismatch) + ". Drop the model overrides; eval rebuilds the model "
-                           "the checkpoint was trained with"]) from None
+        raise ConfigError(
+            [
+                f"the model built from the config{given} does not fit the weights in {path}: "
+                + "; ".join(mismatch)
+                + ". Drop the model overrides; eval rebuilds the model "
+                "the checkpoint was trained with"
+            ]
+        ) from None
 
 
-def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list[str] | None = None,
-                        trust: bool = False) -> dict[str, Any]:
+def evaluate_checkpoint(
+    target: str | Path, split: str = "test", overrides: list[str] | None = None, trust: bool = False
+) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
+    from nettrain import trust as trust_lib
+    from nettrain.build import build_data_and_model, build_loss, resolve_device
     from nettrain.config import TrainConfig, validate
     from nettrain.data import Batches
     from nettrain.loop import evaluate
-    from nettrain.build import build_data_and_model, build_loss, resolve_device
-
-    from nettrain import trust as trust_lib
 
     overrides = list(overrides or [])
     target = Path(target).expanduser()
@@ -71,9 +76,16 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
     _load_weights(model, state["model"], path, overrides)
     batches = Batches(getattr(data, split), cfg.batch_size, device, **loader)
     loss, acc = evaluate(model, build_loss(cfg), batches)
-    result = {"checkpoint": str(path), "epoch": state["epoch"], "split": split, "samples": batches.n,
-              f"{split}_loss": loss, f"{split}_acc": acc, "device": str(device),
-              "overrides": list(overrides or [])}
+    result = {
+        "checkpoint": str(path),
+        "epoch": state["epoch"],
+        "split": split,
+        "samples": batches.n,
+        f"{split}_loss": loss,
+        f"{split}_acc": acc,
+        "device": str(device),
+        "overrides": list(overrides or []),
+    }
     from nettrain.files import write_json
 
     write_json(run_dir / "eval" / f"{path.stem}-{split}.json", result)
@@ -85,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=... device=cuda")
     parser.add_argument("--split", choices=("test", "val"), default="test")
-    parser.add_argument("--trust", action="store_true",
-                        help="build any _target_ the checkpoint's config names (only for a file you trust; "
-                             "torch.load, os.*, builtins.* and file writers are refused even then)")
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="build any _target_ the checkpoint's config names (only for a file you trust; "
+        "torch.load, os.*, builtins.* and file writers are refused even then)",
+    )
     args = parser.parse_intermixed_args(argv)
     from omegaconf.errors import OmegaConfBaseException
 

@@ -200,9 +200,13 @@ def read_run(run_dir: str | Path) -> Run:
         return _read_run(Path(run_dir))
     except Exception as exc:  # noqa: BLE001 - one damaged run must not cost the summary
         first = (str(exc).strip().splitlines() or [""])[0]
-        return Run(path=Path(run_dir), name=Path(run_dir).name, status="unreadable",
-                   error=f"{type(exc).__name__}: {first}"[:200],
-                   values={key: None for key in METRICS})
+        return Run(
+            path=Path(run_dir),
+            name=Path(run_dir).name,
+            status="unreadable",
+            error=f"{type(exc).__name__}: {first}"[:200],
+            values={key: None for key in METRICS},
+        )
 
 
 class Unreadable(ValueError):

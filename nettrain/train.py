@@ -68,7 +68,6 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
 
     from nettrain.loop import StopRequest
     from nettrain.reproducibility import process_settings
-
     from nettrain.rundir import RunLock, remove_stale_temps
 
     stop = stop or StopRequest()
@@ -292,7 +291,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
         print(f"Error: {exc}{kept_checkpoints()}", file=sys.stderr)
         sys.exit(1)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if not in_multirun():
             raise
         print(f"Error: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)

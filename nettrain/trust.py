@@ -140,9 +140,7 @@ def targets(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     if isinstance(node, dict):
         for key, value in node.items():
             where = f"{path}.{key}" if path else str(key)
-            if key == "_target_" or key == "()":
-                yield where, value
-            elif key == "class" and "_logging" in path:
+            if key == "_target_" or key == "()" or key == "class" and "_logging" in path:
                 yield where, value
             else:
                 yield from targets(value, where)
@@ -194,7 +192,7 @@ def why_allowed(target: str, key: str) -> str | None:
             return "a Hydra launcher or sweeper"
         if key.startswith("hydra.sweeper.") and target.startswith("optuna.samplers."):
             try:
-                import optuna.samplers as samplers
+                from optuna import samplers
             except ImportError:
                 return None
             obj = _resolve_within(target, ("optuna.samplers",))

@@ -71,9 +71,15 @@ def compare_runs(straight: Path, resumed: Path) -> list[str]:
             if isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor):
                 if va.shape != vb.shape:
                     differences.append(f"{key}: shape {tuple(va.shape)} vs {tuple(vb.shape)}")
-                elif not (torch.equal(va, vb) or (va.is_floating_point() and vb.dtype == va.dtype
-                                                  and torch.equal(va.isnan(), vb.isnan())
-                                                  and torch.equal(va.nan_to_num(0.0), vb.nan_to_num(0.0)))):
+                elif not (
+                    torch.equal(va, vb)
+                    or (
+                        va.is_floating_point()
+                        and vb.dtype == va.dtype
+                        and torch.equal(va.isnan(), vb.isnan())
+                        and torch.equal(va.nan_to_num(0.0), vb.nan_to_num(0.0))
+                    )
+                ):
                     diff = (va.double() - vb.double()).abs().max().item()
                     differences.append(f"{key}: max |diff| {diff:.3g}")
             elif va != vb and not (

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from conftest import QUIET
 
 SMALL = ["data=synthetic", "data.num_samples=300", "epochs=1"]

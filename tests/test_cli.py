@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, cli
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,11 @@ import torch
 
 def _good(folder):
     folder.mkdir(parents=True)
-    (folder / "summary.json").write_text(json.dumps({"status": "completed", "best_epoch": 1, "best_val_loss": 0.5,
-                                                     "epochs_run": 1, "monitor": "val_loss"}))
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {"status": "completed", "best_epoch": 1, "best_val_loss": 0.5, "epochs_run": 1, "monitor": "val_loss"}
+        )
+    )
     (folder / "metrics.csv").write_text("epoch,train_loss,val_loss\n1,0.6,0.5\n")
 
 
@@ -23,7 +26,10 @@ DAMAGE = {
     "summary not UTF-8": lambda d: (d / "summary.json").write_bytes(b"\xff\xfe\x00{"),
     "metrics not UTF-8": lambda d: (d / "metrics.csv").write_bytes(b"epoch,val_loss\n\xff\xfe,\x80\n"),
     "metrics is a folder": lambda d: (d / "metrics.csv").mkdir(),
-    "overrides broken": lambda d: ((d / ".hydra").mkdir(), (d / ".hydra" / "overrides.yaml").write_text("- [unclosed\n")),
+    "overrides broken": lambda d: (
+        (d / ".hydra").mkdir(),
+        (d / ".hydra" / "overrides.yaml").write_text("- [unclosed\n"),
+    ),
     "overrides a mapping": lambda d: ((d / ".hydra").mkdir(), (d / ".hydra" / "overrides.yaml").write_text("a: 1\n")),
 }
 
@@ -48,8 +54,16 @@ def test_summarize_marks_a_damaged_run_unreadable_and_writes_the_rest(tmp_path, 
 
 
 def _state(weights):
-    return {"format": 1, "epoch": 1, "progress": {"step_in_epoch": 0}, "config": {}, "history": [],
-            "model": {"w": weights}, "optimizer": {"lr": math.nan}, "scheduler": {}}
+    return {
+        "format": 1,
+        "epoch": 1,
+        "progress": {"step_in_epoch": 0},
+        "config": {},
+        "history": [],
+        "model": {"w": weights},
+        "optimizer": {"lr": math.nan},
+        "scheduler": {},
+    }
 
 
 def test_verify_resume_calls_identical_nans_identical(tmp_path):

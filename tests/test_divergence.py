@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import QUIET
 
 SMALL = ["data=synthetic", "data.num_samples=300", "model.hidden=[16]", "batch_size=32"]
@@ -79,6 +78,9 @@ def test_strict_json_writer_turns_non_finite_numbers_into_null_with_the_reason(t
 
     write_json(tmp_path / "s.json", {"best_val_loss": math.nan, "x": [1.0, -math.inf], "n": {"y": math.inf}, "ok": 1})
     assert strict_json(tmp_path / "s.json") == {
-        "best_val_loss": None, "best_val_loss_reason": "nan", "x": [1.0, None], "n": {"y": None, "y_reason": "inf"},
+        "best_val_loss": None,
+        "best_val_loss_reason": "nan",
+        "x": [1.0, None],
+        "n": {"y": None, "y_reason": "inf"},
         "ok": 1,
     }

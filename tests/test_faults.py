@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import QUIET
 
 SMALL = ["data=synthetic", "data.num_samples=300", "model.hidden=[16]", "early_stopping.enabled=false"]

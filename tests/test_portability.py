@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import QUIET, make_cfg
 
 SMALL = ["data=synthetic", "data.num_samples=300", "model.hidden=[16]", "epochs=1"]
@@ -43,8 +42,9 @@ def test_a_folder_named_nettrain_on_the_path_is_detected(tmp_path):
     (tmp_path / "nettrain" / "README.md").write_text("a checkout\n")
     exe = Path(sys.executable).with_name("nettrain-train")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.run([str(exe), *QUIET, *SMALL], cwd=tmp_path, capture_output=True, text=True, env=env,
-                          timeout=240)
+    proc = subprocess.run(
+        [str(exe), *QUIET, *SMALL], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=240
+    )
     assert proc.returncode == 2, proc.stderr
     assert f"{tmp_path / 'nettrain'}" in proc.stderr and "shadows the installed nettrain package" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -54,8 +54,10 @@ def test_tilde_is_expanded_in_path_keys(tmp_path, monkeypatch, mnist_root):
     from nettrain.train import train
 
     monkeypatch.setenv("HOME", str(mnist_root.parent))
-    summary = train(make_cfg("data=mnist", f"data.root='~/{mnist_root.name}'", "epochs=1", "model.hidden=[16]"),
-                    output_dir=tmp_path / "r")
+    summary = train(
+        make_cfg("data=mnist", f"data.root='~/{mnist_root.name}'", "epochs=1", "model.hidden=[16]"),
+        output_dir=tmp_path / "r",
+    )
     assert summary["status"] == "completed"
 
 

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import QUIET, make_cfg
 
 SMALL = ["data=synthetic", "data.num_samples=300", "model.hidden=[16]", "early_stopping.enabled=false"]

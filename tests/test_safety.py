@@ -13,10 +13,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
 
 from nettrain import idx, rundir
 from nettrain.divergence import Diverged, LossWatch, finite_state
-from conftest import write_idx
 
 # -- the run-folder lock --------------------------------------------------------------------------
 
@@ -57,8 +57,9 @@ def test_the_lock_file_fallback_without_os_locks(tmp_path, monkeypatch):
         rundir.RunLock(tmp_path).acquire()
     lock.release()
     # a lock file left by a dead process on this host is taken over
-    (tmp_path / ".nettrain.excl").write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname(),
-                                                          "since": "x"}))
+    (tmp_path / ".nettrain.excl").write_text(
+        json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname(), "since": "x"})
+    )
     rundir.RunLock(tmp_path).acquire().release()
     assert not (tmp_path / ".nettrain.excl").exists()
 
@@ -84,8 +85,11 @@ def test_a_folder_with_foreign_files_is_refused_naming_them(tmp_path):
 
 def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    stale = [tmp_path / "checkpoints" / ".last.pt.a1b2c3.tmp", tmp_path / "checkpoints" / ".best.pt.link.tmp",
-             tmp_path / ".summary.json.xyz_9.tmp"]
+    stale = [
+        tmp_path / "checkpoints" / ".last.pt.a1b2c3.tmp",
+        tmp_path / "checkpoints" / ".best.pt.link.tmp",
+        tmp_path / ".summary.json.xyz_9.tmp",
+    ]
     kept = [tmp_path / "checkpoints" / "last.pt", tmp_path / "metrics.csv", tmp_path / "notes.tmp"]
     for p in stale + kept:
         p.write_text("x")
@@ -140,8 +144,10 @@ def _raw(tmp_path, n_images=12, n_labels=12):
         (b"\x00\x00", "truncated header (2 bytes"),
         (b"\x1f\x8b\x08\x00" + bytes(20), "wrong magic number 0x1f8b0800"),
         (b"\x00\x00\x08\x03\x00\x00", "truncated header (6 bytes; its 3 dimensions need 16)"),
-        (b"\x00\x00\x08\x03" + (12).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(100),
-         "but its header [12, 28, 28] needs 9424 (truncated)"),
+        (
+            b"\x00\x00\x08\x03" + (12).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(100),
+            "but its header [12, 28, 28] needs 9424 (truncated)",
+        ),
         (b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes(3), "has 1 dimensions, expected 3"),
     ],
 )
@@ -172,8 +178,10 @@ def test_labels_outside_the_classes_are_named_by_index():
     ("damage", "message"),
     [
         (lambda raw: (raw / "t10k-images-idx3-ubyte").write_bytes(b""), "t10k-images-idx3-ubyte: the file is empty"),
-        (lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(b"\x12\x34\x08\x01" + bytes(8)),
-         "train-labels-idx1-ubyte: wrong magic number"),
+        (
+            lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(b"\x12\x34\x08\x01" + bytes(8)),
+            "train-labels-idx1-ubyte: wrong magic number",
+        ),
         (lambda raw: write_idx(raw / "train-labels-idx1-ubyte", np.full(120, 12)), "label 12 at index 0"),
         (lambda raw: write_idx(raw / "train-labels-idx1-ubyte", np.zeros(100)), "has 120 images but"),
     ],

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import QUIET
 
 SMALL = ["data=synthetic", "data.num_samples=300", "epochs=1", "model.hidden=[16]"]
@@ -64,8 +63,14 @@ def _payloads(tmp_path: Path, sentinel: Path) -> dict[str, tuple[str, dict]]:
         "torch.load": ("data", {"_target_": "torch.load", "f": str(evil), "weights_only": False}),
         "write_text": ("data", {"_target_": "nettrain.files.write_text", "path": str(sentinel), "text": "ran"}),
         "builtins.open": ("model", {"_target_": "builtins.open", "file": str(sentinel), "mode": "w"}),
-        "nested": ("model", {"_target_": "nettrain.models.MLP", "hidden": [16],
-                             "extra": {"_target_": "pathlib.Path.touch", "self": str(sentinel)}}),
+        "nested": (
+            "model",
+            {
+                "_target_": "nettrain.models.MLP",
+                "hidden": [16],
+                "extra": {"_target_": "pathlib.Path.touch", "self": str(sentinel)},
+            },
+        ),
     }
 
 
@@ -113,8 +118,11 @@ def test_resume_refuses_an_edited_callback_and_runs_no_payload(monkeypatch, tmp_
     sentinel = tmp_path / "SENTINEL"
     saved = run / ".hydra" / "config.yaml"
     config = yaml.safe_load(saved.read_text())
-    config["hydra"]["callbacks"]["evil"] = {"_target_": "nettrain.files.write_text", "path": str(sentinel),
-                                            "text": "ran"}
+    config["hydra"]["callbacks"]["evil"] = {
+        "_target_": "nettrain.files.write_text",
+        "path": str(sentinel),
+        "text": "ran",
+    }
     saved.write_text(yaml.safe_dump(config))
     summary_before = (run / "summary.json").read_text()
     monkeypatch.setattr(sys, "argv", ["nettrain-train", f"resume={run}", "epochs=2"])
@@ -140,7 +148,8 @@ def test_resume_refuses_a_group_option_planted_in_the_run_folder(monkeypatch, tm
     saved.write_text(yaml.safe_dump(config))
     (run / ".hydra" / "hydra" / "launcher").mkdir(parents=True)
     (run / ".hydra" / "hydra" / "launcher" / "evil.yaml").write_text(
-        f"_target_: nettrain.files.write_text\npath: {sentinel}\ntext: ran\n")
+        f"_target_: nettrain.files.write_text\npath: {sentinel}\ntext: ran\n"
+    )
     monkeypatch.setattr(sys, "argv", ["nettrain-train", f"resume={run}", "epochs=2"])
     with pytest.raises(SystemExit) as info:
         main()
