@@ -41,10 +41,21 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """torch.save `state` atomically, then its checksum beside it."""
+    """torch.save `state` atomically and durably, then its checksum beside it. The bytes are made
+    in memory first, so a full disk is an OSError naming the file, not torch's stream error."""
+    import io
+
     path = Path(path)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-    write_text(path.with_name(path.name + ".sha256"), _sha256(path) + "\n")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getbuffer()
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
+    write_text(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
     return path
 
 
@@ -55,7 +66,14 @@ def verify_checkpoint(path: str | Path) -> None:
     checksum = path.with_name(path.name + ".sha256")
     if not checksum.is_file():
         raise CheckpointError(f"checkpoint {path}: its checksum file {checksum.name} is missing")
-    if _sha256(path) != checksum.read_text().strip():
+    try:
+        expected = checksum.read_text(encoding="ascii").strip()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: its checksum file {checksum.name} is unreadable "
+            f"({type(exc).__name__}); the checkpoint counts as corrupt"
+        ) from None
+    if _sha256(path) != expected:
         raise CheckpointError(f"checkpoint {path}: checksum mismatch (the file is corrupted or truncated)")
 
 
@@ -78,13 +96,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
                 else ""
             )
         )
+    missing = [key for key in REQUIRED if key not in state]
+    if missing or not isinstance(state["progress"], dict) or "step_in_epoch" not in state["progress"]:
+        raise CheckpointError(
+            f"checkpoint {path}: not a nettrain checkpoint (no {', '.join(missing) or 'position in the run'})"
+        )
     return state
+
+
+REQUIRED = ("format", "epoch", "progress", "model", "optimizer", "config", "history")
 
 
 def newest_valid(directory: str | Path, report=print) -> tuple[Path, dict[str, Any]]:
     """The most advanced loadable checkpoint in `directory`; each unusable one is reported."""
     directory = Path(directory)
-    found = []
+    found, skipped = [], []
     for name in NAMES:
         path = directory / name
         if not path.exists():
@@ -93,10 +119,12 @@ def newest_valid(directory: str | Path, report=print) -> tuple[Path, dict[str, A
             state = load_checkpoint(path)
         except CheckpointError as exc:
             report(f"skipping {exc}")
+            skipped.append(f"{name}: {str(exc).split(': ', 1)[-1]}")
             continue
         found.append(((state["epoch"], state["progress"]["step_in_epoch"], -NAMES.index(name)), path, state))
     if not found:
-        raise CheckpointError(f"no valid checkpoint in {directory}")
+        why = f" ({'; '.join(skipped)})" if skipped else ""
+        raise CheckpointError(f"no valid checkpoint in {directory}{why}")
     _, path, state = max(found, key=lambda item: item[0])
     return path, state
 
@@ -112,14 +140,18 @@ class Checkpointer:
         """Snapshot `state` (a TrainState) at `position` (a state.Position)."""
         if not self.enabled:
             return
+        from nettrain.divergence import finite_state
+
+        if not finite_state(state.model.state_dict().values()):  # never save a diverged state
+            return
         saved = snapshot(state, position, self.config)
         last = self.directory / "last.pt"
         if last.exists() and (self.wrote_last or _is_valid(last)):
             _link_over(last, self.directory / "previous.pt")  # keep it: at every moment one is valid
         save_checkpoint(last, saved)
         self.wrote_last = True
-        if is_best:
-            _link_over(last, self.directory / "best.pt")  # the same state: a second name, not a second write
+        if is_best:  # its own file: damage to one never reaches the other
+            save_checkpoint(self.directory / "best.pt", saved)
 
 
 def snapshot(state, position, config: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,10 @@ MONITORED = {"val_loss": "min", "val_acc": "max", "val_r2": "max", "val_mae": "m
 AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data.augment (nettrain/data/augment.py)
 MIXES = ("none", "mixup", "cutmix")  # data.mix
 SOFT_TARGET_LOSSES = ("torch.nn.CrossEntropyLoss",)  # losses that take class probabilities as targets
+MAX_SEED = 2**32 - 1  # NumPy's seed range
+MAX_BATCH_SIZE = 2**16  # larger is no sensible batch for these datasets (and a typo more often than not)
+# samples a data option splits into train/val/(test), for the empty-split check before loading
+DATA_SIZES = {"nettrain.data.mnist_sample": 5000, "nettrain.data.torchvision_dataset": 60000}
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -126,6 +130,9 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    # _target_s to build from a file nettrain reads (a checkpoint's or resumed run's config) beyond
+    # its own list; honoured from the command line only
+    trust_targets: list[str] = field(default_factory=list)  # extra _target_s a file may name: [mypkg.MyModel]
 
 
 def register_schema() -> None:
@@ -174,8 +181,25 @@ def plain(node: Any) -> dict[str, Any]:
     return cast(dict[str, Any], container)
 
 
-def _fmt(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+def _fmt(value: Any, limit: int = 60) -> str:
+    """A value as echoed in a message, shortened when long."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _empty_splits(get) -> list[str]:
+    """A val or test fraction so small that its split would hold no sample."""
+    size = get("data.num_samples") or DATA_SIZES.get(get("data._target_"))
+    found = []
+    for key, name in (("data.val_fraction", "validation"), ("data.test_fraction", "test")):
+        fraction = get(key)
+        if isinstance(size, int) and isinstance(fraction, (int, float)) and 0 < fraction < 1:
+            if math.floor(size * fraction) < 1:
+                found.append(
+                    f"{key}={fraction:g}: leaves the {name} split empty ({size} samples x {fraction:g} < 1); "
+                    f"allowed: at least {1 / size:.2g}"
+                )
+    return found
 
 
 def validate(cfg: Any) -> None:
@@ -276,9 +300,10 @@ def problems(cfg: Any) -> list[str]:
 def _check_top_level(c: Checks) -> None:
     finite = is_finite_number
     c.need("lr", lambda v: finite(v) and v > 0, "must be a number > 0")
-    c.need("batch_size", lambda v: v >= 1, "must be an integer >= 1")
+    c.need("batch_size", lambda v: 1 <= v <= MAX_BATCH_SIZE, f"must be an integer in 1..{MAX_BATCH_SIZE}")
     c.need("epochs", lambda v: v >= 1, "must be an integer >= 1")
-    c.need("seed", lambda v: v >= 0, "must be an integer >= 0")
+    c.need("seed", lambda v: 0 <= v <= MAX_SEED, f"must be an integer in 0..{MAX_SEED}")
+    c.need("loss.label_smoothing", lambda v: is_finite_number(v) and 0 <= v < 1, "must be in [0, 1)")
     c.need("threads", lambda v: v >= 1, "must be null (torch's choice) or an integer >= 1")
     c.need("device", lambda v: bool(DEVICE_PATTERN.match(v)), "allowed: auto, cpu, cuda, cuda:N, mps")
     c.choice("console.progress", ("auto", "on", "off"))
@@ -328,6 +353,8 @@ def _check_optimization(c: Checks) -> None:
             f"(got optimizer.momentum={c.get('optimizer.momentum')})"
         )
     c.choice("scheduler.interval", ("epoch", "step"))
+    c.need("scheduler.step_size", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
+    c.need("scheduler.T_max", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
     if (
         c.get("scheduler._target_") == "torch.optim.lr_scheduler.ReduceLROnPlateau"
         and c.get("scheduler.interval") == "step"
@@ -347,6 +374,7 @@ def _check_data(c: Checks) -> None:
     vf, tf = c.get("data.val_fraction"), c.get("data.test_fraction")
     if is_finite_number(vf) and is_finite_number(tf) and vf + tf >= 1:
         c.problem(f"data.val_fraction + data.test_fraction = {vf + tf:g}: must be < 1 to leave training data")
+    c.found.extend(_empty_splits(c.get))
     c.need("data.num_workers", lambda v: v >= 0, "must be an integer >= 0")
     c.need("data.num_samples", lambda v: v >= 10, "must be an integer >= 10")
     c.need("data.num_classes", lambda v: v >= 2, "must be an integer >= 2")

@@ -16,10 +16,47 @@ from pathlib import Path
 from typing import Any
 
 
-def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list[str] | None = None) -> dict[str, Any]:
+def _pick(target: Path, report=print):
+    """(path, state): the file given, or a run's best.pt, falling back to its newest valid one."""
+    from nettrain import checkpoint as ckpt
+
+    if target.is_file():
+        return target, ckpt.load_checkpoint(target)
+    folder = target / "checkpoints"
+    if not folder.is_dir():
+        raise ckpt.CheckpointError(f"{target}: not a run folder (no checkpoints/) or a checkpoint file")
+    try:
+        return folder / "best.pt", ckpt.load_checkpoint(folder / "best.pt")
+    except ckpt.CheckpointError as exc:
+        path, state = ckpt.newest_valid(folder, report=lambda line: None)
+        report(f"warning: {exc}; using {path.name} (epoch {state['epoch']}) instead")
+        return path, state
+
+
+def _load_weights(model, weights: dict, path: Path, overrides: list[str]) -> None:
+    from nettrain.config import ConfigError
+
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        mismatch = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()][:3]
+        given = f" (overrides: {' '.join(overrides)})" if overrides else ""
+        raise ConfigError(
+            [
+                f"the model built from the config{given} does not fit the weights in {path}: "
+                + "; ".join(mismatch)
+                + ". Drop the model overrides; eval rebuilds the model "
+                "the checkpoint was trained with"
+            ]
+        ) from None
+
+
+def evaluate_checkpoint(
+    target: str | Path, split: str = "test", overrides: list[str] | None = None, trust: bool = False
+) -> dict[str, Any]:
     from omegaconf import DictConfig, OmegaConf
 
-    from nettrain import checkpoint as ckpt
+    from nettrain import trust as trust_lib
     from nettrain.build import build_data_and_model, build_loss, resolve_device
     from nettrain.config import TrainConfig, validate
     from nettrain.data import Batches
@@ -27,24 +64,19 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", overrides: list
     from nettrain.ema import inference_weights
     from nettrain.loop import evaluate_metrics
 
+    overrides = list(overrides or [])
     target = Path(target).expanduser()
-    if target.is_file():
-        path, state = target, ckpt.load_checkpoint(target)
-    elif (target / "checkpoints" / "best.pt").is_file():
-        path = target / "checkpoints" / "best.pt"
-        state = ckpt.load_checkpoint(path)
-    else:
-        path, state = ckpt.newest_valid(target / "checkpoints")
+    path, state = _pick(target, report=lambda line: print(line, file=sys.stderr))
     # RUN_DIR/eval/ for a run's checkpoint; beside the file for a checkpoint outside a run
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(TrainConfig), state["config"], OmegaConf.from_dotlist(list(overrides or []))
-    )
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"], OmegaConf.from_dotlist(overrides))
     assert isinstance(cfg, DictConfig)  # merged onto the schema: a mapping
+    # the stored config is data from a file: build only what nettrain builds, unless trusted
+    trust_lib.check(cfg, str(path), trust_lib.trusted_from_overrides(overrides), trust_all=trust)
     validate(cfg)
     device = resolve_device(cfg.device)
     data, loader, model = build_data_and_model(cfg, device)
-    model.load_state_dict(inference_weights(state))
+    _load_weights(model, inference_weights(state), path, overrides)
     chosen = getattr(data, split)
     transform = input_transform(data.meta, chosen.x, device)  # uint8 images: normalised per batch
     batches = Batches(chosen, cfg.batch_size, device, transform=transform, **loader)
@@ -73,15 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=... device=cuda")
     parser.add_argument("--split", choices=("test", "val"), default="test")
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="build any _target_ the checkpoint's config names (only for a file you trust; "
+        "torch.load, os.*, builtins.* and file writers are refused even then)",
+    )
     args = parser.parse_intermixed_args(argv)
     from omegaconf.errors import OmegaConfBaseException
 
     from nettrain.checkpoint import CheckpointError
     from nettrain.config import ConfigError
+    from nettrain.data import DataError
 
     try:
-        result = evaluate_checkpoint(args.target, args.split, args.overrides)
-    except (ConfigError, CheckpointError, OmegaConfBaseException) as exc:
+        result = evaluate_checkpoint(args.target, args.split, args.overrides, trust=args.trust)
+    except (ConfigError, CheckpointError, DataError, OmegaConfBaseException) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     from rich.console import Console

@@ -13,6 +13,7 @@ the step reached, the partial loss sum and every RNG state (see checkpoint.snaps
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nettrain.divergence import LossWatch
 from nettrain.interrupt import StopRequest
 from nettrain.state import Position, TrainState
 
@@ -203,6 +205,7 @@ def fit(
     start, stop = start or Position(), stop or StopRequest()
     step_fn = (settings.make_step or train_step)(state, settings)
     best_weights = start.best_weights
+    watch = LossWatch(len(train_batches), state.device)  # each step's loss, on the device, read once per epoch
     epoch = start.epoch
     for epoch in range(start.epoch + 1, settings.epochs + 1):
         # -- train (from the saved position when resuming mid-epoch) --------------------------
@@ -213,11 +216,14 @@ def fit(
         if resuming and start.loss_sum is not None and distributed.context().is_main:
             loss_sum = start.loss_sum  # the saved sum is every rank's: counted once, on rank 0
         train_time = start.train_time if resuming else 0.0
+        watch.start_epoch(step)
         model.train()
         started = time.perf_counter()
         with out.reporter.progress(len(train_batches), epoch, done=step) as advance:
             for x, y in train_batches.batches(order, first_step=step):
-                loss_sum += step_fn(x, y, train_batches.loss_weight(step, len(y)))
+                batch_loss = step_fn(x, y, train_batches.loss_weight(step, len(y)))
+                watch.record(step, batch_loss)
+                loss_sum += batch_loss
                 step += 1
                 advance()
                 if stop.tick() and step < len(train_batches):  # interrupted mid-epoch: save and leave
@@ -227,6 +233,8 @@ def fit(
                     return FitResult(epoch - 1, False, early_stopping.best_epoch, early_stopping.best, True)
         distributed.all_reduce_sum(loss_sum)  # every rank's shares
         train_loss = (loss_sum / train_batches.n).item()  # the epoch's one host sync for training
+        if not math.isfinite(train_loss):
+            watch.check(epoch)  # raises Diverged naming the first non-finite step; nothing is saved
         train_time += time.perf_counter() - started
 
         # -- validate, record, decide --------------------------------------------------------

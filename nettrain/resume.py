@@ -25,6 +25,7 @@ from nettrain.metrics import FINISHED
 SAFE_ON_RESUME = (
     "epochs",
     "resume",
+    "trust_targets",
     "device",
     "threads",
     "console.",
@@ -53,11 +54,25 @@ def config_changes(old: dict, new: dict, safe: tuple[str, ...] = SAFE_ON_RESUME)
     return changed
 
 
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's summary.json as a dict; {} when it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def finished_already(summary_path: Path, epochs: int) -> dict[str, Any] | None:
     """The summary of a run that has nothing left to do at `epochs` (printing why), else None."""
-    if not summary_path.is_file():
-        return None
-    previous = json.loads(summary_path.read_text())
+    previous = read_summary(summary_path)
+    if previous.get("status") in FINISHED and previous.get("epochs_run", 0) > epochs:
+        raise ConfigError(
+            [
+                f"epochs={epochs}: the run already trained {previous['epochs_run']} epochs; "
+                f"allowed: epochs >= {previous['epochs_run']} (a larger value trains longer)"
+            ]
+        )
     if previous.get("status") not in FINISHED or not (previous["stopped_early"] or previous["epochs_run"] >= epochs):
         return None
     how = (

@@ -21,20 +21,28 @@ from nettrain.metrics import COMPLETED, EARLY_STOPPED, FAILED, INTERRUPTED
 
 
 def write_failure(output_dir: Path, cfg: DictConfig, error: str, wall_time_s: float = 0.0) -> None:
-    """summary.json for a run that failed: its status, the error's first line, its config hash."""
+    """summary.json for a run that failed: its status, the error's first line, its config hash.
+    A finished run's summary (a resume that failed) is kept; a fault that stops the write is skipped."""
+    import contextlib
+
     from nettrain.files import write_json
+    from nettrain.metrics import FINISHED
+    from nettrain.resume import read_summary
     from nettrain.sweep import config_hash
 
-    write_json(
-        output_dir / "summary.json",
-        {
-            "status": FAILED,
-            "error": error,
-            "wall_time_s": round(wall_time_s, 3),
-            "config_hash": config_hash(plain(cfg)),
-            "launch": launch_id(),
-        },
-    )
+    if read_summary(output_dir / "summary.json").get("status") in FINISHED:
+        return
+    with contextlib.suppress(OSError):  # the fault itself (a full disk); the error message says so
+        write_json(
+            output_dir / "summary.json",
+            {
+                "status": FAILED,
+                "error": error,
+                "wall_time_s": round(wall_time_s, 3),
+                "config_hash": config_hash(plain(cfg)),
+                "launch": launch_id(),
+            },
+        )
 
 
 def launch_id() -> str | None:

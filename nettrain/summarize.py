@@ -47,8 +47,9 @@ STATUS_NAMES = {
     COMPLETED: "ok",
     EARLY_STOPPED: "early-stopped",
     FAILED: "failed",
-    INTERRUPTED: "incomplete",
-}  # interrupted: stopped by a signal, resumable
+    INTERRUPTED: "incomplete",  # interrupted: stopped by a signal, resumable
+    "diverged": "diverged",  # a non-finite training loss stopped it: a failure
+}
 FINISHED = ("ok", "early-stopped")
 MODES = MONITORED  # monitored metric -> "min" or "max"
 METRICS = ["best_epoch", "best_val_loss", "best_val_acc", "test_acc", "epochs_run", "wall_time_s", "samples_per_s"]
@@ -134,15 +135,23 @@ def _read_overrides(run_dir: Path) -> dict[str, Any]:
         return {}
     import yaml
 
-    lines = yaml.safe_load(path.read_text(encoding="utf-8")) or []
-    return parse_overrides(lines)
+    try:
+        lines = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise Unreadable(f".hydra/overrides.yaml: {type(exc).__name__}") from None
+    if not isinstance(lines, list):
+        raise Unreadable(f".hydra/overrides.yaml holds a {type(lines).__name__}, not a list")
+    return parse_overrides([str(line) for line in lines])
 
 
 def _read_metrics(run_dir: Path) -> list[dict[str, float]]:
     """The numeric cells of each epoch's row (none when the run left no metrics.csv)."""
     if not (run_dir / "metrics.csv").exists():
         return []
-    rows = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in read_metrics(run_dir)]
+    try:
+        rows = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in read_metrics(run_dir)]
+    except (OSError, ValueError, csv.Error) as exc:  # not UTF-8, a folder, a broken file
+        raise Unreadable(f"metrics.csv: {type(exc).__name__}: {exc}") from None
     return [row for row in rows if "epoch" in row]
 
 
@@ -170,8 +179,28 @@ class Run:
 
 def read_run(run_dir: str | Path) -> Run:
     """A Run from a run dir's .hydra/overrides.yaml, summary.json and metrics.csv. Without a
-    summary.json the run is incomplete and what metrics.csv shows so far fills the numbers."""
-    run = Run(path=Path(run_dir), name=Path(run_dir).name)
+    summary.json the run is incomplete and what metrics.csv shows so far fills the numbers. A run
+    whose files cannot be read (not UTF-8, a folder, broken YAML, a summary that is not an
+    object) is `unreadable`, with the reason; the other runs are summarized as usual."""
+    try:
+        return _read_run(Path(run_dir))
+    except Exception as exc:  # noqa: BLE001 - one damaged run must not cost the summary
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return Run(
+            path=Path(run_dir),
+            name=Path(run_dir).name,
+            status="unreadable",
+            error=f"{type(exc).__name__}: {first}"[:200],
+            values={key: None for key in METRICS},
+        )
+
+
+class Unreadable(ValueError):
+    """A run file whose content is not what nettrain writes."""
+
+
+def _read_run(run_dir: Path) -> Run:
+    run = Run(path=run_dir, name=run_dir.name)
     run.overrides = _read_overrides(run.path)
     metrics = _read_metrics(run.path)
     run.curve = [(r["epoch"], r["val_loss"]) for r in metrics if "val_loss" in r]
@@ -181,7 +210,9 @@ def read_run(run_dir: str | Path) -> Run:
         try:
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            run.error = f"unreadable summary.json: {exc}"
+            raise Unreadable(f"summary.json: {exc}") from None
+        if not isinstance(summary, dict):
+            raise Unreadable(f"summary.json holds a {type(summary).__name__}, not an object")
     if summary:
         raw = str(summary.get("status", COMPLETED))
         run.status = STATUS_NAMES.get(raw, raw.replace("_", "-"))

@@ -15,7 +15,6 @@ folder keeps its Hydra record and a claimed.json saying where the results went.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ from nettrain.config import flatten, matches
 from nettrain.files import write_json
 
 # settings that do not change what a run computes
-INCIDENTAL = ("resume", "threads", "console.", "checkpoint.")
+INCIDENTAL = ("resume", "threads", "console.", "checkpoint.", "trust_targets")
 RESULTS = ("summary.json", "metrics.csv", "checkpoints", "plots", "eval")
 CLAIMED = "claimed.json"  # left in a job folder whose results moved to the job of their config
 
@@ -56,12 +55,10 @@ def _move_results(source: Path, target: Path) -> None:
 @contextlib.contextmanager
 def _locked(sweep_dir: Path):
     """One job at a time claims results, also under parallel launchers (joblib, submitit)."""
-    with open(sweep_dir / ".claim.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    from nettrain.rundir import file_lock
+
+    with file_lock(sweep_dir / ".claim.lock"):
+        yield
 
 
 def claim(job_dir: Path, key: str, launch: str | None = None) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ Resume an interrupted one:             nettrain-train resume=RUN_DIR
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -79,18 +80,23 @@ def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[s
 
     from nettrain.loop import StopRequest
     from nettrain.reproducibility import process_settings
+    from nettrain.rundir import RunLock, remove_stale_temps
 
     stop = distributed.shared_stop(stop, cfg.distributed.stop_check_every) or stop or StopRequest()
-    try:  # from here on, SIGINT/SIGTERM stop the run cleanly; torch's process-wide settings are the run's
-        with stop_on_signals(stop), process_settings(cfg.threads, cfg.deterministic):
-            return _train(cfg, output_dir, started, stop, resume_from, device)
-    except (ConfigError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # record the failure for sweeps and summaries, then let it propagate
-        first_line = (str(exc).strip().splitlines() or [""])[0]
+    with RunLock(output_dir) if leader else contextlib.nullcontext():  # one writer per run folder
         if leader:
-            write_failure(output_dir, cfg, f"{type(exc).__name__}: {first_line}", time.perf_counter() - started)
-        raise
+            remove_stale_temps(output_dir)  # what a save killed halfway left
+        try:  # from here on, SIGINT/SIGTERM stop the run cleanly; torch's process-wide settings are the run's
+            with stop_on_signals(stop), process_settings(cfg.threads, cfg.deterministic):
+                return _train(cfg, output_dir, started, stop, resume_from, device)
+        except (ConfigError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # record the failure for sweeps and summaries, then let it propagate
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            error = first_line if isinstance(exc, OSError) else f"{type(exc).__name__}: {first_line}"
+            if leader:
+                write_failure(output_dir, cfg, error, time.perf_counter() - started)
+            raise
 
 
 def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from: Path | None, device) -> dict[str, Any]:
@@ -123,7 +129,15 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
     )
     distributed.introduce(reporter, run.train_batches, cfg.batch_size)
     memory_estimate_mb = _introduce(cfg, run, output_dir, reporter)
-    result = _fit(cfg, run, output_dir, plain_config, reporter, start, stop)
+    from nettrain.divergence import Diverged, diverged_summary
+    from nettrain.sweep import config_hash
+
+    try:
+        result = _fit(cfg, run, output_dir, plain_config, reporter, start, stop)
+    except Diverged as exc:  # the checkpoints keep the last finite state
+        reporter.warn(str(exc))
+        extra = {"seed": cfg.seed, "config_hash": config_hash(plain_config), "launch": launch_id()}
+        return diverged_summary(exc, run.state.history, output_dir, time.perf_counter() - started, extra)
     return write_summary(cfg, run, result, output_dir, reporter, stop, record, started, memory_estimate_mb)
 
 
@@ -181,27 +195,46 @@ def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, s
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
+    from nettrain.rundir import RunFolderError, remove_if_unused
+
     distributed.publish_run_dir(HydraConfig.get().runtime.output_dir)  # the other ranks may start
     subdir = hydra_output_subdir()
     if subdir is not None and (subdir / "config.yaml").is_file():
         make_rerunnable(subdir / "config.yaml")
     try:
         summary = train(cfg)
-    except ConfigError as exc:
+    except (ConfigError, RunFolderError) as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"{distributed.rank_prefix()}Error: {exc}", file=sys.stderr)
+        if isinstance(exc, RunFolderError) and not in_multirun():
+            sys.exit(2)
         if in_multirun():  # one bad job must not take the sweep down; the summary records it
             from hydra.core.hydra_config import HydraConfig
 
-            write_failure(Path(HydraConfig.get().runtime.output_dir), cfg, f"ConfigError: {exc.problems[0]}")
+            first = exc.problems[0] if isinstance(exc, ConfigError) else str(exc)
+            write_failure(Path(HydraConfig.get().runtime.output_dir), cfg, f"{type(exc).__name__}: {first}")
             return None  # not NaN: the Optuna sweeper fails on NaN; None marks the trial failed
+        from hydra.core.hydra_config import HydraConfig
+
+        if not cfg.resume:
+            remove_if_unused(HydraConfig.get().runtime.output_dir)  # a rejected config leaves no empty folder
         sys.exit(2)
-    except Exception as exc:  # noqa: BLE001
+    except OSError as exc:  # a fault writing a file: one line naming it, and what is kept
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or in_multirun():
+            raise
+        from nettrain.cli_errors import kept_checkpoints
+
+        print(f"Error: {exc}{kept_checkpoints()}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:
         if not in_multirun():
             raise
         print(f"Error: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
+    if summary.get("status") == "diverged":  # a non-finite loss: a failed run, exit 3
+        print(f"Error: {summary['error']}", file=sys.stderr)
+        return None if in_multirun() else sys.exit(3)
     if summary.get("status") == INTERRUPTED:
         if summary.get("signal") and summary["signal"] == distributed.preemption_signal():
             distributed.hand_over(summary["signal"])  # submitit requeues the job; it resumes from the checkpoint
@@ -213,16 +246,19 @@ def main() -> None:
     from hydra.errors import HydraException
 
     from nettrain import usermodules
+    from nettrain.cli_errors import before_hydra, composition_errors_exit_2
 
     usermodules.add_working_dir()  # `_target_: mymodels.Net` from the working directory, as under python -m
     register_schema()  # also the --help page (nettrain/help.py)
     env = distributed.detect_or_exit()
     distributed.refuse_multirun(env, sys.argv)
+    before_hydra(sys.argv)  # a shadowing checkout, an unusable run folder, a launcher without its command
     try:
         with distributed.leading(env):  # rank 0 resolves the run dir; the other ranks wait for it and use it
             run_dir = distributed.wait_for_run_dir(env)
             sys.argv = distributed.follower_argv(resume_argv(sys.argv), run_dir)
-            with single_composition(sys.argv):  # Hydra composes the config once, not twice
+            # Hydra composes once; its errors exit 2; a resumed config's targets are checked
+            with single_composition(sys.argv), composition_errors_exit_2(sys.argv):
                 _hydra_main()
     except HydraException as exc:  # --help with a bad override (a run reports these itself)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

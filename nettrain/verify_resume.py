@@ -78,7 +78,15 @@ def compare_runs(straight: Path, resumed: Path) -> list[str]:
             if isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor):
                 if va.shape != vb.shape:
                     differences.append(f"{key}: shape {tuple(va.shape)} vs {tuple(vb.shape)}")
-                elif not torch.equal(va, vb):
+                elif not (
+                    torch.equal(va, vb)
+                    or (
+                        va.is_floating_point()
+                        and vb.dtype == va.dtype
+                        and torch.equal(va.isnan(), vb.isnan())
+                        and torch.equal(va.nan_to_num(0.0), vb.nan_to_num(0.0))
+                    )
+                ):
                     diff = (va.double() - vb.double()).abs().max().item()
                     differences.append(f"{key}: max |diff| {diff:.3g}")
             elif not _same(va, vb):
@@ -86,7 +94,8 @@ def compare_runs(straight: Path, resumed: Path) -> list[str]:
     sa = json.loads((straight / "summary.json").read_text())
     sb = json.loads((resumed / "summary.json").read_text())
     for key in ("status", "best_epoch", "epochs_run", "best_val_loss", "test_loss", "test_acc"):
-        if sa.get(key) != sb.get(key):
+        a, b = sa.get(key), sb.get(key)
+        if a != b and not (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
             differences.append(f"summary {key}: {sa.get(key)} vs {sb.get(key)}")
     return differences
 
@@ -131,6 +140,16 @@ def verify_resume(
     return compare_runs(workdir / "straight", workdir / "resumed"), facts
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; allowed: an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: allowed: an integer >= 1 (steps before the interruption)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     from nettrain import usermodules
 
@@ -140,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "overrides", nargs="*", help="config overrides, as for nettrain-train (key=value, group=option)"
     )
     parser.add_argument("--config-dir", help="a folder of your own config options, as for nettrain-train")
-    parser.add_argument("--stop-after", type=int, help="interrupt after this many steps (default: half the run)")
+    parser.add_argument("--stop-after", type=_positive, help="interrupt after this many steps (default: half the run)")
     parser.add_argument("--out", help="output folder (default outputs/verify-resume/<date>/<time>)")
     args = parser.parse_intermixed_args(argv)
     from nettrain import distributed

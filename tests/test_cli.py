@@ -139,7 +139,8 @@ def _assert_clean_failure(proc, *expected: str):
 
 def test_a_wrong_type_names_the_key(tmp_path):
     proc = cli("lr=abc", cwd=tmp_path)
-    _assert_clean_failure(proc, "Value 'abc' of type 'str' could not be converted to Float", "full_key: lr")
+    _assert_clean_failure(proc, "lr=abc: wrong type for lr (Value 'abc' of type 'str' could not be converted to Float)")
+    assert proc.returncode == 2
 
 
 def test_every_invalid_value_is_reported_in_one_message(tmp_path):
@@ -157,7 +158,8 @@ def test_every_invalid_value_is_reported_in_one_message(tmp_path):
 
 def test_an_unknown_option_lists_the_available_ones(tmp_path):
     proc = cli("optimizer=adagrad", cwd=tmp_path)
-    _assert_clean_failure(proc, "Could not find 'optimizer/adagrad'", "adam", "manual_sgd")
+    _assert_clean_failure(proc, "optimizer=adagrad: no such optimizer option; allowed: adam, adamw, manual_sgd")
+    assert proc.returncode == 2
 
 
 def test_missing_dataset_files_name_root_and_download(tmp_path):

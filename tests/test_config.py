@@ -141,7 +141,7 @@ def test_validation_reports_every_problem_at_once():
         [
             "Invalid config (7 problems):",
             "  - lr=-1.0: must be a number > 0",
-            "  - batch_size=0: must be an integer >= 1",
+            "  - batch_size=0: must be an integer in 1..65536",
             "  - device='tpu': allowed: auto, cpu, cuda, cuda:N, mps",
             "  - model.activation='swish': allowed: relu, gelu, tanh, sigmoid, leaky_relu, silu",
             "  - regularization.dropout=1.5: must be a probability in [0, 1)",

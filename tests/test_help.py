@@ -77,7 +77,8 @@ def test_hydra_help_stays_hydras_and_a_bad_option_is_one_clear_error(tmp_path):
     assert proc.returncode == 0 and "Hydra (1.3" in proc.stdout and "early_stopping.patience" not in proc.stdout
     proc = cli("model=nope", "--help", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "Error: In 'train': Could not find 'model/nope'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "model=nope: no such model option; allowed: cnn, mlp, resnet, torchvision" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize(

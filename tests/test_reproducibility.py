@@ -218,7 +218,7 @@ def test_an_incompatible_resume_is_refused_listing_what_changed(tmp_path):
     assert "these settings differ from the run being resumed" in message
     assert "model.hidden: [256] -> [128]" in message and "lr: 0.001 -> 0.01" in message
     assert "optimizer.lr: 0.001 -> 0.01" in message
-    assert "Allowed to change on resume: epochs, resume, device, threads, console*" in message
+    assert "Allowed to change on resume: epochs, resume, trust_targets, device, threads, console*" in message
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
 
 
@@ -519,7 +519,18 @@ def test_a_corrupt_last_checkpoint_never_replaces_a_good_previous(tmp_path):
     from nettrain.checkpoint import Checkpointer, save_checkpoint
 
     folder = tmp_path / "checkpoints"
-    save_checkpoint(folder / "previous.pt", {"format": 1, "epoch": 1, "progress": {"step_in_epoch": 0}})
+    save_checkpoint(
+        folder / "previous.pt",
+        {
+            "format": 1,
+            "epoch": 1,
+            "progress": {"step_in_epoch": 0},
+            "model": {},
+            "optimizer": {},
+            "config": {},
+            "history": [],
+        },
+    )
     (folder / "last.pt").write_bytes(b"corrupt")
     (folder / "last.pt.sha256").write_text("0" * 64)
 

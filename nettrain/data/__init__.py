@@ -159,8 +159,14 @@ def torchvision_dataset(
         raise DataError(f"data.name={name!r}: allowed: {', '.join(TORCHVISION_DATASETS)}")
     import torchvision  # only when a torchvision dataset is chosen
 
+    from nettrain.idx import IdxError, check_counts, check_labels, check_mnist_raw
+
     root = os.path.expanduser(str(root))
     cls = getattr(torchvision.datasets, name)
+    try:
+        check_mnist_raw(os.path.join(root, name, "raw"))
+    except IdxError as exc:
+        raise DataError(f"data.root={root!r}: {exc}") from None
     try:
         train_set = cls(root, train=True, download=download)
         test_set = cls(root, train=False, download=download)
@@ -177,6 +183,13 @@ def torchvision_dataset(
             f"data.download=True: could not fetch {name} into {root!r} ({exc}); "
             "place the IDX files in the raw folder and set data.download=false"
         ) from None
+    try:
+        for split, data in (("train", train_set), ("test", test_set)):
+            where = f"{name} {split} split in {os.path.join(root, name, 'raw')}"
+            check_counts(len(data.data), len(data.targets), where)
+            check_labels(data.targets, len(train_set.classes), f"{where}, labels")
+    except IdxError as exc:
+        raise DataError(f"data.root={root!r}: {exc}") from None
     mean, std = NORMALISATION[name]
     x = _normalise(train_set.data, mean, std)
     y = train_set.targets.long()

@@ -1,0 +1,298 @@
+"""One exit status for bad input: Hydra's own composition errors become nettrain's (exit 2).
+
+Hydra reports an unknown key, an unknown group option, a value of the wrong type or an override
+that does not parse with its own text and exit status 1, which a script cannot tell from a run
+that failed. :func:`composition_errors_exit_2` wraps Hydra's config composition for one command
+so that each of these ends like every other invalid config: one `Error: Invalid config:` message
+naming the key, the value and what is allowed (the closest known key for a typo, the options of
+a group, which optimizer options have a setting), and exit status 2. Run configs are also
+validated (nettrain.config.problems) right after composing, before Hydra creates the run folder,
+so a rejected command leaves no empty folder behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import errno
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from nettrain.config import ConfigError, flatten, problems
+
+INSPECT_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--package", "-p")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _override_text(overrides: list[str], key: str) -> str:
+    for text in reversed(overrides):  # the last one wins, as in Hydra
+        if text.lstrip("+~").split("=", 1)[0] == key:
+            return _short(text)
+    return key
+
+
+def _group_options(hydra: Any, group: str) -> list[str]:
+    try:
+        return sorted(hydra.config_loader.get_group_options(group))
+    except Exception:  # noqa: BLE001 - only for a hint
+        return []
+
+
+def _options_with_key(hydra: Any, group: str, key: str) -> list[str]:
+    """The options of `group` whose config has `key` (e.g. the optimizers with momentum)."""
+    from hydra.types import RunMode
+
+    found = []
+    for option in _group_options(hydra, group):
+        try:
+            cfg = hydra.config_loader.load_configuration(
+                config_name="train", overrides=[f"{group}={option}"], run_mode=RunMode.RUN
+            )
+        except Exception:  # noqa: BLE001
+            continue
+        if key in (cfg.get(group) or {}):
+            found.append(option)
+    return found
+
+
+def _known_keys(hydra: Any, config_name: str | None) -> list[str]:
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = hydra.config_loader.load_configuration(config_name=config_name, overrides=[], run_mode=RunMode.RUN)
+    except Exception:  # noqa: BLE001
+        return []
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    if not isinstance(plain, dict):
+        return []
+    plain.pop("hydra", None)
+    keys = set(flatten(plain))
+    for key in list(keys):  # sections too (early_stopping, regularization), for a misspelt one
+        parts = key.split(".")
+        keys.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return sorted(keys)
+
+
+def _unknown_key(hydra: Any, config_name: str | None, overrides: list[str], key: str) -> str:
+    text = _override_text(overrides, key)
+    group, _, leaf = key.partition(".")
+    if leaf and "." not in leaf and group in ("optimizer", "scheduler", "model", "data", "regularization"):
+        chosen = _chosen_option(overrides, group, hydra, config_name)
+        having = _options_with_key(hydra, group, leaf)
+        if chosen and having:
+            return (
+                f"{text}: {group}={chosen} has no {leaf}; the {group} options with {leaf}: "
+                f"{', '.join(having)} (e.g. {group}={having[0]} {_short(text)})"
+            )
+    close = difflib.get_close_matches(key, _known_keys(hydra, config_name), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else "see `nettrain-train --help` for the settings"
+    return f"{text}: unknown key {key!r}; {hint}"
+
+
+def _chosen_option(overrides: list[str], group: str, hydra: Any, config_name: str | None) -> str | None:
+    for text in reversed(overrides):
+        name, _, value = text.partition("=")
+        if name.lstrip("+~") == group:
+            return value
+    from hydra.types import RunMode
+
+    try:
+        cfg = hydra.config_loader.load_configuration(config_name=config_name, overrides=[], run_mode=RunMode.RUN)
+        return str(cfg.hydra.runtime.choices.get(group))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def explain(exc: BaseException, hydra: Any, config_name: str | None, overrides: list[str]) -> list[str] | None:
+    """nettrain's problem lines for one of Hydra's composition errors; None for any other error."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    if isinstance(exc, OverrideParseException):
+        first = str(exc).splitlines()[0]
+        if any("=~" in o for o in overrides):
+            return [
+                f"cannot parse the overrides ({first}); a value starting with ~ needs quotes: "
+                "'data.root=\"~/datasets\"' (or write $HOME/datasets); nettrain expands ~ in path keys"
+            ]
+        return [
+            f"cannot parse the overrides ({first}); each is key=value, and values with spaces, "
+            "brackets or special characters need quotes, e.g. 'data.root=\"~/my data\"'"
+        ]
+    if isinstance(exc, MissingConfigException):
+        missing = exc.missing_cfg_file or ""
+        if "/" in missing and exc.options:
+            group, _, option = missing.rpartition("/")
+            return [f"{group}={_short(option)}: no such {group} option; allowed: {', '.join(exc.options)}"]
+        return [str(exc).splitlines()[0]]
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # Hydra looks for group/<name>.yaml
+        for text in overrides:
+            group, _, option = text.partition("=")
+            if len(option) > 200 and "." not in group:
+                allowed = ", ".join(_group_options(hydra, group.lstrip("+~"))) or "see nettrain-train --help"
+                return [
+                    f"{_short(text)}: no such {group} option (the name is {len(option)} characters); allowed: {allowed}"
+                ]
+        return None
+    if not isinstance(exc, ConfigCompositionException):
+        return None
+    cause = exc.__cause__
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+        key = str(cause.full_key)
+        for text in overrides:  # the whole key typed (early_stoping.patience, not early_stoping)
+            typed = text.lstrip("+~").split("=", 1)[0]
+            if typed.startswith(key + "."):
+                key = typed
+                break
+        return [_unknown_key(hydra, config_name, overrides, key)]
+    if isinstance(cause, ValidationError) and cause.full_key:
+        key = str(cause.full_key)
+        message = str(cause).splitlines()[0]
+        return [f"{_override_text(overrides, key)}: wrong type for {key} ({_short(message, 120)})"]
+    return [str(exc).splitlines()[0]]
+
+
+def _user_overrides(overrides: list[str]) -> list[str]:
+    """The command line's own overrides, without those nettrain adds for resume (hydra.run.dir, ...)."""
+    return [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+
+
+def _shadowing_folder() -> str | None:
+    import nettrain
+
+    if getattr(nettrain, "__file__", None) is None:  # a namespace package: a folder named nettrain
+        return ", ".join(str(p) for p in getattr(nettrain, "__path__", []))
+    return None
+
+
+def _argv_value(argv: list[str], key: str) -> str | None:
+    for arg in reversed(argv[1:]):
+        name, sep, value = arg.partition("=")
+        if sep and name.lstrip("+") == key:
+            return value.strip("'\"")
+    return None
+
+
+def before_hydra(argv: list[str]) -> None:
+    """Problems found from the command line alone, before Hydra makes a run folder: a folder named
+    `nettrain` shadowing the package, an unusable `hydra.run.dir`, a SLURM launcher without SLURM.
+    Also expands `~` in hydra.run.dir and hydra.sweep.dir (in place)."""
+    import shutil
+
+    from nettrain.rundir import unsafe_run_dir
+
+    shadow = _shadowing_folder()
+    if shadow:
+        print(
+            f"Error: a folder named nettrain ({shadow}) shadows the installed nettrain package: "
+            "Python finds it first on the path (PYTHONPATH or the current folder). Remove its parent "
+            "from PYTHONPATH, or run from another folder",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    for i, arg in enumerate(argv):
+        for key in ("hydra.run.dir=", "hydra.sweep.dir="):
+            if arg.startswith(key) and arg[len(key) :].startswith("~"):
+                argv[i] = key + os.path.expanduser(arg[len(key) :])
+    multirun = "-m" in argv or "--multirun" in argv
+    run_dir = _argv_value(argv, "hydra.run.dir")
+    if run_dir is not None and not multirun and "${" not in run_dir and not _argv_value(argv, "resume"):
+        why = unsafe_run_dir(run_dir)
+        if why:
+            _report([why])
+    launcher = _argv_value(argv, "hydra/launcher")
+    if multirun and launcher in ("slurm", "submitit_slurm") and shutil.which("sbatch") is None:
+        _report(
+            [
+                f"hydra/launcher={launcher}: there is no `sbatch` (nor `srun`) command here, so no SLURM "
+                "job can be submitted from this machine. Run the sweep on the cluster's login node, or "
+                "try it on this machine with hydra/launcher=submitit_local"
+            ]
+        )
+
+
+def _report(found: list[str], kind: type[ConfigError] = ConfigError) -> None:
+    print(f"Error: {kind(found)}", file=sys.stderr)
+    sys.exit(2)  # SystemExit passes through Hydra's error handler: exit 2, not Hydra's 1
+
+
+def unknown_top_level(cfg: Any) -> list[str]:
+    """Keys added with `+key=value` that the schema does not have (they would be ignored)."""
+    import dataclasses
+
+    from nettrain.config import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | {"hydra"}
+    return [f"{key}: unknown key (added with +{key}=...); nettrain would ignore it" for key in cfg if key not in known]
+
+
+@contextlib.contextmanager
+def composition_errors_exit_2(argv: list[str]) -> Iterator[None]:
+    """For one nettrain-train command: Hydra's composition errors and invalid run configs end with
+    nettrain's message and exit 2, before any run folder is made. HYDRA_FULL_ERROR=1 keeps Hydra's."""
+    from hydra._internal.hydra import Hydra
+    from hydra.types import RunMode
+
+    original = Hydra.compose_config
+    inspecting = any(arg.split("=")[0] in INSPECT_FLAGS for arg in argv[1:])
+
+    def compose_config(self: Any, config_name: Any, overrides: list[str], run_mode: Any, *args: Any, **kwargs: Any):
+        with_log = kwargs.pop("with_log_configuration", args[0] if args else False)
+        args = args[1:]
+        try:  # without logging: a saved config's log handlers are checked before they are built
+            cfg = original(self, config_name, overrides, run_mode, False, *args, **kwargs)
+        except Exception as exc:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            found = explain(exc, self, config_name, list(overrides))
+            if found is None:
+                raise
+            _report(found)
+        if cfg.get("resume"):  # a run folder's saved config: data, not code
+            from nettrain import trust
+
+            source = f"the run folder's saved config ({cfg.resume})"
+            found = trust.problems(cfg, source, trust.trusted_from_overrides(_user_overrides(overrides)))
+            if found:
+                _report(found, trust.UntrustedTargetError)
+        if run_mode == RunMode.RUN and not inspecting and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            found = unknown_top_level(cfg) + problems(cfg)
+            if found:
+                _report(found)
+        if with_log:
+            from hydra.core.utils import configure_log
+
+            configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+        return cfg
+
+    Hydra.compose_config = compose_config  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Hydra.compose_config = original  # type: ignore[method-assign]
+
+
+def kept_checkpoints() -> str:
+    """'; the earlier checkpoints are intact (...)' for this process's run folder."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from nettrain.checkpoint import NAMES, verify_checkpoint
+
+    folder = Path(HydraConfig.get().runtime.output_dir) / "checkpoints"
+    kept = []
+    for name in NAMES:
+        with contextlib.suppress(Exception):
+            verify_checkpoint(folder / name)
+            kept.append(name)
+    if not kept:
+        return "; no checkpoint had been written yet"
+    return f"; the earlier checkpoints are intact ({', '.join(kept)} in {folder})"

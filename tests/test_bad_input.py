@@ -1,0 +1,75 @@
+"""Bad input through the real `nettrain-train` entry point: exit 2, one message naming the key,
+no traceback, and no run folder left behind."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import QUIET
+
+SMALL = ["data=synthetic", "data.num_samples=300", "epochs=1"]
+
+
+def run_cli(monkeypatch, capsys, cwd, *args: str) -> tuple[int, str]:
+    """`nettrain-train ARGS` in this process (Hydra parses sys.argv); returns (exit code, stderr)."""
+    from nettrain.train import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["nettrain-train", *QUIET, *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+CASES = [
+    (["foo=1"], "foo=1: unknown key 'foo'"),
+    (["+foo=1"], "foo: unknown key (added with +foo=...)"),
+    (["early_stoping.patience=3"], "did you mean early_stopping.patience?"),
+    (["model.hiden=[64]"], "did you mean model.hidden?"),
+    (["model=nope"], "model=nope: no such model option; allowed: cnn, mlp"),
+    (["lr=abc"], "lr=abc: wrong type for lr"),
+    (["epochs=1.5"], "epochs=1.5: wrong type for epochs"),
+    (["lr=[1,2"], "cannot parse the overrides"),
+    (["optimizer.momentum=0.9"], "optimizer=adam has no momentum; the optimizer options with momentum: rmsprop, sgd"),
+    (["seed=-1"], "seed=-1: must be an integer in 0..4294967295"),
+    (["seed=5000000000"], "seed=5000000000: must be an integer in 0..4294967295"),
+    (["loss.label_smoothing=1.5"], "loss.label_smoothing=1.5: must be in [0, 1)"),
+    (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0: must be an integer >= 1"),
+    (["scheduler=cosine", "scheduler.T_max=0"], "scheduler.T_max=0: must be an integer >= 1"),
+    (["batch_size=100000000"], "batch_size=100000000: must be an integer in 1..65536"),
+    (["data.val_fraction=0.0001"], "data.val_fraction=0.0001: leaves the validation split empty"),
+    (["data.test_fraction=0.001"], "data.test_fraction=0.001: leaves the test split empty"),
+    (["hydra.run.dir="], "hydra.run.dir is empty"),
+    (["hydra.run.dir=/"], "a run needs a folder of its own"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input_exits_2_with_one_message_and_no_folder(monkeypatch, capsys, tmp_path, args, message):
+    code, err = run_cli(monkeypatch, capsys, tmp_path, *SMALL, *args)
+    assert code == 2, err
+    assert message in err
+    assert err.count("Error:") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no empty run folder left behind
+
+
+def test_long_values_are_echoed_shortened(monkeypatch, capsys, tmp_path):
+    code, err = run_cli(monkeypatch, capsys, tmp_path, *SMALL, "model=" + "x" * 500)
+    assert code == 2
+    assert "xxx..." in err and "x" * 200 not in err
+
+
+def test_a_folder_with_foreign_files_is_refused_before_anything_moves(monkeypatch, capsys, tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("mine")
+    (folder / "summary.json").write_text("{}")
+    code, err = run_cli(monkeypatch, capsys, tmp_path, *SMALL, f"hydra.run.dir={folder}")
+    assert code == 2 and "holds files nettrain did not write (thesis.tex)" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["summary.json", "thesis.tex"]

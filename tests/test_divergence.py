@@ -1,0 +1,87 @@
+"""A non-finite training loss stops the run: status `diverged`, exit 3, no non-finite checkpoint,
+strict JSON, and summaries treat it as a failure."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+
+import pytest
+import torch
+
+from conftest import QUIET
+
+SMALL = ["data=synthetic", "data.num_samples=300", "model.hidden=[16]", "batch_size=32"]
+# epoch 1 trains normally; the step scheduler then multiplies lr by 1e9: epoch 2 diverges
+LATE = ["optimizer=sgd", "lr=0.05", "epochs=3", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=1e9"]
+
+
+def strict_json(path):
+    def refuse(name):
+        raise ValueError(f"{path}: {name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def finite_checkpoints(folder) -> dict[str, int]:
+    epochs = {}
+    for path in sorted(folder.glob("*.pt")):
+        state = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(t).all() for t in state["model"].values()), path
+        epochs[path.name] = state["epoch"]
+    return epochs
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_finite_checkpoint(run):
+    summary, out = run(*SMALL, *LATE)
+    assert summary["status"] == "diverged"
+    assert summary["epochs_run"] == 1
+    assert re.search(r"epoch 2, step \d+: the run diverged", summary["error"]) and "lower lr" in summary["error"]
+    assert finite_checkpoints(out / "checkpoints") == {"best.pt": 1, "last.pt": 1}
+    saved = strict_json(out / "summary.json")
+    assert saved["status"] == "diverged"
+
+
+def test_divergence_in_the_first_epoch_leaves_no_checkpoint_and_null_metrics(run):
+    summary, out = run(*SMALL, "optimizer=sgd", "lr=1e8", "epochs=3")
+    assert summary["status"] == "diverged" and summary["epochs_run"] == 0
+    assert finite_checkpoints(out / "checkpoints") == {}
+    saved = strict_json(out / "summary.json")
+    assert saved["best_val_loss"] is None
+
+
+def test_the_cli_exits_3_with_one_message(monkeypatch, capsys, tmp_path):
+    from nettrain.train import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["nettrain-train", *QUIET, *SMALL, *LATE, f"hydra.run.dir={tmp_path / 'r'}"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert err.count("Error:") == 1 and re.search(r"epoch 2, step \d+", err) and "Traceback" not in err
+
+
+def test_summaries_count_a_diverged_run_as_failed(run, tmp_path):
+    from nettrain.summarize import summarize
+
+    sweep = tmp_path / "sweep"
+    run(*SMALL, "optimizer=sgd", "lr=1e8", "epochs=2", output_dir=sweep / "0")
+    result = summarize(sweep, plot=False)
+    assert not result.all_finished
+    assert [r.status for r in result.not_finished] == ["diverged"]
+
+
+def test_strict_json_writer_turns_non_finite_numbers_into_null_with_the_reason(tmp_path):
+    from nettrain.files import write_json
+
+    write_json(tmp_path / "s.json", {"best_val_loss": math.nan, "x": [1.0, -math.inf], "n": {"y": math.inf}, "ok": 1})
+    assert strict_json(tmp_path / "s.json") == {
+        "best_val_loss": None,
+        "best_val_loss_reason": "nan",
+        "x": [1.0, None],
+        "n": {"y": None, "y_reason": "inf"},
+        "ok": 1,
+    }

@@ -1,0 +1,159 @@
+"""Files a user receives are data, not code: a crafted checkpoint given to nettrain-eval and an
+edited run config given to `resume=` are refused, and a sentinel file proves no payload ran."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import QUIET
+
+SMALL = ["data=synthetic", "data.num_samples=300", "epochs=1", "model.hidden=[16]"]
+
+
+class Payload:
+    """Unpickling this writes the sentinel file: what `torch.load(weights_only=False)` would run."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = str(sentinel)
+
+    def __reduce__(self):
+        return (open, (self.sentinel, "w"))
+
+
+def _train(monkeypatch, tmp_path, *extra: str) -> Path:
+    from nettrain.train import main
+
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["nettrain-train", *QUIET, *SMALL, f"hydra.run.dir={run}", *extra])
+    main()
+    assert (run / "summary.json").is_file()
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    try:
+        yield _train(mp, tmp_path_factory.mktemp("trained"))
+    finally:
+        mp.undo()
+
+
+def _craft(run: Path, tmp_path: Path, group: str, node: dict) -> Path:
+    """A copy of the run's best.pt whose stored config builds `node` as `group`, with a valid .sha256."""
+    from nettrain.checkpoint import save_checkpoint
+
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    state["config"][group] = node
+    path = tmp_path / "crafted" / "checkpoints" / "best.pt"
+    path.parent.mkdir(parents=True)
+    save_checkpoint(path, state)
+    return path
+
+
+def _payloads(tmp_path: Path, sentinel: Path) -> dict[str, tuple[str, dict]]:
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Payload(sentinel)}, evil)
+    return {
+        "torch.load": ("data", {"_target_": "torch.load", "f": str(evil), "weights_only": False}),
+        "write_text": ("data", {"_target_": "nettrain.files.write_text", "path": str(sentinel), "text": "ran"}),
+        "builtins.open": ("model", {"_target_": "builtins.open", "file": str(sentinel), "mode": "w"}),
+        "nested": (
+            "model",
+            {
+                "_target_": "nettrain.models.MLP",
+                "hidden": [16],
+                "extra": {"_target_": "pathlib.Path.touch", "self": str(sentinel)},
+            },
+        ),
+    }
+
+
+@pytest.mark.parametrize("payload", ["torch.load", "write_text", "builtins.open", "nested"])
+@pytest.mark.parametrize("trust", [[], ["--trust"]])
+def test_eval_refuses_a_crafted_checkpoint_and_runs_no_payload(trained, tmp_path, capsys, payload, trust):
+    from nettrain.evaluate import main
+
+    sentinel = tmp_path / "SENTINEL"
+    group, node = _payloads(tmp_path, sentinel)[payload]
+    crafted = _craft(trained, tmp_path, group, node)
+    assert main([str(crafted), *trust]) == 2
+    err = capsys.readouterr().err
+    target = node["extra"]["_target_"] if payload == "nested" else node["_target_"]
+    assert f"_target_={target!r} in {crafted}" in err
+    assert "Traceback" not in err
+    assert not sentinel.exists()
+    assert not (crafted.parent.parent / "eval").exists()  # nothing written either
+
+
+def test_eval_allows_a_trusted_target_deliberately(trained, tmp_path, capsys):
+    from nettrain.evaluate import main
+
+    crafted = _craft(trained, tmp_path, "loss", {"_target_": "mytorchext.FocalLoss"})
+    assert main([str(crafted)]) == 2
+    err = capsys.readouterr().err
+    assert "loss._target_='mytorchext.FocalLoss'" in err and "trust_targets=[mytorchext.FocalLoss]" in err
+    # trusted: the check passes, and the (missing) module is then reported as a build error
+    assert main([str(crafted), "--trust"]) == 2
+    assert "cannot import module 'mytorchext' for _target_ 'mytorchext.FocalLoss'" in capsys.readouterr().err
+    # the user's own override replaces the file's target: nothing to trust
+    assert main([str(crafted), "loss._target_=torch.nn.CrossEntropyLoss"]) == 0
+
+
+def test_eval_of_an_ordinary_checkpoint_still_works(trained, capsys):
+    from nettrain.evaluate import main
+
+    assert main([str(trained)]) == 0
+
+
+def test_resume_refuses_an_edited_callback_and_runs_no_payload(monkeypatch, tmp_path, capsys):
+    from nettrain.train import main
+
+    run = _train(monkeypatch, tmp_path)
+    sentinel = tmp_path / "SENTINEL"
+    saved = run / ".hydra" / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    config["hydra"]["callbacks"]["evil"] = {
+        "_target_": "nettrain.files.write_text",
+        "path": str(sentinel),
+        "text": "ran",
+    }
+    saved.write_text(yaml.safe_dump(config))
+    summary_before = (run / "summary.json").read_text()
+    monkeypatch.setattr(sys, "argv", ["nettrain-train", f"resume={run}", "epochs=2"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "hydra.callbacks.evil._target_='nettrain.files.write_text'" in err
+    assert "trust_targets=[nettrain.files.write_text]" not in err  # a file writer is never allowed
+    assert not sentinel.exists()
+    assert (run / "summary.json").read_text() == summary_before
+
+
+def test_resume_refuses_a_group_option_planted_in_the_run_folder(monkeypatch, tmp_path, capsys):
+    """--config-dir RUN/.hydra puts the run folder on the search path: a planted option is refused too."""
+    from nettrain.train import main
+
+    run = _train(monkeypatch, tmp_path)
+    sentinel = tmp_path / "SENTINEL"
+    saved = run / ".hydra" / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    config["defaults"] = ["nettrain_schema", {"override /hydra/launcher": "evil"}, "_self_"]
+    saved.write_text(yaml.safe_dump(config))
+    (run / ".hydra" / "hydra" / "launcher").mkdir(parents=True)
+    (run / ".hydra" / "hydra" / "launcher" / "evil.yaml").write_text(
+        f"_target_: nettrain.files.write_text\npath: {sentinel}\ntext: ran\n"
+    )
+    monkeypatch.setattr(sys, "argv", ["nettrain-train", f"resume={run}", "epochs=2"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    assert "hydra.launcher._target_='nettrain.files.write_text'" in capsys.readouterr().err
+    assert not sentinel.exists()
