@@ -102,7 +102,7 @@ def test_the_first_run_trains_the_tutorial_network_and_leaves_everything(tmp_pat
 
 @pytest.mark.parametrize("option", ["synthetic", "mnist", "fashion_mnist"])
 def test_every_data_option_runs_from_the_command_line(tmp_path, mnist_root, option):
-    extra = [] if option == "synthetic" else [f"data.root={mnist_root}"]
+    extra = ["data.num_samples=300"] if option == "synthetic" else [f"data.root={mnist_root}"]
     proc = cli(
         f"data={option}",
         *extra,
@@ -179,7 +179,15 @@ def test_a_users_own_config_dir_adds_options(tmp_path):
         "_target_: nettrain.models.MLP\nhidden: [32, 16]\nactivation: gelu\n"
         "norm: layernorm\ninit: kaiming_normal\ndropout: 0.0\n"
     )
-    proc = cli("--config-dir", str(tmp_path / "myconf"), "model=wide", "data=synthetic", "epochs=1", cwd=tmp_path)
+    proc = cli(
+        "--config-dir",
+        str(tmp_path / "myconf"),
+        "model=wide",
+        "data=synthetic",
+        "data.num_samples=300",
+        "epochs=1",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
     assert summary["param_count"] == 784 * 32 + 32 + 2 * 32 + 32 * 16 + 16 + 2 * 16 + 16 * 10 + 10

@@ -5,16 +5,14 @@ checkpoint, nettrain-verify-resume and nettrain-eval."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from probes import SignalAt, cli_signalled
 from torch import nn
 
 from conftest import cli, make_cfg
@@ -255,7 +253,7 @@ def test_an_unreadable_file_with_a_matching_checksum_is_still_named(tmp_path):
         load_checkpoint(bad)
 
 
-# -- through the CLI: re-run, provenance, signals -------------------------------------------------
+# -- through the CLI: re-run, provenance, refusals, signals ---------------------------------------
 CLI_BASE = [
     "device=cpu",
     "data=synthetic",
@@ -268,45 +266,49 @@ CLI_BASE = [
 ]
 
 
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """One finished run through the console script, shared; tests that change it copy it first."""
+    run = tmp_path_factory.mktemp("cli") / "first"
+    proc = cli(*CLI_BASE, f"hydra.run.dir={run}", cwd=run.parent)
+    assert proc.returncode == 0, proc.stderr
+    return run
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / run.name))
+
+
 @pytest.mark.slow
-def test_rerun_from_the_saved_config_is_bit_identical_and_takes_overrides(tmp_path):
-    assert cli(*CLI_BASE, f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path).returncode == 0
-    saved = tmp_path / "first" / ".hydra"
-    proc = cli("--config-dir", str(saved), "--config-name", "config", cwd=tmp_path)
+def test_rerun_from_the_saved_config_is_bit_identical_and_takes_overrides(cli_run, tmp_path):
+    saved = cli_run / ".hydra"
+    proc = cli("--config-dir", str(saved), "--config-name", "config", "epochs=2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     (rerun,) = [p for p in (tmp_path / "outputs").glob("*/*")]  # nettrain's own run-dir naming
-    assert rows(rerun) == rows(tmp_path / "first")
+    assert rows(rerun) == rows(cli_run)[:2]  # the same epochs, bit for bit; the override applied
     assert "differs from the original run" not in proc.stdout
-    # overrides apply on top; types are still checked by the schema
-    proc = cli(
-        "--config-dir",
-        str(saved),
-        "--config-name",
-        "config",
-        "epochs=1",
-        f"hydra.run.dir={tmp_path / 'one'}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0 and rows(tmp_path / "one") == rows(tmp_path / "first")[:1]
     proc = cli("--config-dir", str(saved), "--config-name", "config", "lr=abc", cwd=tmp_path)
-    assert proc.returncode != 0 and "full_key: lr" in proc.stderr
+    assert proc.returncode != 0 and "full_key: lr" in proc.stderr  # types are still checked by the schema
 
 
 @pytest.mark.slow
-def test_provenance_is_recorded_and_differences_are_printed(tmp_path):
-    assert cli(*CLI_BASE, "epochs=1", f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path).returncode == 0
-    record = json.loads((tmp_path / "first" / ".hydra" / "provenance.json").read_text())
+def test_provenance_is_recorded_and_differences_are_printed(cli_run, tmp_path):
+    first = copy_of(cli_run, tmp_path)
+    record = json.loads((first / ".hydra" / "provenance.json").read_text())
     for key in ("nettrain", "python", "torch", "torchvision", "hydra", "device", "data_fingerprint", "command"):
         assert record[key], key
     assert record["torch"] == torch.__version__ and "data=synthetic" in record["command"]
     assert len(record["data_fingerprint"]) == 16
     record["torch"] = "0.0.1"
-    (tmp_path / "first" / ".hydra" / "provenance.json").write_text(json.dumps(record))
+    (first / ".hydra" / "provenance.json").write_text(json.dumps(record))
     proc = cli(
         "--config-dir",
-        str(tmp_path / "first" / ".hydra"),
+        str(first / ".hydra"),
         "--config-name",
         "config",
+        "epochs=1",
         f"hydra.run.dir={tmp_path / 'second'}",
         cwd=tmp_path,
     )
@@ -320,101 +322,113 @@ def test_provenance_differences_ignore_the_command_line():
     ]
 
 
-def _interrupt(tmp_path: Path, run: Path, signals: list[int], extra: list[str]) -> subprocess.CompletedProcess:
-    """Start a run, send `signals` once the first epoch is done, and wait for it to end."""
-    exe = Path(sys.executable).with_name("nettrain-train")
-    proc = subprocess.Popen(
-        [str(exe), *extra, f"hydra.run.dir={run}"],
-        cwd=tmp_path,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    for line in proc.stdout:
-        if line.split() and line.split()[0] == "1":  # the first epoch's row: the second epoch starts
-            break
-    time.sleep(float(line.split()[5]) / 3)  # a third into the second epoch, however busy the machine
-    for sig in signals:
-        proc.send_signal(sig)
-        time.sleep(0.01)
-    out, err = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-SLOW_RUN = [
-    "device=cpu",
-    "data=synthetic",
-    "data.num_samples=40000",
-    "batch_size=32",
-    "epochs=2",
-    "early_stopping.enabled=false",
-    "console.show_config=false",
-    "console.show_model=false",
-    "regularization=dropout",
-]
-
-
 @pytest.mark.slow
-def test_sigterm_checkpoints_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path):
-    run = tmp_path / "run"
-    proc = _interrupt(tmp_path, run, [signal.SIGTERM], SLOW_RUN)
-    assert proc.returncode == 143, proc.stderr
-    assert "SIGTERM: finishing this step, then saving a checkpoint" in proc.stderr
-    assert f"Resume with:\n  nettrain-train resume={run}" in proc.stdout
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["epoch"] == 1 and state["progress"]["step_in_epoch"] > 0  # stopped inside epoch 2
-    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
-    resumed = cli(f"resume={run}", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    assert list((run / ".hydra").glob("resume-*/config.yaml"))  # the resumed session's own record
-    train(make_cfg(*SLOW_RUN), output_dir=tmp_path / "straight")
-    assert_same_run(tmp_path / "straight", run)
-
-
-@pytest.mark.slow
-def test_a_second_ctrl_c_during_the_save_does_not_corrupt_it(tmp_path):
-    run = tmp_path / "run"
-    quick = [
-        "device=cpu",
-        "data=synthetic",
-        "data.num_samples=8000",
-        "epochs=50",
-        "early_stopping.enabled=false",
-        "console.show_config=false",
-        "console.show_model=false",
-    ]
-    proc = _interrupt(tmp_path, run, [signal.SIGINT, signal.SIGINT, signal.SIGINT], quick)
-    assert proc.returncode == 130, proc.stderr
-    assert "still stopping: writing the checkpoint, please wait" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    done = load_checkpoint(run / "checkpoints" / "last.pt")["epoch"]  # checksum verified
-    assert 1 <= done < 50
-    resumed = cli(f"resume={run}", f"epochs={done + 1}", "threads=1", cwd=tmp_path)  # safe overrides
-    assert resumed.returncode == 0, resumed.stderr
-    assert len(rows(run)) == done + 1
-
-
-@pytest.mark.slow
-def test_resume_refusals_through_the_cli(tmp_path):
+def test_resume_refusals_through_the_cli(cli_run, tmp_path):
     proc = cli("resume=/nonexistent/run", cwd=tmp_path)
     assert proc.returncode == 2 and "resume='/nonexistent/run': not a nettrain run folder" in proc.stderr
-    run = tmp_path / "run"
-    assert cli(*CLI_BASE, "epochs=1", f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
-    proc = cli(f"resume={run}", "model.activation=gelu", "epochs=2", cwd=tmp_path)
+    run = copy_of(cli_run, tmp_path)
+    proc = cli(f"resume={run}", "model.activation=gelu", "epochs=4", cwd=tmp_path)
     assert proc.returncode == 2 and "model.activation: 'relu' -> 'gelu'" in proc.stderr
     assert "Traceback" not in proc.stderr
     proc = cli(f"resume={run}", cwd=tmp_path)
     assert proc.returncode == 0 and "already finished" in proc.stdout
 
 
+# -- signals: the real handler, delivered at a chosen step (see tests/probes.py) ------------
+def test_sigterm_mid_epoch_checkpoints_and_resume_is_bit_identical(straight, tmp_path, capfd):
+    out, before = tmp_path / "run", signal.getsignal(signal.SIGTERM)
+    summary = train(make_cfg(*BASE), output_dir=out, stop=SignalAt(STEPS_PER_EPOCH + 3, signal.SIGTERM))
+    assert (summary["status"], summary["signal"], summary["epochs_run"]) == ("interrupted", signal.SIGTERM, 1)
+    printed = capfd.readouterr()
+    assert "SIGTERM: finishing this step, then saving a checkpoint" in printed.err
+    assert "still stopping" not in printed.err
+    assert f"interrupted after {STEPS_PER_EPOCH + 3} steps this session" in printed.out
+    assert f"Resume with:\n  nettrain-train resume={out.resolve()}" in printed.out
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["progress"]["step_in_epoch"]) == (1, 3)  # right after the signalled step
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) == before  # train() put the previous handler back
+    train(make_cfg(*BASE, f"resume={out}"), output_dir=out)
+    assert_same_run(straight, out)
+
+
+def test_more_ctrl_c_during_the_save_do_not_corrupt_it(straight, tmp_path, capfd, monkeypatch):
+    """Two more SIGINTs while the checkpoint is being written: the handler says to wait, the
+    save completes (checksum verified), no KeyboardInterrupt, and the run resumes exactly."""
+    stop = SignalAt(2 * STEPS_PER_EPOCH + 5, signal.SIGINT)
+    save, late = torch.save, [signal.SIGINT, signal.SIGINT]
+
+    def save_under_fire(*args, **kwargs):
+        while stop.signum is not None and late:  # the save that the first SIGINT asked for
+            signal.raise_signal(late.pop())
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_under_fire)
+    out, before = tmp_path / "run", signal.getsignal(signal.SIGINT)
+    summary = train(make_cfg(*BASE), output_dir=out, stop=stop)
+    assert (summary["status"], summary["signal"]) == ("interrupted", signal.SIGINT) and not late
+    err = capfd.readouterr().err
+    assert "SIGINT: finishing this step" in err and err.count("still stopping: writing the checkpoint") == 2
+    state = load_checkpoint(out / "checkpoints" / "last.pt")  # checksum verified
+    assert (state["epoch"], state["progress"]["step_in_epoch"]) == (2, 5)
+    assert signal.getsignal(signal.SIGINT) == before
+    train(make_cfg(*BASE, f"resume={out}"), output_dir=out)
+    assert_same_run(straight, out)
+
+
+# End to end, one test per signal path: exit code, messages, checkpoint, resume through the CLI.
+CLI_SIGNAL_RUN = [*BASE, "device=cpu", "console.show_config=false", "console.show_model=false"]
+
+
+@pytest.mark.slow
+def test_sigterm_through_the_cli_exits_143_and_resume_matches_an_uninterrupted_run(straight, tmp_path):
+    run = tmp_path / "run"
+    proc = cli_signalled(
+        *CLI_SIGNAL_RUN, f"hydra.run.dir={run}", cwd=tmp_path, step=STEPS_PER_EPOCH + 3, signals=[signal.SIGTERM]
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert "SIGTERM: finishing this step, then saving a checkpoint" in proc.stderr
+    assert f"Resume with:\n  nettrain-train resume={run}" in proc.stdout
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["progress"]["step_in_epoch"]) == (1, 3)  # stopped inside epoch 2
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    resumed = cli(f"resume={run}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert list((run / ".hydra").glob("resume-*/config.yaml"))  # the resumed session's own record
+    assert_same_run(straight, run)
+
+
+@pytest.mark.slow
+def test_a_second_and_third_ctrl_c_during_the_save_through_the_cli_exit_130(tmp_path):
+    run = tmp_path / "run"
+    proc = cli_signalled(
+        *CLI_SIGNAL_RUN,
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+        step=STEPS_PER_EPOCH + 3,
+        signals=[signal.SIGINT],
+        during_save=[signal.SIGINT, signal.SIGINT],
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.count("still stopping: writing the checkpoint, please wait") == 2
+    assert "Traceback" not in proc.stderr
+    state = load_checkpoint(run / "checkpoints" / "last.pt")  # checksum verified
+    assert (state["epoch"], state["progress"]["step_in_epoch"]) == (1, 3)
+    resumed = cli(f"resume={run}", "epochs=2", "threads=1", cwd=tmp_path)  # safe overrides
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(rows(run)) == 2
+
+
 # -- nettrain-verify-resume -----------------------------------------------------------------------
 class NoisyMLP(MLP):
-    """A model with an unseeded random op: noise from a generator seeded by the clock."""
+    """A model with a random op outside the run's seeding: each instance draws its noise from its
+    own generator, seeded differently each time, as a clock-seeded one would be."""
+
+    instances = itertools.count()
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.noise = torch.Generator().manual_seed(time.time_ns())
+        self.noise = torch.Generator().manual_seed(next(NoisyMLP.instances))
 
     def forward(self, x):
         out = super().forward(x)

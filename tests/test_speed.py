@@ -6,16 +6,15 @@ and the data set is held once."""
 from __future__ import annotations
 
 import collections
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from probes import loaded_modules
 
-from conftest import QUIET, REPO, make_cfg
+from conftest import QUIET, make_cfg
 from nettrain.metrics import read_metrics
 
 # -- same results from both data paths --------------------------------------------------------
@@ -168,36 +167,6 @@ def test_no_cuda_synchronisation_per_step(tmp_path):
 
 
 # -- start-up: what gets imported --------------------------------------------------------------
-
-PROBE = """
-import json, sys
-from nettrain.train import main  # what the nettrain-train console script runs
-for args in json.loads(sys.argv[1]):  # one or more commands, one after the other, in this process
-    sys.argv = ["nettrain-train", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    print("MODULES " + json.dumps({"code": code, "torch": "torch" in sys.modules,
-                                   "torchvision": "torchvision" in sys.modules}))
-"""
-
-
-def loaded_modules(*commands: list[str], cwd: Path) -> tuple[list[dict], str]:
-    """Run the commands in turn in one fresh interpreter; after each, whether torch and torchvision
-    had been imported (so far); and the stdout."""
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(commands)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])},
-    )
-    lines = [json.loads(ln.removeprefix("MODULES ")) for ln in proc.stdout.splitlines() if ln.startswith("MODULES ")]
-    assert len(lines) == len(commands), proc.stdout + proc.stderr
-    return lines, proc.stdout
 
 
 def test_help_does_not_import_torch(tmp_path):

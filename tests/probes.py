@@ -1,0 +1,129 @@
+"""Test probes for `nettrain-train` runs: signals that land at a chosen training step (in this
+process or in a subprocess), and which modules a command imports.
+
+Signals: no sleeps and no race with the clock. The signal is raised from inside the loop's
+once-per-step `StopRequest.tick`, so the real handler (`nettrain.interrupt.stop_on_signals`) gets it
+right after step k, however busy the machine is. `signal.raise_signal` delivers it to the calling
+(main) thread, and Python runs the handler before `raise_signal` returns.
+
+Subprocesses run the console script's own `main` through `python -c` (the entry point
+`nettrain-train` calls the same function), with the repository first on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from nettrain.interrupt import StopRequest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class SignalAt(StopRequest):
+    """A StopRequest that raises `signals` (in order) in this process when step `at` is done.
+
+    Nothing here stops the loop itself: the handler that `train()` installs does, as for a real
+    Ctrl-C or `kill`."""
+
+    def __init__(self, at: int, *signals: int):
+        super().__init__()
+        self.at, self.signals = at, signals or (signal.SIGTERM,)
+
+    def tick(self) -> bool:
+        if self.steps + 1 == self.at:
+            for sig in self.signals:
+                signal.raise_signal(sig)
+        return super().tick()
+
+
+def python_main(code: str, *args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`python -c CODE ARGS` in `cwd`, the repository prepended to PYTHONPATH (never replacing it)."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+# `nettrain-train ARGS` with StopRequest.tick patched to raise signals once the process's STEP-th
+# training step is done (counted over every run in the process, so a sweep's second job can be
+# hit), and optionally more signals when the checkpoint that the first asked for is written.
+SIGNALLED = """
+import json, signal, sys
+spec = json.loads(sys.argv[1])
+import torch
+import nettrain.interrupt
+steps = 0
+tick = nettrain.interrupt.StopRequest.tick
+def tick_and_signal(self):
+    global steps
+    steps += 1
+    if steps == spec["step"]:
+        for sig in spec["signals"]:
+            signal.raise_signal(sig)
+    return tick(self)
+nettrain.interrupt.StopRequest.tick = tick_and_signal
+save = torch.save
+def save_and_signal(*args, **kwargs):
+    while steps >= spec["step"] and spec["during_save"]:
+        signal.raise_signal(spec["during_save"].pop(0))
+    return save(*args, **kwargs)
+torch.save = save_and_signal
+from nettrain.train import main
+sys.argv = ["nettrain-train", *sys.argv[2:]]
+main()
+"""
+
+
+def cli_signalled(
+    *args: str,
+    cwd: Path,
+    step: int,
+    signals: list[int],
+    during_save: list[int] | None = None,
+) -> subprocess.CompletedProcess:
+    """`nettrain-train ARGS` in a subprocess, sent `signals` right after its `step`-th training step
+    and `during_save` while it writes the checkpoint after that."""
+    spec = {
+        "step": step,
+        "signals": [int(s) for s in signals],
+        "during_save": [int(s) for s in during_save or []],
+    }
+    return python_main(SIGNALLED, json.dumps(spec), *args, cwd=cwd)
+
+
+# Runs one or more `nettrain-train` commands in turn in one interpreter; after each, its exit code
+# and whether torch and torchvision had been imported so far.
+IMPORTS = """
+import json, sys
+from nettrain.train import main
+for args in json.loads(sys.argv[1]):
+    sys.argv = ["nettrain-train", *args]
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    print("MODULES " + json.dumps({"code": code, "torch": "torch" in sys.modules,
+                                   "torchvision": "torchvision" in sys.modules}))
+"""
+
+
+def loaded_modules(*commands: list[str], cwd: Path) -> tuple[list[dict], str]:
+    """Run the commands in turn in one fresh interpreter; after each, its exit code and whether
+    torch and torchvision had been imported (so far); and the stdout."""
+    proc = python_main(IMPORTS, json.dumps(commands), cwd=cwd)
+    lines = [json.loads(ln.removeprefix("MODULES ")) for ln in proc.stdout.splitlines() if ln.startswith("MODULES ")]
+    assert len(lines) == len(commands), proc.stdout + proc.stderr
+    return lines, proc.stdout
