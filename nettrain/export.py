@@ -49,7 +49,7 @@ def find_checkpoint(target: str | Path) -> tuple[Path, dict[str, Any]]:
     return ckpt.newest_valid(target / "checkpoints")
 
 
-def rebuild_model(state: dict[str, Any]):
+def rebuild_model(state: dict[str, Any], source: str = "the checkpoint", trust: bool = False):
     """The checkpoint's model, built from its config and loaded with its inference weights (EMA
     when kept), in eval mode on the CPU; with its input shape and the data's description."""
     import torch
@@ -61,6 +61,9 @@ def rebuild_model(state: dict[str, Any]):
 
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"])
     assert isinstance(cfg, DictConfig)
+    from nettrain import trust as trust_lib
+
+    trust_lib.check(cfg, source, trust_all=trust)  # the stored config is data: only allowlisted targets
     validate(cfg)
     io = state.get("model_io")
     if io is None:  # a checkpoint from before model_io was kept: the data set tells the shape
@@ -72,7 +75,7 @@ def rebuild_model(state: dict[str, Any]):
     return model.eval(), io, cfg
 
 
-def export(target: str | Path, fmt: str, out: str | Path | None = None) -> dict[str, Any]:
+def export(target: str | Path, fmt: str, out: str | Path | None = None, trust: bool = False) -> dict[str, Any]:
     """Write `fmt` for the checkpoint at `target`, load it back, compare with the eager model."""
     import torch
     from omegaconf import OmegaConf
@@ -84,7 +87,7 @@ def export(target: str | Path, fmt: str, out: str | Path | None = None) -> dict[
     if fmt == "onnx" and not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
         raise ExportError('--format onnx needs onnx and onnxruntime: pip install "nettrain[onnx]"')
     path, state = find_checkpoint(target)
-    model, io, cfg = rebuild_model(state)
+    model, io, cfg = rebuild_model(state, str(target), trust)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     out_dir = Path(out) if out is not None else run_dir / "export"
     file = out_dir / f"{path.stem}{FORMATS[fmt]}"
@@ -242,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("--format", required=True, choices=tuple(FORMATS), help="what to write")
     parser.add_argument("--out", default=None, help="output folder (default: RUN_DIR/export/)")
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="build any _target_ the checkpoint's config names (only for a file you trust; "
+        "torch.load, os.*, builtins.* and file writers are refused even then)",
+    )
     args = parser.parse_args(argv)
     from omegaconf.errors import OmegaConfBaseException
 
@@ -249,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     from nettrain.config import ConfigError
 
     try:
-        result = export(args.target, args.format, args.out)
+        result = export(args.target, args.format, args.out, trust=args.trust)
     except (ExportError, ConfigError, CheckpointError, OmegaConfBaseException) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

@@ -45,7 +45,7 @@ def find_checkpoint(target: str | Path) -> tuple[Path, dict[str, Any]]:
     return ckpt.newest_valid(target / "checkpoints")
 
 
-def load_model(state: dict[str, Any], device):
+def load_model(state: dict[str, Any], device, source: str = "the checkpoint", trust: bool = False):
     """The checkpoint's model in eval mode, built from its own config and saved preprocessing."""
     from omegaconf import DictConfig, OmegaConf
 
@@ -60,6 +60,9 @@ def load_model(state: dict[str, Any], device):
         )
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"])
     assert isinstance(cfg, DictConfig)
+    from nettrain import trust as trust_lib
+
+    trust_lib.check(cfg, source, trust_all=trust)  # the stored config is data: only allowlisted targets
     model = build_model_for(cfg, prep, device)
     model.load_state_dict(state["model"])
     return model.eval(), prep
@@ -123,7 +126,12 @@ def table_inputs(path: Path, prep: dict[str, Any]):
 
 
 def predict(
-    target: str | Path, inputs: list[str], top_k: int = 3, device_name: str = "cpu", batch_size: int = 256
+    target: str | Path,
+    inputs: list[str],
+    top_k: int = 3,
+    device_name: str = "cpu",
+    batch_size: int = 256,
+    trust: bool = False,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """(checkpoint path, one result row per input)."""
     import torch
@@ -133,7 +141,7 @@ def predict(
 
     device = resolve_device(device_name)
     path, state = find_checkpoint(target)
-    model, prep = load_model(state, device)
+    model, prep = load_model(state, device, str(path), trust)
     images, tables = expand_inputs(inputs)
     names: list[str] = [str(p) for p in images]
     blocks = [image_inputs(images, prep)] if images else []
@@ -193,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="the CSV to write (default: RUN_DIR/predict/<checkpoint>-<time>.csv)")
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per input (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu (default) | auto | cuda | cuda:N | mps")
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="build any _target_ the checkpoint's config names (only for a file you trust; "
+        "torch.load, os.*, builtins.* and file writers are refused even then)",
+    )
     args = parser.parse_args(argv)
     from nettrain.checkpoint import CheckpointError
     from nettrain.config import ConfigError
@@ -201,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: --top-k={args.top_k}: must be an integer >= 1", file=sys.stderr)
         return 2
     try:
-        path, rows = predict(args.target, args.inputs, args.top_k, args.device)
+        path, rows = predict(args.target, args.inputs, args.top_k, args.device, trust=args.trust)
     except (PredictError, CheckpointError, ConfigError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

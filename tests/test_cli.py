@@ -203,7 +203,7 @@ def test_python_dash_m_works_and_help_lists_the_groups(tmp_path):
         "optimizer: adam, adamw, manual_sgd, rmsprop, sgd",
         "scheduler: cosine, none, plateau, step",
         "regularization: dropout, l1, l2, none",
-        "data: fashion_mnist, mnist, mnist_sample, synthetic",
+        "data: cifar10, cifar100, csv, fashion_mnist, image_folder, mnist, mnist_sample, synthetic, torchvision",
     ):
         assert line in proc.stdout
 

@@ -60,6 +60,7 @@ def test_two_processes_leave_one_run_dir_and_print_once(straight):
     run_dir = only_run_dir(cwd)
     assert sorted(p.name for p in run_dir.iterdir()) == [
         ".hydra",
+        ".nettrain.lock",  # rank 0's lock on the run folder (one writer per folder)
         "checkpoints",
         "metrics.csv",
         "plots",

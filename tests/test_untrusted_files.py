@@ -157,3 +157,27 @@ def test_resume_refuses_a_group_option_planted_in_the_run_folder(monkeypatch, tm
     assert info.value.code == 2
     assert "hydra.launcher._target_='nettrain.files.write_text'" in capsys.readouterr().err
     assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("payload", ["builtins.open", "nested"])
+@pytest.mark.parametrize("command", ["export", "predict"])
+def test_export_and_predict_refuse_a_crafted_checkpoint_and_run_no_payload(trained, tmp_path, capsys, payload, command):
+    """nettrain-export and nettrain-predict rebuild the model from the checkpoint's config: the
+    same allowlist as nettrain-eval, even with --trust for what is never allowed."""
+    from nettrain.export import main as export_main
+    from nettrain.predict import main as predict_main
+
+    sentinel = tmp_path / "SENTINEL"
+    group, node = _payloads(tmp_path, sentinel)[payload]
+    crafted = _craft(trained, tmp_path, group, node)
+    target = node["extra"]["_target_"] if payload == "nested" else node["_target_"]
+    for trust in ([], ["--trust"]):
+        if command == "export":
+            code = export_main([str(crafted), "--format", "safetensors", *trust])
+        else:
+            code = predict_main([str(crafted), str(tmp_path / "no-such-image.png"), *trust])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"_target_={target!r}" in err and "Traceback" not in err
+    assert not sentinel.exists()
+    assert not (crafted.parent.parent / "export").exists() and not (crafted.parent.parent / "predict").exists()

@@ -68,7 +68,15 @@ def test_a_user_model_in_the_working_directory_trains_evaluates_and_exports_thro
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["model"]["1.weight"].shape == (12, 16)  # width 12 from the option, 16 inputs from the data
     bin_dir = Path(sys.executable).parent
-    for command in (["nettrain-eval", "run"], ["nettrain-export", "run", "--format", "safetensors"]):
+    # the checkpoint names a class of your own: a file's config builds it only when you say so
+    refused = subprocess.run(
+        [str(bin_dir / "nettrain-eval"), "run"], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
+    assert refused.returncode == 2 and "model._target_='mymodels.TwoLayer'" in refused.stderr
+    for command in (
+        ["nettrain-eval", "run", "trust_targets=[mymodels.TwoLayer]"],
+        ["nettrain-export", "run", "--format", "safetensors", "--trust"],
+    ):
         done = subprocess.run(
             [str(bin_dir / command[0]), *command[1:]],
             check=False,
