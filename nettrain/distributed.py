@@ -535,7 +535,7 @@ def publish_run_dir(run_dir: str) -> None:
     global _published
     env = detect()
     if env is not None and env.rank == 0 and not _published:
-        store(env).set(RUN_DIR_KEY, json.dumps({"run_dir": run_dir}))
+        store(env).set(RUN_DIR_KEY, json.dumps({"run_dir": run_dir}, allow_nan=False))
         _published = True
 
 
@@ -554,7 +554,7 @@ def leading(env: DistEnv | None) -> Iterator[None]:
         raise
     finally:
         if env is not None and env.rank == 0 and not _published:
-            store(env).set(RUN_DIR_KEY, json.dumps({"exit": code}))
+            store(env).set(RUN_DIR_KEY, json.dumps({"exit": code}, allow_nan=False))
 
 
 def rank_zeros(env: DistEnv | None, key: str, value: str) -> str:

@@ -147,7 +147,8 @@ class RunLock:
 
     def _holder_text(self) -> str:
         return json.dumps(
-            {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+            {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")},
+            allow_nan=False,
         )
 
     def _busy(self, text: str) -> RunFolderError:

@@ -119,7 +119,8 @@ class Folder:
                     "root": str(self.root.resolve()),
                     "classes": self.classes,
                     "settings": settings,
-                }
+                },
+                allow_nan=False,
             ).encode()
         )
         for split, files in self.files.items():
