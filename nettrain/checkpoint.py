@@ -129,6 +129,25 @@ def newest_valid(directory: str | Path, report=print) -> tuple[Path, dict[str, A
     return path, state
 
 
+def pick(target: str | Path, report=print) -> tuple[Path, dict[str, Any]]:
+    """(path, state) for what a command was given: a checkpoint file, or a run folder's best.pt,
+    falling back (with a warning through `report`) to its newest valid checkpoint."""
+    target = Path(target).expanduser()
+    if target.is_file():
+        return target, load_checkpoint(target)
+    if not target.exists():
+        raise CheckpointError(f"{str(target)!r}: no such run dir or checkpoint file")
+    folder = target / "checkpoints"
+    if not folder.is_dir():
+        raise CheckpointError(f"{target}: not a run folder (no checkpoints/) or a checkpoint file")
+    try:
+        return folder / "best.pt", load_checkpoint(folder / "best.pt")
+    except CheckpointError as exc:
+        path, state = newest_valid(folder, report=lambda line: None)
+        report(f"warning: {exc}; using {path.name} (epoch {state['epoch']}) instead")
+        return path, state
+
+
 class Checkpointer:
     """Writes last.pt (keeping the one before as previous.pt) and best.pt."""
 

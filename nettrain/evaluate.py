@@ -16,23 +16,6 @@ from pathlib import Path
 from typing import Any
 
 
-def _pick(target: Path, report=print):
-    """(path, state): the file given, or a run's best.pt, falling back to its newest valid one."""
-    from nettrain import checkpoint as ckpt
-
-    if target.is_file():
-        return target, ckpt.load_checkpoint(target)
-    folder = target / "checkpoints"
-    if not folder.is_dir():
-        raise ckpt.CheckpointError(f"{target}: not a run folder (no checkpoints/) or a checkpoint file")
-    try:
-        return folder / "best.pt", ckpt.load_checkpoint(folder / "best.pt")
-    except ckpt.CheckpointError as exc:
-        path, state = ckpt.newest_valid(folder, report=lambda line: None)
-        report(f"warning: {exc}; using {path.name} (epoch {state['epoch']}) instead")
-        return path, state
-
-
 def _load_weights(model, weights: dict, path: Path, overrides: list[str]) -> None:
     from nettrain.config import ConfigError
 
@@ -56,6 +39,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     from omegaconf import DictConfig, OmegaConf
 
+    from nettrain import checkpoint as ckpt
     from nettrain import trust as trust_lib
     from nettrain.build import build_data_and_model, build_loss, resolve_device
     from nettrain.config import TrainConfig, validate
@@ -65,8 +49,7 @@ def evaluate_checkpoint(
     from nettrain.loop import evaluate_metrics
 
     overrides = list(overrides or [])
-    target = Path(target).expanduser()
-    path, state = _pick(target, report=lambda line: print(line, file=sys.stderr))
+    path, state = ckpt.pick(target, report=lambda line: print(line, file=sys.stderr))
     # RUN_DIR/eval/ for a run's checkpoint; beside the file for a checkpoint outside a run
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"], OmegaConf.from_dotlist(overrides))

@@ -35,20 +35,6 @@ class ExportError(ValueError):
     """Input the export cannot use; the message says what is allowed."""
 
 
-def find_checkpoint(target: str | Path) -> tuple[Path, dict[str, Any]]:
-    """A run dir (its best.pt, else its newest valid checkpoint) or a checkpoint file, loaded safely."""
-    from nettrain import checkpoint as ckpt
-
-    target = Path(target).expanduser()
-    if target.is_file():
-        return target, ckpt.load_checkpoint(target)
-    if (target / "checkpoints" / "best.pt").is_file():
-        return target / "checkpoints" / "best.pt", ckpt.load_checkpoint(target / "checkpoints" / "best.pt")
-    if not target.is_dir():
-        raise ExportError(f"{str(target)!r}: no such run dir or checkpoint file")
-    return ckpt.newest_valid(target / "checkpoints")
-
-
 def rebuild_model(state: dict[str, Any], source: str = "the checkpoint", trust: bool = False):
     """The checkpoint's model, built from its config and loaded with its inference weights (EMA
     when kept), in eval mode on the CPU; with its input shape and the data's description."""
@@ -86,7 +72,9 @@ def export(target: str | Path, fmt: str, out: str | Path | None = None, trust: b
         raise ExportError(f"--format {fmt!r}: allowed: {', '.join(FORMATS)}")
     if fmt == "onnx" and not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
         raise ExportError('--format onnx needs onnx and onnxruntime: pip install "nettrain[onnx]"')
-    path, state = find_checkpoint(target)
+    from nettrain.checkpoint import pick
+
+    path, state = pick(target, report=lambda line: print(line, file=sys.stderr))
     model, io, cfg = rebuild_model(state, str(target), trust)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     out_dir = Path(out) if out is not None else run_dir / "export"

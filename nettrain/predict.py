@@ -32,19 +32,6 @@ class PredictError(ValueError):
     """An input or checkpoint that cannot be used; the message names it."""
 
 
-def find_checkpoint(target: str | Path) -> tuple[Path, dict[str, Any]]:
-    """A checkpoint file, or a run dir's checkpoints/best.pt (else its newest valid checkpoint)."""
-    from nettrain import checkpoint as ckpt
-
-    target = Path(target).expanduser()
-    if target.is_file():
-        return target, ckpt.load_checkpoint(target)
-    if (target / "checkpoints" / "best.pt").is_file():
-        path = target / "checkpoints" / "best.pt"
-        return path, ckpt.load_checkpoint(path)
-    return ckpt.newest_valid(target / "checkpoints")
-
-
 def load_model(state: dict[str, Any], device, source: str = "the checkpoint", trust: bool = False):
     """The checkpoint's model in eval mode, built from its own config and saved preprocessing."""
     from omegaconf import DictConfig, OmegaConf
@@ -140,7 +127,9 @@ def predict(
     from nettrain.data.preprocessing import input_transform
 
     device = resolve_device(device_name)
-    path, state = find_checkpoint(target)
+    from nettrain.checkpoint import pick
+
+    path, state = pick(target, report=lambda line: print(line, file=sys.stderr))
     model, prep = load_model(state, device, str(path), trust)
     images, tables = expand_inputs(inputs)
     names: list[str] = [str(p) for p in images]
