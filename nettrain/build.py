@@ -147,9 +147,6 @@ def build_grad_monitor(cfg: DictConfig, model: torch.nn.Module):
     return GradientMonitor(
         model.named_parameters(),
         enabled=gm.enabled,
-        vanishing_below=gm.vanishing_below,
-        exploding_above=gm.exploding_above,
-        ratio=gm.ratio,
         skip_nonfinite=cfg.trainer.precision == "fp16",
         every_n_steps=gm.every_n_steps,
     )
@@ -201,4 +198,75 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     )
     return Run(
         device, data, loader, cfg.batch_size, state, train_batches, Batches(data.val, cfg.batch_size, device, **loader)
+    )
+
+
+def build_diagnosis(cfg: DictConfig, state: TrainState):
+    """The per-epoch gradient diagnosis, sampling the steps the gradient monitor samples; its
+    probe's partial sums are checkpointed (TrainState.extras['diagnosis'])."""
+    from nettrain.diagnosis import Diagnostician, Thresholds, TrainingDiagnostics, weight_names
+
+    gm, monitor = cfg.grad_monitor, state.grad_monitor
+    probe = TrainingDiagnostics(
+        state.model,
+        state.optimizer,
+        in_forward=monitor.sampling_next,
+        after_backward=monitor.sampled_last,
+        enabled=gm.enabled,
+    )
+    thresholds = Thresholds(
+        spread=gm.ratio,
+        vanishing_below=gm.vanishing_below,
+        exploding_above=gm.exploding_above,
+        update_ratio_above=gm.update_ratio_above,
+        norm_growth=gm.norm_growth,
+        dead_fraction=gm.dead_fraction,
+    )
+    diagnosis = Diagnostician(probe, weight_names(state.model), thresholds)
+    state.extras["diagnosis"] = diagnosis
+    return diagnosis
+
+
+def build_loggers(cfg: DictConfig, state: TrainState, rank: int | None = None):
+    """The experiment loggers of `cfg.loggers`; their run ids are checkpointed (extras['loggers']).
+    In a multirun, the sweep dir and job number name the runs."""
+    from nettrain import loggers
+    from nettrain.run_dir import in_multirun
+
+    sweep_dir = job = None
+    if in_multirun():
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        sweep_dir, job = str(hc.sweep.dir), str(hc.job.num)
+    settings = plain(cfg.logger)
+    group = loggers.build_loggers(cfg.loggers, **settings, sweep_dir=sweep_dir, job_name=job, rank=rank)
+    state.extras["loggers"] = group
+    return group
+
+
+def memory_estimate(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: torch.nn.Module,
+    data: DataSplits,
+    loader: dict[str, Any],
+    precision: Any,
+):
+    """The training-memory estimate (nettrain/memory.py) for this model, optimizer, data and batch."""
+    from nettrain.memory import data_bytes, estimate
+
+    device = next(model.parameters()).device
+    held = data_bytes([data.train, data.val, data.test], device, loader["in_memory"], cfg.batch_size)
+    return estimate(
+        model,
+        optimizer,
+        loss_fn,
+        data.train.x[:4],
+        data.train.y[:4],
+        min(cfg.batch_size, len(data.train)),
+        data_bytes=held,
+        restore_best=cfg.early_stopping.restore_best,
+        autocast=precision.autocast,
     )

@@ -66,7 +66,8 @@ class LoopSettings:
 
 @dataclass
 class RunOutputs:
-    """Where the loop reports: checkpoints, metrics.csv and the console."""
+    """Where the loop reports: checkpoints, metrics.csv and the console (the gradient diagnosis and
+    the experiment loggers, when built, are in TrainState.extras: 'diagnosis', 'loggers')."""
 
     checkpointer: Any  # nettrain.checkpoint.Checkpointer
     metrics: Any  # nettrain.metrics.MetricsWriter
@@ -117,6 +118,7 @@ def fit(
     )
     start, stop = start or Position(), stop or StopRequest()
     step_fn = train_step(state, settings)
+    diagnosis, loggers = state.extras.get("diagnosis"), state.extras.get("loggers")  # per-epoch side concerns
     best_weights = start.best_weights
     epoch = start.epoch
     for epoch in range(start.epoch + 1, settings.epochs + 1):
@@ -152,16 +154,18 @@ def fit(
             "epoch_time_s": train_time + time.perf_counter() - val_started,
             "samples_per_s": train_batches.n / train_time,
         }
-        grad_means = grad_monitor.end_epoch()
-        row.update(grad_means)
+        row.update(grad_monitor.end_epoch())
+        verdict = diagnosis.end_epoch(row, state.history) if diagnosis else None  # adds its statistics
         is_best = early_stopping.update(row[early_stopping.monitor], epoch)
         if is_best and settings.restore_best:
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         state.history.append(row)
         out.metrics.write(state.history)
         out.reporter.epoch(row, is_best)
-        for warning in grad_monitor.check(grad_means):
-            out.reporter.warn(f"epoch {epoch}: {warning}")
+        for finding in verdict.findings if verdict else []:
+            out.reporter.warn(f"epoch {epoch}: {finding}")
+        if loggers:
+            loggers.log_epoch(row, model)
         schedule.after_epoch(val_loss)
         out.checkpointer.save(state, Position(epoch, best_weights=best_weights), is_best=is_best)
         if early_stopping.should_stop:

@@ -144,4 +144,8 @@ def save_plots(rows: list[dict], directory: str | Path) -> list[Path]:
             {k.removeprefix("grad_mean/"): [max(r[k], math.ulp(0.0)) for r in rows] for k in grad_keys},
             log_y=True,
         )
+    from nettrain.diagnosis import plot_gradients
+
+    if plot_gradients(rows, directory / "gradients.png"):  # every per-layer statistic over the epochs
+        written.append(directory / "gradients.png")
     return written

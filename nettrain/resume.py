@@ -32,6 +32,15 @@ SAFE_ON_RESUME = (
     "early_stopping.enabled",
     "early_stopping.patience",
     "early_stopping.min_delta",
+    "loggers",
+    "logger.",
+    "lr_find.",
+    "grad_monitor.vanishing_below",
+    "grad_monitor.exploding_above",
+    "grad_monitor.ratio",
+    "grad_monitor.update_ratio_above",
+    "grad_monitor.norm_growth",
+    "grad_monitor.dead_fraction",
 )
 
 

@@ -26,7 +26,7 @@ from nettrain.config import flatten, matches
 from nettrain.files import write_json
 
 # settings that do not change what a run computes
-INCIDENTAL = ("resume", "threads", "console.", "checkpoint.")
+INCIDENTAL = ("resume", "threads", "console.", "checkpoint.", "loggers", "logger.", "lr_find.")
 RESULTS = ("summary.json", "metrics.csv", "checkpoints", "plots", "eval")
 CLAIMED = "claimed.json"  # left in a job folder whose results moved to the job of their config
 

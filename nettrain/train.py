@@ -72,6 +72,10 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
     stop = stop or StopRequest()
     try:  # from here on, SIGINT/SIGTERM stop the run cleanly; torch's process-wide settings are the run's
         with stop_on_signals(stop), process_settings(cfg.threads, cfg.deterministic):
+            if cfg.dry_run or cfg.find:  # a dry run or a finder: build, measure, suggest; train nothing
+                from nettrain.tune import run_tool
+
+                return run_tool(cfg, output_dir)
             return _train(cfg, output_dir, started, stop, resume_from)
     except (ConfigError, KeyboardInterrupt):
         raise
@@ -105,7 +109,7 @@ def launch_id() -> str | None:
 
 def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from: Path | None) -> dict[str, Any]:
     """The recipe: resume -> build -> provenance -> fit -> summary."""
-    from nettrain.build import build_run, resolve_device
+    from nettrain.build import build_diagnosis, build_loggers, build_run, resolve_device
     from nettrain.report import Reporter
     from nettrain.reproducibility import seed_everything, write_provenance
     from nettrain.run_dir import set_aside_old_results
@@ -120,6 +124,8 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
 
         saved = load_resume_point(resume_from, output_dir, plain_config, reporter)
     run = build_run(cfg, device)
+    memory = _introduce(cfg, run, output_dir, reporter)  # the estimate counts on copies: before any hooks
+    build_diagnosis(cfg, run.state), build_loggers(cfg, run.state)  # into run.state.extras: checkpointed
     start = None
     if saved is not None:
         from nettrain.checkpoint import restore
@@ -128,36 +134,36 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
     else:
         set_aside_old_results(output_dir, reporter)
     record = write_provenance(run.device, run.data.fingerprint(), output_dir, resume_from is not None, reporter.warn)
-    memory_estimate_mb = _introduce(cfg, run, output_dir, reporter)
-    result = _fit(cfg, run, output_dir, plain_config, reporter, start, stop)
-    return _summarize(cfg, run, result, output_dir, reporter, stop, record, started, memory_estimate_mb)
+    result = _fit(cfg, run, output_dir, plain_config, reporter, start, stop, record)
+    return _summarize(cfg, run, result, output_dir, reporter, stop, record, started, memory)
 
 
-def _introduce(cfg: DictConfig, run, output_dir: Path, reporter) -> float:
-    """Print the config, the model, the memory rule of thumb and the data; return the estimate (MiB)."""
-    from nettrain.memory import estimate_training_memory
+def _introduce(cfg: DictConfig, run, output_dir: Path, reporter):
+    """Print the config, the model, the memory estimate and the data; start measuring the peak."""
+    from nettrain.build import memory_estimate
+    from nettrain.memory import MemoryCheck, PeakMemory
     from nettrain.models import param_count
 
-    model, data = run.state.model, run.data
-    memory_estimate_mb = estimate_training_memory(model, run.state.optimizer, data.input_shape, cfg.batch_size) / 2**20
-    reporter.start(OmegaConf.to_yaml(cfg), model, param_count(model), str(run.device), output_dir)
-    reporter.note(
-        f"training memory, rule of thumb: ~{memory_estimate_mb:.1f} MiB "
-        "(weights, gradients, optimizer state, one batch of activations; 4 bytes each)"
-    )
+    state, data = run.state, run.data
+    est = memory_estimate(cfg, state.model, state.optimizer, state.loss_fn, data, run.loader, state.precision)
+    reporter.start(OmegaConf.to_yaml(cfg), state.model, param_count(state.model), str(run.device), output_dir)
+    reporter.note(f"training memory estimate at batch {est.batch_size}:\n" + "\n".join(est.lines()))
     reporter.note(
         f"data: {data.name}, train {len(data.train)} / val {len(data.val)} / "
         f"test {len(data.test)}, input {list(data.input_shape)}, {data.num_classes} classes"
     )
-    return memory_estimate_mb
+    return MemoryCheck(est, PeakMemory(run.device).start())
 
 
-def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, start, stop):
+def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, start, stop, record: dict):
     """Train with the loop's settings and outputs taken from the config."""
     from nettrain.checkpoint import Checkpointer
     from nettrain.loop import LoopSettings, RunOutputs, fit
     from nettrain.metrics import MetricsWriter
+    from nettrain.sweep import config_hash
 
+    tags = {"config_hash": config_hash(plain_config), "git_commit": (record.get("git") or {}).get("commit")}
+    run.state.extras["loggers"].start(output_dir, plain_config, tags)
     settings = LoopSettings(
         epochs=cfg.epochs,
         l1=cfg.regularization.l1,
@@ -173,15 +179,7 @@ def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, s
 
 
 def _summarize(
-    cfg: DictConfig,
-    run,
-    result,
-    output_dir: Path,
-    reporter,
-    stop,
-    record: dict,
-    started: float,
-    memory_estimate_mb: float,
+    cfg: DictConfig, run, result, output_dir: Path, reporter, stop, record: dict, started: float, memory
 ) -> dict[str, Any]:
     """Test the best weights, then write summary.json and the plots, and print the summary."""
     import torch
@@ -215,7 +213,8 @@ def _summarize(
         "param_count": param_count(run.state.model),
         "samples_per_s": sum(r["samples_per_s"] for r in history) / len(history) if history else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "memory_estimate_mb": round(memory_estimate_mb, 2),
+        **memory.summary(),
+        "diagnosis": run.state.extras["diagnosis"].summary(history),
         "cuda_peak_memory_mb": (
             round(torch.cuda.max_memory_allocated(device) / 2**20, 2) if device.type == "cuda" else None
         ),
@@ -231,6 +230,7 @@ def _summarize(
         summary["signal"] = stop.signum
     save_plots(history, output_dir / "plots")
     write_json(output_dir / "summary.json", summary)
+    run.state.extras["loggers"].finish(summary, output_dir, status)
     reporter.summary(summary)
     if result.interrupted and cfg.checkpoint.enabled:
         reporter.note(
