@@ -63,23 +63,31 @@ class GradMonitorConfig:
 
 @dataclass
 class TensorBoardLoggerConfig:
+    """loggers=[...,tensorboard]: event files in RUN_DIR/tensorboard/."""
+
     histograms: bool = True  # weight and gradient histograms once per epoch
 
 
 @dataclass
 class MlflowLoggerConfig:
+    """loggers=[...,mlflow]: one MLflow run per training run."""
+
     uri: str | None = None  # tracking URI; None = MLflow's default: ./mlflow.db, or $MLFLOW_TRACKING_URI
     experiment: str = "nettrain"  # MLflow experiment name
 
 
 @dataclass
 class WandbLoggerConfig:
+    """loggers=[...,wandb]: one W&B run per training run."""
+
     project: str = "nettrain"  # W&B project
     mode: str = "auto"  # auto (online with an API key, else offline) | online | offline
 
 
 @dataclass
 class LoggerConfig:
+    """Each experiment tracker's settings (the trackers are chosen by `loggers`)."""
+
     tensorboard: TensorBoardLoggerConfig = field(default_factory=TensorBoardLoggerConfig)
     mlflow: MlflowLoggerConfig = field(default_factory=MlflowLoggerConfig)
     wandb: WandbLoggerConfig = field(default_factory=WandbLoggerConfig)
@@ -87,6 +95,8 @@ class LoggerConfig:
 
 @dataclass
 class LrFindConfig:
+    """find=lr: the LR range test's sweep."""
+
     start_lr: float = 1e-7  # find=lr: the sweep's first lr
     end_lr: float = 10.0  # find=lr: its last lr (the sweep stops earlier when the loss diverges)
     steps: int = 200  # find=lr: steps of the sweep, the lr growing exponentially

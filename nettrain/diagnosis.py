@@ -120,7 +120,7 @@ class TrainingDiagnostics:
         parts += [1 - self.fired[layer].float().mean().reshape(1) for layer in dead_layers]
         if not parts:
             return row
-        values = torch.cat([p.reshape(-1).cpu() for p in parts]).tolist()  # the one host sync
+        values = torch.cat([p.reshape(-1).float() for p in parts]).tolist()  # the one host sync
         if self.ratio_steps:
             row.update({f"update_ratio/{n}": v for n, v in zip(self.names, values[: len(self.names)])})
             values = values[len(self.names) :]
