@@ -208,6 +208,40 @@ def build_loss(cfg: DictConfig, task: str = "classification") -> torch.nn.Module
     return instantiate(cfg.loss, "loss")
 
 
+FITTING_LOSSES = {
+    "classification": (
+        "N x C logits and class labels",
+        "torch.nn.CrossEntropyLoss, torch.nn.NLLLoss, torch.nn.MultiMarginLoss",
+    ),
+    "regression": (
+        "N x 1 outputs and real-valued targets",
+        "torch.nn.MSELoss, torch.nn.L1Loss, torch.nn.SmoothL1Loss, torch.nn.HuberLoss",
+    ),
+}
+
+
+def check_loss_fits(loss_fn: torch.nn.Module, target: str, task: str, num_classes: int, labels: torch.Tensor) -> None:
+    """Evaluation, the metrics and the loss plot assume the task's kind of loss: probe the loss on
+    two samples' worth of model output and the data's own labels, backward included, before any
+    training; a loss that does not take them is a ConfigError naming it and what fits."""
+    import warnings
+
+    takes, fitting = FITTING_LOSSES.get(task, FITTING_LOSSES["classification"])
+    out = torch.zeros(len(labels), max(num_classes, 1), requires_grad=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's broadcast warning for a target of another shape
+            value = loss_fn(out, labels.cpu())
+            if value.numel() != 1:
+                raise ValueError(f"it returns {tuple(value.shape)}, not one number (set reduction='mean')")
+            value.backward()
+    except Exception as exc:  # any failure means it does not take the task's outputs and labels
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            [f"loss={target}: does not fit {task} data, whose loss takes {takes} ({first}); allowed: {fitting}"]
+        ) from None
+
+
 def build_optimizer(
     cfg: DictConfig, model: torch.nn.Module, device: torch.device, capturable: bool = False
 ) -> torch.optim.Optimizer:
@@ -277,9 +311,6 @@ def build_grad_monitor(cfg: DictConfig, model: torch.nn.Module):
     return GradientMonitor(
         model.named_parameters(),
         enabled=gm.enabled,
-        vanishing_below=gm.vanishing_below,
-        exploding_above=gm.exploding_above,
-        ratio=gm.ratio,
         skip_nonfinite=cfg.trainer.precision == "fp16",
         every_n_steps=gm.every_n_steps,
     )
@@ -300,6 +331,7 @@ class Run:
     graph: Any = None  # the trainer.cuda_graph plan (nettrain.cuda_graph.Plan)
     eval_batch_size: int | None = None  # validation and test batches; None = batch_size
     step: Any = None  # the step the loop used (nettrain.cuda_graph.StepChoice; set by train.py)
+    memory: Any = None  # the training-memory estimate (nettrain.memory.MemoryEstimate), made before compiling
 
     def batches(self, split: Split) -> Batches:
         """Unshuffled batches of another split (the test split), served like the others."""
@@ -324,7 +356,10 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     transform = input_transform(data.meta, data.train.x, device)  # uint8 images: normalised per batch
     graph = graph_plan(cfg, device, len(data.train), eager_only=_eager_only(cfg, transform is not None))
     loss_fn = build_loss(cfg, data.task)
+    check_loss_fits(loss_fn, cfg.loss._target_, data.task, data.num_classes, data.train.y[:2])
     optimizer = build_optimizer(cfg, model, device, capturable=graph.capture)
+    precision = Precision(cfg.trainer.precision, device)
+    memory = memory_estimate(cfg, model, optimizer, loss_fn, data, loader, precision, transform)  # before compiling
     mode = cuda_graph.compile_mode(cfg.trainer.compile)
     if mode is not None:  # in place: state_dict keys and checkpoints stay the same
         model.compile(mode=None if mode == "default" else mode)
@@ -348,7 +383,7 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         schedule=build_schedule(cfg, optimizer, optimizer_steps(len(train_batches), steps)),
         early_stopping=build_early_stopping(cfg),
         grad_monitor=build_grad_monitor(cfg, model),
-        precision=Precision(cfg.trainer.precision, device),
+        precision=precision,
         data_generator=order,
         ddp=distributed.wrap(model, device),
         extras={"preprocessing": PreprocessingRecord(data.meta)},  # saved in every checkpoint
@@ -372,6 +407,7 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         build_augment(cfg, data, order),
         graph,
         eval_batch_size,
+        memory=memory,
     )
 
 
@@ -388,3 +424,79 @@ def _eager_only(cfg: DictConfig, per_batch_transform: bool) -> list[str]:
     if cfg.trainer.ema_decay:
         reasons.append("trainer.ema_decay: the EMA update runs outside the captured step")
     return reasons
+
+
+def build_diagnosis(cfg: DictConfig, state: TrainState, hooks: bool = True):
+    """The per-epoch gradient diagnosis, sampling the steps the gradient monitor samples; its
+    probe's partial sums are checkpointed (TrainState.extras['diagnosis']). hooks=False (the CUDA
+    graph step, which replays without Python hooks): no update ratios or dead units, the verdict
+    reads the gradient means and norms alone."""
+    from nettrain.diagnosis import Diagnostician, Thresholds, TrainingDiagnostics, weight_names
+
+    gm, monitor = cfg.grad_monitor, state.grad_monitor
+    probe = TrainingDiagnostics(
+        state.model,
+        state.optimizer,
+        in_forward=monitor.sampling_next,
+        after_backward=monitor.sampled_last,
+        enabled=gm.enabled and hooks,
+    )
+    thresholds = Thresholds(
+        spread=gm.ratio,
+        vanishing_below=gm.vanishing_below,
+        exploding_above=gm.exploding_above,
+        update_ratio_above=gm.update_ratio_above,
+        norm_growth=gm.norm_growth,
+        dead_fraction=gm.dead_fraction,
+    )
+    diagnosis = Diagnostician(probe, weight_names(state.model), thresholds)
+    state.extras["diagnosis"] = diagnosis
+    return diagnosis
+
+
+def build_loggers(cfg: DictConfig, state: TrainState, rank: int | None = None):
+    """The experiment loggers of `cfg.loggers`; their run ids are checkpointed (extras['loggers']).
+    In a multirun, the sweep dir and job number name the runs."""
+    from nettrain import loggers
+    from nettrain.run_dir import in_multirun
+
+    sweep_dir = job = None
+    if in_multirun():
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        sweep_dir, job = str(hc.sweep.dir), str(hc.job.num)
+    settings = plain(cfg.logger)
+    group = loggers.build_loggers(cfg.loggers, **settings, sweep_dir=sweep_dir, job_name=job, rank=rank)
+    state.extras["loggers"] = group
+    return group
+
+
+def memory_estimate(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: torch.nn.Module,
+    data: DataSplits,
+    loader: dict[str, Any],
+    precision: Any,
+    transform: Any = None,
+):
+    """The training-memory estimate (nettrain/memory.py) for this model, optimizer, data and batch
+    (`transform`: what turns stored inputs into the model's, e.g. uint8 images normalised per batch)."""
+    from nettrain.memory import data_bytes, estimate
+
+    device = next(model.parameters()).device
+    held = data_bytes([data.train, data.val, data.test], device, loader["in_memory"], cfg.batch_size)
+    sample = data.train.x[:4].to(device)
+    return estimate(
+        model,
+        optimizer,
+        loss_fn,
+        transform(sample) if transform is not None else sample,
+        data.train.y[:4],
+        min(cfg.batch_size, len(data.train)),
+        data_bytes=held,
+        restore_best=cfg.early_stopping.restore_best,
+        autocast=precision.autocast,
+    )

@@ -186,7 +186,7 @@ def before_hydra(argv: list[str]) -> None:
     Also expands `~` in hydra.run.dir and hydra.sweep.dir (in place)."""
     import shutil
 
-    from nettrain.rundir import unsafe_run_dir
+    from nettrain.run_dir import unsafe_run_dir
 
     shadow = _shadowing_folder()
     if shadow:
@@ -296,3 +296,56 @@ def kept_checkpoints() -> str:
     if not kept:
         return "; no checkpoint had been written yet"
     return f"; the earlier checkpoints are intact ({', '.join(kept)} in {folder})"
+
+
+def failed_run(exc: Exception, cfg: Any) -> None:
+    """End a run that raised `exc` (inside its `except`): bad input (a ConfigError or an unusable
+    run folder) is one message and exit 2, and a rejected config leaves no folder behind; a fault
+    writing a file is one line naming it and the checkpoints kept, exit 1. In a multirun the
+    failure is recorded in the job's summary.json and None returned, so the sweep goes on (not
+    NaN: the Optuna sweeper fails on NaN; None marks the trial failed). Anything else propagates."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from nettrain import distributed
+    from nettrain.run_dir import RunFolderError, in_multirun, remove_if_unused
+    from nettrain.run_summary import write_failure
+
+    full_error, multirun = os.environ.get("HYDRA_FULL_ERROR") == "1", in_multirun()
+    if isinstance(exc, (ConfigError, RunFolderError)) and not full_error:
+        print(f"{distributed.rank_prefix()}Error: {exc}", file=sys.stderr)
+        if multirun:  # one bad job must not take the sweep down; the summary records it
+            first = exc.problems[0] if isinstance(exc, ConfigError) else str(exc)
+            write_failure(Path(HydraConfig.get().runtime.output_dir), cfg, f"{type(exc).__name__}: {first}")
+            return None
+        if isinstance(exc, ConfigError) and not cfg.resume:
+            remove_if_unused(HydraConfig.get().runtime.output_dir)  # a rejected config leaves no empty folder
+        sys.exit(2)
+    if isinstance(exc, OSError) and not (full_error or multirun):  # one line naming the file, and what is kept
+        print(f"Error: {exc}{kept_checkpoints()}", file=sys.stderr)
+        sys.exit(1)
+    if not multirun or isinstance(exc, (ConfigError, RunFolderError, OSError)):
+        raise exc
+    print(f"Error: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return None
+
+
+def exit_for(summary: dict[str, Any]) -> float | None:
+    """The end of a run that returned: a diverged run exits 3 (None in a multirun), an interrupted
+    one 128 + the signal (a preempted SLURM job hands over to be requeued); a finished run returns
+    its best validation loss, the objective a hyperparameter sweeper minimises."""
+    import signal
+
+    from nettrain import distributed
+    from nettrain.metrics import INTERRUPTED
+    from nettrain.run_dir import in_multirun
+
+    if summary.get("status") == "diverged":  # a non-finite loss: a failed run
+        print(f"Error: {summary['error']}", file=sys.stderr)
+        return None if in_multirun() else sys.exit(3)
+    if summary.get("status") == INTERRUPTED:
+        if summary.get("signal") and summary["signal"] == distributed.preemption_signal():
+            distributed.hand_over(summary["signal"])  # submitit requeues the job; it resumes from the checkpoint
+        sys.exit(128 + (summary.get("signal") or signal.SIGINT))
+    return summary["best_val_loss"]

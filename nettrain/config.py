@@ -56,13 +56,59 @@ class EarlyStoppingConfig:
 
 @dataclass
 class GradMonitorConfig:
-    """Per-layer mean |grad| in metrics.csv, with vanishing/exploding warnings."""
+    """Per-layer gradient statistics in metrics.csv and a per-epoch diagnosis (nettrain/diagnosis.py)."""
 
-    enabled: bool = True  # record grad_mean/<param> (mean |grad| over the epoch's steps)
-    vanishing_below: float = 1e-7  # warn when a layer's mean |grad| is below this
-    exploding_above: float = 1e2  # warn when a layer's mean |grad| is above this
-    ratio: float = 1e3  # warn when a layer is this many times below/above the median layer
-    every_n_steps: int = 10  # sample every n-th step's gradients (1 = every step; each sample costs a pass)
+    enabled: bool = True  # record per-layer gradient statistics and diagnose them each epoch
+    vanishing_below: float = 1e-7  # vanishing: a weight layer's mean |grad| below this
+    exploding_above: float = 1e2  # exploding: a weight layer's mean |grad| above this
+    ratio: float = 1e3  # vanishing: a weight layer's mean |grad| this many times below the largest layer's
+    update_ratio_above: float = 0.1  # exploding: a step moves a weight tensor by more than this fraction of it
+    norm_growth: float = 10.0  # exploding: the gradient norm grew this many times in one epoch
+    dead_fraction: float = 0.5  # dead units: this fraction of a layer's units never fired in the epoch
+    every_n_steps: int = 10  # sample every n-th step (1 = every step; each sample costs a pass over the gradients)
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    """loggers=[...,tensorboard]: event files in RUN_DIR/tensorboard/."""
+
+    histograms: bool = True  # weight and gradient histograms once per epoch
+
+
+@dataclass
+class MlflowLoggerConfig:
+    """loggers=[...,mlflow]: one MLflow run per training run."""
+
+    uri: str | None = None  # tracking URI; None = MLflow's default: ./mlflow.db, or $MLFLOW_TRACKING_URI
+    experiment: str = "nettrain"  # MLflow experiment name
+
+
+@dataclass
+class WandbLoggerConfig:
+    """loggers=[...,wandb]: one W&B run per training run."""
+
+    project: str = "nettrain"  # W&B project
+    mode: str = "auto"  # auto (online with an API key, else offline) | online | offline
+
+
+@dataclass
+class LoggerConfig:
+    """Each experiment tracker's settings (the trackers are chosen by `loggers`)."""
+
+    tensorboard: TensorBoardLoggerConfig = field(default_factory=TensorBoardLoggerConfig)
+    mlflow: MlflowLoggerConfig = field(default_factory=MlflowLoggerConfig)
+    wandb: WandbLoggerConfig = field(default_factory=WandbLoggerConfig)
+
+
+@dataclass
+class LrFindConfig:
+    """find=lr: the LR range test's sweep."""
+
+    start_lr: float = 1e-7  # find=lr: the sweep's first lr
+    end_lr: float = 10.0  # find=lr: its last lr (the sweep stops earlier when the loss diverges)
+    steps: int = 200  # find=lr: steps of the sweep, the lr growing exponentially
+    smoothing: float = 0.9  # find=lr: exponential smoothing of the loss (0 = none)
+    diverge: float = 4.0  # find=lr: stop when the smoothed loss exceeds this many times its minimum
 
 
 @dataclass
@@ -118,6 +164,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; null = what torch picks (the cores it sees)
     deterministic: bool = False  # torch.use_deterministic_algorithms(True), cudnn deterministic
     resume: str | None = None  # a run dir or checkpoint file to continue (nettrain-train resume=RUN_DIR)
+    plots: bool = True  # write plots/*.png when the run ends (matplotlib: about 3 s); false skips them
     model: Any = MISSING  # group: conf/model/
     optimizer: Any = MISSING  # group: conf/optimizer/
     scheduler: Any = MISSING  # group: conf/scheduler/
@@ -133,6 +180,11 @@ class TrainConfig:
     # _target_s to build from a file nettrain reads (a checkpoint's or resumed run's config) beyond
     # its own list; honoured from the command line only
     trust_targets: list[str] = field(default_factory=list)  # extra _target_s a file may name: [mypkg.MyModel]
+    loggers: list[str] = field(default_factory=lambda: ["csv"])  # csv | tensorboard | mlflow | wandb
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # each tracker's settings
+    dry_run: bool = False  # build, show the model and memory estimate, one forward + backward; no training
+    find: str | None = None  # lr (LR range test) | batch_size (largest that fits): run it instead of training
+    lr_find: LrFindConfig = field(default_factory=LrFindConfig)
 
 
 def register_schema() -> None:
@@ -292,6 +344,7 @@ def problems(cfg: Any) -> list[str]:
         _check_data_options,
         _check_monitors,
         _check_graph,
+        _check_tools,
     ):
         section(checks)
     return checks.found
@@ -394,8 +447,9 @@ def _check_monitors(c: Checks) -> None:
     c.need("early_stopping.patience", lambda v: v >= 1, "must be an integer >= 1")
     c.need("early_stopping.min_delta", lambda v: finite(v) and v >= 0, "must be a number >= 0")
     c.need("grad_monitor.every_n_steps", lambda v: v >= 1, "must be an integer >= 1 (1 = every step)")
-    for key in ("vanishing_below", "exploding_above", "ratio"):
+    for key in ("vanishing_below", "exploding_above", "ratio", "update_ratio_above", "norm_growth", "dead_fraction"):
         c.need(f"grad_monitor.{key}", lambda v: finite(v) and v > 0, "must be a number > 0")
+    c.need("grad_monitor.dead_fraction", lambda v: v <= 1, "must be a fraction in (0, 1]")
 
 
 def _check_graph(c: Checks) -> None:
@@ -424,3 +478,21 @@ def _check_graph(c: Checks) -> None:
         compile=compile_value,
     ).refusal():
         c.problem(problem)
+
+
+def _check_tools(c: Checks) -> None:
+    """The loggers (unknown, or their package missing), dry_run and the finders."""
+    from nettrain.loggers import problems as logger_problems
+
+    c.choice("logger.wandb.mode", ("auto", "online", "offline"))
+    c.found += logger_problems(c.get("loggers") or [])
+    c.choice("find", ("lr", "batch_size"))
+    if c.get("find") is not None and c.get("dry_run"):
+        c.problem(f"dry_run=True and find={c.get('find')!r}: choose one")
+    c.need("lr_find.start_lr", lambda v: v > 0, "must be a number > 0")
+    start, end = c.get("lr_find.start_lr"), c.get("lr_find.end_lr")
+    if is_finite_number(start) and is_finite_number(end) and not end > start:
+        c.problem(f"lr_find.end_lr={end}: must be above lr_find.start_lr={start}")
+    c.need("lr_find.steps", lambda v: v >= 10, "must be an integer >= 10")
+    c.need("lr_find.smoothing", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    c.need("lr_find.diverge", lambda v: v > 1, "must be a number > 1")

@@ -89,7 +89,7 @@ def diverged_summary(exc: Diverged, history: list[dict], output_dir, elapsed_s: 
         "wall_time_s": round(elapsed_s, 3),
         **extra,
     }
-    if history:
+    if history and extra.pop("plots", True):
         save_plots(history, Path(output_dir) / "plots")
     write_json(Path(output_dir) / "summary.json", summary)
     return summary

@@ -45,6 +45,13 @@ class EarlyStopping:
             self.should_stop = self.enabled and self.bad_epochs >= self.patience
         return improved
 
+    def reason(self) -> str:
+        """Why the run stopped, for the console."""
+        return (
+            f"early stopping: {self.monitor} has not improved for {self.patience} epochs "
+            f"(best {self.best:.4f} at epoch {self.best_epoch})"
+        )
+
     def state_dict(self) -> dict:
         return {
             "best": self.best,

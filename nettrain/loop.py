@@ -121,7 +121,8 @@ class LoopSettings:
 
 @dataclass
 class RunOutputs:
-    """Where the loop reports: checkpoints, metrics.csv and the console."""
+    """Where the loop reports: checkpoints, metrics.csv and the console (the gradient diagnosis and
+    the experiment loggers, when built, are in TrainState.extras: 'diagnosis', 'loggers')."""
 
     checkpointer: Any  # nettrain.checkpoint.Checkpointer
     metrics: Any  # nettrain.metrics.MetricsWriter
@@ -180,6 +181,33 @@ def weights_to_evaluate(state: TrainState) -> contextlib.AbstractContextManager:
     return ema.swapped_in() if ema is not None else contextlib.nullcontext()
 
 
+def record_epoch(state: TrainState, row: dict[str, Any], is_best: bool, out: RunOutputs) -> None:
+    """Add the epoch's gradient statistics and diagnosis to its row; write, report and log it."""
+    row.update(state.grad_monitor.end_epoch())
+    diagnosis, loggers = state.extras.get("diagnosis"), state.extras.get("loggers")  # per-epoch side concerns
+    verdict = diagnosis.end_epoch(row, state.history) if diagnosis else None  # adds its statistics
+    state.history.append(row)
+    out.metrics.write(state.history)
+    out.reporter.epoch(row, is_best)
+    for finding in verdict.findings if verdict else []:
+        out.reporter.warn(f"epoch {row['epoch']}: {finding}")
+    if loggers:
+        loggers.log_epoch(row, state.model)
+
+
+def epoch_start(start: Position, epoch: int, train_batches, device: torch.device):
+    """Where `epoch` starts: its batch order, first step, loss sum so far and training time so far
+    (the saved position's when resuming mid-epoch, else a fresh order from step 0)."""
+    from nettrain import distributed
+
+    if epoch != start.epoch + 1 or start.order is None:
+        return train_batches.order(), 0, torch.zeros((), device=device), 0.0
+    loss_sum = torch.zeros((), device=device)
+    if start.loss_sum is not None and distributed.context().is_main:
+        loss_sum = start.loss_sum  # the saved sum is every rank's: counted once, on rank 0
+    return start.order, start.step_in_epoch, loss_sum, start.train_time
+
+
 def fit(
     state: TrainState,
     train_batches,
@@ -196,12 +224,7 @@ def fit(
     after a resume has restored the state and before the first epoch's clock starts."""
     from nettrain import distributed
 
-    model, early_stopping, grad_monitor, schedule = (
-        state.model,
-        state.early_stopping,
-        state.grad_monitor,
-        state.schedule,
-    )
+    model, early_stopping, schedule = state.model, state.early_stopping, state.schedule
     start, stop = start or Position(), stop or StopRequest()
     step_fn = (settings.make_step or train_step)(state, settings)
     best_weights = start.best_weights
@@ -209,13 +232,7 @@ def fit(
     epoch = start.epoch
     for epoch in range(start.epoch + 1, settings.epochs + 1):
         # -- train (from the saved position when resuming mid-epoch) --------------------------
-        resuming = epoch == start.epoch + 1 and start.order is not None
-        order = start.order if resuming else train_batches.order()
-        step = start.step_in_epoch if resuming else 0
-        loss_sum = torch.zeros((), device=state.device)
-        if resuming and start.loss_sum is not None and distributed.context().is_main:
-            loss_sum = start.loss_sum  # the saved sum is every rank's: counted once, on rank 0
-        train_time = start.train_time if resuming else 0.0
+        order, step, loss_sum, train_time = epoch_start(start, epoch, train_batches, state.device)
         watch.start_epoch(step)
         model.train()
         started = time.perf_counter()
@@ -252,32 +269,16 @@ def fit(
             "epoch_time_s": train_time + time.perf_counter() - val_started,
             "samples_per_s": train_batches.n / train_time,
         }
-        grad_means = grad_monitor.end_epoch()
-        row.update(grad_means)
-        state.history.append(row)
-        out.metrics.write(state.history)
-        out.reporter.epoch(row, is_best)
-        for warning in grad_monitor.check(grad_means):
-            out.reporter.warn(f"epoch {epoch}: {warning}")
+        record_epoch(state, row, is_best, out)
         schedule.after_epoch(row["val_loss"])
         out.checkpointer.save(state, Position(epoch, best_weights=best_weights), is_best=is_best)
         if early_stopping.should_stop:
-            out.reporter.note(
-                f"early stopping: {early_stopping.monitor} has not improved for "
-                f"{early_stopping.patience} epochs (best {early_stopping.best:.4f} "
-                f"at epoch {early_stopping.best_epoch})"
-            )
+            out.reporter.note(early_stopping.reason())
             break
         if stop.signum is not None:
             return FitResult(epoch, False, early_stopping.best_epoch, early_stopping.best, True)
 
-    if best_weights is not None:
-        model.load_state_dict(best_weights)
-    elif "ema" in state.extras:  # the test uses the averaged weights
-        model.load_state_dict(state.extras["ema"].weights)
-    return FitResult(
-        epochs_run=epoch,
-        stopped_early=early_stopping.should_stop,
-        best_epoch=early_stopping.best_epoch,
-        best_value=early_stopping.best,
-    )
+    weights = best_weights if best_weights is not None else getattr(state.extras.get("ema"), "weights", None)
+    if weights is not None:  # the test uses the best weights, or else the averaged ones
+        model.load_state_dict(weights)
+    return FitResult(epoch, early_stopping.should_stop, early_stopping.best_epoch, early_stopping.best)

@@ -117,8 +117,9 @@ def _save(fig, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
 
 
-def save_plots(rows: list[dict], directory: str | Path) -> list[Path]:
-    """loss.png, accuracy.png, lr.png and grad_means.png (log scale) from the metrics rows."""
+def save_plots(rows: list[dict], directory: str | Path, loss_name: str = "loss") -> list[Path]:
+    """loss.png (its axis named after the loss, e.g. CrossEntropyLoss), accuracy.png, lr.png and
+    grad_means.png (log scale) from the metrics rows."""
     if not rows:
         return []
     import matplotlib
@@ -146,7 +147,7 @@ def save_plots(rows: list[dict], directory: str | Path) -> list[Path]:
     plot(
         "loss.png",
         "loss",
-        "loss (cross-entropy; MSE for regression)",
+        loss_name,
         {"train_loss": [r["train_loss"] for r in rows], "val_loss": [r["val_loss"] for r in rows]},
     )
     if "val_acc" in rows[0]:
@@ -163,4 +164,8 @@ def save_plots(rows: list[dict], directory: str | Path) -> list[Path]:
             {k.removeprefix("grad_mean/"): [max(r[k], math.ulp(0.0)) for r in rows] for k in grad_keys},
             log_y=True,
         )
+    from nettrain.diagnosis import plot_gradients
+
+    if plot_gradients(rows, directory / "gradients.png"):  # every per-layer statistic over the epochs
+        written.append(directory / "gradients.png")
     return written

@@ -30,9 +30,19 @@ SAFE_ON_RESUME = (
     "threads",
     "console.",
     "checkpoint.",
+    "plots",
     "early_stopping.enabled",
     "early_stopping.patience",
     "early_stopping.min_delta",
+    "loggers",
+    "logger.",
+    "lr_find.",
+    "grad_monitor.vanishing_below",
+    "grad_monitor.exploding_above",
+    "grad_monitor.ratio",
+    "grad_monitor.update_ratio_above",
+    "grad_monitor.norm_growth",
+    "grad_monitor.dead_fraction",
 )
 
 
@@ -42,12 +52,36 @@ def run_dir_of(resume: str) -> Path:
     return path.parent.parent if path.is_file() else path
 
 
-def config_changes(old: dict, new: dict, safe: tuple[str, ...] = SAFE_ON_RESUME) -> list[str]:
-    """'key: old -> new' for every resolved setting that differs, except the safe ones."""
+def schema_defaults() -> dict[str, Any]:
+    """Every schema key's default, flattened (the groups' own keys, which the schema leaves open, excepted)."""
+    from omegaconf import MISSING
+
+    from nettrain.config import TrainConfig
+
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
+    return {key: value for key, value in defaults.items() if value != MISSING}
+
+
+def follows_epochs(old: dict, new: dict) -> bool:
+    """True when the scheduler's T_max is the epochs (cosine's `T_max: ${epochs}`) before and after:
+    a resume with more epochs then stretches the cosine to the new end."""
     a, b = flatten(old), flatten(new)
+    return (
+        "scheduler.T_max" in a and a["scheduler.T_max"] == a.get("epochs") and b.get("scheduler.T_max") == b["epochs"]
+    )
+
+
+def config_changes(old: dict, new: dict, safe: tuple[str, ...] = SAFE_ON_RESUME) -> list[str]:
+    """'key: old -> new' for every resolved setting that differs, except the safe ones. A key that
+    the old run's config lacks (a setting added to nettrain since) counts as unchanged while it
+    keeps its default; a T_max that follows the epochs may change with them."""
+    a, b = flatten(old), flatten(new)
+    defaults = schema_defaults()
     changed = []
     for key in sorted(set(a) | set(b)):
-        if matches(key, safe):
+        if matches(key, safe) or (key == "scheduler.T_max" and follows_epochs(old, new)):
+            continue
+        if key not in a and key in defaults and b.get(key) == defaults[key]:
             continue
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             changed.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
@@ -117,6 +151,12 @@ def load_resume_point(resume_from: Path, output_dir: Path, plain_config: dict, r
         f"resuming {output_dir} from {path.name}: epoch {saved['epoch']} done, "
         f"step {saved['progress']['step_in_epoch']} of the next"
     )
+    old_t_max = flatten(saved["config"]).get("scheduler.T_max")
+    if follows_epochs(saved["config"], plain_config) and old_t_max != plain_config["epochs"]:
+        report.note(
+            f"scheduler.T_max follows epochs: {old_t_max} -> {plain_config['epochs']}; the cosine goes on from "
+            "the current learning rate and reaches eta_min at the new last epoch"
+        )
     return saved
 
 

@@ -59,7 +59,7 @@ def write_summary(
     stop,
     record: dict,
     started: float,
-    memory_estimate_mb: float,
+    memory,
 ) -> dict[str, Any]:
     """Test the best weights, then write summary.json and the plots, and print the summary."""
     import torch
@@ -99,8 +99,9 @@ def write_summary(
         "device_name": record["device_name"],
         "param_count": param_count(run.state.model),
         "samples_per_s": sum(r["samples_per_s"] for r in history) / len(history) if history else None,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "memory_estimate_mb": round(memory_estimate_mb, 2),
+        "peak_rss_mb": None if (rss := peak_rss_mb()) is None else round(rss, 1),
+        **memory.summary(),  # memory_estimate (its parts), memory_estimate_mb, memory_peak
+        "diagnosis": run.state.extras["diagnosis"].summary(history),
         "cuda_peak_memory_mb": (
             round(torch.cuda.max_memory_allocated(device) / 2**20, 2) if device.type == "cuda" else None
         ),
@@ -118,8 +119,10 @@ def write_summary(
     if result.interrupted:
         summary["signal"] = stop.signum
     if distributed.context().is_main:
-        save_plots(history, output_dir / "plots")
+        if cfg.plots:
+            save_plots(history, output_dir / "plots", loss_name=type(run.state.loss_fn).__name__)
         write_json(output_dir / "summary.json", summary)
+    run.state.extras["loggers"].finish(summary, output_dir, status)
     reporter.summary(summary)
     if result.interrupted and cfg.checkpoint.enabled:
         reporter.note(

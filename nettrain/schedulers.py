@@ -65,9 +65,29 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         if self.main is not None:
+            t_max = getattr(self.main, "T_max", None)
             self.main.load_state_dict(state["main"])
+            if t_max is not None and t_max != self.main.T_max:  # a resume with more epochs: T_max follows them
+                self._stretch_cosine(t_max)
         if self.warmup is not None:
             self.warmup.load_state_dict(state["warmup"])
+
+    def _stretch_cosine(self, t_max: int) -> None:
+        """Give the restored cosine a new T_max and set the learning rate a run planned with it
+        would have now (the closed form), so the rest of the run follows the new curve; after
+        the warmup, whose factor is then 1 (the optimizer's state is restored before this)."""
+        main: Any = self.main
+        main.T_max = t_max
+        if self.warmup is not None and self.warmup.last_epoch < self.warmup.total_iters:
+            return  # still warming up: the cosine's recursive form takes the new T_max from here
+        k = main.last_epoch
+        lrs = [main.eta_min + (base - main.eta_min) * (1 + math.cos(math.pi * k / t_max)) / 2 for base in main.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            if isinstance(group["lr"], torch.Tensor):  # the CUDA graph step's learning rate lives in a tensor
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        main._last_lr = lrs
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, scheduler: dict, steps_per_epoch: int, epochs: int) -> LRSchedule:

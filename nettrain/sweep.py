@@ -25,7 +25,17 @@ from nettrain.config import flatten, matches
 from nettrain.files import write_json
 
 # settings that do not change what a run computes
-INCIDENTAL = ("resume", "threads", "console.", "checkpoint.", "trust_targets")
+INCIDENTAL = (
+    "resume",
+    "threads",
+    "console.",
+    "checkpoint.",
+    "trust_targets",
+    "plots",
+    "loggers",
+    "logger.",
+    "lr_find.",
+)
 RESULTS = ("summary.json", "metrics.csv", "checkpoints", "plots", "eval")
 CLAIMED = "claimed.json"  # left in a job folder whose results moved to the job of their config
 
@@ -55,7 +65,7 @@ def _move_results(source: Path, target: Path) -> None:
 @contextlib.contextmanager
 def _locked(sweep_dir: Path):
     """One job at a time claims results, also under parallel launchers (joblib, submitit)."""
-    from nettrain.rundir import file_lock
+    from nettrain.run_dir import file_lock
 
     with file_lock(sweep_dir / ".claim.lock"):
         yield

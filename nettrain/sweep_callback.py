@@ -60,6 +60,13 @@ class SweepSummaryCallback(Callback):
         # jobs record which launch wrote them (inherited by launcher worker processes), so a
         # re-launch into the same sweep dir tells its own results from earlier ones (nettrain/sweep.py)
         os.environ["NETTRAIN_LAUNCH"] = f"{time.time_ns()}-{os.getpid()}"
+        if "mlflow" in config.get("loggers", []):  # one MLflow parent run per sweep, its jobs nested in it
+            try:
+                from nettrain.loggers import start_sweep
+
+                start_sweep(config.logger.mlflow.uri, config.logger.mlflow.experiment, str(config.hydra.sweep.dir))
+            except Exception as exc:  # noqa: BLE001 - each job then finds or makes the parent itself
+                print(f"warning: MLflow sweep run not started: {_one_line(exc)}", file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _last_summary, _last_error

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -80,7 +79,7 @@ def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[s
 
     from nettrain.loop import StopRequest
     from nettrain.reproducibility import process_settings
-    from nettrain.rundir import RunLock, remove_stale_temps
+    from nettrain.run_dir import RunLock, remove_stale_temps
 
     stop = distributed.shared_stop(stop, cfg.distributed.stop_check_every) or stop or StopRequest()
     with RunLock(output_dir) if leader else contextlib.nullcontext():  # one writer per run folder
@@ -88,6 +87,10 @@ def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[s
             remove_stale_temps(output_dir)  # what a save killed halfway left
         try:  # from here on, SIGINT/SIGTERM stop the run cleanly; torch's process-wide settings are the run's
             with stop_on_signals(stop), process_settings(cfg.threads, cfg.deterministic):
+                if cfg.dry_run or cfg.find:  # a dry run or a finder: build, measure, suggest; train nothing
+                    from nettrain.tune import run_tool
+
+                    return run_tool(cfg, output_dir)
                 return _train(cfg, output_dir, started, stop, resume_from, device)
         except (ConfigError, KeyboardInterrupt):
             raise
@@ -101,7 +104,7 @@ def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[s
 
 def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from: Path | None, device) -> dict[str, Any]:
     """The recipe: resume -> build -> provenance -> fit -> summary. Only rank 0 writes and prints."""
-    from nettrain.build import build_run, resolve_device
+    from nettrain.build import build_diagnosis, build_loggers, build_run, resolve_device
     from nettrain.report import Reporter
     from nettrain.reproducibility import seed_everything, write_provenance
     from nettrain.run_dir import set_aside_old_results
@@ -117,6 +120,9 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
 
         saved = load_resume_point(resume_from, output_dir, plain_config, reporter)
     run = build_run(cfg, device)
+    memory = _introduce(cfg, run, output_dir, reporter)  # the estimate counts on copies: before any hooks
+    build_diagnosis(cfg, run.state, hooks=not run.graph.capture)  # into run.state.extras: checkpointed
+    build_loggers(cfg, run.state, rank=ctx.rank)
     start = None
     if saved is not None:
         from nettrain.checkpoint import restore
@@ -128,48 +134,48 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
         run.device, run.data.fingerprint(), output_dir, resume_from is not None, reporter.warn, write=ctx.is_main
     )
     distributed.introduce(reporter, run.train_batches, cfg.batch_size)
-    memory_estimate_mb = _introduce(cfg, run, output_dir, reporter)
     from nettrain.divergence import Diverged, diverged_summary
     from nettrain.sweep import config_hash
 
     try:
-        result = _fit(cfg, run, output_dir, plain_config, reporter, start, stop)
+        result = _fit(cfg, run, output_dir, plain_config, reporter, start, stop, record)
     except Diverged as exc:  # the checkpoints keep the last finite state
         reporter.warn(str(exc))
-        extra = {"seed": cfg.seed, "config_hash": config_hash(plain_config), "launch": launch_id()}
-        return diverged_summary(exc, run.state.history, output_dir, time.perf_counter() - started, extra)
-    return write_summary(cfg, run, result, output_dir, reporter, stop, record, started, memory_estimate_mb)
+        extra = {"seed": cfg.seed, "config_hash": config_hash(plain_config), "launch": launch_id(), "plots": cfg.plots}
+        summary = diverged_summary(exc, run.state.history, output_dir, time.perf_counter() - started, extra)
+        run.state.extras["loggers"].finish(summary, output_dir, summary["status"])
+        return summary
+    return write_summary(cfg, run, result, output_dir, reporter, stop, record, started, memory)
 
 
-def _introduce(cfg: DictConfig, run, output_dir: Path, reporter) -> float:
-    """Print the config, the model, the memory rule of thumb and the data; return the estimate (MiB)."""
+def _introduce(cfg: DictConfig, run, output_dir: Path, reporter):
+    """Print the config, the model, the memory estimate and the data; start measuring the peak."""
     from nettrain.data.preprocessing import describe
-    from nettrain.memory import estimate_training_memory
+    from nettrain.memory import MemoryCheck, PeakMemory
     from nettrain.models import param_count
 
-    model, data = run.state.model, run.data
-    memory_estimate_mb = estimate_training_memory(model, run.state.optimizer, data.input_shape, cfg.batch_size) / 2**20
-    reporter.start(OmegaConf.to_yaml(cfg), model, param_count(model), str(run.device), output_dir)
-    reporter.note(
-        f"training memory, rule of thumb: ~{memory_estimate_mb:.1f} MiB "
-        "(weights, gradients, optimizer state, one batch of activations; 4 bytes each)"
-    )
+    state, data, est = run.state, run.data, run.memory
+    reporter.start(OmegaConf.to_yaml(cfg), state.model, param_count(state.model), str(run.device), output_dir)
+    reporter.note(f"training memory estimate at batch {est.batch_size}:\n" + "\n".join(est.lines()))
     for line in data.notes:  # the image cache built or used, files skipped
         (reporter.warn if line.startswith("skipped") else reporter.note)(line)
     reporter.note(
         f"data: {data.name}, train {len(data.train)} / val {len(data.val)} / "
         f"test {len(data.test)}, input {list(data.input_shape)}; {describe(data.meta)}"
     )
-    return memory_estimate_mb
+    return MemoryCheck(est, PeakMemory(run.device).start())
 
 
-def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, start, stop):
+def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, start, stop, record: dict):
     """Train with the loop's settings and outputs taken from the config (files from rank 0 only)."""
     leader = distributed.context().is_main
     from nettrain.checkpoint import Checkpointer
     from nettrain.loop import LoopSettings, RunOutputs, fit
     from nettrain.metrics import MetricsWriter
+    from nettrain.sweep import config_hash
 
+    tags = {"config_hash": config_hash(plain_config), "git_commit": (record.get("git") or {}).get("commit")}
+    run.state.extras["loggers"].start(output_dir, plain_config, tags)
     settings = LoopSettings(
         epochs=cfg.epochs,
         l1=cfg.regularization.l1,
@@ -195,51 +201,18 @@ def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, s
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from nettrain.rundir import RunFolderError, remove_if_unused
-
     distributed.publish_run_dir(HydraConfig.get().runtime.output_dir)  # the other ranks may start
     subdir = hydra_output_subdir()
     if subdir is not None and (subdir / "config.yaml").is_file():
         make_rerunnable(subdir / "config.yaml")
+    from nettrain.cli_errors import exit_for, failed_run
+
     try:
         summary = train(cfg)
-    except (ConfigError, RunFolderError) as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"{distributed.rank_prefix()}Error: {exc}", file=sys.stderr)
-        if isinstance(exc, RunFolderError) and not in_multirun():
-            sys.exit(2)
-        if in_multirun():  # one bad job must not take the sweep down; the summary records it
-            from hydra.core.hydra_config import HydraConfig
-
-            first = exc.problems[0] if isinstance(exc, ConfigError) else str(exc)
-            write_failure(Path(HydraConfig.get().runtime.output_dir), cfg, f"{type(exc).__name__}: {first}")
-            return None  # not NaN: the Optuna sweeper fails on NaN; None marks the trial failed
-        from hydra.core.hydra_config import HydraConfig
-
-        if not cfg.resume:
-            remove_if_unused(HydraConfig.get().runtime.output_dir)  # a rejected config leaves no empty folder
-        sys.exit(2)
-    except OSError as exc:  # a fault writing a file: one line naming it, and what is kept
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or in_multirun():
-            raise
-        from nettrain.cli_errors import kept_checkpoints
-
-        print(f"Error: {exc}{kept_checkpoints()}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as exc:
-        if not in_multirun():
-            raise
-        print(f"Error: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:  # bad input exits 2, a fault 1; a failed sweep job is recorded and the sweep goes on
+        failed_run(exc, cfg)  # returns only for a failed sweep job
         return None
-    if summary.get("status") == "diverged":  # a non-finite loss: a failed run, exit 3
-        print(f"Error: {summary['error']}", file=sys.stderr)
-        return None if in_multirun() else sys.exit(3)
-    if summary.get("status") == INTERRUPTED:
-        if summary.get("signal") and summary["signal"] == distributed.preemption_signal():
-            distributed.hand_over(summary["signal"])  # submitit requeues the job; it resumes from the checkpoint
-        sys.exit(128 + (summary.get("signal") or signal.SIGINT))
-    return summary["best_val_loss"]  # the objective a hyperparameter sweeper minimises
+    return exit_for(summary)  # diverged: exit 3, interrupted: 128 + the signal; else the sweeper's objective
 
 
 def main() -> None:

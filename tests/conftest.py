@@ -20,8 +20,9 @@ from nettrain.config import register_schema
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 # device=cpu: the suite's exact comparisons are CPU figures, also on a machine with a GPU
-# (tests/test_gpu.py runs the CUDA paths there).
-QUIET = ["console.show_config=false", "console.show_model=false", "console.progress=off", "device=cpu"]
+# (tests/test_gpu.py runs the CUDA paths there). plots=false: matplotlib takes most of a small
+# run's time; the tests of the plots ask for them with plots=true.
+QUIET = ["console.show_config=false", "console.show_model=false", "console.progress=off", "device=cpu", "plots=false"]
 
 register_schema()
 

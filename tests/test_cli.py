@@ -49,7 +49,10 @@ def check_run_dir(run: Path, param_names: list[str]) -> dict:
         "provenance.json",
     }
     rows = read_metrics(run)
-    assert rows and list(rows[0]) == METRIC_COLUMNS + [f"grad_mean/{n}" for n in param_names]
+    per_param = [f"{stat}/{n}" for stat in ("grad_mean", "grad_norm", "update_ratio") for n in param_names]
+    columns = list(rows[0]) if rows else []
+    assert columns[: len(METRIC_COLUMNS) + len(per_param)] == METRIC_COLUMNS + per_param
+    assert all(c.startswith("dead_units/") for c in columns[len(METRIC_COLUMNS) + len(per_param) :])
     assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
     summary = json.loads((run / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
@@ -67,11 +70,13 @@ def check_run_dir(run: Path, param_names: list[str]) -> dict:
             "progress",
             "history",
             "grad_monitor",
+            "diagnosis",
+            "loggers",
         } <= set(state)
         assert (run / "checkpoints" / (name + ".sha256")).is_file()
         assert isinstance(state["config"], dict) and "model" in state["config"]
     assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == summary["best_epoch"]
-    for png in ("loss.png", "accuracy.png", "lr.png", "grad_means.png"):
+    for png in ("loss.png", "accuracy.png", "lr.png", "grad_means.png", "gradients.png"):
         assert (run / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = (run / "train.log").read_text()
     assert "epoch" in log and "summary" in log

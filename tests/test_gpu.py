@@ -211,6 +211,24 @@ def test_deterministic_resume_with_graphs_is_exact(tmp_path):
     assert rows(tmp_path / "run") == rows(tmp_path / "straight")
 
 
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("batch", [32, 4096])
+def test_the_memory_estimate_holds_within_25_percent_on_cuda(tmp_path, model, batch):
+    overrides = ["device=cuda", "data=synthetic", "data.num_samples=5200", "epochs=1", f"model={model}"]
+    summary = train(make_cfg(*overrides, f"batch_size={batch}"), output_dir=tmp_path / "run")
+    peak = summary["memory_peak"]
+    assert peak["method"] == "torch.cuda.max_memory_allocated" and "workspace" in summary["memory_estimate"]["parts"]
+    assert 0.75 <= peak["ratio"] <= 1.25, (model, batch, peak, summary["memory_estimate"])
+
+
+def test_batch_size_finder_confirms_its_batch_with_one_real_step_on_cuda(tmp_path):
+    found = train(
+        make_cfg("device=cuda", "find=batch_size", "data=synthetic", "data.num_samples=2000"),
+        output_dir=tmp_path / "run",
+    )
+    assert found["confirmed"] and found["batch_size"] == 1600 and found["measured_peak_bytes"] > 0
+
+
 # last: a failed capture is the one test that leaves CUDA an error to clear
 def test_a_model_whose_control_flow_reads_its_data_is_not_captured_and_is_left_as_it_was():
     from nettrain.cuda_graph import GraphCaptureError

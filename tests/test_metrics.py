@@ -43,3 +43,14 @@ def test_is_finite_number():
 def test_timestamp_is_a_sortable_folder_name():
     assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", timestamp())
     assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", timestamp(sep="/"))
+
+
+def test_plots_false_writes_no_plots_and_true_writes_each_png(run):
+    _, off = run("data=synthetic", "data.num_samples=200", "epochs=1", "plots=false", output_dir=None)
+    assert (off / "metrics.csv").is_file() and not (off / "plots").exists()
+    import shutil
+
+    shutil.rmtree(off)
+    _, on = run("data=synthetic", "data.num_samples=200", "epochs=1", "plots=true")
+    for png in ("loss.png", "accuracy.png", "lr.png", "grad_means.png", "gradients.png"):
+        assert (on / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

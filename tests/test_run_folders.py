@@ -88,19 +88,46 @@ def test_resume_with_fewer_epochs_than_done_is_refused(finished):
 
 
 @pytest.mark.parametrize("scheduler", ["step", "cosine"])
-@pytest.mark.xfail(reason="T_max following epochs on resume is not wired in yet", strict=False)
 def test_train_longer_works_with_step_and_cosine(run, capsys, scheduler):
+    """The README's "train longer" (resume=RUN epochs=N): with cosine, T_max follows the new epochs,
+    so the third epoch still learns (with the old T_max=2 its learning rate would be eta_min = 0)."""
+    from nettrain.metrics import read_metrics
+
     summary, out = run(*SMALL, "epochs=2", f"scheduler={scheduler}")
     more = _resume(out, "epochs=3", f"scheduler={scheduler}")
     assert more["status"] == "completed" and more["epochs_run"] == 3
+    lrs = [float(row["lr"]) for row in read_metrics(out / "metrics.csv")]
+    assert len(lrs) == 3 and lrs[2] > 0
     if scheduler == "cosine":
         assert "scheduler.T_max follows epochs: 2 -> 3" in capsys.readouterr().out
+        assert lrs[0] > lrs[1] > lrs[2]
+    else:
+        assert lrs == [lrs[0]] * 3  # StepLR(30): no step yet
+
+
+def test_a_cosine_t_max_set_apart_from_epochs_may_not_change_on_resume(run):
+    from nettrain.config import ConfigError
+
+    summary, out = run(*SMALL, "epochs=2", "scheduler=cosine", "scheduler.T_max=5")
+    with pytest.raises(ConfigError, match=r"scheduler.T_max: 5 -> 7"):
+        _resume(out, "epochs=3", "scheduler=cosine", "scheduler.T_max=7")
+
+
+def test_a_setting_added_since_the_run_keeps_its_default_and_does_not_block_resume(run):
+    """A run saved before a schema key existed resumes: the missing key counts as its default."""
+    from nettrain.resume import config_changes, schema_defaults
+
+    defaults = schema_defaults()
+    assert defaults["dry_run"] is False and defaults["loggers"] == ["csv"]
+    old = {"epochs": 2, "lr": 0.001, "trainer": {"precision": "fp32"}}
+    assert config_changes(old, {**old, "dry_run": False, "loggers": ["csv"]}) == []
+    assert config_changes(old, {**old, "dry_run": False, "seed": 7}) == ["seed: '<unset>' -> 7"]
 
 
 def test_two_runs_on_one_folder_one_is_refused_naming_the_holder(tmp_path, monkeypatch, capsys):
     import os
 
-    from nettrain.rundir import RunLock
+    from nettrain.run_dir import RunLock
     from nettrain.train import main
 
     out = tmp_path / "r"

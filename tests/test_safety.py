@@ -15,19 +15,19 @@ import pytest
 import torch
 
 from conftest import write_idx
-from nettrain import idx, rundir
+from nettrain import idx, run_dir
 from nettrain.divergence import Diverged, LossWatch, finite_state
 
 # -- the run-folder lock --------------------------------------------------------------------------
 
 
 def test_a_second_lock_on_one_run_folder_is_refused_naming_the_holder(tmp_path):
-    with rundir.RunLock(tmp_path / "run"):
-        holder = json.loads((tmp_path / "run" / rundir.LOCK_NAME).read_text())
+    with run_dir.RunLock(tmp_path / "run"):
+        holder = json.loads((tmp_path / "run" / run_dir.LOCK_NAME).read_text())
         assert holder["pid"] == os.getpid()
         # another process (flock locks are per open file, so a second process is the real test)
         code = textwrap.dedent(f"""
-            from nettrain.rundir import RunLock, RunFolderError
+            from nettrain.run_dir import RunLock, RunFolderError
             try:
                 RunLock({str(tmp_path / "run")!r}).acquire()
             except RunFolderError as exc:
@@ -36,31 +36,31 @@ def test_a_second_lock_on_one_run_folder_is_refused_naming_the_holder(tmp_path):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert f"pid {os.getpid()} on host {socket.gethostname()}" in out
         assert "being written by another nettrain process" in out
-    with rundir.RunLock(tmp_path / "run"):  # released: free again
+    with run_dir.RunLock(tmp_path / "run"):  # released: free again
         pass
 
 
 def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
-    first = rundir.RunLock(tmp_path).acquire()
+    first = run_dir.RunLock(tmp_path).acquire()
     try:
-        with pytest.raises(rundir.RunFolderError, match=f"pid {os.getpid()}"):
-            rundir.RunLock(tmp_path).acquire()
+        with pytest.raises(run_dir.RunFolderError, match=f"pid {os.getpid()}"):
+            run_dir.RunLock(tmp_path).acquire()
     finally:
         first.release()
 
 
 def test_the_lock_file_fallback_without_os_locks(tmp_path, monkeypatch):
-    monkeypatch.setattr(rundir, "fcntl", None)
-    monkeypatch.setattr(rundir, "msvcrt", None)
-    lock = rundir.RunLock(tmp_path).acquire()
-    with pytest.raises(rundir.RunFolderError, match="being written by another"):
-        rundir.RunLock(tmp_path).acquire()
+    monkeypatch.setattr(run_dir, "fcntl", None)
+    monkeypatch.setattr(run_dir, "msvcrt", None)
+    lock = run_dir.RunLock(tmp_path).acquire()
+    with pytest.raises(run_dir.RunFolderError, match="being written by another"):
+        run_dir.RunLock(tmp_path).acquire()
     lock.release()
     # a lock file left by a dead process on this host is taken over
     (tmp_path / ".nettrain.excl").write_text(
         json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname(), "since": "x"})
     )
-    rundir.RunLock(tmp_path).acquire().release()
+    run_dir.RunLock(tmp_path).acquire().release()
     assert not (tmp_path / ".nettrain.excl").exists()
 
 
@@ -69,18 +69,18 @@ def test_the_lock_file_fallback_without_os_locks(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("value", ["", "  ", "/", "~"])
 def test_empty_root_or_home_run_dir_is_refused(value):
-    assert "a run needs a folder of its own" in rundir.unsafe_run_dir(value)
+    assert "a run needs a folder of its own" in run_dir.unsafe_run_dir(value)
 
 
 def test_a_folder_with_foreign_files_is_refused_naming_them(tmp_path):
     (tmp_path / "thesis.tex").write_text("x")
     (tmp_path / ".hydra").mkdir()
     (tmp_path / "summary.json").write_text("{}")
-    why = rundir.unsafe_run_dir(tmp_path)
+    why = run_dir.unsafe_run_dir(tmp_path)
     assert "holds files nettrain did not write (thesis.tex)" in why
     (tmp_path / "thesis.tex").unlink()
-    assert rundir.unsafe_run_dir(tmp_path) is None
-    assert rundir.unsafe_run_dir(tmp_path / "new") is None
+    assert run_dir.unsafe_run_dir(tmp_path) is None
+    assert run_dir.unsafe_run_dir(tmp_path / "new") is None
 
 
 def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
@@ -93,7 +93,7 @@ def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
     kept = [tmp_path / "checkpoints" / "last.pt", tmp_path / "metrics.csv", tmp_path / "notes.tmp"]
     for p in stale + kept:
         p.write_text("x")
-    assert sorted(rundir.remove_stale_temps(tmp_path)) == sorted(stale)
+    assert sorted(run_dir.remove_stale_temps(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
 
 

@@ -1,0 +1,143 @@
+"""The gradient diagnosis: statistics on sampled steps, and the verdict with its advice."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nettrain.diagnosis import (
+    DEAD,
+    EXPLODING,
+    HEALTHY,
+    VANISHING,
+    TrainingDiagnostics,
+    diagnose,
+    plot_gradients,
+    weight_names,
+)
+from nettrain.models import MLP
+
+WEIGHTS = ["fc1.weight", "fc2.weight", "fc3.weight"]
+
+
+def row(epoch=1, means=(1e-3, 2e-3, 3e-3), norms=(0.5, 0.5, 0.5), ratios=(1e-3, 1e-3, 1e-3), dead=0.0, loss=0.5):
+    r = {"epoch": epoch, "train_loss": loss, "dead_units/fc1": dead, "dead_units/fc2": 0.0}
+    for name, m, n, u in zip(WEIGHTS, means, norms, ratios):
+        r.update({f"grad_mean/{name}": m, f"grad_norm/{name}": n, f"update_ratio/{name}": u})
+    return r
+
+
+def test_healthy_statistics_give_a_healthy_verdict():
+    d = diagnose(row(), None, WEIGHTS, lr=1e-3)
+    assert d.verdict == HEALTHY and d.findings == []
+
+
+def test_a_layer_far_below_the_largest_is_vanishing_and_named():
+    d = diagnose(row(means=(2e-9, 1e-5, 1e-3)), None, WEIGHTS, lr=1e-3)
+    assert d.verdict == VANISHING
+    assert d.findings == [
+        (
+            "vanishing: fc1's gradients are 2e-06 of fc3's: try model.init=kaiming_normal, "
+            "model.norm=batchnorm, model.activation=relu or gelu, or fewer layers"
+        )
+    ]
+
+
+def test_growth_large_updates_and_nan_are_exploding_with_advice():
+    d = diagnose(row(epoch=2, norms=(50, 50, 50)), row(), WEIGHTS, lr=0.5)
+    assert d.verdict == EXPLODING
+    assert d.findings[0].startswith("exploding: gradient norm grew 100x in one epoch")
+    assert "lower lr (now 0.5) or set regularization.grad_clip=1.0" in d.findings[0]
+    d = diagnose(row(ratios=(0.8, 1e-3, 1e-3)), None, WEIGHTS, lr=1.0)
+    assert d.verdict == EXPLODING and "fc1's weights by 80%" in d.findings[0] and "try lr=0.1" in d.findings[0]
+    d = diagnose(row(means=(math.nan, 1e-3, 1e-3), loss=math.nan), None, WEIGHTS, lr=1.0)
+    assert d.verdict == EXPLODING and "inf/NaN in fc1" in d.findings[0]
+
+
+def test_dead_units_name_the_layer():
+    d = diagnose(row(dead=0.75), None, WEIGHTS, lr=1e-3)
+    assert d.verdict == DEAD
+    assert d.findings[0].startswith("dead units: units that never fired this epoch: fc1 (75%)")
+
+
+def test_sampled_update_ratio_and_dead_units_are_measured():
+    torch.manual_seed(0)
+    model = MLP((1, 2, 2), 2, hidden=[4])
+    with torch.no_grad():
+        model.fc1.bias[:2] = -100.0  # two of the four hidden units can never fire
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = {"n": 0}
+    diag = TrainingDiagnostics(model, opt, in_forward=lambda: steps["n"] % 2 == 0)
+    x, y = torch.randn(16, 1, 2, 2), torch.randint(0, 2, (16,))
+    for _ in range(4):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps["n"] += 1
+    assert diag.ratio_steps == 2  # steps 0 and 2 were sampled
+    stats = diag.end_epoch()
+    assert stats["dead_units/fc1"] == 0.5
+    assert len([k for k in stats if k.startswith("update_ratio/")]) == 4
+    assert 0 < stats["update_ratio/fc1.weight"] < 1
+    diag.remove()
+    assert weight_names(model) == ["fc1.weight", "fc2.weight"]
+
+
+def test_update_ratio_is_the_mean_over_sampled_steps():
+    model = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    diag = TrainingDiagnostics(model, opt, in_forward=lambda: True)
+    model.weight.grad = torch.full_like(model.weight, 0.5)  # w: 1 -> 0.5, ratio 0.5
+    opt.step()
+    model.weight.grad = torch.full_like(model.weight, 0.25)  # w: 0.5 -> 0.25, ratio 0.5
+    opt.step()
+    assert math.isclose(diag.end_epoch()["update_ratio/weight"], 0.5, rel_tol=1e-9)
+
+
+def test_gradients_png_is_written(tmp_path):
+    rows = [row(epoch=1), row(epoch=2)]
+    assert plot_gradients(rows, tmp_path / "plots" / "gradients.png")
+    assert (tmp_path / "plots" / "gradients.png").stat().st_size > 1000
+    assert not plot_gradients([{"epoch": 1, "train_loss": 1.0}], tmp_path / "none.png")
+
+
+# -- through a run ----------------------------------------------------------------------------
+
+QUICK = (
+    "data=synthetic",
+    "data.num_samples=400",
+    "epochs=1",
+    "grad_monitor.every_n_steps=1",
+    "checkpoint.enabled=false",
+)
+
+
+def test_the_default_simplenet_is_healthy_and_every_statistic_is_recorded(run):
+    import csv
+
+    summary, out = run(*QUICK, "plots=true")
+    assert summary["diagnosis"]["verdict"] == HEALTHY, summary["diagnosis"]
+    with open(out / "metrics.csv") as f:
+        row = next(csv.DictReader(f))
+    for key in ("grad_mean/fc1.weight", "update_ratio/fc1.weight", "dead_units/fc1"):
+        assert 0 <= float(row[key]) < 1, key
+    assert 0 < float(row["grad_norm/fc1.weight"]) < 100
+    assert (out / "plots" / "gradients.png").stat().st_size > 1000
+
+
+def test_a_deep_sigmoid_mlp_is_flagged_vanishing(run, capsys):
+    summary, _ = run(*QUICK, "model.hidden=[64,64,64,64,64,64,64]", "model.activation=sigmoid")
+    assert summary["diagnosis"]["verdict"] == VANISHING
+    finding = summary["diagnosis"]["findings"][0]
+    assert finding.startswith("vanishing: fc") and "of fc8's: try model.init=kaiming_normal" in finding
+    assert "epoch 1: vanishing: fc" in capsys.readouterr().out
+
+
+def test_a_huge_lr_is_flagged_exploding(run):
+    summary, _ = run(*QUICK, "lr=1.0")
+    assert summary["diagnosis"]["verdict"] == EXPLODING
+    assert "lower lr (now 1, try lr=0.1)" in summary["diagnosis"]["findings"][0]

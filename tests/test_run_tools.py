@@ -1,0 +1,61 @@
+"""dry_run=true, find=lr and find=batch_size: they build, measure and suggest, and train nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import cli, make_cfg
+from nettrain.run_dir import LOCK_NAME
+
+
+def tool(tmp_path, *overrides):
+    from nettrain.train import train
+
+    out = tmp_path / "run"
+    return train(make_cfg(*overrides), output_dir=out), out
+
+
+def test_dry_run_shows_the_model_and_memory_and_trains_nothing(tmp_path, capsys):
+    summary, out = tool(tmp_path, "dry_run=true", "data=synthetic", "data.num_samples=300")
+    text = capsys.readouterr().out
+    assert summary["status"] == "dry_run" and summary["gradients_finite"] and summary["param_count"] == 203_530
+    assert ["fc1", "Linear", "[B,", "256]", "200,960"] in [line.split() for line in text.splitlines()]
+    assert ["total", "203,530"] in [line.split() for line in text.splitlines()]
+    assert "activations" in text and "one forward + backward on a batch of 64" in text
+    assert summary["memory_estimate"]["bytes"] == sum(summary["memory_estimate"]["parts"].values())
+    assert not out.exists() or sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) == []  # the lock only
+
+
+@pytest.mark.slow
+def test_dry_run_through_the_cli_exits_0_without_metrics_or_checkpoints(tmp_path):
+    result = cli("dry_run=true", "data=synthetic", "data.num_samples=300", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Dry run done" in result.stdout
+    assert not (tmp_path / "run" / "metrics.csv").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_lr_range_test_suggests_near_1e_3_for_simplenet_with_adam_on_the_digits(tmp_path, capsys):
+    summary, out = tool(tmp_path, "find=lr", "threads=1")
+    assert summary["diverged"] and summary["steps"] < 200
+    assert 1e-4 <= summary["suggested_lr"] <= 1e-2, summary
+    assert (out / "lr_find.png").stat().st_size > 1000 and (out / "lr_find.json").is_file()
+    assert not (out / "checkpoints").exists() and not (out / "metrics.csv").exists()
+    assert f"nettrain-train lr={summary['suggested_lr']:.2g}" in capsys.readouterr().out
+
+
+def test_batch_size_finder_uses_available_ram_on_cpu_and_says_what_to_type(tmp_path, capsys):
+    summary, out = tool(tmp_path, "find=batch_size", "data=synthetic", "data.num_samples=300")
+    text = capsys.readouterr().out
+    assert "MemAvailable" in summary["free_source"] and summary["confirmed"]
+    assert summary["batch_size"] == 240  # the whole training split fits in this machine's RAM
+    assert "the whole training split" in text and "nettrain-train batch_size=240" in text
+    assert (out / "batch_size.json").is_file() and not (out / "checkpoints").exists()
+
+
+def test_find_and_dry_run_values_are_checked():
+    from nettrain.config import ConfigError, validate
+
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg("find=epochs", "lr_find.steps=1"))
+    assert err.value.problems == ["find='epochs': allowed: lr, batch_size", "lr_find.steps=1: must be an integer >= 10"]
