@@ -96,6 +96,7 @@ def fused_kwargs(target: str, device: torch.device, setting: str = "auto") -> di
 
 # data keys nettrain reads itself (the image options' augmentation), not passed to the data's _target_
 AUGMENT_KEYS = ("augment", "crop_padding", "mix", "mix_alpha")
+IMAGE_FOLDER = "nettrain.data.image_folder.image_folder"
 
 
 def build_data(cfg: DictConfig) -> tuple[DataSplits, dict[str, Any]]:
@@ -104,6 +105,8 @@ def build_data(cfg: DictConfig) -> tuple[DataSplits, dict[str, Any]]:
     loader = {"in_memory": data_node.pop("in_memory", True), "num_workers": data_node.pop("num_workers", 0)}
     for key in AUGMENT_KEYS:
         data_node.pop(key, None)
+    if data_node.get("_target_") == IMAGE_FOLDER:  # in_memory=false: its files are decoded per batch
+        data_node["in_memory"] = loader["in_memory"]
     return instantiate(data_node, "data"), loader
 
 

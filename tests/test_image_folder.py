@@ -84,3 +84,63 @@ def test_a_folder_without_train_or_classes_is_explained(tmp_path):
     (tmp_path / "train" / "only").mkdir(parents=True)
     with pytest.raises(DataError, match=r"train/ needs at least 2 class folders"):
         load(str(tmp_path), cache=False)
+
+
+# -- in_memory=false: files decoded per batch --------------------------------------------------------
+
+
+def test_files_decoded_per_batch_stand_in_for_the_decoded_tensor(tmp_path):
+    from nettrain.data.image_folder import ImageFiles, decode_image
+
+    root = image_folder(tmp_path / "imgs", per_class=20, size=12, splits=("train", "test"))
+    eager = load(str(root), cache=False, val_fraction=0.2)
+    lazy = load(str(root), cache=False, val_fraction=0.2, in_memory=False)
+    assert isinstance(lazy.train.x, ImageFiles) and not isinstance(eager.train.x, ImageFiles)
+    # the same split cut, shapes, statistics and samples, none decoded up front
+    assert lazy.input_shape == eager.input_shape and lazy.meta == eager.meta
+    for split in ("train", "val", "test"):
+        a, b = getattr(eager, split), getattr(lazy, split)
+        assert torch.equal(a.y, b.y) and b.x.shape == a.x.shape and b.x.nbytes == a.x.nbytes
+        assert torch.equal(b.x.to("cpu"), a.x)
+    assert torch.equal(lazy.train.x[3], decode_image(root / lazy.train.x.rels[3], (12, 12), 1))
+    assert torch.equal(lazy.train.x[torch.tensor([5, 1])].to("cpu"), eager.train.x[torch.tensor([5, 1])])
+    assert any("decoded per batch" in n for n in lazy.notes)
+    before = lazy.fingerprint()
+    os.utime(root / lazy.train.x.rels[0], ns=(1, 1))  # a changed file changes the data's fingerprint
+    assert load(str(root), cache=False, val_fraction=0.2, in_memory=False).fingerprint() != before
+
+
+def test_a_file_whose_pixels_fail_is_named_when_its_batch_is_decoded(tmp_path):
+    from nettrain.data.image_folder import ImageFiles
+
+    root = image_folder(tmp_path / "imgs", per_class=4)
+    good = root / "train" / CLASSES[0] / "000.png"
+    bad = root / "train" / CLASSES[0] / "cut.png"
+    bad.write_bytes(good.read_bytes()[:60])  # the header reads, the pixels do not
+    files = ImageFiles(root, [str(bad.relative_to(root))], (12, 12), 1)
+    with pytest.raises(DataError, match=rf"{bad}: cannot be decoded"):
+        files[0]
+
+
+def test_training_with_files_decoded_by_workers_gives_the_in_memory_runs_numbers(tmp_path):
+    """in_memory=false with 2 DataLoader workers: the same sample order, so the same losses and
+    weights as the decoded-in-memory run, and no cache written."""
+    from conftest import make_cfg
+    from nettrain.checkpoint import load_checkpoint
+    from nettrain.metrics import read_metrics
+    from nettrain.train import train
+
+    root = image_folder(tmp_path / "imgs", per_class=20, size=12, splits=("train", "test"))
+    common = ["data=image_folder", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", "epochs=2"]
+    common += ["batch_size=16", "model=cnn", "model.channels=[4,8]", "model.hidden=16"]
+    train(make_cfg(*common), output_dir=tmp_path / "memory")
+    (tmp_path / "cache").rename(tmp_path / "cache-of-the-first-run")
+    train(make_cfg(*common, "data.in_memory=false", "data.num_workers=2"), output_dir=tmp_path / "files")
+    assert not (tmp_path / "cache").exists()
+    drop = ("epoch_time_s", "samples_per_s")
+    rows = [
+        [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / d)] for d in ("memory", "files")
+    ]
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+    a, b = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt")["model"] for d in ("memory", "files"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

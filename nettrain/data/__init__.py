@@ -82,7 +82,10 @@ class DataSplits:
         h = hashlib.sha256()
         for split in (self.train, self.val, self.test):
             for t in (split.x, split.y):
-                h.update(t.contiguous().cpu().numpy().tobytes())
+                if hasattr(t, "fingerprint"):  # image files decoded per batch: their paths, sizes, mtimes
+                    h.update(t.fingerprint())
+                else:
+                    h.update(t.contiguous().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
 
 
@@ -223,6 +226,19 @@ def synthetic(
     return DataSplits("synthetic", train, val, test, num_classes=num_classes)
 
 
+class Pairs(torch.utils.data.Dataset):
+    """(x[i], y[i]) for a DataLoader: tensors, or image files that x[i] decodes (ImageFiles)."""
+
+    def __init__(self, x: Any, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+
 class Batches:
     """Serves one split as (x, y) batches on `device`, each x passed through `transform` when given
     (the per-batch normalisation of uint8 images, nettrain/data/preprocessing.py).
@@ -313,14 +329,14 @@ class Batches:
                     idx = order[start:stop]
                     yield self.x.index_select(0, idx), self.y.index_select(0, idx)
             return
-        from torch.utils.data import DataLoader, TensorDataset
+        from torch.utils.data import DataLoader
 
         indices = list(range(self.n)) if order is None else order.tolist()
         shares = [indices[start:stop] for start, stop in self._positions(first_step) if stop > start]
         # its own generator: a DataLoader draws a base seed when it starts, which must not come
         # from torch's global RNG (that would shift dropout after a mid-epoch resume)
         loader = DataLoader(
-            TensorDataset(self.x, self.y),
+            Pairs(self.x, self.y),
             batch_sampler=shares,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",

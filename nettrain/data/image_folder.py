@@ -9,6 +9,11 @@ The decoded tensors are cached in `cache_dir` (default: $XDG_CACHE_HOME/nettrain
 ~/.cache/nettrain), the one place outside a run folder that nettrain writes. The cache key is a
 hash of every file's path, size and mtime and of the decode settings, so any change to the files
 builds a new cache entry; reading the folder then costs one stat() per file.
+
+With `data.in_memory=false` (a folder too big to decode into memory) nothing is decoded up front
+or cached: each split holds its file list (ImageFiles), the DataLoader's `num_workers` workers
+decode each batch's files in the run's sample order, and the mean and std come from a seeded
+sample of 2,000 train images.
 """
 
 from __future__ import annotations
@@ -130,26 +135,23 @@ class Folder:
         return h.hexdigest()[:24]
 
 
-def _decode_folder(
+def _probe_folder(
     folder: Folder, image_size: Any, channels: int | None, on_bad_file: str, warn: Callable[[str], None]
-) -> dict[str, Any]:
-    """Decode every file: {"splits": {split: {"x", "y"}}, "skipped": [...], "size", "channels"}."""
+) -> tuple[tuple[int, int], int, list[str]]:
+    """Read every file's header: the size and channels to decode to (the images' own when not set
+    and all agree), and the unreadable files, each named (on_bad_file=fail: the first stops it)."""
     skipped: list[str] = []
-    bad: set[str] = set()
-    probed: dict[str, dict[str, tuple]] = {}
-    for split, files in folder.files.items():
-        probed[split] = {}
+    shapes = set()
+    for files in folder.files.values():
         for rel, _ in files:
             try:
-                probed[split][rel] = _probe(folder.root / rel)
+                shapes.add(_probe(folder.root / rel))
             except Exception as exc:  # noqa: BLE001 - any unreadable file is named
                 message = f"{folder.root / rel}: not a readable image ({type(exc).__name__}: {exc})"
                 if on_bad_file == "fail":
                     raise DataError(f"{message}; fix or remove it, or set data.on_bad_file=skip") from None
                 warn(f"skipped {message}")
                 skipped.append(rel)
-                bad.add(rel)
-    shapes = {value for split in probed.values() for value in split.values()}
     size = _as_size(image_size)
     if size is None:
         sizes = sorted({s for s, _ in shapes})
@@ -167,6 +169,15 @@ def _decode_folder(
                 "set data.channels=1 (grayscale) or data.channels=3 (RGB)"
             )
         channels = found[0]
+    return size, channels, skipped
+
+
+def _decode_folder(
+    folder: Folder, image_size: Any, channels: int | None, on_bad_file: str, warn: Callable[[str], None]
+) -> dict[str, Any]:
+    """Decode every file: {"splits": {split: {"x", "y"}}, "skipped": [...], "size", "channels"}."""
+    size, channels, skipped = _probe_folder(folder, image_size, channels, on_bad_file, warn)
+    bad = set(skipped)
     splits: dict[str, dict[str, torch.Tensor]] = {}
     for split, files in folder.files.items():
         images, labels = [], []
@@ -188,11 +199,92 @@ def _decode_folder(
     return {"splits": splits, "skipped": skipped, "size": list(size), "channels": channels}
 
 
+class ImageFiles:
+    """Image files decoded when read: what a split holds with `in_memory=false` in place of its
+    uint8 tensor (N, C, H, W), for folders too big to decode into memory.
+
+    It stands in for that tensor where nettrain uses one: `len`, `shape`, `dtype`, `nbytes`;
+    `files[i]` decodes file i (the DataLoader's workers call it, batch by batch, in the run's
+    sample order); `files[index]` for a slice, a list or a tensor of indices is that subset (the
+    val/test cut); `to(device)` decodes them all, for the few samples that checks run on."""
+
+    dtype = torch.uint8
+
+    def __init__(self, root: Path, rels: list[str], size: tuple[int, int], channels: int):
+        self.root, self.rels, self.size, self.channels = root, list(rels), (int(size[0]), int(size[1])), channels
+
+    def __len__(self) -> int:
+        return len(self.rels)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rels), self.channels, *self.size))
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.rels) * self.channels * self.size[0] * self.size[1]
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, int) or (isinstance(index, torch.Tensor) and index.dim() == 0):
+            path = self.root / self.rels[int(index)]
+            try:
+                return decode_image(path, self.size, self.channels)
+            except Exception as exc:  # noqa: BLE001 - a file whose pixels fail: named, never silent
+                raise DataError(f"{path}: cannot be decoded ({type(exc).__name__}: {exc}); fix or remove it") from None
+        if isinstance(index, slice):
+            return ImageFiles(self.root, self.rels[index], self.size, self.channels)
+        picked = index.tolist() if isinstance(index, torch.Tensor) else list(index)
+        return ImageFiles(self.root, [self.rels[int(i)] for i in picked], self.size, self.channels)
+
+    def to(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not self.rels:
+            return torch.zeros(tuple(self.shape), dtype=torch.uint8).to(*args, **kwargs)
+        return torch.stack([self[i] for i in range(len(self))]).to(*args, **kwargs)
+
+    def contiguous(self, **kwargs: Any) -> ImageFiles:
+        return self  # decoded per batch: a memory format applies to the batch
+
+    def fingerprint(self) -> bytes:
+        """What identifies the data without decoding it: each file's path, size and mtime."""
+        h = hashlib.sha256()
+        for rel in self.rels:
+            st = os.stat(self.root / rel)
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.digest()
+
+
+def _files_folder(
+    folder: Folder, image_size: Any, channels: int | None, on_bad_file: str, warn: Callable[[str], None]
+) -> dict[str, Any]:
+    """Like _decode_folder, with the headers read and nothing decoded: ImageFiles per split."""
+    size, channels, skipped = _probe_folder(folder, image_size, channels, on_bad_file, warn)
+    bad = set(skipped)
+    splits = {}
+    for split, files in folder.files.items():
+        kept = [(rel, label) for rel, label in files if rel not in bad]
+        splits[split] = {
+            "x": ImageFiles(folder.root, [rel for rel, _ in kept], size, channels),
+            "y": torch.tensor([label for _, label in kept], dtype=torch.int64),
+        }
+    return {"splits": splits, "skipped": skipped, "size": list(size), "channels": channels}
+
+
 def _load_cache(path: Path) -> dict[str, Any] | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt, never trusted
         return None
+
+
+STATS_SAMPLE = 2000  # train images decoded for the mean and std when they are decoded per batch
+
+
+def _stats_sample(files: Any, seed: int) -> torch.Tensor:
+    """Up to STATS_SAMPLE train images, a seeded random choice, decoded: the normalisation's sample."""
+    if len(files) <= STATS_SAMPLE:
+        return files.to("cpu")
+    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:STATS_SAMPLE]
+    return files[pick.sort().values].to("cpu")
 
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -235,8 +327,11 @@ def image_folder(
     on_bad_file: str = "fail",
     cache: bool = True,
     cache_dir: str | None = None,
+    in_memory: bool = True,
 ) -> DataSplits:
-    """Classes from ROOT/train/<class>/, decoded to uint8 (N, C, H, W); see the module docstring."""
+    """Classes from ROOT/train/<class>/, decoded to uint8 (N, C, H, W); see the module docstring.
+    in_memory=False (data.in_memory): nothing is decoded up front or cached; the DataLoader's
+    workers decode each batch's files (ImageFiles), and mean/std come from a sample of train."""
     if on_bad_file not in ("skip", "fail"):
         raise DataError(f"data.on_bad_file={on_bad_file!r}: allowed: skip, fail")
     root_path = Path(os.path.expanduser(str(root)))
@@ -245,7 +340,10 @@ def image_folder(
     settings = {"image_size": list(_as_size(image_size) or []), "channels": channels, "on_bad_file": on_bad_file}
     decoded = None
     cache_path = None
-    if cache:
+    if not in_memory:
+        decoded = _files_folder(folder, image_size, channels, on_bad_file, notes.append)
+        notes.append(f"images: decoded per batch from {len(folder.files['train'])} train files (data.in_memory=false)")
+    elif cache:
         cache_path = Path(os.path.expanduser(cache_dir)) if cache_dir else default_cache_dir()
         cache_path = cache_path / f"image_folder-{folder.key(settings)}.pt"
         decoded = _load_cache(cache_path) if cache_path.is_file() else None
@@ -255,7 +353,7 @@ def image_folder(
                 f"skipped {root_path / rel}: not a readable image (found when the cache was built)"
                 for rel in decoded["skipped"]
             ]
-    if decoded is None:
+    if decoded is None:  # in memory, without a usable cache entry
         decoded = _decode_folder(folder, image_size, channels, on_bad_file, notes.append)
         if cache_path is not None:
             from nettrain.files import atomic_write
@@ -277,7 +375,7 @@ def image_folder(
     train = Split(train.x[rest], train.y[rest])
     if len(train) == 0:
         raise DataError(f"data.root={str(root_path)!r}: no training images left after the val/test cut")
-    mean, std = channel_stats(train.x)
+    mean, std = channel_stats(train.x if in_memory else _stats_sample(train.x, split_seed))
     meta = image_meta(folder.classes, decoded["channels"], decoded["size"], mean, std)
     return DataSplits(
         "image_folder", train, taken["val"], taken["test"], num_classes=len(folder.classes), meta=meta, notes=notes
