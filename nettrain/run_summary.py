@@ -124,11 +124,16 @@ def write_summary(
         write_json(output_dir / "summary.json", summary)
     run.state.extras["loggers"].finish(summary, output_dir, status)
     reporter.summary(summary)
-    if result.interrupted and cfg.checkpoint.enabled:
-        reporter.note(
-            f"interrupted after {stop.steps} steps this session; a checkpoint is saved. "
-            f"Resume with:\n  nettrain-train resume={output_dir.resolve()}"
-        )
-    elif result.interrupted:
-        reporter.note(f"interrupted after {stop.steps} steps; checkpoint.enabled=false, so it cannot be resumed")
+    if result.interrupted:
+        reporter.note(interrupted_note(stop.steps, cfg.checkpoint.enabled, output_dir))
     return summary
+
+
+def interrupted_note(steps: int, saved: bool, output_dir: Path) -> str:
+    """What an interrupted run says last: how to resume it, or why it cannot be."""
+    if not saved:
+        return f"interrupted after {steps} steps; checkpoint.enabled=false, so it cannot be resumed"
+    return (
+        f"interrupted after {steps} steps this session; a checkpoint is saved. "
+        f"Resume with:\n  nettrain-train resume={output_dir.resolve()}"
+    )

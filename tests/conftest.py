@@ -110,9 +110,16 @@ def mnist_root(tmp_path):
     return root
 
 
-def cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    """Run the real console script in a subprocess (not a terminal: no progress bar)."""
+def cli(
+    *args: str, cwd: Path, env_extra: dict | None = None, timeout: int = 240, plots: bool | None = False
+) -> subprocess.CompletedProcess:
+    """Run the real console script in a subprocess (not a terminal: no progress bar). plots=False
+    adds `plots=false` (matplotlib is most of a small run's time) unless the args set `plots`;
+    None adds nothing: the command exactly as given."""
     exe = Path(sys.executable).with_name("nettrain-train")
+    info = ("--help", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version", "--shell-completion")
+    if plots is not None and not any(a.startswith("plots=") or a in info for a in args):
+        args = (*args, f"plots={str(plots).lower()}")
     env = {**os.environ, **(env_extra or {})}
     env.pop("HYDRA_FULL_ERROR", None) if not (env_extra and "HYDRA_FULL_ERROR" in env_extra) else None
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)

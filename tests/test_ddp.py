@@ -63,7 +63,6 @@ def test_two_processes_leave_one_run_dir_and_print_once(straight):
         ".nettrain.lock",  # rank 0's lock on the run folder (one writer per folder)
         "checkpoints",
         "metrics.csv",
-        "plots",
         "summary.json",
         "train.log",
     ]

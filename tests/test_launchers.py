@@ -57,7 +57,7 @@ def check_job(job: Path, expected_overrides: list[str]) -> dict:
     summary = json.loads((job / "summary.json").read_text())
     assert summary["status"] in ("completed", "early_stopped") and summary["epochs_run"] == 2
     assert (job / "metrics.csv").read_text().count("\n") == 3
-    assert (job / "plots" / "loss.png").exists() and (job / "train.log").exists()
+    assert (job / "train.log").exists()
     return summary
 
 

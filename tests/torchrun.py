@@ -23,6 +23,8 @@ def torchrun(
     program = [str(exe)] if exe.exists() else [sys.executable, str(Path(__file__).with_name(command[0]))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     env.pop("HYDRA_FULL_ERROR", None) if not (env_extra and "HYDRA_FULL_ERROR" in env_extra) else None
+    if command[0] == "nettrain-train":  # matplotlib is most of a small run's time
+        command = (*command, "plots=false")
     args = [
         sys.executable,
         "-m",
