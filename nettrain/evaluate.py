@@ -113,7 +113,23 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in result.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
-    return 0
+    return diverged_exit(args.target)
+
+
+def diverged_exit(target: str) -> int:
+    """0, or 3 when the evaluated run diverged: its checkpoints hold its last finite state, which
+    is what was evaluated, but the run failed, and eval says so as training did (exit 3)."""
+    from nettrain.resume import read_summary, run_dir_of
+
+    summary = read_summary(run_dir_of(target) / "summary.json")
+    if summary.get("status") != "diverged":
+        return 0
+    print(
+        f"Error: {summary.get('error', 'the run diverged')}. The figures above are of that last finite "
+        "checkpoint, not of a finished run",
+        file=sys.stderr,
+    )
+    return 3
 
 
 def cli() -> None:

@@ -50,8 +50,10 @@ def load_model(state: dict[str, Any], device, source: str = "the checkpoint", tr
     from nettrain import trust as trust_lib
 
     trust_lib.check(cfg, source, trust_all=trust)  # the stored config is data: only allowlisted targets
+    from nettrain.ema import inference_weights
+
     model = build_model_for(cfg, prep, device)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(inference_weights(state))  # the EMA's, when the run kept one (as eval and export)
     return model.eval(), prep
 
 
@@ -184,6 +186,9 @@ def default_out(checkpoint: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nettrain import usermodules
+
+    usermodules.add_working_dir()  # `_target_: mymodels.Net` from the working directory, as under python -m
     parser = argparse.ArgumentParser(prog="nettrain-predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("inputs", nargs="+", help="image files, folders of images, or a CSV/Parquet table")

@@ -63,6 +63,15 @@ def test_long_values_are_echoed_shortened(monkeypatch, capsys, tmp_path):
     code, err = run_cli(monkeypatch, capsys, tmp_path, *SMALL, "model=" + "x" * 500)
     assert code == 2
     assert "xxx..." in err and "x" * 200 not in err
+    code, err = run_cli(monkeypatch, capsys, tmp_path, *SMALL, "data.root=" + "y" * 500)  # a key's value
+    assert code == 2 and "data.root=" in err
+    assert "yyy..." in err and "y" * 200 not in err
+
+
+def test_an_unknown_key_suggests_the_closest_key_not_adding_it(monkeypatch, capsys, tmp_path):
+    code, err = run_cli(monkeypatch, capsys, tmp_path, *SMALL, "epoch=3")
+    assert code == 2 and "unknown key 'epoch'" in err and "epochs" in err
+    assert "+epoch" not in err  # Hydra's own hint would be to add it
 
 
 def test_a_folder_with_foreign_files_is_refused_before_anything_moves(monkeypatch, capsys, tmp_path):

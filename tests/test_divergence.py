@@ -85,3 +85,16 @@ def test_strict_json_writer_turns_non_finite_numbers_into_null_with_the_reason(t
         "n": {"y": None, "y_reason": "inf"},
         "ok": 1,
     }
+
+
+def test_eval_of_a_diverged_run_says_so_and_exits_3(run, capsys):
+    from nettrain.evaluate import main
+
+    summary, out = run(*SMALL, *LATE)
+    assert summary["status"] == "diverged"
+    capsys.readouterr()
+    assert main([str(out)]) == 3  # the last finite checkpoint is evaluated, and the run is a failure
+    captured = capsys.readouterr()
+    assert "nettrain-eval: test split" in captured.out
+    assert re.search(r"Error: the training loss became nan at epoch 2, step \d+: the run diverged", captured.err)
+    assert "figures above are of that last finite checkpoint" in captured.err

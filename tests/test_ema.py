@@ -63,6 +63,11 @@ def test_validation_best_checkpoint_and_test_use_the_ema_weights(tmp_path):
     assert val["val_loss"] == pytest.approx(float(rows(tmp_path / "run")[-1]["val_loss"]), rel=1e-6)
     best = evaluate_checkpoint(tmp_path / "run", split="test")  # best.pt
     assert best["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+    # nettrain-predict builds its model with the same (EMA) weights as eval and export
+    from nettrain.predict import load_model
+
+    model, _ = load_model(last, torch.device("cpu"))
+    assert all(torch.equal(v, last["ema"]["weights"][k]) for k, v in model.state_dict().items())
     plain = train(make_cfg(*SETUP, "trainer.ema_decay=null"), output_dir=tmp_path / "plain")
     assert plain["test_loss"] != pytest.approx(summary["test_loss"], rel=1e-3)  # the EMA changed what is tested
 

@@ -577,6 +577,17 @@ def test_verify_resume_fails_when_it_could_not_interrupt(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("NOT VERIFIED: the run ended after 8 steps")
 
 
+@pytest.mark.parametrize("value", ["-3", "0", "two"])
+def test_verify_resume_refuses_a_stop_after_that_is_not_a_positive_count(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as info:
+        verify_main([*BASE, "--stop-after", value, "--out", str(tmp_path / "v")])
+    assert info.value.code == 2  # argparse's exit for a bad argument
+    err = capsys.readouterr().err
+    assert f"--stop-after: {value}" in err or f"--stop-after: '{value}'" in err
+    assert "allowed: an integer >= 1" in err and "Traceback" not in err
+    assert not (tmp_path / "v").exists()  # refused before anything ran
+
+
 def test_eval_of_a_checkpoint_outside_a_run_writes_beside_it(straight, tmp_path):
     import shutil
 

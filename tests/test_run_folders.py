@@ -178,3 +178,30 @@ def test_eval_never_touches_summary_and_writes_only_eval(finished):
     changed = [p for p in after if before.get(p) != after[p]]
     assert changed and all(p.parent.name == "eval" for p in changed)
     assert json.loads((finished / "summary.json").read_text())["status"] == "completed"
+
+
+def test_eval_with_a_model_override_that_does_not_fit_the_checkpoint_says_so(finished, capsys):
+    from nettrain.evaluate import main
+
+    assert main([str(finished), "model.hidden=[128]"]) == 2
+    err = capsys.readouterr().err
+    assert "model built from the config (overrides: model.hidden=[128]) does not fit the weights" in err
+    assert "Traceback" not in err
+
+
+def test_a_fault_while_resuming_a_finished_run_keeps_its_summary(finished, monkeypatch):
+    """Not only a bad config: a disk fault during the resumed training leaves the finished run's
+    summary.json (and its test result) as it was."""
+    import errno
+
+    from nettrain.checkpoint import Checkpointer
+
+    before = (finished / "summary.json").read_text()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.directory / "last.pt"))
+
+    monkeypatch.setattr(Checkpointer, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _resume(finished, "epochs=4")
+    assert (finished / "summary.json").read_text() == before

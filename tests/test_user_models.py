@@ -95,6 +95,7 @@ def test_a_user_model_in_the_working_directory_trains_evaluates_and_exports_thro
         ("nettrain.train", "main"),
         ("nettrain.evaluate", "main"),
         ("nettrain.export", "main"),
+        ("nettrain.predict", "main"),
         ("nettrain.verify_resume", "main"),
     ],
 )
