@@ -42,6 +42,8 @@ def test_each_format_round_trips_and_the_command_says_it_was_checked(run_dir, fm
     sidecar = json.loads((run_dir / "export" / f"best.{fmt}.json").read_text())
     assert sidecar["check"]["passed"] and sidecar["input_shape"] == [1, 8, 8] and sidecar["num_classes"] == 3
     assert sidecar["model"]["_target_"] == "nettrain.models.CNN" and sidecar["file"] == file.name
+    saved = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["preprocessing"]
+    assert sidecar["preprocessing"] == saved and sidecar["class_names"] == saved.get("class_names")
     # loaded by the format's own reader, independent of nettrain, it gives the checkpoint's outputs
     state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     from nettrain.models import CNN

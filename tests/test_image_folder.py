@@ -144,3 +144,20 @@ def test_training_with_files_decoded_by_workers_gives_the_in_memory_runs_numbers
     assert rows[0] == rows[1] and len(rows[0]) == 2
     a, b = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt")["model"] for d in ("memory", "files"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg", ".bmp", ".webp"])
+def test_every_listed_image_format_is_found_and_decoded(tmp_path, suffix):
+    from PIL import Image
+
+    root = image_folder(tmp_path / "imgs", per_class=4, size=12)
+    for png in list(root.rglob("*.png")):  # the same images in another format
+        with Image.open(png) as img:
+            img.save(png.with_suffix(suffix), quality=100) if suffix in (".jpg", ".jpeg") else img.save(
+                png.with_suffix(suffix), **({"lossless": True} if suffix == ".webp" else {})
+            )
+        png.unlink()
+    data = load(str(root), cache=False)
+    channels = 3 if suffix == ".webp" else 1  # WebP has no grayscale mode: Pillow reads it as RGB
+    assert len(data.train) + len(data.val) + len(data.test) == 12 and data.input_shape == (channels, 12, 12)
+    assert data.train.x.dtype == torch.uint8 and data.meta["class_names"] == list(CLASSES)

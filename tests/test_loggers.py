@@ -64,6 +64,23 @@ def test_tensorboard_resume_logs_no_epoch_twice(tmp_path):
     assert [round(v, 6) for _, v in scalars["grad_mean/fc1.weight"]] == [0.001, 0.002, 0.003]
 
 
+def test_tensorboard_histograms_of_weights_and_gradients_once_per_epoch(tmp_path):
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = torch.nn.Linear(3, 2)
+    model(torch.ones(4, 3)).sum().backward()
+    group = build_loggers(["tensorboard"])  # histograms on by default
+    group.start(tmp_path, {"lr": 1e-3}, {"config_hash": "abc"})
+    for r in ROWS[:2]:
+        group.log_epoch(r, model)
+    group.finish({}, tmp_path, "completed")
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"histograms": 0})
+    acc.Reload()
+    assert {"weights/weight", "weights/bias", "gradients/weight", "gradients/bias"} <= set(acc.Tags()["histograms"])
+    assert [e.step for e in acc.Histograms("weights/weight")] == [1, 2]
+
+
 def test_only_rank_zero_logs(tmp_path):
     group = build_loggers(["tensorboard"], rank=1)
     assert not group.enabled and group.loggers == []
