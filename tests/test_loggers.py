@@ -161,6 +161,28 @@ def test_wandb_runs_offline_without_a_key(tmp_path, monkeypatch):
     assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
+def test_wandb_resume_continues_the_same_offline_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    group = build_loggers(["wandb"])
+    group.start(tmp_path, {"lr": 1e-3}, {"config_hash": "abc"})
+    group.log_epoch(ROWS[0])
+    state = group.state_dict()
+    group.finish({}, tmp_path, "interrupted")
+    resumed = build_loggers(["wandb"])
+    resumed.load_state_dict(state)  # the run id comes back from the checkpoint
+    resumed.start(tmp_path, {"lr": 1e-3}, {"config_hash": "abc"})
+    resumed.log_epoch(ROWS[1])
+    resumed.finish({"test_acc": 0.9}, tmp_path, "completed")
+    run_id = state["wandb.run_id"]
+    assert resumed.loggers[0].run_id == run_id and len(run_id) == 8
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(f"-{run_id}" in p.name for p in runs)  # both sessions: the same run id
+    assert all(list(p.glob("run-*.wandb")) for p in runs)
+
+
 # -- through a run ----------------------------------------------------------------------------
 
 RUN = ("data=synthetic", "data.num_samples=300", "early_stopping.enabled=false", "grad_monitor.every_n_steps=1")
@@ -230,3 +252,20 @@ def test_choosing_a_logger_without_its_package_is_a_config_error(tmp_path, monke
         "logger.wandb.mode='cloud': allowed: auto, online, offline",
         "loggers=['csv', 'wandb']: wandb needs the wandb package; install it with pip install \"nettrain[wandb]\"",
     ]
+
+
+def test_mlflow_without_a_uri_uses_its_default_local_store_in_the_working_directory(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from conftest import make_cfg
+    from nettrain.train import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    summary = train(make_cfg(*RUN, "epochs=1", "loggers=[csv,mlflow]"), output_dir=tmp_path / "run")
+    assert (tmp_path / "mlflow.db").is_file()  # MLflow 3's default: ./mlflow.db
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("nettrain").experiment_id])
+    assert run.data.tags["nettrain.config_hash"] == summary["config_hash"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1]
