@@ -325,10 +325,10 @@ def failed_run(exc: Exception, cfg: Any) -> None:
     if isinstance(exc, OSError) and not (full_error or multirun):  # one line naming the file, and what is kept
         print(f"Error: {exc}{kept_checkpoints()}", file=sys.stderr)
         sys.exit(1)
-    if not multirun or isinstance(exc, (ConfigError, RunFolderError, OSError)):
-        raise exc
-    print(f"Error: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-    return None
+    if multirun and not isinstance(exc, (ConfigError, RunFolderError, OSError)):  # a failed job; the sweep goes on
+        print(f"Error: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    raise exc
 
 
 def exit_for(summary: dict[str, Any]) -> float | None:

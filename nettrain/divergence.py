@@ -65,7 +65,9 @@ def finite_state(tensors: Iterable[torch.Tensor]) -> bool:
     return bool(torch.stack(checks).all()) if checks else True
 
 
-def diverged_summary(exc: Diverged, history: list[dict], output_dir, elapsed_s: float, extra: dict) -> dict:
+def diverged_summary(
+    exc: Diverged, history: list[dict], output_dir, elapsed_s: float, extra: dict, plots: bool = True
+) -> dict:
     """summary.json (strict JSON) and the plots of a run stopped by a non-finite loss: status
     `diverged`, the message, the epochs completed and the best finite one; returns the summary."""
     import math
@@ -89,7 +91,7 @@ def diverged_summary(exc: Diverged, history: list[dict], output_dir, elapsed_s: 
         "wall_time_s": round(elapsed_s, 3),
         **extra,
     }
-    if history and extra.pop("plots", True):
+    if history and plots:
         save_plots(history, Path(output_dir) / "plots")
     write_json(Path(output_dir) / "summary.json", summary)
     return summary

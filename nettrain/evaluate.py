@@ -84,16 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     from nettrain import usermodules
 
     usermodules.add_working_dir()  # a run with a model of your own, from the working directory
+    from nettrain import trust as trust_lib
+
     parser = argparse.ArgumentParser(prog="nettrain-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=... device=cuda")
     parser.add_argument("--split", choices=("test", "val"), default="test")
-    parser.add_argument(
-        "--trust",
-        action="store_true",
-        help="build any _target_ the checkpoint's config names (only for a file you trust; "
-        "torch.load, os.*, builtins.* and file writers are refused even then)",
-    )
+    trust_lib.add_trust_flag(parser)
     args = parser.parse_intermixed_args(argv)
     from omegaconf.errors import OmegaConfBaseException
 

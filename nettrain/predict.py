@@ -189,18 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     from nettrain import usermodules
 
     usermodules.add_working_dir()  # `_target_: mymodels.Net` from the working directory, as under python -m
+    from nettrain import trust as trust_lib
+
     parser = argparse.ArgumentParser(prog="nettrain-predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("inputs", nargs="+", help="image files, folders of images, or a CSV/Parquet table")
     parser.add_argument("--out", help="the CSV to write (default: RUN_DIR/predict/<checkpoint>-<time>.csv)")
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per input (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu (default) | auto | cuda | cuda:N | mps")
-    parser.add_argument(
-        "--trust",
-        action="store_true",
-        help="build any _target_ the checkpoint's config names (only for a file you trust; "
-        "torch.load, os.*, builtins.* and file writers are refused even then)",
-    )
+    trust_lib.add_trust_flag(parser)
     args = parser.parse_args(argv)
     from nettrain.checkpoint import CheckpointError
     from nettrain.config import ConfigError

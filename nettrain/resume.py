@@ -62,10 +62,9 @@ def schema_defaults() -> dict[str, Any]:
     return {key: value for key, value in defaults.items() if value != MISSING}
 
 
-def follows_epochs(old: dict, new: dict) -> bool:
-    """True when the scheduler's T_max is the epochs (cosine's `T_max: ${epochs}`) before and after:
-    a resume with more epochs then stretches the cosine to the new end."""
-    a, b = flatten(old), flatten(new)
+def follows_epochs(a: dict, b: dict) -> bool:
+    """True when the scheduler's T_max is the epochs (cosine's `T_max: ${epochs}`) before and after,
+    in the flattened old and new configs: a resume with more epochs then stretches the cosine."""
     return (
         "scheduler.T_max" in a and a["scheduler.T_max"] == a.get("epochs") and b.get("scheduler.T_max") == b["epochs"]
     )
@@ -79,7 +78,7 @@ def config_changes(old: dict, new: dict, safe: tuple[str, ...] = SAFE_ON_RESUME)
     defaults = schema_defaults()
     changed = []
     for key in sorted(set(a) | set(b)):
-        if matches(key, safe) or (key == "scheduler.T_max" and follows_epochs(old, new)):
+        if matches(key, safe) or (key == "scheduler.T_max" and follows_epochs(a, b)):
             continue
         if key not in a and key in defaults and b.get(key) == defaults[key]:
             continue
@@ -151,10 +150,10 @@ def load_resume_point(resume_from: Path, output_dir: Path, plain_config: dict, r
         f"resuming {output_dir} from {path.name}: epoch {saved['epoch']} done, "
         f"step {saved['progress']['step_in_epoch']} of the next"
     )
-    old_t_max = flatten(saved["config"]).get("scheduler.T_max")
-    if follows_epochs(saved["config"], plain_config) and old_t_max != plain_config["epochs"]:
+    old, new = flatten(saved["config"]), flatten(plain_config)
+    if follows_epochs(old, new) and old["scheduler.T_max"] != new["epochs"]:
         report.note(
-            f"scheduler.T_max follows epochs: {old_t_max} -> {plain_config['epochs']}; the cosine goes on from "
+            f"scheduler.T_max follows epochs: {old['scheduler.T_max']} -> {new['epochs']}; the cosine goes on from "
             "the current learning rate and reaches eta_min at the new last epoch"
         )
     return saved

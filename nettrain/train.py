@@ -141,8 +141,8 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
         result = _fit(cfg, run, output_dir, plain_config, reporter, start, stop, record)
     except Diverged as exc:  # the checkpoints keep the last finite state
         reporter.warn(str(exc))
-        extra = {"seed": cfg.seed, "config_hash": config_hash(plain_config), "launch": launch_id(), "plots": cfg.plots}
-        summary = diverged_summary(exc, run.state.history, output_dir, time.perf_counter() - started, extra)
+        extra = {"seed": cfg.seed, "config_hash": config_hash(plain_config), "launch": launch_id()}
+        summary = diverged_summary(exc, run.state.history, output_dir, time.perf_counter() - started, extra, cfg.plots)
         run.state.extras["loggers"].finish(summary, output_dir, summary["status"])
         return summary
     return write_summary(cfg, run, result, output_dir, reporter, stop, record, started, memory)

@@ -302,6 +302,16 @@ def check(config: Any, source: str, trusted: Iterable[str] = (), trust_all: bool
         raise UntrustedTargetError(found)
 
 
+def add_trust_flag(parser: Any) -> None:
+    """`--trust` for the commands that open a checkpoint (nettrain-eval, -predict, -export)."""
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="build any _target_ the checkpoint's config names (only for a file you trust; "
+        "torch.load, os.*, builtins.* and file writers are refused even then)",
+    )
+
+
 def trusted_from_overrides(overrides: Iterable[str]) -> list[str]:
     """The `trust_targets=[...]` patterns given on the command line, and every `_target_` the
     command line itself sets (the user's own choice, not the file's)."""
