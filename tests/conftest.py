@@ -111,15 +111,97 @@ def mnist_root(tmp_path):
 
 
 def cli(
-    *args: str, cwd: Path, env_extra: dict | None = None, timeout: int = 240, plots: bool | None = False
+    *args: str,
+    cwd: Path,
+    env_extra: dict | None = None,
+    timeout: int = 240,
+    plots: bool | None = False,
+    process: bool | str = False,
 ) -> subprocess.CompletedProcess:
-    """Run the real console script in a subprocess (not a terminal: no progress bar). plots=False
-    adds `plots=false` (matplotlib is most of a small run's time) unless the args set `plots`;
-    None adds nothing: the command exactly as given."""
-    exe = Path(sys.executable).with_name("nettrain-train")
+    """`nettrain-train ARGS` run in `cwd`, through the console script's own `main()`: by default
+    in this process (`in_process`); process=True in a fresh process of its own, forked from a
+    server that has done the imports (tests/fresh.py), for the tests where the process matters
+    (its signals, its peak memory); process="exec" runs the installed console script itself.
+    None is a terminal: no progress bar. plots=False adds `plots=false` (matplotlib is most of a
+    small run's time) unless the args set `plots`; None adds nothing: the command exactly as given."""
     info = ("--help", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version", "--shell-completion")
     if plots is not None and not any(a.startswith("plots=") or a in info for a in args):
         args = (*args, f"plots={str(plots).lower()}")
+    if not process:
+        return in_process("nettrain.train:main", "nettrain-train", *args, cwd=cwd, env_extra=env_extra)
+    if process is True:
+        import fresh
+
+        return fresh.command("nettrain.train:main", "nettrain-train", *args, cwd=cwd, env_extra=env_extra)
+    exe = Path(sys.executable).with_name("nettrain-train")
     env = {**os.environ, **(env_extra or {})}
     env.pop("HYDRA_FULL_ERROR", None) if not (env_extra and "HYDRA_FULL_ERROR" in env_extra) else None
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def in_process(entry: str, prog: str, *args: str, cwd: Path, env_extra: dict | None = None):
+    """Run a console script's function (`module:function`) as `PROG ARGS` in `cwd`, in this
+    process, and return what a subprocess would: exit code, stdout and stderr. An uncaught
+    exception prints its traceback to stderr and exits 1, as the interpreter does.
+
+    A command started in a fresh interpreter saves 3-4 s of imports (torch, torch._dynamo on the
+    optimizer's first use, Hydra) here. What one command leaves behind in the process is put back
+    afterwards, so the next starts as a fresh one would: argv, the working directory, sys.path and
+    modules imported from the working directory, the environment, warnings, the root logger,
+    Hydra's global state, and the module state a multirun leaves (its summary, the published run
+    dir). Process-wide torch settings are the run's own business: `train()` restores them (tested
+    in test_reproducibility.py)."""
+    import contextlib
+    import importlib
+    import io
+    import logging
+    import traceback
+    import warnings
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from nettrain import distributed, sweep_callback
+
+    module, function = entry.split(":")
+    saved_argv, saved_path, saved_env, saved_cwd = sys.argv, list(sys.path), dict(os.environ), os.getcwd()
+    saved_modules = set(sys.modules)
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    out, err = io.StringIO(), io.StringIO()
+    code: int = 0
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    os.environ.update(env_extra or {})
+    sys.argv = [prog, *args]
+    sweep_callback._last_summary, sweep_callback._last_error, distributed._published = None, None, False
+    GlobalHydra.instance().clear()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("default")  # a fresh process shows each warning once
+            try:
+                getattr(importlib.import_module(module), function)()
+            except SystemExit as exc:
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:
+            if handler not in saved_handlers:
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv, sys.path[:] = saved_argv, saved_path
+        here = str(Path(cwd).resolve())
+        for name in set(sys.modules) - saved_modules:
+            if str(getattr(sys.modules[name], "__file__", None) or "").startswith(here):
+                del sys.modules[name]
+    return subprocess.CompletedProcess([prog, *args], code, out.getvalue(), err.getvalue())

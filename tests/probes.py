@@ -6,8 +6,9 @@ once-per-step `StopRequest.tick`, so the real handler (`nettrain.interrupt.stop_
 right after step k, however busy the machine is. `signal.raise_signal` delivers it to the calling
 (main) thread, and Python runs the handler before `raise_signal` returns.
 
-Subprocesses run the console script's own `main` through `python -c` (the entry point
-`nettrain-train` calls the same function), with the repository first on PYTHONPATH.
+Signalled runs are fresh processes forked from a server that did the imports (tests/fresh.py);
+the import probes need a new interpreter and run `python -c` with the repository first on
+PYTHONPATH. Both run the console script's own `main` (the entry point `nettrain-train` calls it).
 """
 
 from __future__ import annotations
@@ -56,12 +57,13 @@ def python_main(code: str, *args: str, cwd: Path, timeout: int = 240) -> subproc
     )
 
 
-# `nettrain-train ARGS` with StopRequest.tick patched to raise signals once the process's STEP-th
-# training step is done (counted over every run in the process, so a sweep's second job can be
-# hit), and optionally more signals when the checkpoint that the first asked for is written.
+# Run first in a fresh process (tests/fresh.py) before `nettrain-train ARGS`: StopRequest.tick
+# patched to raise signals once the process's STEP-th training step is done (counted over every
+# run in the process, so a sweep's second job can be hit), and optionally more signals when the
+# checkpoint that the first asked for is written.
 SIGNALLED = """
-import json, signal, sys
-spec = json.loads(sys.argv[1])
+import json, signal
+spec = json.loads(SPEC)
 import torch
 import nettrain.interrupt
 steps = 0
@@ -80,9 +82,6 @@ def save_and_signal(*args, **kwargs):
         signal.raise_signal(spec["during_save"].pop(0))
     return save(*args, **kwargs)
 torch.save = save_and_signal
-from nettrain.train import main
-sys.argv = ["nettrain-train", *sys.argv[2:]]
-main()
 """
 
 
@@ -93,14 +92,17 @@ def cli_signalled(
     signals: list[int],
     during_save: list[int] | None = None,
 ) -> subprocess.CompletedProcess:
-    """`nettrain-train ARGS` in a subprocess, sent `signals` right after its `step`-th training step
-    and `during_save` while it writes the checkpoint after that."""
+    """`nettrain-train ARGS` in a process of its own, sent `signals` right after its `step`-th
+    training step and `during_save` while it writes the checkpoint after that."""
+    import fresh
+
     spec = {
         "step": step,
         "signals": [int(s) for s in signals],
         "during_save": [int(s) for s in during_save or []],
     }
-    return python_main(SIGNALLED, json.dumps(spec), *args, cwd=cwd)
+    setup = f"SPEC = {json.dumps(json.dumps(spec))}\n" + SIGNALLED
+    return fresh.command("nettrain.train:main", "nettrain-train", *args, cwd=cwd, setup=setup)
 
 
 # Runs one or more `nettrain-train` commands in turn in one interpreter; after each, its exit code

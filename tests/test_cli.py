@@ -86,7 +86,7 @@ def check_run_dir(run: Path, param_names: list[str], plots: bool = False) -> dic
 
 
 def test_the_first_run_trains_the_tutorial_network_and_leaves_everything(tmp_path):
-    proc = cli("optimizer=adam", "lr=1e-3", cwd=tmp_path, plots=None)  # a newcomer's command, as typed
+    proc = cli("optimizer=adam", "lr=1e-3", cwd=tmp_path, plots=None, process="exec")  # a newcomer's command, as typed
     assert proc.returncode == 0, proc.stderr
     run = only_run_dir(tmp_path)
     summary = check_run_dir(run, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"], plots=True)

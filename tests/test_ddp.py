@@ -1,8 +1,9 @@
 """The real CLI under torchrun: 2 gloo processes on CPU train like one process, in one run dir,
 with one checkpoint that moves between world sizes, and resume that is exact.
 
-One 2-process run (module fixture) serves several tests; each torchrun start costs seconds on a
-small machine, so these are few."""
+One 2-process run under the real torchrun (module fixture) serves several tests; the others start
+the workers as torchrun would, without its agent and without paying the imports again
+(tests/torchrun.py `workers`), so each costs a fraction of a second more than the training."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from torchrun import torchrun
+from torchrun import torchrun, workers
 
 from conftest import make_cfg
 from nettrain.verify_resume import compare_runs
@@ -113,7 +114,7 @@ def test_checkpoints_move_between_one_and_two_processes(straight, tmp_path):
     assert (resumed["status"], resumed["epochs_run"], resumed["world_size"]) == ("completed", 3, 1)
     assert [r["epoch"] for r in read_metrics(run_dir / "metrics.csv")] == [1, 2, 3]
     # and the 1-process checkpoint resumes under 2 processes
-    proc = torchrun("nettrain-train", f"resume={run_dir}", "epochs=4", cwd=tmp_path)
+    proc = workers("nettrain-train", f"resume={run_dir}", "epochs=4", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     again = json.loads((run_dir / "summary.json").read_text())
     assert (again["status"], again["epochs_run"], again["world_size"]) == ("completed", 4, 2)
@@ -124,28 +125,28 @@ def test_a_run_interrupted_on_one_rank_mid_epoch_resumes_under_torchrun_bit_iden
     run_dir = tmp_path / "run"
     # SIGTERM reaches rank 1 alone before its step 3; the ranks check every 2 steps, so both stop
     # after step 4 of epoch 1 (5 steps of 64 = 2 x 32 samples), and rank 0 writes one checkpoint
-    proc = torchrun(
+    proc = workers(
         "ddp_signal.py", "1", "3", *RUN, "distributed.stop_check_every=2", f"hydra.run.dir={run_dir}", cwd=tmp_path
     )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted", proc.stderr[-3000:]
     assert "interrupted after 4 steps" in proc.stdout, proc.stdout
     assert {p.name for p in (run_dir / "checkpoints").glob("*.pt")} == {"last.pt"}  # one checkpoint
-    proc = torchrun("nettrain-train", f"resume={run_dir}", cwd=tmp_path)
+    proc = workers("nettrain-train", f"resume={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert compare_runs(only_run_dir(straight[1]), run_dir) == []
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # the resume wrote nowhere else
 
 
 def test_verify_resume_under_torchrun(tmp_path):
-    proc = torchrun("nettrain-verify-resume", *RUN, "--out", str(tmp_path / "verify"), cwd=tmp_path)
+    proc = workers("nettrain-verify-resume", *RUN, "plots=false", "--out", str(tmp_path / "verify"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert proc.stdout.count("identical: straight vs interrupted after step 5 of 10 and resumed") == 1
     assert json.loads((tmp_path / "verify" / "verify.json").read_text())["identical"] is True
 
 
 def test_multirun_under_torchrun_is_refused_at_once(tmp_path):
-    proc = torchrun("nettrain-train", "-m", "batch_size=32,64", *RUN, cwd=tmp_path, timeout=120)
+    proc = workers("nettrain-train", "-m", "batch_size=32,64", *RUN, cwd=tmp_path, timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.count("Error: --multirun under torchrun") == 1, proc.stderr
     assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from torchrun import torchrun
+from torchrun import workers
 
 from nettrain import distributed as dist_lib
 from nettrain.config import ConfigError, register_schema
@@ -204,7 +204,7 @@ def test_multirun_under_a_launcher_is_refused_by_every_rank(capsys, monkeypatch)
 
 
 def test_two_gloo_processes_share_the_run_dir_sums_and_the_stop_decision(tmp_path):
-    proc = torchrun("distributed_checks.py", cwd=tmp_path)
+    proc = workers("distributed_checks.py", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split("\n")[:4] == [
         "ok run dir",

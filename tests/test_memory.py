@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 
 import pytest
 import torch
@@ -73,8 +74,13 @@ def test_data_bytes_and_allocator_rounding():
 def test_peak_rss_increase_is_measured_on_cpu():
     peak = PeakMemory(torch.device("cpu"))
     peak.start()
-    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-    del block
+    # 64 MiB of fresh pages, touched. (A tensor could reuse memory the allocator already holds
+    # resident from earlier tests in this process, and then RSS would not rise.)
+    block = mmap.mmap(-1, 64 * 2**20)
+    page = b"\x01" * 2**20
+    for _ in range(64):
+        block.write(page)
+    block.close()
     measured = peak.peak()
     assert measured is not None and 60 * 2**20 <= measured <= 80 * 2**20
 
@@ -112,6 +118,7 @@ def test_cpu_estimate_holds_within_the_stated_tolerance(tmp_path):
         "threads=1",
         "hydra.run.dir=run",
         cwd=tmp_path,
+        process=True,  # a fresh process: the peak RSS is the process's own
     )
     assert result.returncode == 0, result.stderr
     peak = json.loads((tmp_path / "run" / "summary.json").read_text())["memory_peak"]

@@ -142,6 +142,7 @@ def test_a_sequential_sweep_does_not_leak_settings_into_the_next_job(tmp_path):
         "console.show_model=false",
         "console.progress=off",
         "device=cpu",
+        "plots=false",
         f"hydra.sweep.dir={tmp_path}",
     ]
     try:
@@ -436,14 +437,16 @@ class NoisyMLP(MLP):
 
 
 def test_verify_resume_says_identical(tmp_path, capsys):
-    assert verify_main([*BASE, "epochs=2", "--out", str(tmp_path)]) == 0
+    assert verify_main([*BASE, "plots=false", "epochs=2", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("identical: straight vs interrupted after step 8 of 16 and resumed")
     assert json.loads((tmp_path / "verify.json").read_text())["identical"] is True
 
 
 def test_verify_resume_reports_a_planted_difference(tmp_path, capsys):
-    code = verify_main([*BASE, "epochs=2", f"model._target_={__name__}.NoisyMLP", "--out", str(tmp_path)])
+    code = verify_main(
+        [*BASE, "plots=false", "epochs=2", f"model._target_={__name__}.NoisyMLP", "--out", str(tmp_path)]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert out.startswith("DIFFERENT: straight vs interrupted after step 8 of 16 and resumed")
@@ -573,14 +576,14 @@ def test_a_corrupt_last_checkpoint_never_replaces_a_good_previous(tmp_path):
 
 
 def test_verify_resume_fails_when_it_could_not_interrupt(tmp_path, capsys):
-    assert verify_main([*BASE, "epochs=1", "--stop-after", "100", "--out", str(tmp_path)]) == 1
+    assert verify_main([*BASE, "plots=false", "epochs=1", "--stop-after", "100", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().out.startswith("NOT VERIFIED: the run ended after 8 steps")
 
 
 @pytest.mark.parametrize("value", ["-3", "0", "two"])
 def test_verify_resume_refuses_a_stop_after_that_is_not_a_positive_count(tmp_path, capsys, value):
     with pytest.raises(SystemExit) as info:
-        verify_main([*BASE, "--stop-after", value, "--out", str(tmp_path / "v")])
+        verify_main([*BASE, "plots=false", "--stop-after", value, "--out", str(tmp_path / "v")])
     assert info.value.code == 2  # argparse's exit for a bad argument
     err = capsys.readouterr().err
     assert f"--stop-after: {value}" in err or f"--stop-after: '{value}'" in err

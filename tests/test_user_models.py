@@ -3,11 +3,10 @@ and a model that cannot take the data's shape reported as a config error naming 
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
+import fresh
 import pytest
 import torch
 
@@ -67,24 +66,15 @@ def test_a_user_model_in_the_working_directory_trains_evaluates_and_exports_thro
     assert proc.returncode == 0, proc.stderr
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["model"]["1.weight"].shape == (12, 16)  # width 12 from the option, 16 inputs from the data
-    bin_dir = Path(sys.executable).parent
+    # each command a process of its own, as typed (tests/fresh.py: without paying the imports again)
     # the checkpoint names a class of your own: a file's config builds it only when you say so
-    refused = subprocess.run(
-        [str(bin_dir / "nettrain-eval"), "run"], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=240
-    )
+    refused = fresh.command("nettrain.evaluate:cli", "nettrain-eval", "run", cwd=tmp_path)
     assert refused.returncode == 2 and "model._target_='mymodels.TwoLayer'" in refused.stderr
-    for command in (
-        ["nettrain-eval", "run", "trust_targets=[mymodels.TwoLayer]"],
-        ["nettrain-export", "run", "--format", "safetensors", "--trust"],
+    for entry, command in (
+        ("nettrain.evaluate:cli", ["nettrain-eval", "run", "trust_targets=[mymodels.TwoLayer]"]),
+        ("nettrain.export:cli", ["nettrain-export", "run", "--format", "safetensors", "--trust"]),
     ):
-        done = subprocess.run(
-            [str(bin_dir / command[0]), *command[1:]],
-            check=False,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        done = fresh.command(entry, *command, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     assert (tmp_path / "run" / "export" / "best.safetensors").is_file()
 

@@ -36,3 +36,26 @@ def torchrun(
         *command[1:],
     ]
     return subprocess.run(args, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+ENTRIES = {
+    "nettrain-train": "nettrain.train:main",
+    "nettrain-verify-resume": "nettrain.verify_resume:cli",
+    "ddp_signal.py": "ddp_signal:main",
+    "distributed_checks.py": "distributed_checks:main",
+}
+
+
+def workers(
+    *command: str,
+    cwd: Path,
+    nproc: int = 2,
+    env_extra: dict | None = None,
+    timeout: int = 300,
+) -> subprocess.CompletedProcess:
+    """What `torchrun(*command)` runs, without the agent: the N workers as fresh processes with
+    torchrun's variables (tests/fresh.py), started in milliseconds instead of seconds. The tests
+    of torchrun itself (the run dir shared through its store, printing once) use `torchrun`."""
+    import fresh
+
+    return fresh.torchrun(ENTRIES[command[0]], *command, cwd=cwd, nproc=nproc, env_extra=env_extra, timeout=timeout)
