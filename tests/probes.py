@@ -93,7 +93,8 @@ def cli_signalled(
     during_save: list[int] | None = None,
 ) -> subprocess.CompletedProcess:
     """`nettrain-train ARGS` in a process of its own, sent `signals` right after its `step`-th
-    training step and `during_save` while it writes the checkpoint after that."""
+    training step and `during_save` while it writes the checkpoint after that; plots=false
+    unless ARGS set `plots`."""
     import fresh
 
     spec = {
@@ -102,6 +103,8 @@ def cli_signalled(
         "during_save": [int(s) for s in during_save or []],
     }
     setup = f"SPEC = {json.dumps(json.dumps(spec))}\n" + SIGNALLED
+    if not any(a.startswith("plots=") for a in args):  # as conftest.cli: matplotlib is most of a small run
+        args = (*args, "plots=false")
     return fresh.command("nettrain.train:main", "nettrain-train", *args, cwd=cwd, setup=setup)
 
 

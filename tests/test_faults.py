@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -66,15 +65,12 @@ def test_a_write_fault_ends_with_one_message_and_earlier_checkpoints_intact(monk
 
 def test_a_file_size_limit_ends_with_one_message(tmp_path):
     """ulimit -f: Python ignores SIGXFSZ, so a write past the limit fails with EFBIG."""
-    resource = pytest.importorskip("resource")
+    pytest.importorskip("resource")
+    import fresh
 
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
-
-    exe = Path(sys.executable).with_name("nettrain-train")
-    args = [str(exe), *QUIET, *SMALL, "epochs=2", "model.hidden=[64]", "hydra.run.dir=r"]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env, preexec_fn=limit)
+    limit = "import resource\nresource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))\n"
+    args = [*QUIET, *SMALL, "epochs=2", "model.hidden=[64]", "hydra.run.dir=r"]
+    proc = fresh.command("nettrain.train:main", "nettrain-train", *args, cwd=tmp_path, setup=limit)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.count("Error:") == 1 and "Traceback" not in proc.stderr
     assert "File too large" in proc.stderr and ".pt" in proc.stderr

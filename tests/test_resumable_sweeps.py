@@ -18,7 +18,7 @@ from nettrain.train import train
 
 pytestmark = pytest.mark.slow
 
-QUIET = ["console.show_config=false", "console.show_model=false", "device=cpu"]
+QUIET = ["console.show_config=false", "console.show_model=false", "device=cpu", "plots=false"]
 
 
 def rows(run: Path) -> list[dict]:
