@@ -83,22 +83,23 @@ def _wait(processes, timeout: float, first_failure_grace: float | None = None) -
     """Wait for all; past the timeout, kill them. With a grace, a failed process has the others
     stopped (SIGTERM) after the grace, as torchrun's agent does."""
     deadline = time.monotonic() + timeout
-    failed_at = None
-    while any(p.exitcode is None for p in processes):
-        if time.monotonic() > deadline:
+    stop_at, stopped = float("inf"), False
+    while any(p.exitcode is None for p in processes):  # exitcode polls the child
+        now = time.monotonic()
+        if now > deadline:
             for p in processes:
                 p.kill()
             break
-        if first_failure_grace is not None and failed_at is None and any(p.exitcode for p in processes):
-            failed_at = time.monotonic()
-        if failed_at is not None and time.monotonic() > failed_at + first_failure_grace:
+        if first_failure_grace is not None and stop_at == float("inf") and any(p.exitcode for p in processes):
+            stop_at = now + first_failure_grace
+        if now > stop_at and not stopped:
             for p in processes:
                 if p.exitcode is None:
                     p.terminate()
-            failed_at = float("inf")
-        processes[0].join(0.02) if processes[0].exitcode is None else time.sleep(0.02)
-        for p in processes:
-            p.join(0)
+            stopped = True
+        time.sleep(0.02)
+    for p in processes:
+        p.join()
 
 
 def command(
