@@ -433,7 +433,10 @@ def build_diagnosis(cfg: DictConfig, state: TrainState, hooks: bool = True):
     """The per-epoch gradient diagnosis, sampling the steps the gradient monitor samples; its
     probe's partial sums are checkpointed (TrainState.extras['diagnosis']). hooks=False (the CUDA
     graph step, which replays without Python hooks): no update ratios or dead units, the verdict
-    reads the gradient means and norms alone."""
+    reads the gradient means and norms alone. A compiled model (trainer.compile) gets no dead
+    units: its forward hooks come and go with the sampled steps, and each change would recompile
+    the model's graph."""
+    from nettrain import cuda_graph
     from nettrain.diagnosis import Diagnostician, Thresholds, TrainingDiagnostics, weight_names
 
     gm, monitor = cfg.grad_monitor, state.grad_monitor
@@ -443,6 +446,7 @@ def build_diagnosis(cfg: DictConfig, state: TrainState, hooks: bool = True):
         in_forward=monitor.sampling_next,
         after_backward=monitor.sampled_last,
         enabled=gm.enabled and hooks,
+        activations=cuda_graph.compile_mode(cfg.trainer.compile) is None,
     )
     thresholds = Thresholds(
         spread=gm.ratio,

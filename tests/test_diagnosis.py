@@ -85,6 +85,47 @@ def test_sampled_update_ratio_and_dead_units_are_measured():
     assert weight_names(model) == ["fc1.weight", "fc2.weight"]
 
 
+def test_forward_hooks_are_attached_only_for_sampled_steps():
+    """A module with a hook takes torch's slow call path: the probe hooks the activations only
+    while the next step is sampled, and still counts every sampled step's units."""
+    torch.manual_seed(0)
+    model = MLP((1, 2, 2), 2, hidden=[4])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = {"n": 0}
+    diag = TrainingDiagnostics(  # as the gradient monitor counts: a step is counted after backward
+        model, opt, in_forward=lambda: steps["n"] % 3 == 0, after_backward=lambda: (steps["n"] - 1) % 3 == 0
+    )
+    relu = diag.layers[0][1]
+    x, y = torch.randn(16, 1, 2, 2), torch.randint(0, 2, (16,))
+    hooked = []
+    for _ in range(6):
+        hooked.append(bool(relu._forward_hooks))
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        steps["n"] += 1
+        opt.step()
+    assert hooked == [True, False, False, True, False, False]
+    assert diag.ratio_steps == 2 and "dead_units/fc1" in diag.end_epoch()
+    steps["n"] = 0  # a new epoch starts with a sampled step: end_epoch hooks the activations again
+    diag.end_epoch()
+    assert relu._forward_hooks
+    diag.remove()
+    assert not relu._forward_hooks and not opt._optimizer_step_pre_hooks
+
+
+def test_without_activations_there_are_no_forward_hooks_and_no_dead_units():
+    model = MLP((1, 2, 2), 2, hidden=[4])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    diag = TrainingDiagnostics(model, opt, in_forward=lambda: True, activations=False)
+    assert not any(m._forward_hooks for m in model.modules())
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 1, 2, 2)), torch.randint(0, 2, (8,)))
+    loss.backward()
+    opt.step()
+    stats = diag.end_epoch()
+    assert "update_ratio/fc1.weight" in stats and not any(k.startswith("dead_units/") for k in stats)
+
+
 def test_update_ratio_is_the_mean_over_sampled_steps():
     model = torch.nn.Linear(3, 1, bias=False)
     with torch.no_grad():
