@@ -3,12 +3,20 @@ and the tutorial's network as the reference the tests compare against."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import gzip
 import os
 import struct
 import subprocess
 import sys
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One torch thread per xdist worker, and in the processes its tests start: two workers with
+    # two threads each on two cores spend their time spinning. Runs compared for exact numbers
+    # therefore all run on one thread; the newcomer's command (process="exec") runs as typed.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
@@ -43,7 +51,14 @@ class SimpleNet(nn.Module):
 
 
 def make_cfg(*overrides: str):
-    """The composed run config, exactly as `nettrain-train OVERRIDES` would see it."""
+    """The composed run config, exactly as `nettrain-train OVERRIDES` would see it: a copy of
+    the one composed for these overrides (composing takes ~0.2 s, most of a small test's time,
+    and many tests compose the same configs)."""
+    return copy.deepcopy(_composed(overrides, os.getcwd()))
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...], cwd: str):
     with initialize_config_module("nettrain.conf", version_base="1.3"):
         return compose("train", overrides=[*QUIET, *overrides])
 
@@ -134,7 +149,8 @@ def cli(
 
         return fresh.command("nettrain.train:main", "nettrain-train", *args, cwd=cwd, env_extra=env_extra)
     exe = Path(sys.executable).with_name("nettrain-train")
-    env = {**os.environ, **(env_extra or {})}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # torch's own thread count
+    env.update(env_extra or {})
     env.pop("HYDRA_FULL_ERROR", None) if not (env_extra and "HYDRA_FULL_ERROR" in env_extra) else None
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -205,3 +221,22 @@ def in_process(entry: str, prog: str, *args: str, cwd: Path, env_extra: dict | N
             if str(getattr(sys.modules[name], "__file__", None) or "").startswith(here):
                 del sys.modules[name]
     return subprocess.CompletedProcess([prog, *args], code, out.getvalue(), err.getvalue())
+
+
+# The modules whose tests take longest (most start real processes), longest first: the two
+# workers (pytest -n auto --dist loadscope: one module to one worker) start on them, so that no
+# worker is left with a long module at the end while the other is idle.
+LONGEST_FIRST = [
+    "test_ddp.py",
+    "test_launchers.py",
+    "test_reproducibility.py",
+    "test_cli.py",
+    "test_resumable_sweeps.py",
+    "test_loggers.py",
+    "test_speed.py",
+]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest keep their order

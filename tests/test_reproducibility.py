@@ -103,10 +103,21 @@ class Observe(StopRequest):
         return super().tick()
 
 
-def test_process_wide_settings_apply_during_the_run_and_are_restored_after(tmp_path):
+@pytest.fixture
+def two_threads():
+    """torch on 2 threads for the test (the suite's workers run on 1), so that a run's threads=1
+    differs from what the process had."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield 2
+    torch.set_num_threads(threads)
+
+
+def test_process_wide_settings_apply_during_the_run_and_are_restored_after(tmp_path, two_threads):
     """threads and deterministic are the run's own: a sequential sweep (-m threads=1,null or
     deterministic=true,false) must not leak them into the next job."""
     threads_before = torch.get_num_threads()
+    assert threads_before == two_threads
     assert not torch.are_deterministic_algorithms_enabled()
     observed = Observe()
     summary = train(
@@ -122,7 +133,7 @@ def test_process_wide_settings_apply_during_the_run_and_are_restored_after(tmp_p
     assert summary["torch_threads"] == threads_before
 
 
-def test_a_sequential_sweep_does_not_leak_settings_into_the_next_job(tmp_path):
+def test_a_sequential_sweep_does_not_leak_settings_into_the_next_job(tmp_path, two_threads):
     """-m threads=1,null through Hydra's basic launcher in this process: the second job runs on
     torch's own thread count, and a deterministic job leaves nothing on for the next."""
     import sys
@@ -130,6 +141,7 @@ def test_a_sequential_sweep_does_not_leak_settings_into_the_next_job(tmp_path):
     from nettrain.train import main
 
     threads_before = torch.get_num_threads()
+    assert threads_before == two_threads
     argv = sys.argv
     sys.argv = [
         "nettrain-train",
