@@ -51,16 +51,44 @@ class SimpleNet(nn.Module):
 
 
 def make_cfg(*overrides: str):
-    """The composed run config, exactly as `nettrain-train OVERRIDES` would see it: a copy of
-    the one composed for these overrides (composing takes ~0.2 s, most of a small test's time,
-    and many tests compose the same configs)."""
-    return copy.deepcopy(_composed(overrides, os.getcwd()))
+    """The composed run config, exactly as `nettrain-train OVERRIDES` would see it.
+
+    Composing takes ~0.2 s, most of a small test's time, and the tests compose a few dozen
+    structures (the group choices) with many different values. So the structure is composed
+    once, by Hydra, for the overrides that are not plain `key.sub=value`s; a test gets a deep
+    copy, with the plain values applied by Hydra's own code for that step
+    (ConfigLoaderImpl._apply_overrides_to_config, which compose runs after merging the groups)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    overrides = (*QUIET, *overrides)
+    values = tuple(o for o in overrides if _is_plain_value(o))
+    cfg = copy.deepcopy(_composed(tuple(o for o in overrides if o not in values), os.getcwd()))
+    try:
+        ConfigLoaderImpl._apply_overrides_to_config(OverridesParser.create().parse_overrides(list(values)), cfg)
+    except HydraException:  # a bad key or value: the error exactly as compose raises it
+        return copy.deepcopy(_composed(overrides, os.getcwd()))
+    return cfg
+
+
+GROUPS = {p.name for p in CONF.iterdir() if p.is_dir()}  # data, model, optimizer, ..., hydra
+
+
+def _is_plain_value(override: str) -> bool:
+    """`key=value` for a key that is not a config group (`epochs=2`, `data.num_samples=300`):
+    not a group choice (`data=mnist`), an addition or deletion (`+k`, `~k`), a package (`@`) or a
+    Hydra setting."""
+    key = override.split("=", 1)[0]
+    if "=" not in override or any(c in key for c in "/@+~") or key.startswith("hydra."):
+        return False
+    return "." in key or key not in GROUPS
 
 
 @functools.cache
 def _composed(overrides: tuple[str, ...], cwd: str):
     with initialize_config_module("nettrain.conf", version_base="1.3"):
-        return compose("train", overrides=[*QUIET, *overrides])
+        return compose("train", overrides=list(overrides))
 
 
 @pytest.fixture
@@ -164,7 +192,7 @@ def in_process(entry: str, prog: str, *args: str, cwd: Path, env_extra: dict | N
     optimizer's first use, Hydra) here. What one command leaves behind in the process is put back
     afterwards, so the next starts as a fresh one would: argv, the working directory, sys.path and
     modules imported from the working directory, the environment, warnings, the root logger,
-    Hydra's global state, and the module state a multirun leaves (its summary, the published run
+    Hydra's global state and its HydraConfig, and the module state a multirun leaves (its summary, the published run
     dir). Process-wide torch settings are the run's own business: `train()` restores them (tested
     in test_reproducibility.py)."""
     import contextlib
@@ -175,6 +203,7 @@ def in_process(entry: str, prog: str, *args: str, cwd: Path, env_extra: dict | N
     import warnings
 
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     from nettrain import distributed, sweep_callback
 
@@ -190,6 +219,7 @@ def in_process(entry: str, prog: str, *args: str, cwd: Path, env_extra: dict | N
     sys.argv = [prog, *args]
     sweep_callback._last_summary, sweep_callback._last_error, distributed._published = None, None, False
     GlobalHydra.instance().clear()
+    saved_hydra_config = HydraConfig.instance().cfg  # the command sets it: a later train() must not see it
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
@@ -208,6 +238,7 @@ def in_process(entry: str, prog: str, *args: str, cwd: Path, env_extra: dict | N
     finally:
         os.chdir(saved_cwd)
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = saved_hydra_config
         for handler in root.handlers:
             if handler not in saved_handlers:
                 handler.close()
