@@ -233,16 +233,11 @@ def test_on_with_settings_that_cannot_be_captured_is_refused_before_anything_is_
 
 
 def test_on_refuses_a_cpu_run_through_the_cli(tmp_path):
-    import subprocess
-    import sys
+    from conftest import cli
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "nettrain.train", "device=cpu", "trainer.cuda_graph=on", f"hydra.run.dir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = cli("device=cpu", "trainer.cuda_graph=on", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, plots=None)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no run folder
     assert (
         "trainer.cuda_graph='on': cannot capture the training step: device='cpu': CUDA graphs need a CUDA "
         "device; use trainer.cuda_graph=auto to fall back to the eager step, or off"
