@@ -456,6 +456,8 @@ def build_diagnosis(cfg: DictConfig, state: TrainState, hooks: bool = True):
         norm_growth=gm.norm_growth,
         dead_fraction=gm.dead_fraction,
     )
+    if probe.handles:
+        monitor.on_count.append(probe.follow_sampling)  # forward hooks only for the sampled steps
     diagnosis = Diagnostician(probe, weight_names(state.model), thresholds)
     state.extras["diagnosis"] = diagnosis
     return diagnosis

@@ -80,14 +80,16 @@ class TrainingDiagnostics:
         if enabled and self.params:
             self.handles.append(optimizer.register_step_pre_hook(self._pre_step))
             self.handles.append(optimizer.register_step_post_hook(self._post_step))
-            self._attach_forward_hooks()
+            self.follow_sampling()
 
     # -- hooks ------------------------------------------------------------------------------
-    def _attach_forward_hooks(self) -> None:
+    def follow_sampling(self) -> None:
         """Forward hooks only while the next step may be sampled: a module with a hook takes
         torch's slower call path on every forward, about 3% of a small MLP's step on a CPU.
-        Checked after each optimizer step and each epoch; the hook itself still asks
-        in_forward(), so a hook left on for a step that is not sampled records nothing."""
+        Checked after each optimizer step and each epoch, and by the gradient monitor each time
+        it counts a step (GradientMonitor.on_count: also a step whose update the GradScaler
+        skips). The hook itself still asks in_forward(), so a hook left on for a step that is
+        not sampled records nothing."""
         wanted = bool(self._hooks) and self.in_forward()
         if wanted and not self._forward_handles:
             self._forward_handles = [act.register_forward_hook(hook) for act, hook in self._hooks]
@@ -115,7 +117,7 @@ class TrainingDiagnostics:
                 self.ratio_sums += moved / self._size.to(self.ratio_sums.dtype).clamp_min(1e-30)
             self.ratio_steps += 1
             self._size = None
-        self._attach_forward_hooks()
+        self.follow_sampling()
 
     def _activity(self, layer: str):
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -139,7 +141,7 @@ class TrainingDiagnostics:
         if not self.enabled:
             return row
         if self.handles:
-            self._attach_forward_hooks()  # the gradient monitor starts a new epoch: its first step is sampled
+            self.follow_sampling()  # the gradient monitor starts a new epoch: its first step is sampled
         parts = []
         if self.ratio_steps:
             parts.append((self.ratio_sums / self.ratio_steps).float())
@@ -174,7 +176,7 @@ class TrainingDiagnostics:
         self.ratio_steps = int(state["ratio_steps"])
         self.fired = {k: v.to(self.ratio_sums.device) for k, v in state.get("fired", {}).items()}
         if self.handles:
-            self._attach_forward_hooks()
+            self.follow_sampling()
 
 
 # -- the verdict ------------------------------------------------------------------------------

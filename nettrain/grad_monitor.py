@@ -8,7 +8,7 @@ monitor also decides which steps are sampled, for the rest of the diagnosis (net
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -41,6 +41,9 @@ class GradientMonitor:
         self.skip_nonfinite = skip_nonfinite
         self.finite_steps = torch.zeros((), dtype=dtype, device=device)  # counted on the device
         self.steps = 0
+        # called when the next step's sampling may have changed: after each counted step (also one
+        # whose update the GradScaler skips), each epoch's reset and a restore (nettrain/diagnosis.py)
+        self.on_count: list[Callable[[], None]] = []
 
     def accumulate(self) -> None:
         """Call after loss.backward(): adds this step's sum |grad| per parameter tensor."""
@@ -53,10 +56,15 @@ class GradientMonitor:
         if not self.enabled:
             return False
         self.calls += 1
+        self._counted()
         if (self.calls - 1) % self.every_n_steps:
             return False
         self.steps += 1
         return True
+
+    def _counted(self) -> None:
+        for listener in self.on_count:
+            listener()
 
     def add_sums(self) -> None:
         """Add this step's sum |grad| and gradient norm per parameter tensor to the epoch's sums
@@ -105,6 +113,7 @@ class GradientMonitor:
         self.norm_sums.zero_()
         self.finite_steps.zero_()
         self.steps = self.calls = 0
+        self._counted()
         n = len(self.names)
         return {
             **{f"grad_mean/{name}": m for name, m in zip(self.names, values[:n])},
@@ -126,3 +135,4 @@ class GradientMonitor:
             self.norm_sums.copy_(state["norm_sums"])
         self.steps, self.calls = int(state["steps"]), int(state["calls"])
         self.finite_steps.copy_(state["finite_steps"])
+        self._counted()

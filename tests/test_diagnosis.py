@@ -114,6 +114,30 @@ def test_forward_hooks_are_attached_only_for_sampled_steps():
     assert not relu._forward_hooks and not opt._optimizer_step_pre_hooks
 
 
+def test_a_skipped_update_before_a_sampled_step_still_hooks_it():
+    """fp16: the GradScaler skips optimizer.step() (and its hooks) when gradients overflow; the
+    gradient monitor, which counts every step, tells the probe instead."""
+    from nettrain.grad_monitor import GradientMonitor
+
+    model = MLP((1, 2, 2), 2, hidden=[4])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = GradientMonitor(model.named_parameters(), every_n_steps=2)
+    diag = TrainingDiagnostics(model, opt, in_forward=monitor.sampling_next, after_backward=monitor.sampled_last)
+    monitor.on_count.append(diag.follow_sampling)
+    relu = diag.layers[0][1]
+    x, y = torch.randn(8, 1, 2, 2), torch.randint(0, 2, (8,))
+    hooked = []
+    for step in range(4):
+        hooked.append(bool(relu._forward_hooks))
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        monitor.accumulate()
+        if step != 1:  # step 1's update is skipped, as after an fp16 overflow
+            opt.step()
+        opt.zero_grad()
+    assert hooked == [True, False, True, False]
+    assert diag.ratio_steps == 2 and "dead_units/fc1" in diag.end_epoch()
+
+
 def test_without_activations_there_are_no_forward_hooks_and_no_dead_units():
     model = MLP((1, 2, 2), 2, hidden=[4])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
