@@ -70,7 +70,11 @@ class TrainingDiagnostics:
         dtype = torch.float32 if device.type == "mps" else torch.float64
         self.ratio_sums = torch.zeros(len(self.params), dtype=dtype, device=device)
         self.ratio_steps = 0
-        self._before: list[torch.Tensor] = []  # the weights before a sampled step (allocated once)
+        self._before: list[torch.Tensor] = []  # the weights before a sampled step
+        # kept between sampled steps on a CPU, where a fresh copy costs page faults each time; on
+        # an accelerator the caching allocator makes the copy cheap, and keeping it would add a
+        # copy of the weights to the memory held while activations peak
+        self._keep_copy = device.type == "cpu"
         self._size: torch.Tensor | None = None  # their norms, while a sampled step is under way
         self.layers = _feeding_layers(model) if activations else []
         self.fired: dict[str, torch.Tensor] = {}
@@ -103,7 +107,7 @@ class TrainingDiagnostics:
             return
         with torch.no_grad():
             weights = [p.detach() for p in self.params]
-            if self._before:  # reused: a fresh copy each sampled step costs page faults on a CPU
+            if self._before:
                 torch._foreach_copy_(self._before, weights)
             else:
                 self._before = [w.clone() for w in weights]
@@ -117,6 +121,8 @@ class TrainingDiagnostics:
                 self.ratio_sums += moved / self._size.to(self.ratio_sums.dtype).clamp_min(1e-30)
             self.ratio_steps += 1
             self._size = None
+            if not self._keep_copy:
+                self._before = []
         self.follow_sampling()
 
     def _activity(self, layer: str):

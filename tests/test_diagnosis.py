@@ -138,6 +138,19 @@ def test_a_skipped_update_before_a_sampled_step_still_hooks_it():
     assert diag.ratio_steps == 2 and "dead_units/fc1" in diag.end_epoch()
 
 
+def test_the_weight_copy_is_kept_on_a_cpu_and_let_go_elsewhere():
+    """On a CPU the copy before a sampled step is reused (a fresh one costs page faults); on any
+    other device (here: meta) it is let go after the step, so it is not held while activations peak."""
+    for device, kept in (("cpu", True), ("meta", False)):
+        model = torch.nn.Linear(3, 2, device=device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        diag = TrainingDiagnostics(model, opt, in_forward=lambda: True)
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+        assert diag.ratio_steps == 1 and bool(diag._before) is kept, device
+
+
 def test_without_activations_there_are_no_forward_hooks_and_no_dead_units():
     model = MLP((1, 2, 2), 2, hidden=[4])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
