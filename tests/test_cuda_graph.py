@@ -351,22 +351,37 @@ def test_a_failed_capture_falls_back_under_auto_and_stops_under_on(monkeypatch, 
         )
 
 
-@pytest.mark.slow
-def test_compile_mode_default_trains_on_cpu(run):
+def test_compile_mode_default_trains_on_cpu(run, monkeypatch):
     """The compiled model compiles once per shape and grad mode, not once per sampled step: the
-    gradient diagnosis puts no forward hooks on it (no dead units), only optimizer step hooks."""
+    gradient diagnosis puts no forward hooks on it (no dead units), only optimizer step hooks.
+
+    Dynamo traces and AOTAutograd splits the graphs as they would for inductor; only inductor's
+    C++ code generation is left out (the `aot_eager` backend): a cold inductor cache spends ~15 s
+    building its CPU toolchain checks before the first kernel. tests/test_gpu.py compiles with
+    inductor on CUDA."""
     import csv
 
+    import torch
     import torch._dynamo
     from torch._dynamo.utils import counters
 
+    compiled = []
+    real_compile = torch.nn.Module.compile
+
+    def compile_eagerly(self, *args, **kwargs):
+        compiled.append((type(self).__name__, args, kwargs))
+        real_compile(self, backend="aot_eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
     torch._dynamo.reset()
     counters.clear()
     summary, out = run(
         "data=synthetic", "data.num_samples=300", "epochs=2", "grad_monitor.every_n_steps=2", "trainer.compile=default"
     )
+    torch._dynamo.reset()
+    assert compiled == [("MLP", (), {"mode": None})]  # torch.compile's default mode, in place
     assert summary["status"] == "completed"
-    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])  # full batch, last batch, eval
+    assert 2 <= counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])  # full batch, last batch, eval
     with open(out / "metrics.csv") as f:
         columns = next(csv.reader(f))
     assert "update_ratio/fc1.weight" in columns and not any(c.startswith("dead_units/") for c in columns)
