@@ -111,7 +111,18 @@ def test_a_failing_job_is_recorded_and_the_others_finish(tmp_path):
     assert "failed: ValueError: Expected more than 1 value per channel" in proc.stdout + proc.stderr
 
 
-def test_joblib_runs_jobs_in_parallel_and_splits_the_cores(tmp_path):
+@pytest.fixture
+def loky_stopped_after():
+    """joblib's loky workers outlive a sweep (kept for reuse); stop them when the test ends, not
+    at the pytest worker's exit, where the interpreter waits for each to wind down (~1 s)."""
+    yield
+    from joblib.externals.loky import reusable_executor
+
+    if reusable_executor._executor is not None:
+        reusable_executor._executor.shutdown(wait=True, kill_workers=True)
+
+
+def test_joblib_runs_jobs_in_parallel_and_splits_the_cores(tmp_path, loky_stopped_after):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     from joblib import cpu_count
 
