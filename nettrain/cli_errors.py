@@ -180,6 +180,26 @@ def _argv_value(argv: list[str], key: str) -> str | None:
     return None
 
 
+def config_dir(argv: list[str]) -> str | None:
+    """The folder `--config-dir DIR` (`--config-dir=DIR`, `-cd DIR`) names, if any."""
+    for i, arg in enumerate(argv[1:], start=1):
+        for flag in ("--config-dir", "-cd"):
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(flag + "="):
+                return arg[len(flag) + 1 :]
+    return None
+
+
+def from_saved_run(argv: list[str]) -> str | None:
+    """The saved config this command composes from, when it re-runs a run folder
+    (`--config-dir RUN_DIR/.hydra`, as `resume=RUN_DIR` does): a file, checked as data."""
+    from nettrain.resume import saved_hydra_folder
+
+    folder = config_dir(argv)
+    return folder if folder is not None and saved_hydra_folder(folder) else None
+
+
 def before_hydra(argv: list[str]) -> None:
     """Problems found from the command line alone, before Hydra makes a run folder: a folder named
     `nettrain` shadowing the package, an unusable `hydra.run.dir`, a SLURM launcher without SLURM.
@@ -207,6 +227,19 @@ def before_hydra(argv: list[str]) -> None:
         why = unsafe_run_dir(run_dir)
         if why:
             _report([why])
+    saved = from_saved_run(argv)
+    if saved is not None and not _argv_value(argv, "resume"):  # resume checked it already
+        from pathlib import Path
+
+        from nettrain.resume import saved_config_problems
+        from nettrain.trust import UntrustedTargetError
+
+        try:
+            found = saved_config_problems(Path(saved).expanduser() / "config.yaml")
+        except ConfigError as exc:  # a file that does not parse
+            _report(exc.problems)
+        if found:
+            _report(found, UntrustedTargetError)
     launcher = _argv_value(argv, "hydra/launcher")
     if multirun and launcher in ("slurm", "submitit_slurm") and shutil.which("sbatch") is None:
         _report(
@@ -255,10 +288,11 @@ def composition_errors_exit_2(argv: list[str]) -> Iterator[None]:
             if found is None:
                 raise
             _report(found)
-        if cfg.get("resume"):  # a run folder's saved config: data, not code
+        saved = from_saved_run(argv)
+        if saved is not None:  # a run folder's saved config (resume, a re-run): data, not code
             from nettrain import trust
 
-            source = f"the run folder's saved config ({cfg.resume})"
+            source = f"the run folder's saved config ({saved}/config.yaml)"
             found = trust.problems(cfg, source, trust.trusted_from_overrides(_user_overrides(overrides)))
             if found:
                 _report(found, trust.UntrustedTargetError)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import OmegaConf
 
@@ -159,6 +159,69 @@ def load_resume_point(resume_from: Path, output_dir: Path, plain_config: dict, r
     return saved
 
 
+RERUN_DEFAULTS = ["nettrain_schema", "_self_"]  # the defaults list make_rerunnable writes
+
+
+def saved_hydra_folder(config_dir: str | Path) -> bool:
+    """`config_dir` is a run's saved Hydra folder (RUN_DIR/.hydra: config.yaml beside hydra.yaml),
+    not a config dir of the user's own: what is composed from it is a file's, checked as data."""
+    folder = Path(config_dir).expanduser()
+    return (folder / "config.yaml").is_file() and (folder / "hydra.yaml").is_file()
+
+
+_WROTE = "allowed: the config.yaml nettrain wrote for this run"
+
+
+def saved_config_problems(config_yaml: Path) -> list[str]:
+    """What in a run folder's saved `.hydra/config.yaml` nettrain did not write there, before Hydra
+    composes it: a file that does not parse, a defaults list other than make_rerunnable's (it
+    would pull in options from the folder), and a `hydra:` section that differs from nettrain's own
+    (callbacks, logging, search path, environment: all of it runs or loads something). A file that
+    does not parse raises a ConfigError."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nettrain.trust import RENAMED
+
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(config_yaml), resolve=False)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{config_yaml}: not valid YAML ({exc.problem}{where}); {_WROTE}"]) from None
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise ConfigError([f"{config_yaml}: not readable ({' '.join(str(exc).split())[:160]}); {_WROTE}"]) from None
+    if not isinstance(saved, dict):
+        raise ConfigError([f"{config_yaml}: holds a {type(saved).__name__}, not a config; {_WROTE}"])
+    found = []
+    defaults = saved.get("defaults", RERUN_DEFAULTS)
+    if defaults != RERUN_DEFAULTS:
+        found.append(
+            f"defaults={defaults!r} in {config_yaml}: nettrain writes {RERUN_DEFAULTS!r} there; another "
+            "defaults list would pull in options from the run folder"
+        )
+    own = flatten({"hydra": _own_hydra_section()})
+    for key, value in flatten({"hydra": saved.get("hydra") or {}}).items():
+        if key not in own:
+            found.append(f"{key}={value!r} in {config_yaml}: not one of nettrain's own Hydra settings")
+        elif value != own[key] and RENAMED.get(value) != own[key]:
+            found.append(f"{key}={value!r} in {config_yaml}: nettrain writes {own[key]!r} there")
+    if found:
+        found[-1] += (
+            "; a run folder's Hydra settings are nettrain's own, and the file was changed after the run "
+            "wrote it. Give Hydra settings of your own on the command line (hydra.KEY=VALUE)"
+        )
+    return found
+
+
+def _own_hydra_section() -> dict[str, Any]:
+    """conf/train.yaml's `hydra:` section, as make_rerunnable writes it into a run's config.yaml."""
+    from importlib.resources import files
+
+    primary = OmegaConf.create(files("nettrain.conf").joinpath("train.yaml").read_text(encoding="utf-8"))
+    return cast(dict[str, Any], OmegaConf.to_container(primary.hydra, resolve=False))
+
+
 def make_rerunnable(config_yaml: Path) -> None:
     """Turn Hydra's saved config.yaml into a primary config of its own: the schema in its defaults
     list, and nettrain's output and logging settings, so that
@@ -198,6 +261,16 @@ def resume_argv(argv: list[str]) -> list[str]:
             "checkpoints/ folder",
             file=sys.stderr,
         )
+        sys.exit(2)
+    from nettrain.trust import UntrustedTargetError
+
+    try:
+        found = saved_config_problems(saved)
+    except ConfigError as exc:  # a file that does not parse
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if found:
+        print(f"Error: {UntrustedTargetError(found)}", file=sys.stderr)
         sys.exit(2)
     return [
         argv[0],

@@ -1,33 +1,45 @@
-"""Configs read from files are data, not code: the `_target_`s nettrain builds from them.
+"""Configs read from files are data, not code: what nettrain builds from them.
 
-A `_target_` names a Python callable that Hydra imports and calls. On the user's own command
-line and in the user's own config dirs that is the point; in a file someone else may have
-written (the config stored in a checkpoint, a run folder's saved `.hydra/config.yaml` used by
-`resume=RUN_DIR`) it would let that file run code. So every `_target_` in a config that comes
-from a file is checked, before anything is built, against what nettrain itself builds:
+A `_target_` names a Python callable that Hydra imports and calls, and an interpolation such as
+`${oc.create:...}` can turn a plain value into a `_target_` when Hydra resolves it. On the user's
+own command line and in the user's own config dirs that is the point; in a file someone else may
+have written (the config stored in a checkpoint, a run folder's saved `.hydra/config.yaml` used
+by `resume=RUN_DIR`) it would let that file run code. So a config that comes from a file is
+checked, before anything is built, in two steps:
 
-- nettrain's own components (nettrain.models, nettrain.data, nettrain.optim, nettrain.schedulers)
-  and its Hydra callback (nettrain.sweep_callback.SweepSummaryCallback);
-- `torch.nn` modules and losses (classes derived from torch.nn.Module);
-- `torch.optim` optimizers and `torch.optim.lr_scheduler` schedulers (classes);
-- torchvision model builders (listed by torchvision.models.list_models()) and datasets;
-- under `hydra.launcher` / `hydra.sweeper`: Hydra's own launchers and sweepers and those of its
-  plugin packages, and Optuna's samplers.
+1. **Interpolations.** Every `${...}` in it, wherever it stands (nested, in lists, `_args_`, the
+   `hydra:` section), may only refer to another key (`${lr}`, `${..x}`) or call one of the
+   resolvers in :data:`SAFE_RESOLVERS`, which return plain text or numbers. Any other resolver
+   (`oc.create`, `oc.decode`, `oc.select`, `oc.dict.*`, `oc.env`, `oc.deprecated`, a plugin's)
+   is refused, `--trust` or not: override that key on the command line instead.
+2. **Targets, per slot, as Hydra would build them.** The config is walked with every reference
+   followed, so a `_target_` is checked at the key where Hydra would build it. Each slot takes
+   exactly what nettrain ships there (:func:`shipped`, read from the option files in conf/), so
+   every option in conf/ is trusted by construction:
+   - `model`, `data`: the `_target_` of an option in conf/model/, conf/data/;
+   - `optimizer`: conf/optimizer/'s, or any `torch.optim` optimizer class;
+   - `scheduler`: conf/scheduler/'s, or any `torch.optim.lr_scheduler` scheduler class;
+   - `loss`: a `torch.nn` loss class;
+   - `hydra.callbacks.*`: the callbacks conf/train.yaml sets; `hydra.launcher`, `hydra.sweeper`:
+     Hydra's own and its plugins' (:data:`HYDRA_PLUGINS`); `hydra.sweeper.sampler`: Optuna's
+     samplers; Hydra's logging: the handlers and formatter in :data:`LOGGING_HANDLERS`.
+   Anything else, anywhere else (a nested `_target_` included), is refused with a message naming
+   the key and the target.
 
-Anything else is refused with a message naming the key and the target. A user who trusts the
-file allows it deliberately: `nettrain-eval --trust` (everything in that file), or
-`trust_targets=[mypkg.MyModel]` on the command line (fnmatch patterns, such as `mypkg.*`).
-Some targets are refused even then (:data:`NEVER`): `torch.load`, `builtins.*`, `os.*`,
-`subprocess.*` and nettrain's file writers are never a component, only a way to run code or
-write files.
+A user who trusts the file allows a target deliberately: `nettrain-eval --trust` (every target in
+that file), or `trust_targets=[mypkg.MyModel]` on the command line (fnmatch patterns, such as
+`mypkg.*`). Some targets are refused even then (:data:`NEVER`): `torch.load`, `builtins.*`,
+`os.*`, `subprocess.*` and nettrain's file writers are never a component, only a way to run code
+or write files.
 
-Names are checked as strings first; a module is imported only when it is on the list above (to
-tell, say, a torch.nn class from a function), never a module the file names.
+Names are checked as strings first; a module is imported only when it is torch's own (to tell,
+say, a torch.optim class from a function), never a module the file names.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import inspect
 import re
@@ -36,12 +48,18 @@ from typing import Any
 
 from nettrain.config import ConfigError
 
-# nettrain modules whose classes and functions a config may build
-NETTRAIN_MODULES = ("nettrain.models", "nettrain.data", "nettrain.optim", "nettrain.schedulers")
-NETTRAIN_CALLBACKS = (
-    "nettrain.sweep_callback.SweepSummaryCallback",
-    "nettrain.callbacks.SweepSummaryCallback",  # its name in runs written before the rename
+# resolvers a config read from a file may call: each returns plain text or a number
+SAFE_RESOLVERS = (
+    "now",  # Hydra's: the time, formatted (the run dir's name)
+    "nettrain_help",  # nettrain-train --help's page (hydra.help.template)
+    "nettrain.at_least_one",  # conf/hydra/launcher/slurm.yaml: one task per GPU, at least one
 )
+# the config groups whose options conf/ ships, each the slot of the same name
+GROUP_SLOTS = ("model", "optimizer", "scheduler", "data")
+# earlier names of shipped targets, still found in runs written before a rename
+RENAMED = {
+    "nettrain.callbacks.SweepSummaryCallback": "nettrain.sweep_callback.SweepSummaryCallback",
+}
 # Hydra's own launchers and sweepers, and those of the plugin packages nettrain supports
 HYDRA_PLUGINS = (
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
@@ -55,6 +73,11 @@ HYDRA_PLUGINS = (
     "hydra_plugins.hydra_ray_launcher.ray_aws_launcher.RayAWSLauncher",
     "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
     "hydra_plugins.hydra_rq_launcher.rq_launcher.RQLauncher",
+)
+# the samplers hydra-optuna-sweeper's sampler options name (hydra/sweeper/sampler/*.yaml)
+OPTUNA_SAMPLERS = tuple(
+    f"optuna.samplers.{name}"
+    for name in ("TPESampler", "RandomSampler", "CmaEsSampler", "NSGAIISampler", "MOTPESampler", "GridSampler")
 )
 # logging handlers a saved hydra.job_logging / hydra.hydra_logging may name (`class:`)
 LOGGING_HANDLERS = (
@@ -122,11 +145,13 @@ NEVER = (
     "__import__",
     "getattr",
 )
+
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class UntrustedTargetError(ConfigError):
-    """A `_target_` in a config read from a file that nettrain does not build without being told."""
+    """A config read from a file that names code nettrain does not run without being told."""
 
     def __init__(self, problems: list[str]):
         super().__init__(problems)
@@ -149,6 +174,118 @@ def targets(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
             yield from targets(value, f"{path}[{i}]")
 
 
+def _strings(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every (dotted key, value) of a string value in a plain nested config, lists included."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _strings(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _strings(value, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def _why_unsafe(text: str) -> str | None:
+    """Why the interpolations in `text` may not come from a file, or None when they are plain
+    references to other keys and calls of :data:`SAFE_RESOLVERS` only."""
+    from omegaconf import grammar_parser
+    from omegaconf.errors import GrammarParseError
+    from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser as Grammar
+
+    try:
+        tree = grammar_parser.parse(text, parser_rule="configValue")
+    except GrammarParseError as exc:
+        return f"not a valid interpolation ({exc})"
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Grammar.InterpolationResolverContext):
+            name = node.resolverName().getText()
+            if name not in SAFE_RESOLVERS:
+                return f"calls the resolver {name!r}"
+        elif isinstance(node, Grammar.InterpolationNodeContext) and node.getText().count("${") > 1:
+            return "refers to a key named by another interpolation"
+        stack.extend(getattr(node, "children", None) or [])
+    return None
+
+
+def interpolation_problems(config: Any, source: str) -> list[str]:
+    """One line per value of `config` (a plain container, unresolved) whose `${...}` may not come
+    from a file: anything but a reference to another key or a call of :data:`SAFE_RESOLVERS`."""
+    found = []
+    for key, text in _strings(config):
+        why = "${" in text and _why_unsafe(text)
+        if why:
+            found.append(
+                f"{key}={_short(text)} in {source}: {why}; a config read from a file may only refer to other "
+                f"keys (${{a.b}}) or call {', '.join(SAFE_RESOLVERS)}, because another resolver can build a "
+                f"hidden _target_ (oc.create, oc.decode, oc.select, ...). If the value is yours, give it on the "
+                f"command line instead ({key}=...)"
+            )
+    return found
+
+
+def resolved_view(config: Any) -> Any:
+    """`config` (a DictConfig whose interpolations passed :func:`interpolation_problems`) as plain
+    containers, each value that is a single reference (`${a.b}`) replaced by what it refers to: the
+    nodes Hydra would build, at the keys where it would build them. Other interpolations stay text
+    (they give text); a reference that does not resolve stays text (nothing can be built from it)."""
+    from omegaconf import Container, DictConfig, ListConfig, ValueNode
+
+    expanding: set[int] = set()
+
+    def view(node: Any) -> Any:
+        if node._is_interpolation():
+            text = node._value()
+            if not _SINGLE_REFERENCE.fullmatch(text) or id(node) in expanding:
+                return text
+            expanding.add(id(node))
+            try:
+                return view(node._dereference_node())
+            except Exception:  # noqa: BLE001 - unresolvable here (a key set later, a cycle): text
+                return text
+            finally:
+                expanding.discard(id(node))
+        if isinstance(node, DictConfig):
+            if node._is_none() or node._is_missing():
+                return None
+            return {key: view(node._get_node(key)) for key in node.keys()}
+        if isinstance(node, ListConfig):
+            if node._is_none() or node._is_missing():
+                return None
+            return [view(node._get_node(i)) for i in range(len(node))]
+        assert isinstance(node, (ValueNode, Container))
+        return node._value()
+
+    return view(config)
+
+
+_SINGLE_REFERENCE = re.compile(r"\$\{[^${}:]+\}")
+
+
+@functools.cache
+def shipped() -> dict[str, frozenset[str]]:
+    """The `_target_`s nettrain ships, by slot: each option of conf/model, conf/optimizer,
+    conf/scheduler and conf/data, and conf/train.yaml's Hydra callbacks ('hydra.callbacks')."""
+    from importlib.resources import files
+
+    import yaml
+
+    conf = files("nettrain.conf")
+    found: dict[str, set[str]] = {slot: set() for slot in GROUP_SLOTS}
+    for slot in GROUP_SLOTS:
+        for option in conf.joinpath(slot).iterdir():
+            if option.name.endswith(".yaml"):
+                target = (yaml.safe_load(option.read_text(encoding="utf-8")) or {}).get("_target_")
+                if target:
+                    found[slot].add(target)
+    primary = yaml.safe_load(conf.joinpath("train.yaml").read_text(encoding="utf-8"))
+    callbacks = primary.get("hydra", {}).get("callbacks", {}).values()
+    found["hydra.callbacks"] = {node["_target_"] for node in callbacks}
+    return {slot: frozenset(names) for slot, names in found.items()}
+
+
 def _import_attr(module_name: str, rest: list[str]) -> Any:
     obj: Any = importlib.import_module(module_name)
     for part in rest:
@@ -158,91 +295,59 @@ def _import_attr(module_name: str, rest: list[str]) -> Any:
     return obj
 
 
-def _resolve_within(target: str, modules: Iterable[str]) -> Any | None:
-    """The object `target` names, when it lies in one of `modules` (imported, they are on the list);
-    None when it does not, or does not exist."""
-    for module in modules:
-        if target.startswith(module + "."):
-            rest = target[len(module) + 1 :].split(".")
-            # a submodule of an allowed package (nettrain.models.resnet.ResNet): import the package
-            # path as far as it exists inside the allowed one, then attributes
-            for cut in range(len(rest) - 1, -1, -1):
-                name = ".".join([module, *rest[:cut]])
-                try:
-                    return _import_attr(name, rest[cut:])
-                except ImportError:
-                    continue
-                except AttributeError:
-                    return None
+def _resolve_within(target: str, module: str) -> Any | None:
+    """The object `target` names, when it lies in `module` (one of torch's own); None when it
+    does not, or does not exist."""
+    if not target.startswith(module + "."):
+        return None
+    rest = target[len(module) + 1 :].split(".")
+    # a submodule (torch.nn.modules.loss.MSELoss): import the package path as far as it exists, then attributes
+    for cut in range(len(rest) - 1, -1, -1):
+        try:
+            return _import_attr(".".join([module, *rest[:cut]]), rest[cut:])
+        except ImportError:
+            continue
+        except AttributeError:
             return None
     return None
 
 
-def _is_subclass(obj: Any, base: Any) -> bool:
-    return inspect.isclass(obj) and issubclass(obj, base)
+def _torch_class(target: str, module: str, base: Any) -> bool:
+    """`target` is a class of torch's, found in `module`, derived from `base`."""
+    obj = _resolve_within(target, module)
+    return inspect.isclass(obj) and issubclass(obj, base) and obj.__module__.startswith("torch.")
 
 
 def why_allowed(target: str, key: str) -> str | None:
-    """Which of nettrain's lists `target` (at `key`) is on, or None when it is on none."""
-    if target in NETTRAIN_CALLBACKS and key.startswith("hydra.callbacks."):
-        return "nettrain's Hydra callback"
-    root = key.split(".")[0]
-    if root == "hydra" and (key.startswith("hydra.launcher.") or key.startswith("hydra.sweeper.")):
-        if target in HYDRA_PLUGINS:
-            return "a Hydra launcher or sweeper"
-        if key.startswith("hydra.sweeper.") and target.startswith("optuna.samplers."):
-            try:
-                from optuna import samplers
-            except ImportError:
-                return None
-            obj = _resolve_within(target, ("optuna.samplers",))
-            return "an Optuna sampler" if _is_subclass(obj, samplers.BaseSampler) else None
-    if root == "hydra" and key.endswith(".class") and target in LOGGING_HANDLERS:
-        return "a logging handler"
-    if root == "hydra" and key.endswith(".class") and target.startswith("logging.") and "formatters" in key:
+    """What `target`, to be built at `key` (`model._target_`, `hydra.callbacks.x._target_`, a
+    logging handler's `class`), is in the slot's list; None when the slot does not take it."""
+    target = RENAMED.get(target, target)
+    slot = key.rsplit(".", 1)[0]
+    if key.endswith(".class") and re.fullmatch(r"hydra\.(job|hydra)_logging\.handlers\.[^.]+", slot):
+        return "a logging handler" if target in LOGGING_HANDLERS else None
+    if key.endswith(".class") and re.fullmatch(r"hydra\.(job|hydra)_logging\.formatters\.[^.]+", slot):
         return "a logging formatter" if target == "logging.Formatter" else None
-    if root == "hydra":
-        return None  # anything else under hydra.* is not nettrain's to build
-    obj = _resolve_within(target, NETTRAIN_MODULES)
-    if obj is not None:
-        own = getattr(obj, "__module__", "") or ""
-        ours = any(own == m or own.startswith(m + ".") for m in NETTRAIN_MODULES)
-        if (inspect.isclass(obj) or inspect.isfunction(obj)) and ours:
-            return "a nettrain component"
+    if not key.endswith("._target_"):
         return None
-    if target.startswith("torch."):
+    ships = shipped()
+    if slot in GROUP_SLOTS and target in ships[slot]:
+        return f"a {slot} option in conf/{slot}/"
+    if re.fullmatch(r"hydra\.callbacks\.[^.]+", slot) and target in ships["hydra.callbacks"]:
+        return "nettrain's Hydra callback"
+    if slot in ("hydra.launcher", "hydra.sweeper") and target in HYDRA_PLUGINS:
+        return "a Hydra launcher or sweeper"
+    if slot == "hydra.sweeper.sampler" and target in OPTUNA_SAMPLERS:
+        return "an Optuna sampler"
+    if slot in ("optimizer", "scheduler", "loss") and target.startswith("torch."):
         import torch
 
-        obj = _resolve_within(target, ("torch.nn", "torch.optim.lr_scheduler", "torch.optim"))
-        if _is_subclass(obj, torch.nn.Module):
-            return "a torch.nn module"
-        if _is_subclass(obj, torch.optim.Optimizer):
+        if slot == "optimizer" and _torch_class(target, "torch.optim", torch.optim.Optimizer):
             return "a torch.optim optimizer"
         schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-        if _is_subclass(obj, schedulers):
+        if slot == "scheduler" and _torch_class(target, "torch.optim.lr_scheduler", schedulers):
             return "a torch.optim.lr_scheduler scheduler"
-        return None
-    if target.startswith("torchvision."):
-        return _torchvision(target)
-    return None
-
-
-def _torchvision(target: str) -> str | None:
-    try:
-        import torch.utils.data
-        import torchvision.models
-    except ImportError:
-        return None
-    obj = _resolve_within(target, ("torchvision.models",))
-    if obj is not None and inspect.isfunction(obj) and obj.__name__ in torchvision.models.list_models():
-        try:
-            if torchvision.models.get_model_builder(obj.__name__) is obj:
-                return "a torchvision model builder"
-        except ValueError:
-            return None
-    obj = _resolve_within(target, ("torchvision.datasets",))
-    if _is_subclass(obj, torch.utils.data.Dataset):
-        return "a torchvision dataset"
+        if slot == "loss" and _torch_class(target, "torch.nn", torch.nn.modules.loss._Loss):
+            return "a torch.nn loss"
     return None
 
 
@@ -257,17 +362,22 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def problems(config: Any, source: str, trusted: Iterable[str] = (), trust_all: bool = False) -> list[str]:
-    """One line per `_target_` in `config` (read from `source`) that nettrain will not build.
+    """One line per thing in `config` (read from `source`) that nettrain will not build: an
+    interpolation a file may not hold, or a `_target_` its slot does not take (checked where Hydra
+    would build it, references followed).
 
     `trusted`: fnmatch patterns the user allowed (trust_targets=[...]); `trust_all`: the user
-    trusts the whole file (--trust). Neither lifts :data:`NEVER`."""
+    trusts the whole file (--trust). Neither lifts :data:`NEVER` nor the interpolation rule."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    if isinstance(config, (DictConfig, ListConfig)):
-        config = OmegaConf.to_container(config, resolve=False)
+    plain = OmegaConf.to_container(config, resolve=False) if isinstance(config, (DictConfig, ListConfig)) else config
+    found = interpolation_problems(plain, source)
+    if found:  # nothing is resolved while a value could build something on resolving
+        return found
+    if not isinstance(config, (DictConfig, ListConfig)):
+        config = OmegaConf.create(config)
     trusted = list(trusted)
-    found = []
-    for key, target in targets(config):
+    for key, target in targets(resolved_view(config)):
         if target is None and key.endswith("._target_"):
             continue  # `_target_: null`: nothing is built (scheduler=none)
         if not isinstance(target, str) or not _NAME.match(target):
@@ -286,13 +396,33 @@ def problems(config: Any, source: str, trusted: Iterable[str] = (), trust_all: b
             continue
         if why_allowed(target, key) is None:
             found.append(
-                f"{key}={target!r} in {source}: not one of the components nettrain builds from "
-                "files (nettrain's own, torch.nn modules, torch.optim optimizers and schedulers, "
-                "torchvision models and datasets), so it could run any code. If you trust this "
-                f"file, allow it deliberately: trust_targets=[{target}] on the command line "
-                "(nettrain-eval/nettrain-predict: --trust)"
+                f"{key}={target!r} in {source}: {_what_slot_takes(key)}, and this could run any code. If you "
+                f"trust this file, allow it deliberately: trust_targets=[{target}] on the command line "
+                "(nettrain-eval, -predict, -export: --trust)"
             )
     return found
+
+
+def _what_slot_takes(key: str) -> str:
+    """What a config read from a file may build at `key`, for the message refusing something else."""
+    slot = key.rsplit(".", 1)[0]
+    takes = {
+        "model": "the model options in conf/model/",
+        "data": "the data options in conf/data/",
+        "optimizer": "the options in conf/optimizer/ or a torch.optim optimizer",
+        "scheduler": "the options in conf/scheduler/ or a torch.optim.lr_scheduler scheduler",
+        "loss": "a torch.nn loss",
+        "hydra.launcher": "Hydra's launchers and those of its plugins",
+        "hydra.sweeper": "Hydra's sweepers and those of its plugins",
+        "hydra.sweeper.sampler": "Optuna's samplers",
+    }
+    if slot in takes:
+        return f"from a file, {slot} takes only {takes[slot]}"
+    if re.fullmatch(r"hydra\.callbacks\.[^.]+", slot):
+        return "from a file, hydra.callbacks takes only the callbacks conf/train.yaml sets"
+    if "_logging." in slot:
+        return f"from a file, Hydra's logging takes only these handlers: {', '.join(LOGGING_HANDLERS)}"
+    return f"nettrain builds nothing at {slot} from a file"
 
 
 def check(config: Any, source: str, trusted: Iterable[str] = (), trust_all: bool = False) -> None:

@@ -137,26 +137,128 @@ def test_resume_refuses_an_edited_callback_and_runs_no_payload(monkeypatch, tmp_
     assert (run / "summary.json").read_text() == summary_before
 
 
-def test_resume_refuses_a_group_option_planted_in_the_run_folder(monkeypatch, tmp_path, capsys):
-    """--config-dir RUN/.hydra puts the run folder on the search path: a planted option is refused too."""
+def _resume(monkeypatch, run: Path, *extra: str) -> int:
     from nettrain.train import main
 
-    run = _train(monkeypatch, tmp_path)
-    sentinel = tmp_path / "SENTINEL"
+    monkeypatch.setattr(sys, "argv", ["nettrain-train", f"resume={run}", "epochs=2", *extra])
+    with pytest.raises(SystemExit) as info:
+        main()
+    return info.value.code
+
+
+def _edit_saved_config(run: Path, edit) -> None:
     saved = run / ".hydra" / "config.yaml"
     config = yaml.safe_load(saved.read_text())
-    config["defaults"] = ["nettrain_schema", {"override /hydra/launcher": "evil"}, "_self_"]
+    edit(config)
     saved.write_text(yaml.safe_dump(config))
+
+
+def test_resume_refuses_a_group_option_planted_in_the_run_folder(monkeypatch, tmp_path, capsys):
+    """--config-dir RUN/.hydra puts the run folder on the search path: a defaults list that pulls a
+    planted option in is refused before composing, and a planted option the user's own override
+    picks is refused after composing, by its target."""
+    run = _train(monkeypatch, tmp_path)
+    sentinel = tmp_path / "SENTINEL"
     (run / ".hydra" / "hydra" / "launcher").mkdir(parents=True)
     (run / ".hydra" / "hydra" / "launcher" / "evil.yaml").write_text(
         f"_target_: nettrain.files.write_text\npath: {sentinel}\ntext: ran\n"
     )
-    monkeypatch.setattr(sys, "argv", ["nettrain-train", f"resume={run}", "epochs=2"])
+    _edit_saved_config(
+        run, lambda c: c.update(defaults=["nettrain_schema", {"override /hydra/launcher": "evil"}, "_self_"])
+    )
+    assert _resume(monkeypatch, run) == 2
+    err = capsys.readouterr().err
+    assert "defaults=['nettrain_schema', {'override /hydra/launcher': 'evil'}, '_self_'] in " in err
+    assert "Traceback" not in err and not sentinel.exists()
+    _edit_saved_config(run, lambda c: c.pop("defaults"))
+    assert _resume(monkeypatch, run, "hydra/launcher=evil") == 2
+    assert "hydra.launcher._target_='nettrain.files.write_text'" in capsys.readouterr().err
+    assert not sentinel.exists()
+
+
+def _hidden(sentinel: Path) -> str:
+    """A value that becomes a `_target_` when Hydra resolves it: the resolver attack's payload."""
+    return f"${{oc.create:{{_target_: nettrain.files.write_text, path: '{sentinel}', text: ran}}}}"
+
+
+HIDDEN_AT = {
+    "hydra.callbacks.evil": lambda config, value: config["hydra"]["callbacks"].update(evil=value),
+    "model.extra": lambda config, value: config["model"].update(extra=value),
+    "hydra.job_logging.handlers.file.filename": lambda config, value: config["hydra"].update(
+        job_logging={"handlers": {"file": {"class": "logging.FileHandler", "filename": value}}}
+    ),
+}
+
+
+@pytest.mark.parametrize("where", list(HIDDEN_AT))
+def test_resume_and_rerun_refuse_a_resolver_in_the_saved_config(monkeypatch, tmp_path, capsys, where):
+    """An edited `.hydra/config.yaml` whose value builds a hidden target through `${oc.create:...}`
+    (in the hydra section too, which resume does not compare) runs nothing: `resume=RUN_DIR` and
+    the re-run through `--config-dir RUN_DIR/.hydra` both refuse it, naming the key."""
+    from nettrain.train import main
+
+    run = _train(monkeypatch, tmp_path)
+    sentinel = tmp_path / "SENTINEL"
+    _edit_saved_config(run, lambda config: HIDDEN_AT[where](config, _hidden(sentinel)))
+    before = sorted(p.name for p in run.rglob("*"))
+    summary = (run / "summary.json").read_text()
+    assert _resume(monkeypatch, run) == 2
+    err = capsys.readouterr().err
+    assert f"  - {where}=" in err and "Traceback" not in err, err
+    assert err.count("Error:") == 1
+    rerun = ["nettrain-train", "--config-dir", str(run / ".hydra"), "--config-name", "config", *QUIET]
+    monkeypatch.setattr(sys, "argv", [*rerun, f"hydra.run.dir={tmp_path / 'rerun'}"])
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code == 2
-    assert "hydra.launcher._target_='nettrain.files.write_text'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"  - {where}=" in err and "Traceback" not in err, err
     assert not sentinel.exists()
+    assert (run / "summary.json").read_text() == summary
+    assert sorted(p.name for p in run.rglob("*")) == before  # nothing written in the run folder
+    assert not (tmp_path / "rerun").exists()
+
+
+def test_resume_of_a_malformed_saved_config_is_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
+    run = _train(monkeypatch, tmp_path)
+    (run / ".hydra" / "config.yaml").write_text("model: [unclosed\n  lr: 1\n")
+    assert _resume(monkeypatch, run) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("Error: ") == 1
+    assert f"{run / '.hydra' / 'config.yaml'}: not valid YAML (expected ',' or ']', but got ':' at line 2" in err
+    (run / ".hydra" / "config.yaml").write_text("- a list\n- not a config\n")
+    assert _resume(monkeypatch, run) == 2
+    assert "config.yaml: holds a list, not a config; allowed: the config.yaml nettrain wrote" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+@pytest.mark.parametrize("where", ["model.extra", "loss._args_"])
+def test_a_resolver_in_a_checkpoint_builds_nothing(trained, tmp_path, capsys, command, where):
+    """The critical one: a checkpoint whose stored config holds `${oc.create:...}` would have Hydra
+    build a hidden target when it resolves the node, in each command that rebuilds the model, with
+    or without --trust. Refused before anything resolves."""
+    from nettrain.evaluate import main as eval_main
+    from nettrain.export import main as export_main
+    from nettrain.predict import main as predict_main
+
+    sentinel = tmp_path / "SENTINEL"
+    state = torch.load(trained / "checkpoints" / "best.pt", weights_only=True)
+    group, key = where.split(".")
+    node = dict(state["config"][group])
+    node[key] = _hidden(sentinel) if key == "extra" else [_hidden(sentinel)]
+    crafted = _craft(trained, tmp_path, group, node)
+    run = {
+        "eval": lambda *a: eval_main([str(crafted), *a]),
+        "predict": lambda *a: predict_main([str(crafted), str(tmp_path / "no-such-image.png"), *a]),
+        "export": lambda *a: export_main([str(crafted), "--format", "safetensors", *a]),
+    }[command]
+    for trust in ([], ["--trust"]):
+        assert run(*trust) == 2
+        err = capsys.readouterr().err
+        assert f"  - {where}{'[0]' if key == '_args_' else ''}=" in err and "calls the resolver 'oc.create'" in err
+        assert "Traceback" not in err and err.count("Error:") == 1
+    assert not sentinel.exists()
+    assert sorted(p.name for p in crafted.parent.parent.iterdir()) == ["checkpoints"]
 
 
 @pytest.mark.parametrize("payload", ["builtins.open", "nested"])
