@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import QUIET, cli
 from nettrain.resnet import ResNet
 from nettrain.torchvision_models import cache_path, torchvision_model
 
@@ -20,8 +21,16 @@ TINY_IMAGES = [
 ]
 
 
-def test_resnet18_trains_one_epoch_on_32x32_images(run):
-    summary, out = run("model=torchvision", "model.name=resnet18", *TINY_IMAGES)
+def _train(tmp_path, *overrides):
+    """Train through nettrain-train (in this process): a run folder with its .hydra/, as a user has."""
+    out = tmp_path / "run"
+    result = cli(*QUIET, *overrides, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return json.loads((out / "summary.json").read_text()), out
+
+
+def test_resnet18_trains_one_epoch_on_32x32_images(tmp_path):
+    summary, out = _train(tmp_path, "model=torchvision", "model.name=resnet18", *TINY_IMAGES)
     assert summary["status"] == "completed" and summary["epochs_run"] == 1
     assert summary["param_count"] == 11_178_564  # resnet18 with 4 classes
     row = (out / "metrics.csv").read_text().splitlines()[1].split(",")
@@ -29,6 +38,7 @@ def test_resnet18_trains_one_epoch_on_32x32_images(run):
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["model"]["fc.weight"].shape == (4, 512)
     assert json.loads((out / "summary.json").read_text())["test_acc"] is not None
+    _opens_without_trust(out, resume=False)  # resuming costs another resnet18 epoch; model=resnet's test resumes
 
 
 def test_stem_channels_and_head_follow_the_data():
@@ -89,9 +99,24 @@ def test_torchvision_weights_come_from_its_cache_and_offline_says_where(tmp_path
         torchvision_model((3, 32, 32), 10, "resnet18", weights="IMAGENET9K")
 
 
-def test_nettrain_resnet20_is_the_cifar_resnet_and_trains(run):
+def test_nettrain_resnet20_is_the_cifar_resnet_and_trains(tmp_path):
     assert sum(p.numel() for p in ResNet((3, 32, 32), 10, depth=20).parameters()) == 272_474
     with pytest.raises(ValueError, match="must be 6n \\+ 2"):
         ResNet((3, 32, 32), 10, depth=18)
-    summary, _ = run("model=resnet", "model.depth=8", "model.width=8", *TINY_IMAGES)
+    summary, out = _train(tmp_path, "model=resnet", "model.depth=8", "model.width=8", *TINY_IMAGES)
     assert summary["status"] == "completed"
+    _opens_without_trust(out)
+
+
+def _opens_without_trust(run_dir, resume=True):
+    """A run of a model option nettrain ships is evaluated, exported and resumed as it is: no --trust."""
+    from nettrain.evaluate import main as eval_main
+    from nettrain.export import main as export_main
+
+    assert eval_main([str(run_dir)]) == 0
+    assert export_main([str(run_dir), "--format", "safetensors"]) == 0
+    if not resume:
+        return
+    resumed = cli(f"resume={run_dir}", "epochs=2", cwd=run_dir.parent)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 2
