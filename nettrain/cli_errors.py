@@ -227,19 +227,7 @@ def before_hydra(argv: list[str]) -> None:
         why = unsafe_run_dir(run_dir)
         if why:
             _report([why])
-    saved = from_saved_run(argv)
-    if saved is not None and not _argv_value(argv, "resume"):  # resume checked it already
-        from pathlib import Path
-
-        from nettrain.resume import saved_config_problems
-        from nettrain.trust import UntrustedTargetError
-
-        try:
-            found = saved_config_problems(Path(saved).expanduser() / "config.yaml")
-        except ConfigError as exc:  # a file that does not parse
-            _report(exc.problems)
-        if found:
-            _report(found, UntrustedTargetError)
+    _received_folders(argv, multirun)
     launcher = _argv_value(argv, "hydra/launcher")
     if multirun and launcher in ("slurm", "submitit_slurm") and shutil.which("sbatch") is None:
         _report(
@@ -249,6 +237,32 @@ def before_hydra(argv: list[str]) -> None:
                 "try it on this machine with hydra/launcher=submitit_local"
             ]
         )
+
+
+def _received_folders(argv: list[str], multirun: bool) -> None:
+    """A run folder this command reads or writes into that may have come from someone else, checked
+    before Hydra opens anything in it: a re-run's saved `.hydra/` (its run folder holds no symlink,
+    its config.yaml is nettrain's as written), and the existing folder a sweep is launched into
+    again (no symlink in any job folder, which Hydra would write `.hydra/*.yaml` through)."""
+    from pathlib import Path
+
+    from nettrain.resume import saved_config_problems
+    from nettrain.run_dir import RunFolderError, refuse_symlinks
+    from nettrain.trust import UntrustedTargetError
+
+    saved = from_saved_run(argv)
+    sweep_dir = _argv_value(argv, "hydra.sweep.dir") if multirun else None
+    try:
+        if saved is not None and not _argv_value(argv, "resume"):  # resume checked it already
+            refuse_symlinks(Path(saved).expanduser().parent)
+            found = saved_config_problems(Path(saved).expanduser() / "config.yaml")
+            if found:
+                _report(found, UntrustedTargetError)
+        if sweep_dir is not None and "${" not in sweep_dir:
+            refuse_symlinks(sweep_dir)
+    except (ConfigError, RunFolderError) as exc:  # a file that does not parse, a link
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _report(found: list[str], kind: type[ConfigError] = ConfigError) -> None:

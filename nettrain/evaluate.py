@@ -47,8 +47,10 @@ def evaluate_checkpoint(
     from nettrain.data.preprocessing import input_transform
     from nettrain.ema import inference_weights
     from nettrain.loop import evaluate_metrics
+    from nettrain.run_dir import refuse_target_symlinks
 
     overrides = list(overrides or [])
+    refuse_target_symlinks(target, "eval")  # before anything is read: no link inside the run folder is followed
     path, state = ckpt.pick(target, report=lambda line: print(line, file=sys.stderr))
     # RUN_DIR/eval/ for a run's checkpoint; beside the file for a checkpoint outside a run
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
@@ -97,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     from nettrain.checkpoint import CheckpointError
     from nettrain.config import ConfigError
     from nettrain.data import DataError
+    from nettrain.run_dir import RunFolderError
 
     try:
         result = evaluate_checkpoint(args.target, args.split, args.overrides, trust=args.trust)
-    except (ConfigError, CheckpointError, DataError, OmegaConfBaseException) as exc:
+    except (ConfigError, CheckpointError, DataError, OmegaConfBaseException, RunFolderError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     from rich.console import Console

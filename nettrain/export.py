@@ -73,7 +73,9 @@ def export(target: str | Path, fmt: str, out: str | Path | None = None, trust: b
     if fmt == "onnx" and not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
         raise ExportError('--format onnx needs onnx and onnxruntime: pip install "nettrain[onnx]"')
     from nettrain.checkpoint import pick
+    from nettrain.run_dir import refuse_target_symlinks
 
+    refuse_target_symlinks(target, None if out is not None else "export")  # before anything is read
     path, state = pick(target, report=lambda line: print(line, file=sys.stderr))
     model, io, cfg = rebuild_model(state, str(target), trust)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
@@ -241,10 +243,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from nettrain.checkpoint import CheckpointError
     from nettrain.config import ConfigError
+    from nettrain.run_dir import RunFolderError
 
     try:
         result = export(args.target, args.format, args.out, trust=args.trust)
-    except (ExportError, ConfigError, CheckpointError, OmegaConfBaseException) as exc:
+    except (ExportError, ConfigError, CheckpointError, OmegaConfBaseException, RunFolderError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     verdict = "matches" if result["passed"] else "DOES NOT MATCH"

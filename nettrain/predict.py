@@ -201,13 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from nettrain.checkpoint import CheckpointError
     from nettrain.config import ConfigError
+    from nettrain.run_dir import RunFolderError, refuse_target_symlinks
 
     if args.top_k < 1:
         print(f"Error: --top-k={args.top_k}: must be an integer >= 1", file=sys.stderr)
         return 2
     try:
+        refuse_target_symlinks(args.target, None if args.out else "predict")  # before anything is read
         path, rows = predict(args.target, args.inputs, args.top_k, args.device, trust=args.trust)
-    except (PredictError, CheckpointError, ConfigError) as exc:
+    except (PredictError, CheckpointError, ConfigError, RunFolderError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out).expanduser() if args.out else default_out(path)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, cast
@@ -47,9 +48,13 @@ SAFE_ON_RESUME = (
 
 
 def run_dir_of(resume: str) -> Path:
-    """A run dir, or a checkpoint file inside RUN_DIR/checkpoints/ -> the run dir."""
-    path = Path(resume).expanduser().resolve()
-    return path.parent.parent if path.is_file() else path
+    """A run dir, or a checkpoint file inside RUN_DIR/checkpoints/ -> the run dir. A checkpoint's
+    run dir is found from the path as given, not through a link at the file (or at checkpoints/):
+    such a link belongs to the run folder, which refuse_symlinks then refuses."""
+    path = Path(resume).expanduser()
+    if path.is_file() or (path.is_symlink() and not path.is_dir()):
+        return Path(os.path.abspath(path)).parent.parent.resolve()
+    return path.resolve()
 
 
 def schema_defaults() -> dict[str, Any]:
@@ -262,11 +267,13 @@ def resume_argv(argv: list[str]) -> list[str]:
             file=sys.stderr,
         )
         sys.exit(2)
+    from nettrain.run_dir import RunFolderError, refuse_symlinks
     from nettrain.trust import UntrustedTargetError
 
-    try:
-        found = saved_config_problems(saved)
-    except ConfigError as exc:  # a file that does not parse
+    try:  # before anything in the run folder is read (a stat aside) or written: no link in it is followed
+        refuse_symlinks(run_dir)
+        found = saved_config_problems(saved)  # a file that does not parse raises
+    except (RunFolderError, ConfigError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)
     if found:

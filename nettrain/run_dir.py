@@ -9,7 +9,12 @@ Each run writes only inside its own folder (Hydra's `hydra.run.dir`, or a sweep 
   msvcrt.locking on Windows), so it goes away with the process, also after kill -9; where
   neither exists, an O_EXCL lock file whose holder is checked for being alive.
 - :func:`unsafe_run_dir` refuses `hydra.run.dir=` (empty), `/`, the home folder, and a folder that
-  holds files nettrain did not write, before anything in it is moved.
+  holds files nettrain did not write or a symlink, before anything in it is moved.
+- :func:`refuse_symlinks` refuses a run folder that holds a symlink (or a pipe, socket or device):
+  nettrain follows no link inside a run folder, so a received run cannot send a write (the lock,
+  the log, eval/, checkpoints/, ...) or a read anywhere else. The commands call it before they
+  read or write anything in a run folder; the lock and the log file are also opened with
+  O_NOFOLLOW, so a link made after the check is not followed either.
 - :func:`remove_stale_temps` deletes the temporary files a save leaves when it is killed halfway.
 - :func:`set_aside_old_results` moves an earlier run's results out of the way of a fresh run.
 """
@@ -17,10 +22,13 @@ Each run writes only inside its own folder (Hydra's `hydra.run.dir`, or a sweep 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import re
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +73,184 @@ TEMP_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 class RunFolderError(RuntimeError):
     """A run folder that cannot or must not be written; the message says which and why."""
+
+
+class RunFolderLinkError(RunFolderError):
+    """A run folder that holds symlinks (or pipes, sockets, devices): `folder` (resolved) and `found`,
+    one 'REL -> TARGET' or 'REL (what it is)' per entry; str() is the whole message."""
+
+    def __init__(self, message: str, folder: Path, found: list[str]):
+        super().__init__(message)
+        self.folder, self.found = folder, found
+
+
+# Where open() can refuse to follow a symlink at the last component (not on Windows)
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# Folders in a run folder that belong to another program, which makes links there itself and
+# replaces them (never writes through them); nettrain reads nothing inside. The folder itself
+# must still not be a link. W&B: wandb/latest-run, wandb/debug.log, .../logs/debug-core.log.
+OTHERS_FOLDERS = ("wandb",)
+_SHOWN_LINKS = 10
+_KINDS = {stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+
+
+def _not_followed(root: Path) -> list[str]:
+    """Every entry under `root` nettrain must not open: 'REL -> TARGET' for a symlink, 'REL (a named
+    pipe)' for a special file, 'REL/ (cannot be listed: ...)' for a folder that hides its entries.
+    Walked without following any link."""
+    found: list[str] = []
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as exc:
+            if folder != root:  # the run folder itself: the command reports it as missing or unreadable
+                found.append(f"{folder.relative_to(root).as_posix()}/ (cannot be listed: {exc.strerror})")
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            rel = path.relative_to(root).as_posix()
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError:  # gone meanwhile
+                continue
+            if stat.S_ISLNK(mode):
+                try:
+                    points_to = os.readlink(path)
+                except OSError:
+                    points_to = "?"
+                found.append(f"{rel}{'/' if path.is_dir() else ''} -> {points_to}")
+            elif stat.S_ISDIR(mode):
+                if not (folder == root and entry.name in OTHERS_FOLDERS):
+                    pending.append(path)
+            elif not stat.S_ISREG(mode):
+                found.append(f"{rel} ({_KINDS.get(stat.S_IFMT(mode), 'not a regular file')})")
+    return sorted(found)
+
+
+def refuse_symlinks(run_dir: str | Path) -> Path:
+    """Raise RunFolderLinkError (a RunFolderError) naming every symlink inside `run_dir`, at any
+    depth, file or folder, with where each points, and every named pipe, socket or device (and a
+    folder that cannot be listed); else return the run folder, resolved.
+
+    The path given may itself be, or pass through, a link (the user chose it): only what is inside
+    the folder counts. A folder that does not exist holds nothing; wandb/'s own links are W&B's."""
+    root = Path(run_dir).expanduser().resolve()
+    if not root.is_dir():
+        return root
+    found = _not_followed(root)
+    if not found:
+        return root
+    shown = "; ".join(found[:_SHOWN_LINKS]) + (
+        f"; and {len(found) - _SHOWN_LINKS} more" if len(found) > _SHOWN_LINKS else ""
+    )
+    links_only = all(" -> " in line for line in found)
+    raise RunFolderLinkError(
+        f"the run folder {root} holds {'symlinks' if links_only else 'entries nettrain does not open'}: "
+        f"{shown}. nettrain follows no symlink inside a run folder (a link would send its reads and "
+        "writes elsewhere): a run folder holds no symlinks"
+        + ("" if links_only else ", pipes, sockets or devices, and every folder in it can be listed")
+        + "; replace each link by the file or folder itself, or remove it",
+        root,
+        found,
+    )
+
+
+def _is_link(path: Path) -> str | None:
+    """Where `path` points when it is a symlink, else None."""
+    try:
+        return os.readlink(path) if path.is_symlink() else None
+    except OSError:
+        return "?"
+
+
+def refuse_target_symlinks(target: str | Path, results: str | None) -> None:
+    """Before nettrain-eval, -predict or -export reads `target` (a run folder, or a checkpoint file)
+    and writes into its `results` folder (eval, predict, export; None when --out says where): raise
+    RunFolderError for a symlink they would follow.
+
+    A run folder (the target, or RUN for RUN/checkpoints/FILE) must hold no symlink at all
+    (:func:`refuse_symlinks`). A checkpoint outside a run folder must be the file itself, not a
+    link, and the results folder beside it must not be a link. A target that does not exist, or a
+    folder without checkpoints/, is left to the command to report."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        if os.path.lexists(path / "checkpoints"):  # else not a run folder: the command says so
+            refuse_symlinks(path)
+        return
+    if not os.path.lexists(path):
+        return
+    path = Path(os.path.abspath(path))  # not resolved: a link at the end must stay visible
+    if path.parent.name == "checkpoints":  # RUN/checkpoints/FILE: the whole run folder
+        refuse_symlinks(path.parent.parent)
+        return
+    points_to = _is_link(path)
+    if points_to is not None:
+        raise RunFolderError(
+            f"{path} is a symlink (-> {points_to}); nettrain reads a checkpoint outside a run folder only "
+            f"as the file itself, never through a link: give the file's own path ({path.resolve()})"
+        )
+    folder = path.parent / results if results else None
+    if folder is not None and (points_to := _is_link(folder)) is not None:
+        raise RunFolderError(
+            f"{folder} is a symlink (-> {points_to}); the results for {path.name} go into that folder, and "
+            f"nettrain writes through no symlink: remove the link or make {results}/ a folder"
+            + (", or give --out" if results != "eval" else "")
+        )
+
+
+def _open_log_no_follow(name: str, encoding: str | None, errors: str | None) -> io.TextIOWrapper:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | O_NOFOLLOW, 0o666)
+    return open(fd, "a", encoding=encoding, errors=errors)  # noqa: SIM115 - the handler's stream
+
+
+def no_follow_log_files(run_dir: str | Path) -> None:
+    """Reopen the log files that logging handlers (Hydra's train.log) hold in `run_dir` with
+    O_NOFOLLOW, now and on any later reopen, so no log line goes through a link made after the
+    folder was checked. A log file that is a link: its handler is closed and removed (nothing
+    is written through it) and RunFolderError raised."""
+    inside = (Path(os.path.abspath(run_dir)), Path(run_dir).resolve())
+    loggers = [logging.getLogger()] + [
+        log for log in logging.Logger.manager.loggerDict.values() if isinstance(log, logging.Logger)
+    ]
+    for log in loggers:
+        for handler in list(log.handlers):
+            if not isinstance(handler, logging.FileHandler) or getattr(handler, "_nettrain_no_follow", False):
+                continue
+            folder = os.path.dirname(handler.baseFilename)
+            if not any(Path(f).is_relative_to(root) for f in (folder, os.path.realpath(folder)) for root in inside):
+                continue
+            try:
+                _reopen_no_follow(handler)
+            except OSError:
+                name = handler.baseFilename
+                if not Path(name).is_symlink():
+                    raise
+                for each in loggers:
+                    each.removeHandler(handler)
+                handler.close()
+                raise RunFolderError(
+                    f"{name} is a symlink (-> {os.readlink(name)}); nettrain follows no symlink inside a "
+                    "run folder, and writes no log line through it: remove the link"
+                ) from None
+
+
+def _reopen_no_follow(handler: logging.FileHandler) -> None:
+    def reopen() -> io.TextIOWrapper:
+        return _open_log_no_follow(handler.baseFilename, handler.encoding, handler.errors)
+
+    handler.acquire()
+    try:
+        old = handler.stream
+        handler.stream = None if old is None else reopen()  # delay=True: opened by the first line
+        handler.mode = "a"
+        setattr(handler, "_open", reopen)  # noqa: B010 - FileHandler.emit reopens with self._open()
+        setattr(handler, "_nettrain_no_follow", True)  # noqa: B010
+        if old is not None:
+            old.close()
+    finally:
+        handler.release()
 
 
 def _describe_holder(text: str) -> str:
@@ -165,8 +351,18 @@ class RunLock:
         )
 
     def acquire(self) -> RunLock:
+        refuse_symlinks(self.run_dir)  # every write of the run goes into this folder, none through a link
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held until release()
+        try:  # not through a link made after the check: O_NOFOLLOW
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | O_NOFOLLOW, 0o666)
+        except OSError:
+            if not self.path.is_symlink():
+                raise
+            raise RunFolderError(
+                f"{self.path} is a symlink (-> {os.readlink(self.path)}); nettrain follows no symlink "
+                "inside a run folder: remove the link"
+            ) from None
+        handle = os.fdopen(fd, "a+")  # held until release()
         try:
             locked = _try_lock(handle, blocking=False)
         except OSError:
@@ -231,7 +427,8 @@ def _is_run_file(name: str) -> bool:
 
 def unsafe_run_dir(value: str | Path | None, must_be_ours: bool = True) -> str | None:
     """Why `value` must not be a run folder (None when it may): empty, the file system's root,
-    the home folder, or (when `must_be_ours`) an existing folder with files nettrain did not write."""
+    the home folder, an existing folder holding a symlink, or (when `must_be_ours`) an existing
+    folder with files nettrain did not write."""
     if value is None or str(value).strip() == "":
         return "hydra.run.dir is empty; a run needs a folder of its own (e.g. outputs/my-run)"
     path = Path(os.path.expanduser(str(value))).resolve()
@@ -246,6 +443,11 @@ def unsafe_run_dir(value: str | Path | None, must_be_ours: bool = True) -> str |
                 "nettrain moves an earlier run's results aside there, so it only uses an empty "
                 "folder or a nettrain run folder. Pick another folder"
             )
+    if path.is_dir():  # before Hydra writes .hydra/ and train.log there
+        try:
+            refuse_symlinks(path)
+        except RunFolderError as exc:
+            return f"hydra.run.dir={str(value)!r}: {exc}"
     return None
 
 

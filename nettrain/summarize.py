@@ -181,9 +181,22 @@ def read_run(run_dir: str | Path) -> Run:
     """A Run from a run dir's .hydra/overrides.yaml, summary.json and metrics.csv. Without a
     summary.json the run is incomplete and what metrics.csv shows so far fills the numbers. A run
     whose files cannot be read (not UTF-8, a folder, broken YAML, a summary that is not an
-    object) is `unreadable`, with the reason; the other runs are summarized as usual."""
+    object) is `unreadable`, with the reason; the other runs are summarized as usual. So is a run
+    folder holding a symlink, which is not read at all (and named on stderr)."""
+    from nettrain.run_dir import RunFolderLinkError, refuse_symlinks
+
     try:
+        refuse_symlinks(run_dir)  # nothing is read through a link: the run is left out, and says why
         return _read_run(Path(run_dir))
+    except RunFolderLinkError as exc:
+        print(f"warning: {exc}. Nothing in it was read: its row says unreadable", file=sys.stderr)
+        return Run(
+            path=Path(run_dir),
+            name=Path(run_dir).name,
+            status="unreadable",
+            error=f"holds symlinks (not read): {'; '.join(exc.found)}"[:200],
+            values={key: None for key in METRICS},
+        )
     except Exception as exc:  # noqa: BLE001 - one damaged run must not cost the summary
         first = (str(exc).strip().splitlines() or [""])[0]
         return Run(

@@ -29,7 +29,7 @@ from nettrain.config import ConfigError, plain, register_schema, validate
 from nettrain.interrupt import stop_on_signals
 from nettrain.metrics import FINISHED, INTERRUPTED
 from nettrain.resume import finished_already, make_rerunnable, resume_argv, run_dir_of
-from nettrain.run_dir import hydra_output_subdir, in_multirun
+from nettrain.run_dir import hydra_output_subdir, in_multirun, no_follow_log_files
 from nettrain.run_summary import launch_id, write_failure, write_summary
 from nettrain.startup import single_composition
 
@@ -208,6 +208,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from nettrain.cli_errors import exit_for, failed_run
 
     try:
+        no_follow_log_files(HydraConfig.get().runtime.output_dir)  # train.log: no line through a link
         summary = train(cfg)
     except Exception as exc:  # bad input exits 2, a fault 1; a failed sweep job is recorded and the sweep goes on
         failed_run(exc, cfg)  # returns only for a failed sweep job

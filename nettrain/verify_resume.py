@@ -168,12 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     env = distributed.detect_or_exit()
     default = Path("outputs/verify-resume") / timestamp(sep="/")
     workdir = Path(args.out or distributed.rank_zeros(env, "verify_dir", str(default)))  # one folder for all ranks
+    from nettrain.run_dir import RunFolderError, refuse_symlinks
+
+    try:  # an existing --out folder: its runs are written in it, none through a link
+        refuse_symlinks(workdir)
+    except RunFolderError as exc:
+        print(f"Error: --out={str(args.out or workdir)!r}: {exc}", file=sys.stderr)
+        return 2
     overrides = args.overrides or []
     if not any(o.startswith("epochs=") for o in overrides):
         overrides = ["epochs=2", *overrides]  # a few steps are enough; the user can ask for more
     try:
         differences, facts = verify_resume(overrides, workdir, args.config_dir, args.stop_after)
-    except ConfigError as exc:
+    except (ConfigError, RunFolderError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # composition errors (unknown option, wrong type) name the key
