@@ -280,3 +280,41 @@ def test_a_module_that_fails_while_importing_is_named_with_its_error(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "module 'mymodels' was found but failed to import: RuntimeError: half-written module" in done.stderr
     assert "mymodels" not in sys.modules
+
+
+# -- processes that build on their own ---------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH is read from Python 3.11 on")
+def test_a_sweep_job_in_a_process_of_its_own_imports_the_users_model_there_and_no_bait(tmp_path):
+    """submitit starts each job as `python -m submitit.core._submit` in the working directory, an
+    interpreter of its own that never ran nettrain-train's main(): the job's builder loads mymodels
+    from the working directory itself, and `-m` does not put that directory on its path."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    home = home_with_model(tmp_path / "home")
+    sentinels = tmp_path / "sentinels"
+    plant_baits(home, sentinels)
+    record = "import os\nopen('imported_by', 'a').write(f'{os.getpid()}\\n')\n"
+    (home / "mymodels.py").write_text(record + MODEL)
+    done = cli("-m", *user_model_args(home), *QUIET, "epochs=1", "model.width=6", "hydra/launcher=submitit_local",
+               "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1", "hydra.sweep.dir=sweep", cwd=home)  # fmt: skip
+    assert sorted(p.name for p in sentinels.iterdir()) == []
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    state = torch.load(home / "sweep" / "0" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["model"]["1.weight"].shape[0] == 6
+    importers = (home / "imported_by").read_text().split()
+    assert len(importers) == 1 and int(importers[0]) != os.getpid()  # in the job's process, not the sweep's
+
+
+def test_the_multirun_sets_pythonsafepath_for_its_jobs_and_puts_it_back(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from nettrain.sweep_callback import SweepSummaryCallback
+
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    callback, config = SweepSummaryCallback(enabled=False), OmegaConf.create({})
+    callback.on_multirun_start(config)
+    assert os.environ["PYTHONSAFEPATH"] == "1"  # what the launcher's job processes inherit
+    callback.on_multirun_end(config)
+    assert "PYTHONSAFEPATH" not in os.environ
