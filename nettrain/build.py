@@ -55,12 +55,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def building(group: str, target: str | None, context: str = "") -> Iterator[None]:
+def building(group: str, target: str | None, context: str = "", node: Any = None) -> Iterator[None]:
     """Turn a failure to build `target` of config group `group` into a ConfigError naming both
     (and `context`, e.g. the data the model is built for); a target that cannot be imported is
-    explained: which module, where it was looked for, the fix."""
+    explained: which module, where it was looked for, the fix.
+
+    First, the modules of your own that `target` and the `_target_`s nested in `node` name are
+    imported from the working directory where that is where they are (nettrain/usermodules.py):
+    here, just before building, so only after a file's config has passed its trust check, and in
+    every process that builds (torchrun ranks, sweep jobs)."""
     from hydra.errors import InstantiationException
 
+    from nettrain import usermodules
+
+    for name in dict.fromkeys([target, *usermodules.targets_in(node)]):
+        problem = usermodules.load_problem(name) if name else None
+        if problem:
+            raise ConfigError([f"{group}: {problem}"])
     try:
         yield
     except (InstantiationException, TypeError, ValueError, ImportError) as exc:
@@ -81,7 +92,7 @@ def instantiate(node: Any, group: str, *call_args: Any, **kwargs: Any) -> Any:
     config error that names the group and the target."""
     from hydra.utils import instantiate as hydra_instantiate
 
-    with building(group, node.get("_target_")):
+    with building(group, node.get("_target_"), node=node):
         built = hydra_instantiate(node, **kwargs)
         return built(*call_args) if call_args else built
 
@@ -143,7 +154,7 @@ def build_model_for(
     node.pop("sync_bn", None)  # read by the distributed wrapper (build_run), not the model
 
     def make(width: list[int]) -> torch.nn.Module:
-        with building("model", node.get("_target_"), context=context):
+        with building("model", node.get("_target_"), context=context, node=node):
             return hydra_instantiate(node, input_shape=width, num_classes=num_classes)
 
     if preprocessing.get("categorical") == "embed":
@@ -289,7 +300,7 @@ def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_
     """The scheduler option, with its warmup, as an LRSchedule."""
     from nettrain import schedulers
 
-    with building("scheduler", cfg.scheduler._target_):
+    with building("scheduler", cfg.scheduler._target_, node=cfg.scheduler):
         return schedulers.build_schedule(
             optimizer,
             plain(cfg.scheduler),

@@ -83,9 +83,6 @@ def evaluate_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nettrain import usermodules
-
-    usermodules.add_working_dir()  # a run with a model of your own, from the working directory
     from nettrain import trust as trust_lib
 
     parser = argparse.ArgumentParser(prog="nettrain-eval", description=__doc__.split("\n\n")[0])

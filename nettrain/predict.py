@@ -186,9 +186,6 @@ def default_out(checkpoint: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nettrain import usermodules
-
-    usermodules.add_working_dir()  # `_target_: mymodels.Net` from the working directory, as under python -m
     from nettrain import trust as trust_lib
 
     parser = argparse.ArgumentParser(prog="nettrain-predict", description=__doc__.split("\n\n")[0])

@@ -53,6 +53,7 @@ class SweepSummaryCallback(Callback):
     def __init__(self, enabled: bool = True, plot: bool = True) -> None:
         self.enabled = enabled
         self.plot = plot
+        self._outer_safepath: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _last_summary, _last_error
@@ -60,6 +61,11 @@ class SweepSummaryCallback(Callback):
         # jobs record which launch wrote them (inherited by launcher worker processes), so a
         # re-launch into the same sweep dir tells its own results from earlier ones (nettrain/sweep.py)
         os.environ["NETTRAIN_LAUNCH"] = f"{time.time_ns()}-{os.getpid()}"
+        # a launcher's job processes keep the working directory off their module search path, as
+        # nettrain does (nettrain/usermodules.py): submitit starts each job with `python -m
+        # submitit.core._submit`, which would put it first (Python 3.11+ reads PYTHONSAFEPATH)
+        self._outer_safepath = os.environ.get("PYTHONSAFEPATH")
+        os.environ["PYTHONSAFEPATH"] = "1"
         if "mlflow" in config.get("loggers", []):  # one MLflow parent run per sweep, its jobs nested in it
             try:
                 from nettrain.loggers import start_sweep
@@ -70,6 +76,10 @@ class SweepSummaryCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _last_summary, _last_error
+        if self._outer_safepath is None:  # as it was before the multirun
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = self._outer_safepath
         if not self.enabled:
             return
         try:

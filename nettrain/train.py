@@ -219,10 +219,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     from hydra.errors import HydraException
 
-    from nettrain import usermodules
     from nettrain.cli_errors import before_hydra, composition_errors_exit_2
 
-    usermodules.add_working_dir()  # `_target_: mymodels.Net` from the working directory, as under python -m
     register_schema()  # also the --help page (nettrain/help.py)
     env = distributed.detect_or_exit()
     distributed.refuse_multirun(env, sys.argv)

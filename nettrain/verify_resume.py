@@ -151,9 +151,6 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nettrain import usermodules
-
-    usermodules.add_working_dir()  # models of your own, from the working directory
     parser = argparse.ArgumentParser(prog="nettrain-verify-resume", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "overrides", nargs="*", help="config overrides, as for nettrain-train (key=value, group=option)"
