@@ -10,7 +10,7 @@ import pytest
 import torch
 from made_data import table
 
-from conftest import cli, in_process
+from conftest import cli, in_process, needs_extra
 from nettrain.data import DataError
 from nettrain.data.tabular import EmbeddedInputs, csv, encode_rows
 
@@ -70,9 +70,10 @@ def test_embedded_categories_feed_a_learned_embedding(tmp_path):
     assert model(data.train.x[:5]).shape == (5, 2)
 
 
+@needs_extra("tables", "pandas", "pyarrow")
 def test_parquet_is_read_when_pandas_and_pyarrow_are_installed(tmp_path):
-    pd = pytest.importorskip("pandas")
-    pytest.importorskip("pyarrow")
+    import pandas as pd
+
     frame = pd.read_csv(table(tmp_path / "t.csv"))
     frame.to_parquet(tmp_path / "t.parquet")
     a = csv(str(tmp_path / "t.csv"), target="label")
@@ -160,11 +161,28 @@ def test_predict_refuses_an_infinite_cell_naming_file_column_and_row(tmp_path):
     assert len(out.read_text().splitlines()) == 1 + 20
 
 
+@needs_extra("tables", "pandas", "pyarrow")
 def test_an_infinite_parquet_cell_is_refused_naming_column_and_row(tmp_path):
-    pd = pytest.importorskip("pandas", reason='needs the [tables] extra: pip install "nettrain[tables]"')
-    pytest.importorskip("pyarrow", reason='needs the [tables] extra: pip install "nettrain[tables]"')
+    import pandas as pd
+
     frame = pd.read_csv(table(tmp_path / "t.csv"))
     frame.loc[3, "noise"] = float("-inf")  # a float cell, not a spelling: the 4th data row
     frame.to_parquet(tmp_path / "t.parquet")
     with pytest.raises(DataError, match=r"t.parquet': column 'noise' = '-inf' in row 4 is not a finite number"):
         csv(str(tmp_path / "t.parquet"), target="label")
+
+
+def test_parquet_without_pyarrow_names_the_extra_in_one_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    from nettrain.data import tabular
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        tabular.importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a)
+    )
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")  # never opened: the missing package is named first
+    with pytest.raises(DataError) as err:
+        csv(str(tmp_path / "t.parquet"), target="label")
+    assert "reading Parquet needs pandas and pyarrow (pyarrow not installed)" in str(err.value)
+    assert 'pip install "nettrain[tables]"' in str(err.value) and "\n" not in str(err.value)

@@ -21,6 +21,7 @@ encodes new rows exactly as the training rows were (:func:`encode_rows`).
 from __future__ import annotations
 
 import csv as csv_module
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -90,14 +91,15 @@ def read_table(path: str | Path) -> tuple[list[str], list[list[Any]]]:
     if not path.is_file():
         raise DataError(f"data.path={str(path)!r}: no such file")
     if path.suffix.lower() in (".parquet", ".pq"):
-        try:
-            import pandas as pd
-
-            frame = pd.read_parquet(path)
-        except ImportError as exc:
+        missing = [m for m in ("pandas", "pyarrow") if importlib.util.find_spec(m) is None]
+        if missing:
             raise DataError(
-                f"data.path={str(path)!r}: reading Parquet needs pandas and pyarrow (pip install pandas pyarrow): {exc}"
-            ) from None
+                f"data.path={str(path)!r}: reading Parquet needs pandas and pyarrow ({', '.join(missing)} not "
+                'installed): pip install "nettrain[tables]", or save the table as CSV'
+            )
+        import pandas as pd
+
+        frame = pd.read_parquet(path, engine="pyarrow")
         return [str(c) for c in frame.columns], frame.astype(object).values.tolist()
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv_module.reader(f)
