@@ -7,6 +7,7 @@ import copy
 import functools
 import gc
 import gzip
+import importlib.util
 import os
 import struct
 import subprocess
@@ -34,6 +35,24 @@ CONF = REPO / "conf"
 QUIET = ["console.show_config=false", "console.show_model=false", "console.progress=off", "device=cpu", "plots=false"]
 
 register_schema()
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (found without importing it; a missing parent is False)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def needs_extra(extra: str, *modules: str) -> pytest.MarkDecorator:
+    """Skip the test, saying which extra to install, unless the optional extra's `modules` are
+    installed: the suite passes on a core install (`pip install nettrain`) as on a full one."""
+    missing = [m for m in modules if not installed(m)]
+    return pytest.mark.skipif(
+        bool(missing),
+        reason=f'needs the [{extra}] extra ({", ".join(missing)} not installed): pip install "nettrain[{extra}]"',
+    )
 
 
 class SimpleNet(nn.Module):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from torchrun import torchrun, workers
 
-from conftest import make_cfg
+from conftest import make_cfg, needs_extra
 from nettrain.verify_resume import compare_runs
 
 pytestmark = pytest.mark.slow
@@ -152,8 +152,8 @@ def test_multirun_under_torchrun_is_refused_at_once(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@needs_extra("slurm", "hydra_plugins.hydra_submitit_launcher")
 def test_a_sweep_job_of_the_submitit_launcher_is_its_own_two_process_group(straight, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from conftest import cli
 
     sweep = tmp_path / "sweep"

@@ -9,6 +9,7 @@ import sys
 import pytest
 from torchrun import workers
 
+from conftest import needs_extra
 from nettrain import distributed as dist_lib
 from nettrain.config import ConfigError, register_schema
 from nettrain.distributed import (
@@ -227,8 +228,8 @@ def test_submitit_local_tasks_form_a_group_on_this_machine():
 
 
 @pytest.mark.parametrize(("nodes", "gpus", "tasks"), [(2, 4, 4), (1, 0, 1)])
+@needs_extra("slurm", "hydra_plugins.hydra_submitit_launcher")
 def test_the_slurm_preset_runs_one_task_per_gpu_on_every_node(nodes, gpus, tasks, tmp_path, monkeypatch):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     import submitit
     from hydra import compose, initialize_config_module
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import make_cfg
+from conftest import make_cfg, needs_extra
 from nettrain import export as export_lib
 from nettrain.export import main as export_main
 from nettrain.train import train
@@ -33,7 +33,10 @@ def run_dir(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx", "exported"])
+ONNX = pytest.param("onnx", marks=needs_extra("onnx", "onnx", "onnxruntime"))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", ONNX, "exported"])
 def test_each_format_round_trips_and_the_command_says_it_was_checked(run_dir, fmt, capsys):
     assert export_main([str(run_dir), "--format", fmt]) == 0
     said = capsys.readouterr().out
@@ -85,7 +88,7 @@ def test_a_mismatch_fails_the_check_and_out_picks_the_folder(run_dir, tmp_path, 
 
 
 def test_bad_input_exits_2_with_one_line(run_dir, tmp_path, monkeypatch, capsys):
-    assert export_main([str(tmp_path / "nowhere"), "--format", "onnx"]) == 2
+    assert export_main([str(tmp_path / "nowhere"), "--format", "safetensors"]) == 2
     assert "no such run dir or checkpoint file" in capsys.readouterr().err
     monkeypatch.setattr(export_lib.importlib.util, "find_spec", lambda name: None)
     assert export_main([str(run_dir), "--format", "onnx"]) == 2

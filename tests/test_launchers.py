@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cli
+from conftest import cli, needs_extra
 
 pytestmark = pytest.mark.slow
 
@@ -122,8 +122,8 @@ def loky_stopped_after():
         reusable_executor._executor.shutdown(wait=True, kill_workers=True)
 
 
+@needs_extra("sweep", "hydra_plugins.hydra_joblib_launcher")
 def test_joblib_runs_jobs_in_parallel_and_splits_the_cores(tmp_path, loky_stopped_after):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     from joblib import cpu_count
 
     proc = multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "batch_size=32,64")
@@ -137,8 +137,8 @@ def test_joblib_runs_jobs_in_parallel_and_splits_the_cores(tmp_path, loky_stoppe
     assert len(summary_rows(sweep)) == 2
 
 
+@needs_extra("sweep", "hydra_plugins.hydra_optuna_sweeper")
 def test_a_three_trial_optuna_study_minimises_best_val_loss(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     proc = multirun(tmp_path, "hydra/sweeper=optuna_search", "hydra.sweeper.n_trials=3")
     assert proc.returncode == 0, proc.stderr
     sweep = sweep_dir(tmp_path)
@@ -158,8 +158,8 @@ def test_a_three_trial_optuna_study_minimises_best_val_loss(tmp_path):
     assert float(best["best_val_loss"]) == pytest.approx(result["best_value"])  # the objective is best_val_loss
 
 
+@needs_extra("slurm", "hydra_plugins.hydra_submitit_launcher")
 def test_the_slurm_preset_composes_to_an_sbatch_script(tmp_path, monkeypatch):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
@@ -201,8 +201,8 @@ def test_the_slurm_preset_composes_to_an_sbatch_script(tmp_path, monkeypatch):
     assert f"{tmp_path / 'sweep'}/.submitit/" in script
 
 
+@needs_extra("slurm", "hydra_plugins.hydra_submitit_launcher")
 def test_submitits_local_executor_runs_sweep_jobs(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     proc = multirun(
         tmp_path,
         "hydra/launcher=submitit_local",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUIET, make_cfg
+from conftest import QUIET, make_cfg, needs_extra
 
 SMALL = ["data=synthetic", "data.num_samples=300", "model.hidden=[16]", "epochs=1"]
 
@@ -63,8 +63,8 @@ def test_tilde_is_expanded_in_path_keys(tmp_path, monkeypatch, mnist_root):
     assert summary["status"] == "completed"
 
 
+@needs_extra("slurm", "hydra_plugins.hydra_submitit_launcher")
 def test_slurm_without_srun_is_one_clear_message(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from nettrain.train import main
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, no srun

@@ -6,7 +6,9 @@ with the train split's mean and std; any other column is categorical, one-hot en
 (`categorical: onehot`) or given a learned embedding (`categorical: embed`, see
 :class:`EmbeddedInputs`). Empty cells and NA/N/A/NaN/null/None are missing: each column with
 missing values is named in an error, unless `impute: mean` fills numeric ones with the train
-mean (categorical ones then get their own "<missing>" category).
+mean (categorical ones then get their own "<missing>" category). A numeric cell that is not a
+finite number (inf, -inf, Infinity, 1e999 which overflows to inf, -nan) is an error naming the
+file, the column and the first such row, with either `impute` setting: it is not a missing value.
 
 `task: classification` (class names: the target's distinct values) or `task: regression`
 (the target is standardised with train statistics; the loss is MSE of the standardised target,
@@ -19,6 +21,7 @@ encodes new rows exactly as the training rows were (:func:`encode_rows`).
 from __future__ import annotations
 
 import csv as csv_module
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -49,20 +52,54 @@ def _number(value: Any) -> float | None:
         return None
 
 
+FINITE_ONLY = (
+    "numeric columns need finite numbers (not inf, -inf or beyond a float's range, like 1e999); "
+    "data.impute=mean fills missing cells only, not these"
+)
+
+
+def _first_not_finite(values: list[Any]) -> tuple[int, Any, int] | None:
+    """(0-based index of the first, its value, how many) for the cells of a numeric column (every
+    non-missing cell a number) that are not finite numbers; None if there are none, or if the column
+    is not numeric (then its values are categories, or, for a regression target, named elsewhere)."""
+    numbers = [(i, v, _number(v)) for i, v in enumerate(values) if not _is_missing(v)]
+    if any(n is None for _, _, n in numbers):
+        return None
+    bad = [(i, v) for i, v, n in numbers if n is not None and not math.isfinite(n)]
+    return (bad[0][0], bad[0][1], len(bad)) if bad else None
+
+
+def _check_finite(path: str, header: list[str], table: list[list[Any]], columns: list[str]) -> None:
+    """A DataError naming the file, the column and the first row of a numeric cell that is not finite."""
+    csv_file = Path(path).suffix.lower() not in (".parquet", ".pq")
+    for name in columns:
+        found = _first_not_finite([row[header.index(name)] for row in table])
+        if found is None:
+            continue
+        index, value, count = found
+        where = f"row {index + 1}" + (f" (line {index + 2} of the file)" if csv_file else "")
+        more = f"; {count} such rows in all" if count > 1 else ""
+        raise DataError(
+            f"data.path={str(path)!r}: column {name!r} = {str(value).strip()!r} in {where} is not a finite number{more}; "
+            f"{FINITE_ONLY}"
+        )
+
+
 def read_table(path: str | Path) -> tuple[list[str], list[list[Any]]]:
     """(header, rows) of a CSV file, or of a Parquet file when pandas and pyarrow are installed."""
     path = Path(os.path.expanduser(str(path)))
     if not path.is_file():
         raise DataError(f"data.path={str(path)!r}: no such file")
     if path.suffix.lower() in (".parquet", ".pq"):
-        try:
-            import pandas as pd
-
-            frame = pd.read_parquet(path)
-        except ImportError as exc:
+        missing = [m for m in ("pandas", "pyarrow") if importlib.util.find_spec(m) is None]
+        if missing:
             raise DataError(
-                f"data.path={str(path)!r}: reading Parquet needs pandas and pyarrow (pip install pandas pyarrow): {exc}"
-            ) from None
+                f"data.path={str(path)!r}: reading Parquet needs pandas and pyarrow ({', '.join(missing)} not "
+                'installed): pip install "nettrain[tables]", or save the table as CSV'
+            )
+        import pandas as pd
+
+        frame = pd.read_parquet(path, engine="pyarrow")
         return [str(c) for c in frame.columns], frame.astype(object).values.tolist()
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv_module.reader(f)
@@ -114,6 +151,8 @@ def encode_rows(rows: list[dict[str, Any]], meta: dict[str, Any]) -> torch.Tenso
                     number = _number(v)
                     if number is None:
                         raise DataError(f"row {r + 1}: column {name!r} = {v!r} is not a number")
+                    if not math.isfinite(number):
+                        raise DataError(f"row {r + 1}: column {name!r} = {v!r} is not a finite number; {FINITE_ONLY}")
                     values.append((number - spec["mean"]) / spec["std"])
             columns.append(torch.tensor(values, dtype=torch.float32).unsqueeze(1))
             continue
@@ -173,9 +212,16 @@ def csv(
         rows_missing = [i + 1 for i, v in enumerate(target_values) if _is_missing(v)]
         raise DataError(f"data.target={target!r}: missing in row(s) {rows_missing[:5]}; every row needs a target")
     _check_missing(header, table, features, impute)
+    _check_finite(path, header, table, features + ([target] if task == "regression" else []))
     val_idx, test_idx, train_idx = _split_indices(len(table), [val_fraction, test_fraction], split_seed)
     train_list = train_idx.tolist()
     specs = [_column_spec(name, [row[header.index(name)] for row in table], train_list, impute) for name in features]
+    for spec in specs:
+        if spec["type"] == "numeric" and not (math.isfinite(spec["mean"]) and math.isfinite(spec["std"])):
+            raise DataError(
+                f"data.path={str(path)!r}: column {spec['name']!r} has values too large to standardise (its train "
+                "mean or standard deviation overflows a float); rescale the column"
+            )
     meta: dict[str, Any] = {
         "kind": "table",
         "task": task,
@@ -202,6 +248,11 @@ def csv(
             )
         t = torch.tensor(values, dtype=torch.float64)
         mean, std = t[train_idx].mean().item(), t[train_idx].std(correction=0).item() or 1.0
+        if not (math.isfinite(mean) and math.isfinite(std)):
+            raise DataError(
+                f"data.path={str(path)!r}: target {target!r} has values too large to standardise (its train mean "
+                "or standard deviation overflows a float); rescale the column"
+            )
         meta.update(target_mean=mean, target_std=std)
         y = ((t - mean) / std).to(torch.float32).unsqueeze(1)
         num_classes = 1
