@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,19 @@ def accept_tiny_cifar(monkeypatch) -> None:
     import torchvision.datasets.cifar as cifar
 
     monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+
+
+# a user's own model module and a config option naming it, as the README's "your own model" shows
+USER_MODEL = textwrap.dedent('''
+    """A user's model: a _target_ class taking input_shape and num_classes plus its own keys."""
+    import math
+
+    from torch import nn
+
+
+    class TwoLayer(nn.Sequential):
+        def __init__(self, input_shape, num_classes, width=8):
+            super().__init__(nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.ReLU(),
+                             nn.Linear(width, num_classes))
+    ''')
+USER_OPTION = "_target_: mymodels.TwoLayer\nwidth: 12\n"

@@ -123,13 +123,18 @@ def refused(err: str, name: str, target: Path) -> None:
 # -- resume: nettrain-train resume=RUN_DIR -----------------------------------------------------------
 
 
-def resume(monkeypatch, value: str | Path, *extra: str) -> int:
+def train_exit(monkeypatch, *args: str) -> int:
+    """The exit status of `nettrain-train ARGS`, run in this process, that must exit."""
     from nettrain.train import main
 
-    monkeypatch.setattr(sys, "argv", ["nettrain-train", f"resume={value}", "epochs=2", *extra])
+    monkeypatch.setattr(sys, "argv", ["nettrain-train", *args])
     with pytest.raises(SystemExit) as info:
         main()
     return info.value.code
+
+
+def resume(monkeypatch, value: str | Path, *extra: str) -> int:
+    return train_exit(monkeypatch, f"resume={value}", "epochs=2", *extra)
 
 
 @pytest.mark.parametrize("name", [".nettrain.lock", "train.log"])
@@ -173,15 +178,11 @@ def test_resume_from_a_symlinked_checkpoint_refuses_and_leaves_the_linked_run_al
 def test_a_fresh_run_into_a_folder_with_a_symlinked_log_is_refused_before_hydra_writes(
     run, tmp_path, monkeypatch, capsys
 ):
-    from nettrain.train import main
 
     outside = sentinel_file(tmp_path)
     link(run / "train.log", outside)
     before = snapshot(run)
-    monkeypatch.setattr(sys, "argv", ["nettrain-train", *QUIET, "data=synthetic", f"hydra.run.dir={run}"])
-    with pytest.raises(SystemExit) as info:
-        main()
-    assert info.value.code == 2
+    assert train_exit(monkeypatch, *QUIET, "data=synthetic", f"hydra.run.dir={run}") == 2
     refused(capsys.readouterr().err, "train.log", outside)
     assert_untouched(outside)
     assert snapshot(run) == before
@@ -189,15 +190,11 @@ def test_a_fresh_run_into_a_folder_with_a_symlinked_log_is_refused_before_hydra_
 
 def test_a_rerun_from_a_run_folder_with_a_link_is_refused(run, tmp_path, monkeypatch, capsys):
     """`--config-dir RUN/.hydra` reads the run folder's saved config: not through a link either."""
-    from nettrain.train import main
 
     outside = sentinel_file(tmp_path)
     link(run / "train.log", outside)
-    argv = ["nettrain-train", "--config-dir", str(run / ".hydra"), "--config-name", "config", *QUIET]
-    monkeypatch.setattr(sys, "argv", [*argv, f"hydra.run.dir={tmp_path / 'rerun'}"])
-    with pytest.raises(SystemExit) as info:
-        main()
-    assert info.value.code == 2
+    rerun = ["--config-dir", str(run / ".hydra"), "--config-name", "config", *QUIET]
+    assert train_exit(monkeypatch, *rerun, f"hydra.run.dir={tmp_path / 'rerun'}") == 2
     refused(capsys.readouterr().err, "train.log", outside)
     assert_untouched(outside)
     assert not (tmp_path / "rerun").exists()
@@ -208,7 +205,6 @@ def test_a_sweep_launched_again_into_a_folder_with_a_link_is_refused_before_hydr
 ):
     """Hydra writes each job's .hydra/*.yaml before nettrain runs: a sweep folder that holds a link
     (here a job's saved config, which Hydra would truncate and rewrite) is refused first."""
-    from nettrain.train import main
 
     sweep = tmp_path / "sweep"
     job = sweep / "0"
@@ -216,12 +212,7 @@ def test_a_sweep_launched_again_into_a_folder_with_a_link_is_refused_before_hydr
     outside = sentinel_file(tmp_path)
     link(job / ".hydra" / "config.yaml", outside)
     before = snapshot(sweep)
-    monkeypatch.setattr(
-        sys, "argv", ["nettrain-train", "-m", *QUIET, "data=synthetic", "epochs=1", f"hydra.sweep.dir={sweep}"]
-    )
-    with pytest.raises(SystemExit) as info:
-        main()
-    assert info.value.code == 2
+    assert train_exit(monkeypatch, "-m", *QUIET, "data=synthetic", "epochs=1", f"hydra.sweep.dir={sweep}") == 2
     refused(capsys.readouterr().err, "0/.hydra/config.yaml", outside)
     assert_untouched(outside)
     assert snapshot(sweep) == before

@@ -4,30 +4,17 @@ cannot take the data's shape reported as a config error naming both."""
 
 from __future__ import annotations
 
-import textwrap
-
 import fresh
 import pytest
 import torch
+from made_data import USER_MODEL, USER_OPTION
 
 from conftest import cli, make_cfg
 from nettrain.config import ConfigError
 from nettrain.data import DataSplits, Split
 from nettrain.train import train
 
-MODULE = textwrap.dedent('''
-    """A user's model: a _target_ class taking input_shape and num_classes plus its own keys."""
-    import math
-
-    from torch import nn
-
-
-    class TwoLayer(nn.Sequential):
-        def __init__(self, input_shape, num_classes, width=8):
-            super().__init__(nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.ReLU(),
-                             nn.Linear(width, num_classes))
-    ''')
-OPTION = "_target_: mymodels.TwoLayer\nwidth: 12\n"
+MODULE, OPTION = USER_MODEL, USER_OPTION
 SMALL = [
     "data=synthetic",
     "data.num_samples=120",

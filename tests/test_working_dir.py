@@ -10,7 +10,6 @@ import importlib
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import made_data
@@ -20,19 +19,7 @@ import torch
 from conftest import QUIET, REPO, cli, in_process
 from nettrain import usermodules
 
-MODEL = textwrap.dedent('''
-    """A user's model: a _target_ class taking input_shape and num_classes plus its own keys."""
-    import math
-
-    from torch import nn
-
-
-    class TwoLayer(nn.Sequential):
-        def __init__(self, input_shape, num_classes, width=8):
-            super().__init__(nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.ReLU(),
-                             nn.Linear(width, num_classes))
-    ''')
-OPTION = "_target_: mymodels.TwoLayer\nwidth: 12\n"
+MODEL, OPTION = made_data.USER_MODEL, made_data.USER_OPTION
 # modules torch, Hydra and their libraries import if they can: none may come from the working directory
 BAITS = ("tqdm", "opt_einsum", "pynvml", "pydot")
 SMALL = ["data=synthetic", "data.num_samples=300", "epochs=1"]
