@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import needs_extra
 from nettrain import trust
 from nettrain.config import ConfigError
 
@@ -117,24 +118,24 @@ def _options() -> list[tuple[str, str]]:
     ]
 
 
+# the options that extend a plugin's own (conf/hydra/launcher/slurm.yaml, conf/hydra/sweeper/optuna_search.yaml)
 PLUGIN_OF = {
-    "hydra/launcher": "hydra_plugins.hydra_submitit_launcher",
-    "hydra/sweeper": "hydra_plugins.hydra_optuna_sweeper",
+    "hydra/launcher": ("slurm", "hydra_plugins.hydra_submitit_launcher"),
+    "hydra/sweeper": ("sweep", "hydra_plugins.hydra_optuna_sweeper"),
 }
 
 
-@pytest.mark.parametrize(("group", "option"), _options())
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [pytest.param(g, o, marks=needs_extra(*PLUGIN_OF[g])) if g in PLUGIN_OF else (g, o) for g, o in _options()],
+)
 def test_every_option_in_conf_is_trusted_by_construction(group, option):
     """A run of any shipped option can be evaluated, predicted, exported and resumed without --trust:
     the config Hydra composes for it (the hydra section included) passes the check as it is."""
-    import importlib.util
-
     from hydra import compose, initialize_config_module
 
     from nettrain.config import register_schema
 
-    if group in PLUGIN_OF and importlib.util.find_spec(PLUGIN_OF[group]) is None:
-        pytest.skip(f"{group}={option} needs {PLUGIN_OF[group]} (the [sweep] or [slurm] extra)")
     register_schema()
     with initialize_config_module(config_module="nettrain.conf", version_base="1.3"):
         cfg = compose("train", overrides=[f"{group}={option}"], return_hydra_config=True)
