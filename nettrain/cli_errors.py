@@ -22,6 +22,13 @@ from typing import Any
 
 from nettrain.config import ConfigError, flatten, problems
 
+# options of Hydra's plugin packages, and the nettrain extra that installs each (pyproject.toml)
+PLUGIN_EXTRAS = {
+    "hydra/launcher/joblib": "sweep",
+    "hydra/sweeper/optuna": "sweep",
+    "hydra/launcher/submitit_local": "slurm",
+    "hydra/launcher/submitit_slurm": "slurm",
+}
 INSPECT_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--package", "-p")
 
 
@@ -128,6 +135,12 @@ def explain(exc: BaseException, hydra: Any, config_name: str | None, overrides: 
         ]
     if isinstance(exc, MissingConfigException):
         missing = exc.missing_cfg_file or ""
+        if missing in PLUGIN_EXTRAS:  # an option a Hydra plugin brings, not installed
+            group, _, plugin = missing.rpartition("/")
+            return [
+                f"{_override_text(overrides, group)}: needs Hydra's {plugin} plugin, which is not installed; "
+                f'install the [{PLUGIN_EXTRAS[missing]}] extra: pip install "nettrain[{PLUGIN_EXTRAS[missing]}]"'
+            ]
         if "/" in missing and exc.options:
             group, _, option = missing.rpartition("/")
             return [f"{group}={_short(option)}: no such {group} option; allowed: {', '.join(exc.options)}"]

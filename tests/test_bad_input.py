@@ -82,3 +82,32 @@ def test_a_folder_with_foreign_files_is_refused_before_anything_moves(monkeypatc
     code, err = run_cli(monkeypatch, capsys, tmp_path, *SMALL, f"hydra.run.dir={folder}")
     assert code == 2 and "holds files nettrain did not write (thesis.tex)" in err
     assert sorted(p.name for p in folder.iterdir()) == ["summary.json", "thesis.tex"]
+
+
+@pytest.mark.parametrize(
+    ("override", "option", "extra"),
+    [
+        ("hydra/launcher=joblib", "hydra/launcher/joblib", "sweep"),
+        ("hydra/launcher=submitit_local", "hydra/launcher/submitit_local", "slurm"),
+        ("hydra/sweeper=optuna_search", "hydra/sweeper/optuna", "sweep"),  # nettrain's option, on the plugin's
+    ],
+)
+def test_a_plugin_option_without_its_plugin_names_the_extra_to_install(
+    monkeypatch, capsys, tmp_path, override, option, extra
+):
+    """Without the plugin package Hydra knows no such option; the message says which extra brings it.
+    The plugin's option is taken out of Hydra's config store (where the plugin put it) for the test."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # the plugins have stored their options by now
+    group, _, name = option.rpartition("/")
+    node = ConfigStore.instance().repo
+    for part in group.split("/"):
+        node = node[part]
+    monkeypatch.delitem(node, f"{name}.yaml", raising=False)
+    code, err = run_cli(monkeypatch, capsys, tmp_path, *SMALL, override, "-m")
+    assert code == 2, err
+    assert f"{override}: needs Hydra's {name} plugin, which is not installed; install the [{extra}] extra" in err
+    assert err.count("Error:") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
