@@ -2,7 +2,8 @@
 
     nettrain-train dry_run=true [overrides]     build everything, show the model and the memory
                                                 estimate, one forward + backward, no training
-    nettrain-train find=lr [overrides]          Smith's LR range test -> lr_find.png, a suggested lr
+    nettrain-train find=lr [overrides]          Smith's LR range test -> lr_find.json, lr_find.png
+                                                (unless plots=false), a suggested lr
     nettrain-train find=batch_size [overrides]  the largest batch that fits, confirmed by one step
 
 Each builds the parts a training run is made of, as the run builds them (nettrain.build.build_parts:
@@ -316,16 +317,19 @@ def find_lr(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> dict[str
         diverge=s.diverge,
         autocast=parts.precision.autocast,
     )
-    plot_lr_find(result, output_dir / "lr_find.png")
+    plot = output_dir / "lr_find.png"
+    if cfg.plots:  # plots=false: no PNG (matplotlib is most of a short test's time); the curve is in the JSON
+        plot_lr_find(result, plot)
     write_json(output_dir / "lr_find.json", result.to_dict())
     if result.suggestion is None:
         reporter.warn(f"the loss was never finite: lower lr_find.start_lr (now {s.start_lr:g})")
     else:
+        where = f"Plot: {plot}" if cfg.plots else "plots=false: no plot; the curve is in lr_find.json"
         reporter.note(
             f"{len(result.lrs)} steps{' (stopped: the loss diverged)' if result.diverged else ''}; "
             f"lowest loss at lr {result.min_lr:.2g}, fastest fall at lr {result.steepest_lr:.2g}.\n"
             f"suggested lr: {result.suggestion:.2g} (a tenth of the lowest-loss lr). "
-            f"Plot: {output_dir / 'lr_find.png'}\nTrain with:\n  {next_command(lr=f'{result.suggestion:.2g}')}"
+            f"{where}\nTrain with:\n  {next_command(lr=f'{result.suggestion:.2g}')}"
         )
     return {
         "status": "lr_find",

@@ -37,7 +37,7 @@ def test_dry_run_through_the_cli_exits_0_without_metrics_or_checkpoints(tmp_path
 
 
 def test_lr_range_test_suggests_near_1e_3_for_simplenet_with_adam_on_the_digits(tmp_path, capsys):
-    summary, out = tool(tmp_path, "find=lr", "threads=1")
+    summary, out = tool(tmp_path, "find=lr", "threads=1", "plots=true")
     assert summary["diverged"] and summary["steps"] < 200
     assert 1e-4 <= summary["suggested_lr"] <= 1e-2, summary
     assert (out / "lr_find.png").stat().st_size > 1000 and (out / "lr_find.json").is_file()
@@ -75,6 +75,7 @@ def test_dry_run_and_finders_serve_uint8_images_normalised_as_training_does(tmp_
     assert found["confirmed"] and found["batch_size"] == 24  # the whole training split (30 - 3 val - 3 test)
     lr, out = tool(tmp_path / "lr", "find=lr", *data, "model.hidden=[8]", "lr_find.steps=10", "batch_size=8")
     assert lr["steps"] >= 2 and (out / "lr_find.json").is_file()
+    assert not (out / "lr_find.png").exists()  # plots=false (QUIET): the curve is in the JSON only
 
 
 def test_find_and_dry_run_values_are_checked():
