@@ -353,10 +353,51 @@ class Run:
         return Batches(split, self.eval_batch_size or self.batch_size, self.device, transform=transform, **self.loader)
 
 
-def build_run(cfg: DictConfig, device: torch.device) -> Run:
-    """Everything the loop needs, from the config: data, model, loss, optimizer, precision,
-    schedule, early stopping and the gradient monitor, with fresh (unrestored) state."""
-    from nettrain import cuda_graph, distributed
+@dataclass
+class Parts:
+    """What a training step is made of, each decided once from the config: the data and how it
+    is served (loader settings, the per-batch input transform), the model, the loss for the data's
+    task, the optimizer, the precision, the CUDA-graph plan and the memory estimate. `build_run`
+    makes a run of them; the dry run and the finders (nettrain/tune.py) use them as they are."""
+
+    device: torch.device
+    data: DataSplits
+    loader: dict[str, Any]  # in_memory, num_workers, and this rank's place (rank, world_size)
+    transform: Any  # uint8 images -> normalised floats, per batch (preprocessing.Normalize), or None
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    precision: Any  # nettrain.precision.Precision
+    graph: Any  # the trainer.cuda_graph plan (nettrain.cuda_graph.Plan)
+    memory: Any  # the training-memory estimate at batch_size (nettrain.memory.MemoryEstimate)
+
+    def training_batches(self, batch_size: int, generator: torch.Generator) -> Batches:
+        """Shuffled training batches of `batch_size`, transformed as the model takes them."""
+        return Batches(
+            self.data.train,
+            batch_size,
+            self.device,
+            shuffle=True,
+            generator=generator,
+            drop_unshareable=True,
+            transform=self.transform,
+            **self.loader,
+        )
+
+    def fresh_copy(self, cfg: DictConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """A copy of the model with its own optimizer, built as `optimizer` was: for a trial step
+        that must leave the parts as built (the batch-size finder)."""
+        import copy
+
+        model = copy.deepcopy(self.model)
+        return model, build_optimizer(cfg, model, self.device, capturable=self.graph.capture)
+
+
+def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
+    """The data, model, loss, optimizer and precision of a run, on `device`, with fresh state:
+    the model checked against the data, the loss against the data's task (data.task=regression:
+    mean squared error), the memory estimated (before any torch.compile)."""
+    from nettrain import distributed
     from nettrain.precision import Precision
 
     data, loader = build_data(cfg)
@@ -373,37 +414,38 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     check_loss_fits(loss_fn, cfg.loss._target_, data.task, data.num_classes, data.train.y[:2])
     optimizer = build_optimizer(cfg, model, device, capturable=graph.capture)
     precision = Precision(cfg.trainer.precision, device)
-    memory = memory_estimate(cfg, model, optimizer, loss_fn, data, loader, precision, transform)  # before compiling
+    memory = memory_estimate(cfg, model, optimizer, loss_fn, data, loader, precision, transform)
+    return Parts(device, data, loader, transform, model, loss_fn, optimizer, precision, graph, memory)
+
+
+def build_run(cfg: DictConfig, device: torch.device) -> Run:
+    """Everything the loop needs, from the config: the parts (build_parts), compiled when asked,
+    with the schedule, early stopping, the gradient monitor and the batches, in fresh state."""
+    from nettrain import cuda_graph, distributed
+
+    parts = build_parts(cfg, device)
+    data, model, optimizer, graph = parts.data, parts.model, parts.optimizer, parts.graph
     mode = cuda_graph.compile_mode(cfg.trainer.compile)
     if mode is not None:  # in place: state_dict keys and checkpoints stay the same
         model.compile(mode=None if mode == "default" else mode)
     order = torch.Generator().manual_seed(cfg.seed)  # the data order has its own generator
-    train_batches = Batches(
-        data.train,
-        cfg.batch_size,
-        device,
-        shuffle=True,
-        generator=order,
-        drop_unshareable=True,
-        transform=transform,
-        **loader,
-    )
+    train_batches = parts.training_batches(cfg.batch_size, order)
     steps = cfg.trainer.accumulate_steps  # the schedule counts optimizer steps
     eval_batch_size = max(cfg.batch_size, cuda_graph.EVAL_BATCH_SIZE) if graph.capture else cfg.batch_size
     state = TrainState(
         model=model,
-        loss_fn=loss_fn,
+        loss_fn=parts.loss_fn,
         optimizer=optimizer,
         schedule=build_schedule(cfg, optimizer, optimizer_steps(len(train_batches), steps)),
         early_stopping=build_early_stopping(cfg),
         grad_monitor=build_grad_monitor(cfg, model),
-        precision=precision,
+        precision=parts.precision,
         data_generator=order,
         ddp=distributed.wrap(model, device),
         extras={"preprocessing": PreprocessingRecord(data.meta)},  # saved in every checkpoint
     )
     val_batches = Batches(
-        data.val, eval_batch_size, device, transform=input_transform(data.meta, data.val.x, device), **loader
+        data.val, eval_batch_size, device, transform=input_transform(data.meta, data.val.x, device), **parts.loader
     )
     state.extras["model_io"] = ModelInputs(list(data.input_shape), data.num_classes)
     if steps > 1:
@@ -413,7 +455,7 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     return Run(
         device,
         data,
-        loader,
+        parts.loader,
         cfg.batch_size,
         state,
         cuda_graph.IndexBatches(train_batches) if graph.capture else train_batches,
@@ -421,7 +463,7 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         build_augment(cfg, data, order),
         graph,
         eval_batch_size,
-        memory=memory,
+        memory=parts.memory,
     )
 
 

@@ -164,7 +164,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; null = what torch picks (the cores it sees)
     deterministic: bool = False  # torch.use_deterministic_algorithms(True), cudnn deterministic
     resume: str | None = None  # a run dir or checkpoint file to continue (nettrain-train resume=RUN_DIR)
-    plots: bool = True  # write plots/*.png when the run ends (matplotlib: about 3 s); false skips them
+    plots: bool = True  # plots/*.png at the end of a run, lr_find.png for find=lr (matplotlib: about 3 s); false: none
     model: Any = MISSING  # group: conf/model/
     optimizer: Any = MISSING  # group: conf/optimizer/
     scheduler: Any = MISSING  # group: conf/scheduler/

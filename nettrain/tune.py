@@ -2,11 +2,14 @@
 
     nettrain-train dry_run=true [overrides]     build everything, show the model and the memory
                                                 estimate, one forward + backward, no training
-    nettrain-train find=lr [overrides]          Smith's LR range test -> lr_find.png, a suggested lr
+    nettrain-train find=lr [overrides]          Smith's LR range test -> lr_find.json, lr_find.png
+                                                (unless plots=false), a suggested lr
     nettrain-train find=batch_size [overrides]  the largest batch that fits, confirmed by one step
 
-Each builds its own fresh model from the config, trains nothing, and writes no metrics and no
-checkpoints: only its report (lr_find.png/.json, batch_size.json) in the run's output folder.
+Each builds the parts a training run is made of, as the run builds them (nettrain.build.build_parts:
+the data, its per-batch input transform, a fresh model, the loss for the data's task, the
+optimizer, the precision), trains nothing, and writes no metrics and no checkpoints: only its
+report (lr_find.png/.json, batch_size.json) in the run's output folder.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from nettrain.build import Parts
 
 # -- the model summary ------------------------------------------------------------------------
 
@@ -95,13 +101,16 @@ def lr_range_test(
     smoothing: float = 0.9,
     diverge: float = 4.0,
     read_every: int = 10,
+    autocast: Callable[[], Any] | None = None,
 ) -> LrFind:
     """Smith's range test: train `model` for up to `steps` steps while the lr grows exponentially
     from start_lr to end_lr; stop once the smoothed loss exceeds `diverge` x its minimum.
 
     The suggestion is a tenth of the lr at the smoothed loss's minimum (Smith's rule: an order of
     magnitude below where the loss stops falling). Losses stay on the device and are read every
-    `read_every` steps, not every step."""
+    `read_every` steps, not every step. `autocast`: the run's mixed precision for the forward pass."""
+    import contextlib
+
     growth = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
     lrs: list[float] = []
     raw: list[float] = []
@@ -114,7 +123,8 @@ def lr_range_test(
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = next(batches)
-        loss = loss_fn(model(x), y)
+        with (autocast or contextlib.nullcontext)():
+            loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -234,108 +244,92 @@ def next_command(**settings: Any) -> str:
     return " ".join(["nettrain-train", *keep, *(f"{k}={v}" for k, v in settings.items())])
 
 
-def _build(cfg: Any, device: torch.device, batch_size: int | None = None):
-    """A fresh model, optimizer, loss, precision and training batches, built as a run builds them."""
-    from nettrain.build import build_data_and_model, build_loss, build_optimizer
-    from nettrain.data import Batches
-    from nettrain.precision import Precision
-
-    data, loader, model = build_data_and_model(cfg, device)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    batches = Batches(data.train, batch_size or cfg.batch_size, device, shuffle=True, generator=generator, **loader)
-    return (
-        data,
-        loader,
-        model,
-        build_optimizer(cfg, model, device),
-        build_loss(cfg),
-        Precision(cfg.trainer.precision, device),
-        batches,
-    )
-
-
 def run_tool(cfg: Any, output_dir: Path) -> dict[str, Any]:
     """dry_run=true, find=lr or find=batch_size; returns what it found (also in the output folder)."""
-    from nettrain.build import resolve_device
+    from nettrain.build import build_parts, resolve_device
     from nettrain.report import Reporter
     from nettrain.reproducibility import seed_everything
 
     reporter = Reporter(**cfg.console)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    parts = build_parts(cfg, device)  # as a training run builds them: data, transform, model, loss, ...
     if cfg.find == "lr":
-        return find_lr(cfg, device, output_dir, reporter)
+        return find_lr(cfg, parts, output_dir, reporter)
     if cfg.find == "batch_size":
-        return find_batch_size(cfg, device, output_dir, reporter)
-    return dry_run(cfg, device, reporter)
+        return find_batch_size(cfg, parts, output_dir, reporter)
+    return dry_run(cfg, parts, reporter)
 
 
-def dry_run(cfg: Any, device: torch.device, reporter: Any) -> dict[str, Any]:
-    """Build everything, show the model and the memory estimate, one forward + backward; no training."""
+def dry_run(cfg: Any, parts: Parts, reporter: Any) -> dict[str, Any]:
+    """Show the model and the memory estimate, then one forward + backward on a training batch
+    as the run would serve it (inputs transformed, the task's loss, the precision); no training."""
     from omegaconf import OmegaConf
 
-    from nettrain.build import memory_estimate
-
-    data, loader, model, optimizer, loss_fn, precision, batches = _build(cfg, device)
+    model, est = parts.model, parts.memory
     if reporter.show_config:
         reporter.note(OmegaConf.to_yaml(cfg).rstrip())
-    rows = model_summary(model, data.train.x[:2].to(device))
-    reporter.note(f"model ({type(model).__name__}), device {device}:\n" + "\n".join(summary_lines(rows)))
-    est = memory_estimate(cfg, model, optimizer, loss_fn, data, loader, precision)
+    x, y = next(iter(parts.training_batches(cfg.batch_size, torch.Generator().manual_seed(cfg.seed))))
+    rows = model_summary(model, x[:2])
+    reporter.note(f"model ({type(model).__name__}), device {parts.device}:\n" + "\n".join(summary_lines(rows)))
     reporter.note(f"training memory estimate at batch {est.batch_size}:\n" + "\n".join(est.lines()))
-    x, y = next(iter(batches))
     model.train()
-    with precision.autocast():
-        loss = loss_fn(model(x), y)
+    with parts.precision.autocast():
+        loss = parts.loss_fn(model(x), y)
     loss.backward()  # no optimizer step: the model is left as built
     finite = all(bool(p.grad.isfinite().all()) for p in model.parameters() if p.grad is not None)
     loss_value = float(loss.detach())
     reporter.note(
-        f"one forward + backward on a batch of {len(y)}: loss {loss_value:.4f}, gradients "
-        f"{'finite' if finite else 'NOT finite'}. Dry run done: nothing trained, nothing saved. Train with:\n"
+        f"one forward + backward on a batch of {len(y)}: loss {loss_value:.4f} ({type(parts.loss_fn).__name__}), "
+        f"gradients {'finite' if finite else 'NOT finite'}. Dry run done: nothing trained, nothing saved. Train with:\n"
         f"  {next_command()}"
     )
     return {
         "status": "dry_run",
         "best_val_loss": None,
         "loss": loss_value,
+        "loss_fn": type(parts.loss_fn).__name__,
         "gradients_finite": finite,
         "param_count": sum(r[3] for r in rows),
         "memory_estimate": est.to_dict(),
     }
 
 
-def find_lr(cfg: Any, device: torch.device, output_dir: Path, reporter: Any) -> dict[str, Any]:
+def find_lr(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> dict[str, Any]:
     """Smith's LR range test on a fresh model; lr_find.png and lr_find.json in the output folder."""
     from nettrain.files import write_json
 
-    _, _, model, optimizer, loss_fn, _, batches = _build(cfg, device)
+    batches = parts.training_batches(cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     s = cfg.lr_find
     reporter.note(
         f"LR range test: lr from {s.start_lr:g} to {s.end_lr:g} over up to {s.steps} steps "
         f"(batch {cfg.batch_size}), a fresh model; stops when the loss diverges"
     )
     result = lr_range_test(
-        model,
-        optimizer,
-        loss_fn,
+        parts.model,
+        parts.optimizer,
+        parts.loss_fn,
         forever(lambda: iter(batches)),
         start_lr=s.start_lr,
         end_lr=s.end_lr,
         steps=s.steps,
         smoothing=s.smoothing,
         diverge=s.diverge,
+        autocast=parts.precision.autocast,
     )
-    plot_lr_find(result, output_dir / "lr_find.png")
+    plot = output_dir / "lr_find.png"
+    if cfg.plots:  # plots=false: no PNG (matplotlib is most of a short test's time); the curve is in the JSON
+        plot_lr_find(result, plot)
     write_json(output_dir / "lr_find.json", result.to_dict())
     if result.suggestion is None:
         reporter.warn(f"the loss was never finite: lower lr_find.start_lr (now {s.start_lr:g})")
     else:
+        where = f"Plot: {plot}" if cfg.plots else "plots=false: no plot; the curve is in lr_find.json"
         reporter.note(
             f"{len(result.lrs)} steps{' (stopped: the loss diverged)' if result.diverged else ''}; "
             f"lowest loss at lr {result.min_lr:.2g}, fastest fall at lr {result.steepest_lr:.2g}.\n"
             f"suggested lr: {result.suggestion:.2g} (a tenth of the lowest-loss lr). "
-            f"Plot: {output_dir / 'lr_find.png'}\nTrain with:\n  {next_command(lr=f'{result.suggestion:.2g}')}"
+            f"{where}\nTrain with:\n  {next_command(lr=f'{result.suggestion:.2g}')}"
         )
     return {
         "status": "lr_find",
@@ -344,26 +338,24 @@ def find_lr(cfg: Any, device: torch.device, output_dir: Path, reporter: Any) -> 
     }
 
 
-def find_batch_size(cfg: Any, device: torch.device, output_dir: Path, reporter: Any) -> dict[str, Any]:
+def find_batch_size(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> dict[str, Any]:
     """The largest batch the estimate fits into free memory (90% of it), confirmed by one real step."""
-    from nettrain.build import memory_estimate
     from nettrain.files import write_json
     from nettrain.memory import free_memory
 
-    data, loader, model, optimizer, loss_fn, precision, _ = _build(cfg, device)
-    est = memory_estimate(cfg, model, optimizer, loss_fn, data, loader, precision)
+    est, device = parts.memory, parts.device
     free, source = free_memory(device)
     budget = int(0.9 * free)
-    limit = len(data.train)
+    limit = len(parts.data.train)
     best = largest_batch(lambda b: est.at(b) <= budget, limit)
     reporter.note(f"free memory: {free / 2**20:,.0f} MiB ({source}); using 90%: {budget / 2**20:,.0f} MiB")
     if best == 0:
         reporter.warn(f"even batch 1 is estimated at {est.at(1) / 2**20:,.1f} MiB: more than fits")
         return {"status": "batch_size", "best_val_loss": None, "batch_size": None, "free_bytes": free}
-    confirmed, peak = _confirm(model, optimizer, loss_fn, data, precision, device, best)
+    confirmed, peak = _confirm(cfg, parts, best)
     while confirmed is False and best > 1:  # out of memory after all: step down by a quarter
         best = max(1, best * 3 // 4)
-        confirmed, peak = _confirm(model, optimizer, loss_fn, data, precision, device, best)
+        confirmed, peak = _confirm(cfg, parts, best)
     capped = " (the whole training split: no larger batch exists)" if best == limit else ""
     reporter.note(
         f"largest batch expected to fit: {best}{capped}, estimated {est.at(best) / 2**20:,.1f} MiB; "
@@ -392,21 +384,21 @@ def find_batch_size(cfg: Any, device: torch.device, output_dir: Path, reporter: 
     return found
 
 
-def _confirm(model, optimizer, loss_fn, data, precision, device, batch: int) -> tuple[bool, int | None]:
-    """One real training step at `batch` on copies of the model and optimizer: (ran, CUDA peak bytes)."""
-    import copy
-
-    twin = copy.deepcopy(model)
-    twin_opt = type(optimizer)(twin.parameters(), **optimizer.defaults)
-    x, y = data.train.x[:batch].to(device), data.train.y[:batch].to(device)
+def _confirm(cfg: Any, parts: Parts, batch: int) -> tuple[bool, int | None]:
+    """One real training step on a training batch of `batch`, served as a run serves it, on a copy
+    of the model with its own optimizer (the parts stay as built): (ran, CUDA peak bytes)."""
+    device = parts.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    model = optimizer = x = y = None
     try:
-        one_step(twin, twin_opt, loss_fn, x, y, precision.autocast)
+        model, optimizer = parts.fresh_copy(cfg)
+        x, y = next(iter(parts.training_batches(batch, torch.Generator().manual_seed(cfg.seed))))
+        one_step(model, optimizer, parts.loss_fn, x, y, parts.precision.autocast)
     except torch.OutOfMemoryError:
         return False, None
     finally:
-        del twin, twin_opt, x, y
+        del model, optimizer, x, y
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return True, int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
