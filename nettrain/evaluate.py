@@ -1,8 +1,9 @@
 """`nettrain-eval RUN_DIR_or_CHECKPOINT [overrides]`: evaluate saved weights on the test or val split.
 
-The run's own config (stored in the checkpoint) rebuilds the data and the model; overrides such
-as `data.root=...`, `device=cuda` or `batch_size=512` apply on top. The result is printed and
-written to RUN_DIR/eval/<checkpoint>-<split>.json.
+The model is rebuilt from the checkpoint (its config and saved preprocessing, nettrain.build.
+build_trained) and the run's data from its config; overrides such as `data.root=...`,
+`device=cuda` or `batch_size=512` apply on top. The result is printed and written to
+RUN_DIR/eval/<checkpoint>-<split>.json.
 
     nettrain-eval outputs/2026-01-01/12-00-00-000000                # best.pt on the test split
     nettrain-eval outputs/.../checkpoints/last.pt --split val
@@ -16,36 +17,19 @@ from pathlib import Path
 from typing import Any
 
 
-def _load_weights(model, weights: dict, path: Path, overrides: list[str]) -> None:
-    from nettrain.config import ConfigError
-
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        mismatch = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()][:3]
-        given = f" (overrides: {' '.join(overrides)})" if overrides else ""
-        raise ConfigError(
-            [
-                f"the model built from the config{given} does not fit the weights in {path}: "
-                + "; ".join(mismatch)
-                + ". Drop the model overrides; eval rebuilds the model "
-                "the checkpoint was trained with"
-            ]
-        ) from None
-
-
 def evaluate_checkpoint(
-    target: str | Path, split: str = "test", overrides: list[str] | None = None, trust: bool = False
+    target: str | Path,
+    split: str = "test",
+    overrides: list[str] | None = None,
+    trust: bool = False,
 ) -> dict[str, Any]:
-    from omegaconf import DictConfig, OmegaConf
-
+    """Evaluate the checkpoint at `target` on `split` of its run's data; write the result to
+    RUN_DIR/eval/ and return it."""
     from nettrain import checkpoint as ckpt
-    from nettrain import trust as trust_lib
-    from nettrain.build import build_data_and_model, build_loss, resolve_device
-    from nettrain.config import TrainConfig, validate
+    from nettrain.build import build_loss, build_trained
     from nettrain.data import Batches
     from nettrain.data.preprocessing import input_transform
-    from nettrain.ema import inference_weights
+    from nettrain.files import write_json
     from nettrain.loop import evaluate_metrics
     from nettrain.run_dir import refuse_target_symlinks
 
@@ -54,32 +38,43 @@ def evaluate_checkpoint(
     path, state = ckpt.pick(target, report=lambda line: print(line, file=sys.stderr))
     # RUN_DIR/eval/ for a run's checkpoint; beside the file for a checkpoint outside a run
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"], OmegaConf.from_dotlist(overrides))
-    assert isinstance(cfg, DictConfig)  # merged onto the schema: a mapping
-    # the stored config is data from a file: build only what nettrain builds, unless trusted
-    trust_lib.check(cfg, str(path), trust_lib.trusted_from_overrides(overrides), trust_all=trust)
-    validate(cfg)
-    device = resolve_device(cfg.device)
-    data, loader, model = build_data_and_model(cfg, device)
-    _load_weights(model, inference_weights(state), path, overrides)
-    chosen = getattr(data, split)
-    transform = input_transform(data.meta, chosen.x, device)  # uint8 images: normalised per batch
+    trained = build_trained(state, str(path), overrides, trust=trust)  # the stored config is checked first
+    cfg, prep, device = trained.cfg, trained.preprocessing, trained.device
+    chosen, loader = run_split(trained, split)
+    transform = input_transform(prep, chosen.x, device)  # uint8 images: normalised per batch, as in training
     batches = Batches(chosen, cfg.batch_size, device, transform=transform, **loader)
-    target_std = data.meta.get("target_std", 1.0)
-    metrics = evaluate_metrics(model, build_loss(cfg, data.task), batches, data.task, target_std)
+    task = prep.get("task", "classification")
+    metrics = evaluate_metrics(trained.model, build_loss(cfg, task), batches, task, prep.get("target_std", 1.0))
     result = {
         "checkpoint": str(path),
         "epoch": state["epoch"],
         "split": split,
         "samples": batches.n,
-        **{f"{split}_{name}": value for name, value in metrics.items()},  # loss, then acc or r2, mae
+        **{f"{split}_{key}": value for key, value in metrics.items()},  # loss, then acc or r2, mae
         "device": str(device),
-        "overrides": list(overrides or []),
+        "overrides": overrides,
     }
-    from nettrain.files import write_json
-
     write_json(run_dir / "eval" / f"{path.stem}-{split}.json", result)
     return result
+
+
+def run_split(trained, split: str):
+    """(`split` of the run's own data, built from the config as training built it; the loader
+    settings); data that does not fit the model is a ConfigError naming both."""
+    from nettrain.build import build_data
+    from nettrain.config import ConfigError
+
+    prep = trained.preprocessing
+    data, loader = build_data(trained.cfg)
+    model_side = describe_input(prep["input_shape"], prep["num_classes"], prep.get("class_names"))
+    data_side = describe_input(list(data.input_shape), data.num_classes, data.meta.get("class_names"))
+    if model_side != data_side:
+        raise ConfigError([f"data {data.name!r} gives {data_side}, but the model was trained on {model_side}"])
+    return getattr(data, split), loader
+
+
+def describe_input(shape: list[int], num_classes: int, class_names: list[str] | None) -> str:
+    return f"input shape {list(shape)} and {num_classes} classes" + (f" {class_names}" if class_names else "")
 
 
 def main(argv: list[str] | None = None) -> int:

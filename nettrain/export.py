@@ -35,37 +35,11 @@ class ExportError(ValueError):
     """Input the export cannot use; the message says what is allowed."""
 
 
-def rebuild_model(state: dict[str, Any], source: str = "the checkpoint", trust: bool = False):
-    """The checkpoint's model, built from its config and loaded with its inference weights (EMA
-    when kept), in eval mode on the CPU; with its input shape and the data's description."""
-    import torch
-    from omegaconf import DictConfig, OmegaConf
-
-    from nettrain.build import build_data, build_model_for
-    from nettrain.config import TrainConfig, validate
-    from nettrain.ema import inference_weights
-
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"])
-    assert isinstance(cfg, DictConfig)
-    from nettrain import trust as trust_lib
-
-    trust_lib.check(cfg, source, trust_all=trust)  # the stored config is data: only allowlisted targets
-    validate(cfg)
-    io = state.get("model_io")
-    if io is None:  # a checkpoint from before model_io was kept: the data set tells the shape
-        data = build_data(cfg)[0]
-        io = {"input_shape": list(data.input_shape), "num_classes": data.num_classes}
-    described = {**(state.get("preprocessing") or {}), **io}  # embedded table columns come from the preprocessing
-    model = build_model_for(cfg, described, torch.device("cpu"))
-    model.load_state_dict(inference_weights(state))
-    return model.eval(), io, cfg
-
-
 def export(target: str | Path, fmt: str, out: str | Path | None = None, trust: bool = False) -> dict[str, Any]:
     """Write `fmt` for the checkpoint at `target`, load it back, compare with the eager model."""
     import torch
-    from omegaconf import OmegaConf
 
+    from nettrain.build import build_trained, model_node
     from nettrain.files import write_json
 
     if fmt not in FORMATS:
@@ -77,7 +51,8 @@ def export(target: str | Path, fmt: str, out: str | Path | None = None, trust: b
 
     refuse_target_symlinks(target, None if out is not None else "export")  # before anything is read
     path, state = pick(target, report=lambda line: print(line, file=sys.stderr))
-    model, io, cfg = rebuild_model(state, str(target), trust)
+    trained = build_trained(state, str(path), device="cpu", trust=trust)  # the stored config is checked first
+    model, io = trained.model, trained.preprocessing
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     out_dir = Path(out) if out is not None else run_dir / "export"
     file = out_dir / f"{path.stem}{FORMATS[fmt]}"
@@ -95,7 +70,7 @@ def export(target: str | Path, fmt: str, out: str | Path | None = None, trust: b
         "checkpoint": str(path.resolve()),
         "epoch": state["epoch"],
         "weights": "ema" if "ema" in state else "model",
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "model": model_node(trained.cfg),  # resolved, without the keys nettrain reads itself (sync_bn)
         "input_shape": list(io["input_shape"]),
         "input_dtype": "float32",
         "num_classes": io["num_classes"],

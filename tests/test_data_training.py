@@ -252,6 +252,16 @@ def test_prediction_on_the_saved_test_images_matches_eval(folder, folder_run, tm
     assert all(r["prediction"] == r["top1"] and float(r["probability"]) >= float(r["top2_probability"]) for r in rows)
 
 
+def test_eval_of_data_that_does_not_fit_the_model_says_so(folder_run, capsys):
+    from nettrain.evaluate import main
+
+    assert main([str(folder_run), "data.image_size=6"]) == 2
+    err = capsys.readouterr().err
+    assert "data 'image_folder' gives input shape [1, 6, 6] and 3 classes" in err
+    assert "but the model was trained on input shape [1, 12, 12] and 3 classes ['circle', 'square', 'stripe']" in err
+    assert "Traceback" not in err
+
+
 def test_prediction_on_a_table_gives_classes_and_regression_values(tmp_path):
     from nettrain.predict import main as predict_main
     from nettrain.predict import predict

@@ -93,3 +93,24 @@ def test_bad_input_exits_2_with_one_line(run_dir, tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(export_lib.importlib.util, "find_spec", lambda name: None)
     assert export_main([str(run_dir), "--format", "onnx"]) == 2
     assert 'pip install "nettrain[onnx]"' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_a_checkpoint_without_its_preprocessing_is_named_with_exit_2(run_dir, tmp_path, capsys, command):
+    from nettrain.checkpoint import save_checkpoint
+    from nettrain.evaluate import main as eval_main
+    from nettrain.predict import main as predict_main
+
+    state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    del state["preprocessing"]
+    old = tmp_path / "old" / "checkpoints" / "best.pt"
+    old.parent.mkdir(parents=True)
+    save_checkpoint(old, state)
+    code = {
+        "eval": lambda: eval_main([str(old)]),
+        "predict": lambda: predict_main([str(old), str(tmp_path / "x.png")]),
+        "export": lambda: export_main([str(old), "--format", "safetensors"]),
+    }[command]()
+    err = capsys.readouterr().err
+    assert code == 2 and f"{old}: holds no preprocessing (it was written by an older nettrain)" in err
+    assert "Traceback" not in err and sorted(p.name for p in old.parent.parent.iterdir()) == ["checkpoints"]
