@@ -72,19 +72,31 @@ def image_inputs(paths: list[Path], prep: dict[str, Any]):
     return torch.stack(decoded)
 
 
+def table_records(path: Path, prep: dict[str, Any], with_target: bool = False) -> list[dict[str, Any]]:
+    """The rows of a table as {column: value}; a DataError when it lacks a feature column the
+    model was trained on (or, `with_target`, the target column)."""
+    from nettrain.data import DataError
+    from nettrain.data.tabular import read_table
+
+    header, rows = read_table(path)
+    needed = [s["name"] for s in prep["features"]] + ([prep["target"]] if with_target else [])
+    missing = [name for name in needed if name not in header]
+    if missing:
+        what = "column(s)" if with_target else "feature column(s)"
+        raise DataError(f"lacks the {what} {missing} the model was trained on")
+    return [dict(zip(header, row)) for row in rows]
+
+
 def table_inputs(path: Path, prep: dict[str, Any]):
     """(row labels, encoded feature tensor) for a table with the training table's feature columns."""
     from nettrain.data import DataError
-    from nettrain.data.tabular import encode_rows, read_table
+    from nettrain.data.tabular import encode_rows
 
     if prep.get("kind") != "table":
         raise PredictError(f"{path}: a table, but the model was trained on {prep.get('kind')} data")
     try:
-        header, rows = read_table(path)
-        missing = [s["name"] for s in prep["features"] if s["name"] not in header]
-        if missing:
-            raise PredictError(f"{path}: lacks the feature column(s) {missing} the model was trained on")
-        return [f"{path}:{i + 1}" for i in range(len(rows))], encode_rows([dict(zip(header, r)) for r in rows], prep)
+        records = table_records(path, prep)
+        return [f"{path}:{i + 1}" for i in range(len(records))], encode_rows(records, prep)
     except DataError as exc:
         raise PredictError(f"{path}: {exc}") from None
 
