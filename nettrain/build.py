@@ -150,8 +150,7 @@ def build_model_for(
     from hydra.utils import instantiate as hydra_instantiate
 
     shape, num_classes = list(preprocessing["input_shape"]), preprocessing["num_classes"]
-    node = plain(cfg.model)
-    node.pop("sync_bn", None)  # read by the distributed wrapper (build_run), not the model
+    node = model_node(cfg)
 
     def make(width: list[int]) -> torch.nn.Module:
         with building("model", node.get("_target_"), context=context, node=node):
@@ -162,6 +161,18 @@ def build_model_for(
 
         return EmbeddedInputs(preprocessing["features"], make).to(device)
     return make(shape).to(device)
+
+
+# model keys nettrain reads itself, not passed to the model's _target_
+WRAPPER_KEYS = ("sync_bn",)  # read by the distributed wrapper (build_run), not the model
+
+
+def model_node(cfg: DictConfig) -> dict[str, Any]:
+    """The model option as the model class takes it: a plain dict, without WRAPPER_KEYS."""
+    node = plain(cfg.model)
+    for key in WRAPPER_KEYS:
+        node.pop(key, None)
+    return node
 
 
 def check_model_fits(model: torch.nn.Module, target: str | None, input_shape, num_classes: int, about: str) -> None:
@@ -197,6 +208,77 @@ class ModelInputs:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Fixed by the config and the data, which resume already checks."""
+
+
+@dataclass
+class Trained:
+    """A trained model rebuilt from its checkpoint by :func:`build_trained`."""
+
+    model: torch.nn.Module  # in eval mode, with the inference weights (the EMA's when the run kept one)
+    cfg: DictConfig  # the run's config with the overrides on top: checked (trust.check) and validated
+    preprocessing: dict[str, Any]  # the saved preprocessing, with the model's input_shape and num_classes
+    device: torch.device
+
+
+def build_trained(
+    state: dict[str, Any],
+    source: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str | torch.device | None = None,
+    trust: bool = False,
+) -> Trained:
+    """The model a checkpoint (`state`, read from `source`) holds, as nettrain-eval, -predict and
+    -export use it: built from the checkpoint's config with `overrides` on top, for the input its
+    saved preprocessing describes (no data set is read), with its inference weights loaded.
+
+    The stored config is data from a file: it is checked (nettrain.trust.check, `trust_targets=`
+    in `overrides`, `trust` for --trust) before anything is built or resolved. `device`: a name
+    (`cpu`, `auto`, `cuda:1`) or a torch.device; None: the config's `device`."""
+    from omegaconf import OmegaConf
+
+    from nettrain import trust as trust_lib
+    from nettrain.config import TrainConfig, validate
+    from nettrain.ema import inference_weights
+
+    overrides = list(overrides)
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"], OmegaConf.from_dotlist(overrides))
+    assert isinstance(cfg, DictConfig)  # merged onto the schema: a mapping
+    trust_lib.check(cfg, source, trust_lib.trusted_from_overrides(overrides), trust_all=trust)
+    validate(cfg)
+    preprocessing = saved_preprocessing(state, source)
+    where = resolve_device(str(device) if device is not None else cfg.device)
+    model = build_model_for(cfg, preprocessing, where, context=f" for the input {source} was trained on")
+    load_weights(model, inference_weights(state), source, overrides)
+    return Trained(model.eval(), cfg, preprocessing, where)
+
+
+def saved_preprocessing(state: dict[str, Any], source: str) -> dict[str, Any]:
+    """The checkpoint's preprocessing record with its model_io (input shape, class count) on top."""
+    from nettrain.checkpoint import CheckpointError
+
+    record = state.get("preprocessing")
+    if not isinstance(record, dict) or not record:
+        raise CheckpointError(
+            f"{source}: holds no preprocessing (it was written by an older nettrain), so the model's input "
+            "is not known; train the model again"
+        )
+    return {**record, **(state.get("model_io") or {})}
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], source: str, overrides: list[str]) -> None:
+    """Load `weights` into `model`; weights that do not fit are a ConfigError naming the overrides."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        mismatch = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()][:3]
+        given = f" (overrides: {' '.join(overrides)})" if overrides else ""
+        raise ConfigError(
+            [
+                f"the model built from the config{given} does not fit the weights in {source}: "
+                + "; ".join(mismatch)
+                + ". Drop the model overrides; the model is rebuilt as the checkpoint was trained"
+            ]
+        ) from None
 
 
 def build_data_and_model(cfg: DictConfig, device: torch.device):

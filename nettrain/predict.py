@@ -32,31 +32,6 @@ class PredictError(ValueError):
     """An input or checkpoint that cannot be used; the message names it."""
 
 
-def load_model(state: dict[str, Any], device, source: str = "the checkpoint", trust: bool = False):
-    """The checkpoint's model in eval mode, built from its own config and saved preprocessing."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from nettrain.build import build_model_for
-    from nettrain.config import TrainConfig
-
-    prep = state.get("preprocessing")
-    if not prep:
-        raise PredictError(
-            "the checkpoint holds no preprocessing (it was written by an older nettrain); "
-            "train the model again to use nettrain-predict"
-        )
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"])
-    assert isinstance(cfg, DictConfig)
-    from nettrain import trust as trust_lib
-
-    trust_lib.check(cfg, source, trust_all=trust)  # the stored config is data: only allowlisted targets
-    from nettrain.ema import inference_weights
-
-    model = build_model_for(cfg, prep, device)
-    model.load_state_dict(inference_weights(state))  # the EMA's, when the run kept one (as eval and export)
-    return model.eval(), prep
-
-
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
     """(image files, table files) from the command line; folders give their images."""
     from nettrain.data.image_folder import IMAGE_EXTENSIONS, list_images
@@ -97,19 +72,31 @@ def image_inputs(paths: list[Path], prep: dict[str, Any]):
     return torch.stack(decoded)
 
 
+def table_records(path: Path, prep: dict[str, Any], with_target: bool = False) -> list[dict[str, Any]]:
+    """The rows of a table as {column: value}; a DataError when it lacks a feature column the
+    model was trained on (or, `with_target`, the target column)."""
+    from nettrain.data import DataError
+    from nettrain.data.tabular import read_table
+
+    header, rows = read_table(path)
+    needed = [s["name"] for s in prep["features"]] + ([prep["target"]] if with_target else [])
+    missing = [name for name in needed if name not in header]
+    if missing:
+        what = "column(s)" if with_target else "feature column(s)"
+        raise DataError(f"lacks the {what} {missing} the model was trained on")
+    return [dict(zip(header, row)) for row in rows]
+
+
 def table_inputs(path: Path, prep: dict[str, Any]):
     """(row labels, encoded feature tensor) for a table with the training table's feature columns."""
     from nettrain.data import DataError
-    from nettrain.data.tabular import encode_rows, read_table
+    from nettrain.data.tabular import encode_rows
 
     if prep.get("kind") != "table":
         raise PredictError(f"{path}: a table, but the model was trained on {prep.get('kind')} data")
     try:
-        header, rows = read_table(path)
-        missing = [s["name"] for s in prep["features"] if s["name"] not in header]
-        if missing:
-            raise PredictError(f"{path}: lacks the feature column(s) {missing} the model was trained on")
-        return [f"{path}:{i + 1}" for i in range(len(rows))], encode_rows([dict(zip(header, r)) for r in rows], prep)
+        records = table_records(path, prep)
+        return [f"{path}:{i + 1}" for i in range(len(records))], encode_rows(records, prep)
     except DataError as exc:
         raise PredictError(f"{path}: {exc}") from None
 
@@ -125,14 +112,13 @@ def predict(
     """(checkpoint path, one result row per input)."""
     import torch
 
-    from nettrain.build import resolve_device
+    from nettrain.build import build_trained
+    from nettrain.checkpoint import pick
     from nettrain.data.preprocessing import input_transform
 
-    device = resolve_device(device_name)
-    from nettrain.checkpoint import pick
-
     path, state = pick(target, report=lambda line: print(line, file=sys.stderr))
-    model, prep = load_model(state, device, str(path), trust)
+    trained = build_trained(state, str(path), device=device_name, trust=trust)  # the stored config is checked first
+    model, prep, device = trained.model, trained.preprocessing, trained.device
     images, tables = expand_inputs(inputs)
     names: list[str] = [str(p) for p in images]
     blocks = [image_inputs(images, prep)] if images else []
@@ -196,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default) | auto | cuda | cuda:N | mps")
     trust_lib.add_trust_flag(parser)
     args = parser.parse_args(argv)
+    from omegaconf.errors import OmegaConfBaseException
+
     from nettrain.checkpoint import CheckpointError
     from nettrain.config import ConfigError
     from nettrain.run_dir import RunFolderError, refuse_target_symlinks
@@ -206,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         refuse_target_symlinks(args.target, None if args.out else "predict")  # before anything is read
         path, rows = predict(args.target, args.inputs, args.top_k, args.device, trust=args.trust)
-    except (PredictError, CheckpointError, ConfigError, RunFolderError) as exc:
+    except (PredictError, CheckpointError, ConfigError, OmegaConfBaseException, RunFolderError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out).expanduser() if args.out else default_out(path)

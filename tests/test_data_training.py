@@ -209,6 +209,80 @@ def test_csv_settings_are_validated(tmp_path):
     assert "data.impute='median': allowed: none, mean" in text
 
 
+# -- nettrain-eval --data: any labelled folder or table, read with the saved preprocessing ----------
+def _eval_files(run: Path) -> set[str]:
+    return {p.name for p in (run / "eval").glob("*.json")}
+
+
+def test_eval_on_a_folder_of_class_folders_needs_no_train_folder(folder, folder_run, tmp_path, capsys):
+    import shutil
+
+    from nettrain.evaluate import evaluate_checkpoint, main
+
+    split = evaluate_checkpoint(folder_run)  # the run's test split: FOLDER/test, built with the run's data
+    new = tmp_path / "new"
+    shutil.copytree(folder / "test", new)  # class folders only: no train/, no test/
+    before = _eval_files(folder_run)
+    assert main([str(folder_run), "--data", str(new)]) == 0
+    (written,) = _eval_files(folder_run) - before
+    result = json.loads((folder_run / "eval" / written).read_text())
+    assert written.startswith("best-new-") and result["data"] == str(new.resolve()) and result["samples"] == 21
+    assert result["data_acc"] == pytest.approx(split["test_acc"], abs=1e-6)
+    assert result["data_loss"] == pytest.approx(split["test_loss"], rel=1e-5)
+    shutil.rmtree(new / "stripe")  # a subset of the model's classes
+    subset = evaluate_checkpoint(folder_run, data=new)
+    assert subset["samples"] == 14 and 0.0 <= subset["data_acc"] <= 1.0
+
+
+def test_eval_data_names_what_it_cannot_use(folder, folder_run, tmp_path, capsys):
+    import shutil
+
+    from nettrain.evaluate import main
+
+    new = tmp_path / "new"
+    shutil.copytree(folder / "test" / "circle", new / "circle")
+    shutil.copytree(folder / "test" / "square", new / "triangle")
+    before = _eval_files(folder_run)
+    assert main([str(folder_run), "--data", str(new)]) == 2
+    err = capsys.readouterr().err
+    assert f"--data {new}: class folder(s) ['triangle'] are not classes of the model" in err
+    assert "allowed: ['circle', 'square', 'stripe']" in err and "Traceback" not in err
+    assert main([str(folder_run), "--data", str(folder)]) == 2  # its split folders, not class folders
+    assert f"(a split folder: give --data {folder / 'test'})" in capsys.readouterr().err
+    only_test = tmp_path / "only_test"
+    shutil.copytree(folder / "test", only_test / "test")
+    assert main([str(folder_run), f"data.root={only_test}"]) == 2  # the run's own data needs train/
+    err = capsys.readouterr().err
+    assert "needs a train/ folder" in err and "nettrain-eval RUN --data PATH" in err and "Traceback" not in err
+    assert main([str(folder_run), "--split", "val", "--data", str(only_test / "test")]) == 2
+    assert "--split picks a split of the run's own data" in capsys.readouterr().err
+    assert _eval_files(folder_run) == before  # nothing written
+
+
+def test_eval_on_a_labelled_table_matches_its_predictions(tmp_path, capsys):
+    from nettrain.evaluate import main
+    from nettrain.predict import predict
+
+    path = table(tmp_path / "t.csv", n=200)
+    train(make_cfg("data=csv", f"data.path={path}", "data.target=label", *FAST), output_dir=tmp_path / "run")
+    new = table(tmp_path / "new.csv", n=60, seed=1)
+    assert main([str(tmp_path / "run"), "--data", str(new)]) == 0
+    (written,) = _eval_files(tmp_path / "run")
+    result = json.loads((tmp_path / "run" / "eval" / written).read_text())
+    _, rows = predict(tmp_path / "run", [str(new)])
+    truth = [r["label"] for r in read_rows(new)]
+    assert result["samples"] == 60 and result["data_acc"] == pytest.approx(
+        sum(r["prediction"] == t for r, t in zip(rows, truth)) / 60, abs=1e-6
+    )
+    lines = new.read_text().splitlines()
+    (tmp_path / "odd.csv").write_text("\n".join([*lines[:3], lines[3].rsplit(",", 1)[0] + ",medium", *lines[4:]]))
+    assert main([str(tmp_path / "run"), "--data", str(tmp_path / "odd.csv")]) == 2
+    assert "target 'label' has classes ['medium'] the model lacks; allowed: ['high', 'low']" in capsys.readouterr().err
+    (tmp_path / "unlabelled.csv").write_text("\n".join(line.rsplit(",", 1)[0] for line in lines))
+    assert main([str(tmp_path / "run"), "--data", str(tmp_path / "unlabelled.csv")]) == 2
+    assert "lacks the column(s) ['label'] the model was trained on" in capsys.readouterr().err
+
+
 # -- CIFAR through torchvision --------------------------------------------------------------------
 def test_cifar10_trains_through_torchvision_on_a_tiny_copy(tmp_path, monkeypatch):
     accept_tiny_cifar(monkeypatch)
@@ -250,6 +324,16 @@ def test_prediction_on_the_saved_test_images_matches_eval(folder, folder_run, tm
     correct = sum(Path(r["input"]).parent.name == r["prediction"] for r in rows)
     assert correct / len(rows) == pytest.approx(evaluated["test_acc"], abs=1e-6)
     assert all(r["prediction"] == r["top1"] and float(r["probability"]) >= float(r["top2_probability"]) for r in rows)
+
+
+def test_eval_of_data_that_does_not_fit_the_model_says_so(folder_run, capsys):
+    from nettrain.evaluate import main
+
+    assert main([str(folder_run), "data.image_size=6"]) == 2
+    err = capsys.readouterr().err
+    assert "data 'image_folder' gives input shape [1, 6, 6] and 3 classes" in err
+    assert "but the model was trained on input shape [1, 12, 12] and 3 classes ['circle', 'square', 'stripe']" in err
+    assert "nettrain-eval RUN --data PATH evaluates on a folder of class folders" in err and "Traceback" not in err
 
 
 def test_prediction_on_a_table_gives_classes_and_regression_values(tmp_path):

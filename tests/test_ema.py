@@ -63,10 +63,10 @@ def test_validation_best_checkpoint_and_test_use_the_ema_weights(tmp_path):
     assert val["val_loss"] == pytest.approx(float(rows(tmp_path / "run")[-1]["val_loss"]), rel=1e-6)
     best = evaluate_checkpoint(tmp_path / "run", split="test")  # best.pt
     assert best["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
-    # nettrain-predict builds its model with the same (EMA) weights as eval and export
-    from nettrain.predict import load_model
+    # eval, predict and export build their model with the same (EMA) weights
+    from nettrain.build import build_trained
 
-    model, _ = load_model(last, torch.device("cpu"))
+    model = build_trained(last, "last.pt", device="cpu").model
     assert all(torch.equal(v, last["ema"]["weights"][k]) for k, v in model.state_dict().items())
     plain = train(make_cfg(*SETUP, "trainer.ema_decay=null"), output_dir=tmp_path / "plain")
     assert plain["test_loss"] != pytest.approx(summary["test_loss"], rel=1e-3)  # the EMA changed what is tested
