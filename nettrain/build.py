@@ -281,12 +281,6 @@ def load_weights(model: torch.nn.Module, weights: dict[str, Any], source: str, o
         ) from None
 
 
-def build_data_and_model(cfg: DictConfig, device: torch.device):
-    """The data splits, the loader settings and the model on `device`."""
-    data, loader = build_data(cfg)
-    return data, loader, build_model(cfg, data, device)
-
-
 def use_channels_last(setting: str, device: torch.device, model: torch.nn.Module) -> bool:
     """trainer.channels_last: `on`, or `auto` for conv models on CUDA."""
     has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())

@@ -79,20 +79,6 @@ def trained(request, root) -> tuple[str, list[str], Path]:
 
 # Cells that fail today for a cause in the command's own module, each with that cause; strict: a
 # cell that passes fails the test, so the mark goes when the fix comes.
-BROKEN = {
-    ("export", "csv_regression"): (
-        "export.py checks the export on torch.randn inputs; a table with embedded categories "
-        "(data.categorical=embed) takes category indices in those columns, and a negative one fails the "
-        "embedding lookup (IndexError: index out of range in self): a traceback and exit 1"
-    ),
-}
-
-
-def known_broken(request, command: str, option: str) -> None:
-    if (command, option) in BROKEN:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=BROKEN[command, option]))
-
-
 def no_traceback(result) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     return result.stdout
@@ -162,9 +148,8 @@ def predict_refuses_synthetic(run_dir: Path, root: Path) -> None:
     assert not (run_dir / "predict").exists()
 
 
-def test_export(trained, root, request):
+def test_export(trained, root):
     option, _, run_dir = trained
-    known_broken(request, "export", option)
     result = in_process("nettrain.export:cli", "nettrain-export", str(run_dir), "--format", "safetensors", cwd=root)
     assert result.returncode == 0, result.stderr
     assert "it matches the eager model" in no_traceback(result)
