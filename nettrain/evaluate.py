@@ -46,7 +46,7 @@ def evaluate_checkpoint(
     from nettrain.data import Batches
     from nettrain.data.preprocessing import input_transform
     from nettrain.ema import inference_weights
-    from nettrain.loop import evaluate_metrics
+    from nettrain.loop import evaluate
     from nettrain.run_dir import refuse_target_symlinks
 
     overrides = list(overrides or [])
@@ -66,7 +66,7 @@ def evaluate_checkpoint(
     transform = input_transform(data.meta, chosen.x, device)  # uint8 images: normalised per batch
     batches = Batches(chosen, cfg.batch_size, device, transform=transform, **loader)
     target_std = data.meta.get("target_std", 1.0)
-    metrics = evaluate_metrics(model, build_loss(cfg, data.task), batches, data.task, target_std)
+    metrics = evaluate(model, build_loss(cfg, data.task), batches, data.task, target_std)
     result = {
         "checkpoint": str(path),
         "epoch": state["epoch"],

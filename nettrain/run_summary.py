@@ -65,7 +65,7 @@ def write_summary(
     import torch
 
     from nettrain.files import write_json
-    from nettrain.loop import evaluate_metrics
+    from nettrain.loop import evaluate
     from nettrain.memory import peak_rss_mb
     from nettrain.models import param_count
     from nettrain.report import save_plots
@@ -77,7 +77,7 @@ def write_summary(
     test: dict[str, float] = {}
     if not result.interrupted:
         test_batches, target_std = run.batches(run.data.test), run.data.meta.get("target_std", 1.0)
-        test = evaluate_metrics(run.state.model, run.state.loss_fn, test_batches, run.data.task, target_std)
+        test = evaluate(run.state.model, run.state.loss_fn, test_batches, run.data.task, target_std)
     summary: dict[str, Any] = {
         "status": status,
         "best_epoch": result.best_epoch,
