@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 import torch
 
+from nettrain.run_dir import RunWriter
+
 DIVERGED_EXIT = 3  # the exit status of a run stopped by a non-finite loss
 REMEDIES = "lower lr, set regularization.grad_clip (e.g. 1.0), or check the data for NaN or huge values"
 
@@ -66,15 +68,12 @@ def finite_state(tensors: Iterable[torch.Tensor]) -> bool:
 
 
 def diverged_summary(
-    exc: Diverged, history: list[dict], output_dir, elapsed_s: float, extra: dict, plots: bool = True
+    exc: Diverged, history: list[dict], writer: RunWriter, elapsed_s: float, extra: dict, plots: bool = True
 ) -> dict:
-    """summary.json (strict JSON) and the plots of a run stopped by a non-finite loss: status
-    `diverged`, the message, the epochs completed and the best finite one; returns the summary."""
+    """summary.json (strict JSON) and the plots of a run stopped by a non-finite loss, written
+    through `writer` (a run_dir.RunWriter: rank 0's): status `diverged`, the message, the epochs
+    completed and the best finite one; returns the summary (on every rank)."""
     import math
-    from pathlib import Path
-
-    from nettrain.files import write_json
-    from nettrain.report import save_plots
 
     finite = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
     best = min(finite, key=lambda r: r["val_loss"], default={})
@@ -92,6 +91,6 @@ def diverged_summary(
         **extra,
     }
     if history and plots:
-        save_plots(history, Path(output_dir) / "plots")
-    write_json(Path(output_dir) / "summary.json", summary)
+        writer.plots(history)
+    writer.json("summary.json", summary)
     return summary

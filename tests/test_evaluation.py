@@ -1,15 +1,20 @@
-"""The one evaluation (nettrain/loop.py `evaluate`) against a hand computation over the whole split.
+"""The one evaluation (nettrain/loop.py `evaluate`) against a hand computation over the whole split,
+and the run folder's one writer (nettrain/run_dir.py RunWriter): everything on rank 0, nothing elsewhere.
 The 2-process runs are in tests/test_ddp_evaluation.py."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from nettrain import distributed
 from nettrain.data import Batches, Split
 from nettrain.loop import evaluate
+from nettrain.run_dir import RunWriter
 
 
 def linear(inputs: int, outputs: int) -> nn.Module:
@@ -53,3 +58,35 @@ def test_a_rank_without_samples_contributes_zeros_to_the_sums(task):
     loss_fn = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
     result = evaluate(linear(3, 2 if task == "classification" else 1), loss_fn, batches, task)
     assert set(result.values()) == {0.0}
+
+
+def test_the_writer_writes_on_rank_0_and_nothing_on_the_other_ranks(tmp_path, monkeypatch):
+    from nettrain.checkpoint import Checkpointer
+    from nettrain.divergence import Diverged, diverged_summary
+    from nettrain.metrics import MetricsWriter
+
+    monkeypatch.chdir(tmp_path)  # a relative run folder, as `--out verify` or `hydra.run.dir=run` give
+    rows = [{"epoch": 1, "train_loss": 1.0, "val_loss": 2.0, "lr": 0.1}]
+    monkeypatch.setattr(distributed, "_context", distributed.Context(rank=1, world_size=2, backend="gloo"))
+    other = RunWriter("run")
+    assert not other.enabled
+    called = []
+    assert other.run(lambda: called.append(1) or "done") is None and called == []
+    with other.lock():
+        other.json("summary.json", {"a": 1})
+        other.plots(rows)
+        MetricsWriter(other.path("metrics.csv"), other).write(rows)
+        Checkpointer(other.path("checkpoints"), {}, writer=other).save(None, None, is_best=True)
+        summary = diverged_summary(Diverged(2, 3, float("nan")), rows, other, 1.0, {})
+    assert summary["status"] == "diverged"  # every rank has the summary; rank 0 alone writes it
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setattr(distributed, "_context", distributed.Context())  # one process: rank 0
+    main = RunWriter("run")
+    assert main.enabled and main.run(lambda: "done") == "done"
+    with main.lock():
+        main.json("summary.json", {"a": 1})
+        MetricsWriter(main.path("metrics.csv"), main).write(rows)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".nettrain.lock", "metrics.csv", "summary.json"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == {"a": 1}
+    assert (tmp_path / "run" / "metrics.csv").read_text().startswith("epoch,train_loss")
