@@ -55,10 +55,20 @@ class LossWatch:
         return self.first_step + index, float(seen[index])
 
     def check(self, epoch: int) -> None:
-        """Raise Diverged naming `epoch` (1-based) and the step when a recorded loss is non-finite."""
+        """Raise Diverged naming `epoch` (1-based) and the first step whose loss was non-finite on
+        any rank: under torchrun every rank raises alike, also one whose own share stayed finite."""
+        from nettrain import distributed
+
         found = self.first_nonfinite()
-        if found is not None:
-            raise Diverged(epoch, found[0] + 1, found[1])
+        step = -distributed.agree(-found[0] if found else -_NONE)  # the earliest over the ranks
+        if step == _NONE:
+            return
+        value = _NON_FINITE.index(str(found[1])) + 1 if found is not None and found[0] == step else 0
+        raise Diverged(epoch, step + 1, float(_NON_FINITE[distributed.agree(value) - 1]))
+
+
+_NONE = 2**62  # no non-finite step
+_NON_FINITE = ("nan", "inf", "-inf")
 
 
 def finite_state(tensors: Iterable[torch.Tensor]) -> bool:
