@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from nettrain.files import atomic_write, write_text
+from nettrain.run_dir import RunWriter
 
 FORMAT_VERSION = 1
 NAMES = ("last.pt", "previous.pt", "best.pt")
@@ -149,16 +150,22 @@ def pick(target: str | Path, report=print) -> tuple[Path, dict[str, Any]]:
 
 
 class Checkpointer:
-    """Writes last.pt (keeping the one before as previous.pt) and best.pt."""
+    """Writes last.pt (keeping the one before as previous.pt) and best.pt through `writer` (nothing
+    on the ranks other than 0); `enabled=False` (checkpoint.enabled=false): nothing at all."""
 
-    def __init__(self, directory: str | Path, config: dict[str, Any], enabled: bool = True):
+    def __init__(
+        self, directory: str | Path, config: dict[str, Any], enabled: bool = True, writer: RunWriter | None = None
+    ):
         self.directory, self.config, self.enabled = Path(directory), config, enabled
+        self.writer = writer or RunWriter(self.directory)
         self.wrote_last = False  # whether last.pt is this session's (else it is checked before keeping it)
 
     def save(self, state, position, *, is_best: bool = False) -> None:
         """Snapshot `state` (a TrainState) at `position` (a state.Position)."""
-        if not self.enabled:
-            return
+        if self.enabled:
+            self.writer.run(self._save, state, position, is_best)
+
+    def _save(self, state, position, is_best: bool) -> None:
         from nettrain.divergence import finite_state
 
         if not finite_state(state.model.state_dict().values()):  # never save a diverged state

@@ -365,12 +365,10 @@ def failed_run(exc: Exception, cfg: Any) -> None:
     writing a file is one line naming it and the checkpoints kept, exit 1. In a multirun the
     failure is recorded in the job's summary.json and None returned, so the sweep goes on (not
     NaN: the Optuna sweeper fails on NaN; None marks the trial failed). Anything else propagates."""
-    from pathlib import Path
-
     from hydra.core.hydra_config import HydraConfig
 
     from nettrain import distributed
-    from nettrain.run_dir import RunFolderError, in_multirun, remove_if_unused
+    from nettrain.run_dir import RunFolderError, RunWriter, in_multirun, remove_if_unused
     from nettrain.run_summary import write_failure
 
     full_error, multirun = os.environ.get("HYDRA_FULL_ERROR") == "1", in_multirun()
@@ -378,7 +376,7 @@ def failed_run(exc: Exception, cfg: Any) -> None:
         print(f"{distributed.rank_prefix()}Error: {exc}", file=sys.stderr)
         if multirun:  # one bad job must not take the sweep down; the summary records it
             first = exc.problems[0] if isinstance(exc, ConfigError) else str(exc)
-            write_failure(Path(HydraConfig.get().runtime.output_dir), cfg, f"{type(exc).__name__}: {first}")
+            write_failure(RunWriter(HydraConfig.get().runtime.output_dir), cfg, f"{type(exc).__name__}: {first}")
             return None
         if isinstance(exc, ConfigError) and not cfg.resume:
             remove_if_unused(HydraConfig.get().runtime.output_dir)  # a rejected config leaves no empty folder

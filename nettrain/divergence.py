@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 import torch
 
+from nettrain.run_dir import RunWriter
+
 DIVERGED_EXIT = 3  # the exit status of a run stopped by a non-finite loss
 REMEDIES = "lower lr, set regularization.grad_clip (e.g. 1.0), or check the data for NaN or huge values"
 
@@ -53,10 +55,20 @@ class LossWatch:
         return self.first_step + index, float(seen[index])
 
     def check(self, epoch: int) -> None:
-        """Raise Diverged naming `epoch` (1-based) and the step when a recorded loss is non-finite."""
+        """Raise Diverged naming `epoch` (1-based) and the first step whose loss was non-finite on
+        any rank: under torchrun every rank raises alike, also one whose own share stayed finite."""
+        from nettrain import distributed
+
         found = self.first_nonfinite()
-        if found is not None:
-            raise Diverged(epoch, found[0] + 1, found[1])
+        step = -distributed.agree(-found[0] if found else -_NONE)  # the earliest over the ranks
+        if step == _NONE:
+            return
+        value = _NON_FINITE.index(str(found[1])) + 1 if found is not None and found[0] == step else 0
+        raise Diverged(epoch, step + 1, float(_NON_FINITE[distributed.agree(value) - 1]))
+
+
+_NONE = 2**62  # no non-finite step
+_NON_FINITE = ("nan", "inf", "-inf")
 
 
 def finite_state(tensors: Iterable[torch.Tensor]) -> bool:
@@ -66,15 +78,12 @@ def finite_state(tensors: Iterable[torch.Tensor]) -> bool:
 
 
 def diverged_summary(
-    exc: Diverged, history: list[dict], output_dir, elapsed_s: float, extra: dict, plots: bool = True
+    exc: Diverged, history: list[dict], writer: RunWriter, elapsed_s: float, extra: dict, plots: bool = True
 ) -> dict:
-    """summary.json (strict JSON) and the plots of a run stopped by a non-finite loss: status
-    `diverged`, the message, the epochs completed and the best finite one; returns the summary."""
+    """summary.json (strict JSON) and the plots of a run stopped by a non-finite loss, written
+    through `writer` (a run_dir.RunWriter: rank 0's): status `diverged`, the message, the epochs
+    completed and the best finite one; returns the summary (on every rank)."""
     import math
-    from pathlib import Path
-
-    from nettrain.files import write_json
-    from nettrain.report import save_plots
 
     finite = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
     best = min(finite, key=lambda r: r["val_loss"], default={})
@@ -92,6 +101,6 @@ def diverged_summary(
         **extra,
     }
     if history and plots:
-        save_plots(history, Path(output_dir) / "plots")
-    write_json(Path(output_dir) / "summary.json", summary)
+        writer.plots(history)
+    writer.json("summary.json", summary)
     return summary

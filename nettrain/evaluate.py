@@ -37,7 +37,7 @@ def evaluate_checkpoint(
     from nettrain.data import Batches
     from nettrain.data.preprocessing import input_transform
     from nettrain.files import write_json
-    from nettrain.loop import evaluate_metrics
+    from nettrain.loop import evaluate
     from nettrain.run_dir import refuse_target_symlinks
 
     overrides = list(overrides or [])
@@ -58,7 +58,7 @@ def evaluate_checkpoint(
     transform = input_transform(prep, chosen.x, device)  # uint8 images: normalised per batch, as in training
     batches = Batches(chosen, cfg.batch_size, device, transform=transform, **loader)
     task = prep.get("task", "classification")
-    metrics = evaluate_metrics(trained.model, build_loss(cfg, task), batches, task, prep.get("target_std", 1.0))
+    metrics = evaluate(trained.model, build_loss(cfg, task), batches, task, prep.get("target_std", 1.0))
     result = {
         "checkpoint": str(path),
         "epoch": state["epoch"],

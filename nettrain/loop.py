@@ -8,6 +8,12 @@ are read once per epoch: no host sync per step.
 
 A run can stop mid-epoch and resume bit for bit: the checkpoint carries the epoch's sample order,
 the step reached, the partial loss sum and every RNG state (see checkpoint.snapshot/restore).
+
+`evaluate` is the one evaluation (validation, the test at the end of a run, `nettrain-eval`), the
+same figures on 1 or N processes: each rank sums on the device what its task's metrics need over
+its share of every batch; one all-reduce adds every rank's sums, one host sync reads them, and the
+task's `finish` turns the totals into the metrics. A new metric is one change to its task in
+`TASKS`: the sums it needs per batch and its formula from the totals.
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ __all__ = [
     "Position",
     "RunOutputs",
     "StopRequest",
+    "TASKS",
     "evaluate",
-    "evaluate_metrics",
     "fit",
     "train_step",
 ]
@@ -48,40 +54,30 @@ class FitResult:
     interrupted: bool = False
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loss_fn: nn.Module, batches) -> tuple[float, float]:
-    """Mean loss and accuracy over all batches, in eval mode (dropout off, BatchNorm running stats)."""
-    from nettrain import distributed
-
-    model.eval()
-    distributed.broadcast_buffers(model)  # every rank evaluates rank 0's BatchNorm statistics
-    device = next(model.parameters()).device
-    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-    for x, y in batches:  # this rank's share of the split
-        out = model(x)
-        loss_sum += loss_fn(out, y) * len(y)
-        correct += (out.argmax(dim=1) == y).sum()
-    distributed.all_reduce_sum(loss_sum, correct)  # the sums over every rank's share
-    return (loss_sum / batches.n).item(), (correct / batches.n).item()
+Sums = dict[str, torch.Tensor]  # per batch: name -> a 0-d tensor on the device
 
 
-@torch.no_grad()
-def evaluate_regression(model: nn.Module, loss_fn: nn.Module, batches, target_std: float = 1.0) -> dict[str, float]:
-    """Mean loss, R² and MAE (in the target's units: standardised error x target_std) over all batches."""
-    model.eval()
-    sums: dict[str, torch.Tensor] = {}
-    for x, y in batches:
-        out = model(x)
-        batch = {
-            "loss": loss_fn(out, y) * len(y),
-            "abs_err": (out - y).abs().sum(),
-            "sq_err": (out - y).square().sum(),
-            "y": y.sum(),
-            "y_sq": y.square().sum(),
-        }
-        sums = batch if not sums else {k: sums[k] + v for k, v in batch.items()}
-    n = batches.n
-    total = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # one host sync per pass
+def classification_sums(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> Sums:
+    return {"loss": loss * len(y), "correct": (out.argmax(dim=1) == y).sum()}
+
+
+def classification_finish(total: dict[str, float], n: int, target_std: float) -> dict[str, float]:
+    return {"loss": total["loss"] / n, "acc": total["correct"] / n}
+
+
+def regression_sums(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> Sums:
+    err = out - y
+    return {
+        "loss": loss * len(y),
+        "abs_err": err.abs().sum(),
+        "sq_err": err.square().sum(),
+        "y": y.sum(),
+        "y_sq": y.square().sum(),
+    }
+
+
+def regression_finish(total: dict[str, float], n: int, target_std: float) -> dict[str, float]:
+    """Mean loss, R² and MAE in the target's units (the standardised error x target_std)."""
     spread = total["y_sq"] - total["y"] ** 2 / n
     return {
         "loss": total["loss"] / n,
@@ -90,14 +86,45 @@ def evaluate_regression(model: nn.Module, loss_fn: nn.Module, batches, target_st
     }
 
 
-def evaluate_metrics(
+@dataclass(frozen=True)
+class Task:
+    """What one task measures: the `names` of its sums, `sums(out, y, loss)` -> those sums over one
+    batch, and `finish(totals, n, target_std)` -> the metrics (loss first) from the totals."""
+
+    names: tuple[str, ...]
+    sums: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Sums]
+    finish: Callable[[dict[str, float], int, float], dict[str, float]]
+
+
+TASKS = {
+    "classification": Task(("loss", "correct"), classification_sums, classification_finish),  # loss, acc
+    "regression": Task(("loss", "abs_err", "sq_err", "y", "y_sq"), regression_sums, regression_finish),  # loss, r2, mae
+}
+
+
+@torch.no_grad()
+def evaluate(
     model: nn.Module, loss_fn: nn.Module, batches, task: str = "classification", target_std: float = 1.0
 ) -> dict[str, float]:
-    """{"loss", "acc"} for classification, {"loss", "r2", "mae"} for regression."""
-    if task == "regression":
-        return evaluate_regression(model, loss_fn, batches, target_std)
-    loss, acc = evaluate(model, loss_fn, batches)
-    return {"loss": loss, "acc": acc}
+    """The task's metrics over every batch of `batches` (every rank's share under torchrun), in
+    eval mode (dropout off, BatchNorm running statistics: rank 0's, on every rank):
+    {"loss", "acc"} for classification, {"loss", "r2", "mae"} for regression."""
+    from nettrain import distributed
+
+    measure = TASKS[task]
+    model.eval()
+    distributed.broadcast_buffers(model)
+    device = next(model.parameters()).device
+    sums = {name: torch.zeros((), device=device) for name in measure.names}  # zeros on a rank without samples
+    for x, y in batches:  # this rank's share of the split
+        out = model(x)
+        batch = measure.sums(out, y, loss_fn(out, y))
+        for name in measure.names:
+            sums[name] += batch[name]
+    stacked = torch.stack(list(sums.values()))
+    distributed.all_reduce_sum(stacked)  # every rank's sums, in one call
+    total = dict(zip(measure.names, stacked.tolist()))  # the pass's one host sync
+    return measure.finish(total, batches.n, target_std)
 
 
 def l1_penalty(params: list[torch.Tensor]) -> torch.Tensor:
@@ -257,7 +284,7 @@ def fit(
         # -- validate, record, decide --------------------------------------------------------
         val_started = time.perf_counter()
         with weights_to_evaluate(state):  # the EMA's, when kept: for validation and best_weights
-            val = evaluate_metrics(model, state.loss_fn, val_batches, settings.task, settings.target_std)
+            val = evaluate(model, state.loss_fn, val_batches, settings.task, settings.target_std)
             is_best = early_stopping.update(val[early_stopping.monitor.removeprefix("val_")], epoch)
             if is_best and settings.restore_best:
                 best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}

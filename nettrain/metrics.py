@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 
 from nettrain.files import write_text
+from nettrain.run_dir import RunWriter
 
 # summary.json's "status": how a run ended
 COMPLETED = "completed"  # ran every epoch it was given
@@ -21,19 +22,18 @@ FINISHED = (COMPLETED, EARLY_STOPPED)  # nothing left to do: a sweep launched ag
 
 
 class MetricsWriter:
-    def __init__(self, path: str | Path, enabled: bool = True):
-        """`enabled=False`: write nothing (the other ranks of a distributed run)."""
-        self.path, self.enabled = Path(path), enabled
+    def __init__(self, path: str | Path, writer: RunWriter | None = None):
+        """Writes through `writer` (nothing on the ranks other than 0; by default one for the file's folder)."""
+        self.path = Path(path)
+        self.writer = writer or RunWriter(self.path.parent)
 
     def write(self, rows: list[dict]) -> None:
         """Rewrite the file from all rows so far (a resumed run's rows included)."""
-        if not self.enabled:
-            return
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        write_text(self.path, buffer.getvalue())
+        self.writer.run(write_text, self.path, buffer.getvalue())
 
 
 def _number(text: str | None) -> int | float | str | None:

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nettrain.run_dir import RunWriter
+
 CUBLAS_WORKSPACE = ":4096:8"
 
 
@@ -162,23 +164,23 @@ def provenance_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str
     return lines
 
 
-def write_provenance(
-    device, data_fingerprint: str, output_dir: Path, resumed: bool, report, write: bool = True
-) -> dict[str, Any]:
-    """Write provenance.json (unless `write` is False: the other ranks of a distributed run);
-    print what differs from the run this one repeats or resumes."""
+def write_provenance(device, data_fingerprint: str, writer: RunWriter, resumed: bool, report) -> dict[str, Any]:
+    """Write provenance.json through `writer` (a run_dir.RunWriter: on rank 0 only), and there
+    print what differs from the run this one repeats or resumes; return the record (every rank)."""
+    record = provenance(device, data_fingerprint)
+    writer.run(_record_provenance, record, writer.folder, resumed, report)
+    return record
+
+
+def _record_provenance(record: dict[str, Any], output_dir: Path, resumed: bool, report) -> None:
     import json
 
     from nettrain.files import write_json
     from nettrain.run_dir import hydra_output_subdir, rerun_source
 
-    record = provenance(device, data_fingerprint)
     record_dir = hydra_output_subdir() or output_dir
-    if not write:
-        return record
     write_json(record_dir / "provenance.json", record)
     origin = (output_dir / ".hydra") if resumed else rerun_source()
     if origin is not None and (origin / "provenance.json").is_file() and origin != record_dir:
         for line in provenance_differences(json.loads((origin / "provenance.json").read_text()), record):
             report(f"differs from the original run: {line}")
-    return record

@@ -17,6 +17,10 @@ Each run writes only inside its own folder (Hydra's `hydra.run.dir`, or a sweep 
   O_NOFOLLOW, so a link made after the check is not followed either.
 - :func:`remove_stale_temps` deletes the temporary files a save leaves when it is killed halfway.
 - :func:`set_aside_old_results` moves an earlier run's results out of the way of a fresh run.
+- :class:`RunWriter` is the folder's one writer in a training run: every file the run leaves there
+  is written through it, and on the ranks other than 0 of a distributed run each of its writes
+  does nothing, so no write needs a rank check of its own and a new one cannot forget it. (Hydra's
+  own files, .hydra/ and train.log, are rank 0's by the overrides the other ranks run with.)
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ import re
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from nettrain.files import timestamp
+from nettrain.files import timestamp, write_json
 
 try:  # Unix
     import fcntl
@@ -536,3 +540,45 @@ def set_aside_old_results(output_dir: Path, reporter) -> None:
     for name in old:
         os.replace(output_dir / name, aside / name)
     reporter.note(f"an earlier run's results were in {output_dir}; moved to {aside.name}/")
+
+
+T = TypeVar("T")
+
+
+class RunWriter:
+    """Writes in `folder`, on rank 0 only (`enabled=None`: whether this process is rank 0, or alone)."""
+
+    def __init__(self, folder: str | Path, enabled: bool | None = None):
+        from nettrain import distributed
+
+        self.folder = Path(folder)
+        self.enabled = distributed.context().is_main if enabled is None else enabled
+
+    def run(self, write: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """`write(*args, **kwargs)`'s result on rank 0; None, and nothing done, on the other ranks."""
+        return write(*args, **kwargs) if self.enabled else None
+
+    def path(self, name: str | Path) -> Path:
+        """`name` in the folder (an absolute path stays as it is)."""
+        return self.folder / name
+
+    def json(self, name: str | Path, data: Any) -> None:
+        """Strict JSON, written atomically (nettrain/files.py)."""
+        self.run(write_json, self.path(name), data)
+
+    def plots(self, rows: list[dict], loss_name: str = "loss") -> None:
+        """The run's plots in plots/ (nettrain/report.py), from its metrics rows."""
+        from nettrain.report import save_plots
+
+        self.run(save_plots, rows, self.path("plots"), loss_name=loss_name)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Around the run: rank 0 holds the folder's lock (one writer per folder, across processes
+        too) and removes the temporary files a save killed halfway left."""
+        if not self.enabled:
+            yield
+            return
+        with RunLock(self.folder):
+            remove_stale_temps(self.folder)
+            yield

@@ -18,23 +18,23 @@ from omegaconf import DictConfig
 from nettrain import distributed
 from nettrain.config import plain
 from nettrain.metrics import COMPLETED, EARLY_STOPPED, FAILED, INTERRUPTED
+from nettrain.run_dir import RunWriter
 
 
-def write_failure(output_dir: Path, cfg: DictConfig, error: str, wall_time_s: float = 0.0) -> None:
+def write_failure(writer: RunWriter, cfg: DictConfig, error: str, wall_time_s: float = 0.0) -> None:
     """summary.json for a run that failed: its status, the error's first line, its config hash.
     A finished run's summary (a resume that failed) is kept; a fault that stops the write is skipped."""
     import contextlib
 
-    from nettrain.files import write_json
     from nettrain.metrics import FINISHED
     from nettrain.resume import read_summary
     from nettrain.sweep import config_hash
 
-    if read_summary(output_dir / "summary.json").get("status") in FINISHED:
+    if read_summary(writer.path("summary.json")).get("status") in FINISHED:
         return
     with contextlib.suppress(OSError):  # the fault itself (a full disk); the error message says so
-        write_json(
-            output_dir / "summary.json",
+        writer.json(
+            "summary.json",
             {
                 "status": FAILED,
                 "error": error,
@@ -54,21 +54,20 @@ def write_summary(
     cfg: DictConfig,
     run,
     result,
-    output_dir: Path,
+    writer: RunWriter,
     reporter,
     stop,
     record: dict,
     started: float,
     memory,
 ) -> dict[str, Any]:
-    """Test the best weights, then write summary.json and the plots, and print the summary."""
+    """Test the best weights (every rank), then write summary.json and the plots (rank 0, through
+    `writer`), and print the summary."""
     import torch
 
-    from nettrain.files import write_json
-    from nettrain.loop import evaluate_metrics
+    from nettrain.loop import evaluate
     from nettrain.memory import peak_rss_mb
     from nettrain.models import param_count
-    from nettrain.report import save_plots
     from nettrain.sweep import config_hash
 
     history, device = run.state.history, run.device
@@ -77,7 +76,7 @@ def write_summary(
     test: dict[str, float] = {}
     if not result.interrupted:
         test_batches, target_std = run.batches(run.data.test), run.data.meta.get("target_std", 1.0)
-        test = evaluate_metrics(run.state.model, run.state.loss_fn, test_batches, run.data.task, target_std)
+        test = evaluate(run.state.model, run.state.loss_fn, test_batches, run.data.task, target_std)
     summary: dict[str, Any] = {
         "status": status,
         "best_epoch": result.best_epoch,
@@ -118,14 +117,13 @@ def write_summary(
     }
     if result.interrupted:
         summary["signal"] = stop.signum
-    if distributed.context().is_main:
-        if cfg.plots:
-            save_plots(history, output_dir / "plots", loss_name=type(run.state.loss_fn).__name__)
-        write_json(output_dir / "summary.json", summary)
-    run.state.extras["loggers"].finish(summary, output_dir, status)
+    if cfg.plots:
+        writer.plots(history, loss_name=type(run.state.loss_fn).__name__)
+    writer.json("summary.json", summary)
+    run.state.extras["loggers"].finish(summary, writer.folder, status)
     reporter.summary(summary)
     if result.interrupted:
-        reporter.note(interrupted_note(stop.steps, cfg.checkpoint.enabled, output_dir))
+        reporter.note(interrupted_note(stop.steps, cfg.checkpoint.enabled, writer.folder))
     return summary
 
 

@@ -14,7 +14,6 @@ Resume an interrupted one:             nettrain-train resume=RUN_DIR
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ from nettrain.config import ConfigError, plain, register_schema, validate
 from nettrain.interrupt import stop_on_signals
 from nettrain.metrics import FINISHED, INTERRUPTED
 from nettrain.resume import finished_already, make_rerunnable, resume_argv, run_dir_of
-from nettrain.run_dir import hydra_output_subdir, in_multirun, no_follow_log_files
+from nettrain.run_dir import RunWriter, hydra_output_subdir, in_multirun, no_follow_log_files
 from nettrain.run_summary import launch_id, write_failure, write_summary
 from nettrain.startup import single_composition
 
@@ -47,8 +46,8 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
 
 
 def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[str, Any]:
-    started, leader = time.perf_counter(), distributed.context().is_main
-    say = print if leader else (lambda *args: None)
+    started = time.perf_counter()
+    say = print if distributed.context().is_main else (lambda *args: None)
     if output_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
@@ -61,13 +60,13 @@ def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[s
                 f"`nettrain-train resume=RUN_DIR` (not combined with --multirun or hydra.run.dir)"
             ]
         )
-    summary_path = output_dir / "summary.json"
+    writer, summary_path = RunWriter(output_dir), output_dir / "summary.json"  # writes on rank 0 only
     resume_from = Path(cfg.resume).expanduser() if cfg.resume else None
     if not cfg.resume and in_multirun():  # a re-launched sweep: skip, resume or re-run this config
         from nettrain.sweep import claim, config_hash
 
         key = config_hash(plain(cfg))
-        previous = distributed.broadcast_object(claim(output_dir, key, launch_id()) if leader else None) or {}
+        previous = distributed.broadcast_object(writer.run(claim, output_dir, key, launch_id())) or {}
         status = previous.get("status")
         if status in FINISHED:
             say(f"{output_dir}: this config already finished ({status}); skipped")
@@ -79,37 +78,35 @@ def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[s
 
     from nettrain.loop import StopRequest
     from nettrain.reproducibility import process_settings
-    from nettrain.run_dir import RunLock, remove_stale_temps
 
     stop = distributed.shared_stop(stop, cfg.distributed.stop_check_every) or stop or StopRequest()
-    with RunLock(output_dir) if leader else contextlib.nullcontext():  # one writer per run folder
-        if leader:
-            remove_stale_temps(output_dir)  # what a save killed halfway left
+    with writer.lock():  # one writer per run folder; what a save killed halfway left is removed
         try:  # from here on, SIGINT/SIGTERM stop the run cleanly; torch's process-wide settings are the run's
             with stop_on_signals(stop), process_settings(cfg.threads, cfg.deterministic):
                 if cfg.dry_run or cfg.find:  # a dry run or a finder: build, measure, suggest; train nothing
                     from nettrain.tune import run_tool
 
                     return run_tool(cfg, output_dir)
-                return _train(cfg, output_dir, started, stop, resume_from, device)
+                return _train(cfg, writer, started, stop, resume_from, device)
         except (ConfigError, KeyboardInterrupt):
             raise
         except Exception as exc:  # record the failure for sweeps and summaries, then let it propagate
             first_line = (str(exc).strip().splitlines() or [""])[0]
             error = first_line if isinstance(exc, OSError) else f"{type(exc).__name__}: {first_line}"
-            if leader:
-                write_failure(output_dir, cfg, error, time.perf_counter() - started)
+            write_failure(writer, cfg, error, time.perf_counter() - started)
             raise
 
 
-def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from: Path | None, device) -> dict[str, Any]:
-    """The recipe: resume -> build -> provenance -> fit -> summary. Only rank 0 writes and prints."""
+def _train(
+    cfg: DictConfig, writer: RunWriter, started: float, stop, resume_from: Path | None, device
+) -> dict[str, Any]:
+    """The recipe: resume -> build -> provenance -> fit -> summary. Only rank 0 writes (`writer`) and prints."""
     from nettrain.build import build_diagnosis, build_loggers, build_run, resolve_device
     from nettrain.report import Reporter
     from nettrain.reproducibility import seed_everything, write_provenance
     from nettrain.run_dir import set_aside_old_results
 
-    ctx = distributed.context()
+    ctx, output_dir = distributed.context(), writer.folder
     device = device or resolve_device(cfg.device)
     seed_everything(cfg.seed)
     reporter = Reporter(**cfg.console, rank=ctx.rank)
@@ -128,24 +125,22 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, stop, resume_from:
         from nettrain.checkpoint import restore
 
         start = restore(saved, run.state, device)
-    elif ctx.is_main:
-        set_aside_old_results(output_dir, reporter)
-    record = write_provenance(
-        run.device, run.data.fingerprint(), output_dir, resume_from is not None, reporter.warn, write=ctx.is_main
-    )
+    else:
+        writer.run(set_aside_old_results, output_dir, reporter)
+    record = write_provenance(run.device, run.data.fingerprint(), writer, resume_from is not None, reporter.warn)
     distributed.introduce(reporter, run.train_batches, cfg.batch_size)
     from nettrain.divergence import Diverged, diverged_summary
     from nettrain.sweep import config_hash
 
     try:
-        result = _fit(cfg, run, output_dir, plain_config, reporter, start, stop, record)
+        result = _fit(cfg, run, writer, plain_config, reporter, start, stop, record)
     except Diverged as exc:  # the checkpoints keep the last finite state
         reporter.warn(str(exc))
         extra = {"seed": cfg.seed, "config_hash": config_hash(plain_config), "launch": launch_id()}
-        summary = diverged_summary(exc, run.state.history, output_dir, time.perf_counter() - started, extra, cfg.plots)
+        summary = diverged_summary(exc, run.state.history, writer, time.perf_counter() - started, extra, cfg.plots)
         run.state.extras["loggers"].finish(summary, output_dir, summary["status"])
         return summary
-    return write_summary(cfg, run, result, output_dir, reporter, stop, record, started, memory)
+    return write_summary(cfg, run, result, writer, reporter, stop, record, started, memory)
 
 
 def _introduce(cfg: DictConfig, run, output_dir: Path, reporter):
@@ -166,16 +161,15 @@ def _introduce(cfg: DictConfig, run, output_dir: Path, reporter):
     return MemoryCheck(est, PeakMemory(run.device).start())
 
 
-def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, start, stop, record: dict):
-    """Train with the loop's settings and outputs taken from the config (files from rank 0 only)."""
-    leader = distributed.context().is_main
+def _fit(cfg: DictConfig, run, writer: RunWriter, plain_config: dict, reporter, start, stop, record: dict):
+    """Train with the loop's settings and outputs taken from the config (files through `writer`: rank 0's)."""
     from nettrain.checkpoint import Checkpointer
     from nettrain.loop import LoopSettings, RunOutputs, fit
     from nettrain.metrics import MetricsWriter
     from nettrain.sweep import config_hash
 
     tags = {"config_hash": config_hash(plain_config), "git_commit": (record.get("git") or {}).get("commit")}
-    run.state.extras["loggers"].start(output_dir, plain_config, tags)
+    run.state.extras["loggers"].start(writer.folder, plain_config, tags)
     settings = LoopSettings(
         epochs=cfg.epochs,
         l1=cfg.regularization.l1,
@@ -186,8 +180,8 @@ def _fit(cfg: DictConfig, run, output_dir: Path, plain_config: dict, reporter, s
         target_std=run.data.meta.get("target_std", 1.0),
     )
     out = RunOutputs(
-        checkpointer=Checkpointer(output_dir / "checkpoints", plain_config, enabled=cfg.checkpoint.enabled and leader),
-        metrics=MetricsWriter(output_dir / "metrics.csv", enabled=leader),
+        checkpointer=Checkpointer(writer.path("checkpoints"), plain_config, cfg.checkpoint.enabled, writer),
+        metrics=MetricsWriter(writer.path("metrics.csv"), writer),
         reporter=reporter,
     )
     from nettrain.cuda_graph import StepChoice

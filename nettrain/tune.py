@@ -297,7 +297,7 @@ def dry_run(cfg: Any, parts: Parts, reporter: Any) -> dict[str, Any]:
 
 def find_lr(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> dict[str, Any]:
     """Smith's LR range test on a fresh model; lr_find.png and lr_find.json in the output folder."""
-    from nettrain.files import write_json
+    from nettrain.run_dir import RunWriter
 
     batches = parts.training_batches(cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     s = cfg.lr_find
@@ -317,10 +317,10 @@ def find_lr(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> dict[str
         diverge=s.diverge,
         autocast=parts.precision.autocast,
     )
-    plot = output_dir / "lr_find.png"
+    plot, writer = output_dir / "lr_find.png", RunWriter(output_dir)  # rank 0 writes, under torchrun too
     if cfg.plots:  # plots=false: no PNG (matplotlib is most of a short test's time); the curve is in the JSON
-        plot_lr_find(result, plot)
-    write_json(output_dir / "lr_find.json", result.to_dict())
+        writer.run(plot_lr_find, result, plot)
+    writer.json("lr_find.json", result.to_dict())
     if result.suggestion is None:
         reporter.warn(f"the loss was never finite: lower lr_find.start_lr (now {s.start_lr:g})")
     else:
@@ -340,8 +340,8 @@ def find_lr(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> dict[str
 
 def find_batch_size(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> dict[str, Any]:
     """The largest batch the estimate fits into free memory (90% of it), confirmed by one real step."""
-    from nettrain.files import write_json
     from nettrain.memory import free_memory
+    from nettrain.run_dir import RunWriter
 
     est, device = parts.memory, parts.device
     free, source = free_memory(device)
@@ -380,7 +380,7 @@ def find_batch_size(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> 
         "confirmed": bool(confirmed),
         "measured_peak_bytes": peak,
     }
-    write_json(output_dir / "batch_size.json", found)
+    RunWriter(output_dir).json("batch_size.json", found)  # rank 0 writes, under torchrun too
     return found
 
 

@@ -98,3 +98,32 @@ def test_eval_of_a_diverged_run_says_so_and_exits_3(run, capsys):
     assert "nettrain-eval: test split" in captured.out
     assert re.search(r"Error: the training loss became nan at epoch 2, step \d+: the run diverged", captured.err)
     assert "figures above are of that last finite checkpoint" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("own", "expected"),
+    [
+        ([1.0, 2.0, 3.0, 4.0], "became inf at epoch 5, step 3"),
+        ([1.0, math.nan, 3.0, 4.0], "became nan at epoch 5, step 2"),
+    ],
+)
+def test_every_rank_stops_at_the_first_non_finite_step_of_any_rank(monkeypatch, own, expected):
+    # another rank's loss became inf at its step 3 (0-based 2): this rank, whose own losses may all
+    # be finite, must raise as well (else it would go on to validate alone), naming the earliest step
+    from nettrain import distributed
+    from nettrain.divergence import Diverged, LossWatch
+
+    watch = LossWatch(4, "cpu")
+    for step, loss in enumerate(own):
+        watch.record(step, torch.tensor(loss))
+    agreed: list[int] = []
+
+    def agree(flag: int) -> int:  # the other rank's side of both calls: -its step, then its loss's kind
+        if not agreed:
+            agreed.append(max(flag, -2))
+            return agreed[0]
+        return max(flag, 2 if agreed[0] == -2 else 0)  # 2: inf, given only when its step is the earliest
+
+    monkeypatch.setattr(distributed, "agree", agree)
+    with pytest.raises(Diverged, match=expected):
+        watch.check(5)

@@ -148,10 +148,10 @@ def test_run_stops_after_3_epochs_without_improvement_and_restores_best_weights(
     model = MLP((1, 28, 28), 10)
     model.load_state_dict(best_ckpt["model"])
     data = synthetic(num_samples=600)
-    loss, acc = evaluate(model, nn.CrossEntropyLoss(), Batches(data.test, 64, torch.device("cpu")))
-    assert (loss, acc) == pytest.approx((summary["test_loss"], summary["test_acc"]), rel=1e-6)
+    test = evaluate(model, nn.CrossEntropyLoss(), Batches(data.test, 64, torch.device("cpu")))
+    assert (test["loss"], test["acc"]) == pytest.approx((summary["test_loss"], summary["test_acc"]), rel=1e-6)
     model.load_state_dict(last_ckpt["model"])
-    assert evaluate(model, nn.CrossEntropyLoss(), Batches(data.test, 64, torch.device("cpu")))[0] != pytest.approx(
+    assert evaluate(model, nn.CrossEntropyLoss(), Batches(data.test, 64, torch.device("cpu")))["loss"] != pytest.approx(
         summary["test_loss"], rel=1e-6
     )
 

@@ -288,14 +288,3 @@ class EmbeddedInputs(nn.Module):
 
 def embedding_width(cardinality: int) -> int:
     return max(1, min(16, (cardinality + 1) // 2))
-
-
-@torch.no_grad()
-def regression_metrics(pred: torch.Tensor, y: torch.Tensor, target_std: float) -> dict[str, torch.Tensor]:
-    """Sums for R² and MAE over one batch of standardised predictions and targets (device tensors)."""
-    return {
-        "abs_err": (pred - y).abs().sum() * target_std,
-        "sq_err": (pred - y).square().sum(),
-        "y_sum": y.sum(),
-        "y_sq": y.square().sum(),
-    }
