@@ -5,6 +5,8 @@ validation gets worse from its first epoch."""
 
 from __future__ import annotations
 
+import urllib.error
+
 import pytest
 
 from conftest import QUIET, cli
@@ -35,3 +37,54 @@ def test_csv_without_its_required_keys_names_them_and_leaves_no_folder(tmp_path,
     assert ("data.path=FILE" in err) == ("data.path" in missing)
     assert "MissingMandatoryValue" not in err
     assert list(tmp_path.iterdir()) == []  # no run folder, failed or empty
+
+
+# -- the command line -------------------------------------------------------------------------------
+
+
+def test_did_you_mean_suggests_a_key_of_the_chosen_option(tmp_path):
+    proc = cli(*TINY, "optimizer=sgd", "optimizer.momentun=0.9", cwd=tmp_path)
+    err = clean_failure(proc, "optimizer.momentun=0.9: unknown key", "did you mean optimizer.momentum?")
+    assert "betas" not in err  # adam's key, the default option's
+    proc = cli(*TINY, "optimizer.momentun=0.9", cwd=tmp_path)  # adam has none: where it is
+    clean_failure(proc, "did you mean optimizer.momentum?", "optimizer=adam has no momentum", "rmsprop, sgd")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "wanted"),
+    [
+        (["--epochs", "3"], "write epochs=3 (not --epochs 3)"),
+        (["--epochs=3", "--dry-run"], "write epochs=3 (not --epochs=3); dry_run=true (not --dry-run)"),
+        (["--data.path", "x.csv"], "write data.path=x.csv"),
+    ],
+)
+def test_a_setting_given_as_a_flag_is_answered_with_its_key_value_form(tmp_path, args, wanted):
+    proc = cli(*TINY, *args, cwd=tmp_path)
+    err = clean_failure(proc, wanted, "takes settings as key=value")
+    assert "usage:" not in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_comma_list_without_brackets_keeps_hydras_hint(tmp_path):
+    proc = cli(*TINY, "loggers=csv,tensorboard", cwd=tmp_path)
+    clean_failure(proc, "loggers=csv,tensorboard: ambiguous value", "'loggers=[csv,tensorboard]'", "add --multirun")
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [urllib.error.URLError("[Errno -2] Name or service not known"), ConnectionResetError(104, "reset by peer")],
+    ids=["URLError", "OSError"],
+)
+def test_a_failed_download_is_a_data_problem_naming_the_url_and_root(tmp_path, monkeypatch, failure):
+    import torchvision.datasets.mnist
+
+    def no_network(url, *args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", no_network)
+    root = tmp_path / "datasets"
+    proc = cli(*QUIET, "data=mnist", f"data.root={root}", "data.download=true", "epochs=1", cwd=tmp_path)
+    err = clean_failure(proc, "Error: Data: ", f"{root}", torchvision.datasets.mnist.MNIST.mirrors[0])
+    assert "Invalid config" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("summary.json"))
