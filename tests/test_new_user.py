@@ -88,3 +88,20 @@ def test_a_failed_download_is_a_data_problem_naming_the_url_and_root(tmp_path, m
     err = clean_failure(proc, "Error: Data: ", f"{root}", torchvision.datasets.mnist.MNIST.mirrors[0])
     assert "Invalid config" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("summary.json"))
+
+
+# -- resume -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("checkpoints", ["true", "false"])
+def test_resuming_a_finished_run_refuses_a_changed_lr_and_names_it(tmp_path, checkpoints):
+    run = tmp_path / "run"
+    trained = cli(*TINY, "epochs=1", f"checkpoint.enabled={checkpoints}", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    summary = (run / "summary.json").read_text()
+    proc = cli(f"resume={run}", "lr=0.1", cwd=tmp_path)
+    clean_failure(proc, "these settings differ from the run being resumed", "lr: 0.001 -> 0.1")
+    assert "already finished" not in proc.stdout
+    assert (run / "summary.json").read_text() == summary  # nothing recorded over the finished run
+    proc = cli(f"resume={run}", "epochs=1", "console.progress=off", cwd=tmp_path)  # safe keys: nothing to do
+    assert proc.returncode == 0 and "already finished" in proc.stdout, proc.stderr
