@@ -5,9 +5,11 @@ validation gets worse from its first epoch."""
 
 from __future__ import annotations
 
+import json
 import urllib.error
 
 import pytest
+from made_data import table
 
 from conftest import QUIET, cli
 
@@ -105,3 +107,28 @@ def test_resuming_a_finished_run_refuses_a_changed_lr_and_names_it(tmp_path, che
     assert (run / "summary.json").read_text() == summary  # nothing recorded over the finished run
     proc = cli(f"resume={run}", "epochs=1", "console.progress=off", cwd=tmp_path)  # safe keys: nothing to do
     assert proc.returncode == 0 and "already finished" in proc.stdout, proc.stderr
+
+
+# -- the end of a run -------------------------------------------------------------------------------
+
+
+def test_a_regression_run_ends_with_its_test_r2_and_mae_not_an_accuracy(tmp_path):
+    path = table(tmp_path / "r.csv", n=200, task="regression")
+    run = tmp_path / "run"
+    proc = cli(
+        *QUIET,
+        "data=csv",
+        f"data.path={path}",
+        "data.target=value",
+        "data.task=regression",
+        "epochs=2",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert "test_acc" not in summary and "best_val_acc" not in summary
+    for key in ("test_r2", "test_mae", "best_val_r2", "best_val_mae"):
+        assert isinstance(summary[key], float), key
+        assert key in proc.stdout
+    assert "test_acc" not in proc.stdout
