@@ -117,6 +117,10 @@ def write_summary(
         write_json(output_dir / "summary.json", summary)
     run.state.extras["loggers"].finish(summary, output_dir, status)
     reporter.summary(summary)
+    from nettrain.diagnosis import worse_from_the_start
+
+    if finding := worse_from_the_start(history):  # the run's own diagnosis, last: what to change
+        reporter.warn(finding)
     if result.interrupted:
         reporter.note(interrupted_note(stop.steps, cfg.checkpoint.enabled, output_dir))
     return summary

@@ -5,6 +5,7 @@ validation gets worse from its first epoch."""
 
 from __future__ import annotations
 
+import csv
 import json
 import urllib.error
 
@@ -132,3 +133,20 @@ def test_a_regression_run_ends_with_its_test_r2_and_mae_not_an_accuracy(tmp_path
         assert isinstance(summary[key], float), key
         assert key in proc.stdout
     assert "test_acc" not in proc.stdout
+
+
+def test_validation_worse_from_the_first_epoch_is_diagnosed_at_the_end(tmp_path):
+    run = tmp_path / "run"
+    args = ("model.hidden=[256]", "lr=0.01", "epochs=4", "early_stopping.enabled=false", f"hydra.run.dir={run}")
+    proc = cli(*QUIET, "data=synthetic", "data.num_samples=300", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    val, train = [float(r["val_loss"]) for r in rows], [float(r["train_loss"]) for r in rows]
+    assert all(v > val[0] for v in val[1:]) and train[-1] < train[0]  # the situation itself
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("warning: validation got worse from the first epoch"), proc.stdout[-800:]
+    assert "try a lower lr (now 0.01, try lr=0.001)" in last
+    diagnosis = json.loads((run / "summary.json").read_text())["diagnosis"]
+    assert diagnosis["verdict"] == "overfitting"
+    assert diagnosis["findings"][-1].startswith("overfitting: validation got worse from the first epoch")
