@@ -150,3 +150,30 @@ def test_validation_worse_from_the_first_epoch_is_diagnosed_at_the_end(tmp_path)
     diagnosis = json.loads((run / "summary.json").read_text())["diagnosis"]
     assert diagnosis["verdict"] == "overfitting"
     assert diagnosis["findings"][-1].startswith("overfitting: validation got worse from the first epoch")
+
+
+# -- nettrain-predict, piped --------------------------------------------------------------------------
+
+
+def test_predict_piped_prints_every_row_with_whole_file_names(tmp_path, capsys):
+    from nettrain.predict import main as predict_main
+
+    deep = tmp_path / ("a-folder-with-a-long-name-" * 4) / "inputs"
+    deep.mkdir(parents=True)
+    path = table(deep / "t.csv", n=40)
+    run = tmp_path / "run"
+    trained = cli(
+        *QUIET, "data=csv", f"data.path={path}", "data.target=label", "epochs=1", f"hydra.run.dir={run}", cwd=tmp_path
+    )
+    assert trained.returncode == 0, trained.stderr
+    capsys.readouterr()
+    out = tmp_path / "pred.csv"
+    assert predict_main([str(run), str(path), "--out", str(out)]) == 0  # capsys: stdout is not a terminal
+    printed = capsys.readouterr()
+    with open(out, newline="") as f:
+        written = list(csv.DictReader(f))
+    shown = list(csv.DictReader(printed.out.splitlines()))
+    assert len(shown) == 40 and shown == written  # every row, as in the file
+    assert all(row["input"] == f"{path}:{i}" for i, row in enumerate(shown, 1))
+    assert len(str(path)) > 120 and "…" not in printed.out
+    assert f"wrote {out}" in printed.err
