@@ -177,3 +177,23 @@ def test_predict_piped_prints_every_row_with_whole_file_names(tmp_path, capsys):
     assert all(row["input"] == f"{path}:{i}" for i, row in enumerate(shown, 1))
     assert len(str(path)) > 120 and "…" not in printed.out
     assert f"wrote {out}" in printed.err
+
+
+# -- nettrain-summarize on what a new user's outputs/ holds ---------------------------------------------
+
+
+def test_summarize_leaves_out_dry_runs_and_finders_and_says_how_many(tmp_path, capsys):
+    from nettrain.summarize import main as summarize_main
+
+    runs = tmp_path / "outputs"
+    for name, extra in [("train", ["epochs=1"]), ("dry", ["dry_run=true"]), ("find", ["find=lr", "lr_find.steps=10"])]:
+        proc = cli(*TINY, *extra, f"hydra.run.dir={runs / name}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    capsys.readouterr()
+    assert summarize_main([str(runs), "--no-plot"]) == 0  # the dry run and the finder are not incomplete runs
+    printed = capsys.readouterr()
+    assert "2 folders left out (1 dry run, 1 find=lr run)" in printed.err
+    assert "1 runs, 1 ok" in printed.out and "incomplete" not in printed.out
+    with open(runs / "summary.csv", newline="") as f:
+        assert [row["job"] for row in csv.DictReader(f)] == ["train"]
+    assert "2 folders left out" in (runs / "summary.md").read_text()
