@@ -16,8 +16,9 @@ import contextlib
 import difflib
 import errno
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from nettrain.config import ConfigError, flatten, problems
@@ -68,13 +69,39 @@ def _options_with_key(hydra: Any, group: str, key: str) -> list[str]:
     return found
 
 
-def _known_keys(hydra: Any, config_name: str | None) -> list[str]:
+def _group_keys(hydra: Any, group: str) -> list[str]:
+    """`group.key` for every key of every option of `group` (a hint for a key of another option)."""
+    from hydra.types import RunMode
+
+    keys: set[str] = set()
+    for option in _group_options(hydra, group):
+        try:
+            cfg = hydra.config_loader.load_configuration(
+                config_name="train", overrides=[f"{group}={option}"], run_mode=RunMode.RUN
+            )
+        except Exception:  # noqa: BLE001 - only for a hint
+            continue
+        keys.update(f"{group}.{key}" for key in (cfg.get(group) or {}))
+    return sorted(keys)
+
+
+def _known_keys(hydra: Any, config_name: str | None, overrides: Sequence[str] = ()) -> list[str]:
+    """Every key of the config composed with the command's group choices (optimizer=sgd: sgd's
+    keys, not the default option's); with the defaults where those do not compose."""
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    try:
-        cfg = hydra.config_loader.load_configuration(config_name=config_name, overrides=[], run_mode=RunMode.RUN)
-    except Exception:  # noqa: BLE001
+    choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0] and not o.startswith(("+", "~"))]
+    cfg = None
+    for tried in dict.fromkeys((tuple(choices), ())):
+        try:
+            cfg = hydra.config_loader.load_configuration(
+                config_name=config_name, overrides=list(tried), run_mode=RunMode.RUN
+            )
+            break
+        except Exception:  # noqa: BLE001 - only for a hint
+            continue
+    if cfg is None:
         return []
     plain = OmegaConf.to_container(cfg, resolve=False)
     if not isinstance(plain, dict):
@@ -87,10 +114,26 @@ def _known_keys(hydra: Any, config_name: str | None) -> list[str]:
     return sorted(keys)
 
 
+OPTION_GROUPS = ("optimizer", "scheduler", "model", "data", "regularization")
+
+
+def _closest(key: str, known: list[str]) -> str | None:
+    """The known key closest to `key`: among its siblings (optimizer.momentun -> optimizer.momentum,
+    never a sibling that merely shares the section's name), else among every key (a misspelt section)."""
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in known if parent and k.rpartition(".")[0] == parent]
+    if siblings:
+        close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+        return f"{parent}.{close[0]}" if close else None
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _unknown_key(hydra: Any, config_name: str | None, overrides: list[str], key: str) -> str:
     text = _override_text(overrides, key)
     group, _, leaf = key.partition(".")
-    if leaf and "." not in leaf and group in ("optimizer", "scheduler", "model", "data", "regularization"):
+    grouped = bool(leaf) and "." not in leaf and group in OPTION_GROUPS
+    if grouped:
         chosen = _chosen_option(overrides, group, hydra, config_name)
         having = _options_with_key(hydra, group, leaf)
         if chosen and having:
@@ -98,8 +141,17 @@ def _unknown_key(hydra: Any, config_name: str | None, overrides: list[str], key:
                 f"{text}: {group}={chosen} has no {leaf}; the {group} options with {leaf}: "
                 f"{', '.join(having)} (e.g. {group}={having[0]} {_short(text)})"
             )
-    close = difflib.get_close_matches(key, _known_keys(hydra, config_name), n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}?" if close else "see `nettrain-train --help` for the settings"
+    close = _closest(key, _known_keys(hydra, config_name, overrides))
+    if close is None and grouped:  # a typo of a key that another option has (adam: optimizer.momentun)
+        elsewhere = _closest(key, _group_keys(hydra, group))
+        having = _options_with_key(hydra, group, elsewhere.partition(".")[2]) if elsewhere else []
+        if elsewhere and having:
+            chosen = _chosen_option(overrides, group, hydra, config_name)
+            return (
+                f"{text}: unknown key {key!r}; did you mean {elsewhere}? {group}={chosen} has no "
+                f"{elsewhere.partition('.')[2]}; the {group} options with it: {', '.join(having)}"
+            )
+    hint = f"did you mean {close}?" if close else "see `nettrain-train --help` for the settings"
     return f"{text}: unknown key {key!r}; {hint}"
 
 
@@ -169,6 +221,13 @@ def explain(exc: BaseException, hydra: Any, config_name: str | None, overrides: 
         key = str(cause.full_key)
         message = str(cause).splitlines()[0]
         return [f"{_override_text(overrides, key)}: wrong type for {key} ({_short(message, 120)})"]
+    ambiguous = re.match(r"Ambiguous value for argument '([^=']+)=(.*)'$", str(exc).splitlines()[0])
+    if ambiguous:  # a comma-separated value without brackets: Hydra's hint, for this key
+        key, value = ambiguous.groups()
+        return [
+            f"{key}={_short(value)}: ambiguous value; a list needs brackets: '{key}=[{_short(value)}]'; "
+            f"a string needs quotes: \"{key}='{_short(value)}'\"; to sweep over the values, add --multirun"
+        ]
     return [str(exc).splitlines()[0]]
 
 
@@ -221,6 +280,7 @@ def before_hydra(argv: list[str]) -> None:
 
     from nettrain.run_dir import unsafe_run_dir
 
+    _dashed_settings(argv)
     shadow = _shadowing_folder()
     if shadow:
         print(
@@ -250,6 +310,43 @@ def before_hydra(argv: list[str]) -> None:
                 "try it on this machine with hydra/launcher=submitit_local"
             ]
         )
+
+
+HYDRA_FLAGS = (
+    *INSPECT_FLAGS,
+    *("--version", "--run", "-r", "--multirun", "-m", "--shell-completion", "-sc", "--experimental-rerun"),
+    *("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"),
+)
+
+
+def _dashed_settings(argv: list[str]) -> None:
+    """`--epochs 3` (or `--epochs=3`, `--dry-run`) for a setting: nettrain-train takes key=value,
+    so say `epochs=3` in one line (exit 2) instead of argparse's usage page."""
+    import dataclasses
+
+    from nettrain.config import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    found = []
+    args = argv[1:]
+    for i, arg in enumerate(args):
+        name, sep, value = arg.partition("=")
+        if not name.startswith("--") or name in HYDRA_FLAGS:
+            continue
+        key = name[2:].replace("-", "_")
+        if key.split(".")[0] not in known:
+            continue
+        if not sep:
+            following = args[i + 1] if i + 1 < len(args) else ""
+            # `--epochs 3` takes the next word; `--dry-run` (last, or before an option or an override) is true
+            value = following if following and not following.startswith("-") and "=" not in following else "true"
+        found.append(f"{key}={value} (not {arg}{'' if sep or value == 'true' else ' ' + value})")
+    if found:
+        print(
+            f"Error: nettrain-train takes settings as key=value, not --options: write {'; '.join(found)}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def _received_folders(argv: list[str], multirun: bool) -> None:
@@ -359,6 +456,18 @@ def kept_checkpoints() -> str:
     return f"; the earlier checkpoints are intact ({', '.join(kept)} in {folder})"
 
 
+def data_problem(exc: BaseException) -> str | None:
+    """'Data: ...' in one line when `exc` comes from a DataError (nettrain/data: files missing or
+    unreadable, a download that failed), which the builder reports as the data group's config error."""
+    data = sys.modules.get("nettrain.data")  # not imported: no DataError can have been raised
+    seen: BaseException | None = exc
+    while data is not None and seen is not None:
+        if isinstance(seen, data.DataError):
+            return "Data: " + " ".join(str(seen).split()).replace(" )", ")")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def failed_run(exc: Exception, cfg: Any) -> None:
     """End a run that raised `exc` (inside its `except`): bad input (a ConfigError or an unusable
     run folder) is one message and exit 2, and a rejected config leaves no folder behind; a fault
@@ -373,9 +482,10 @@ def failed_run(exc: Exception, cfg: Any) -> None:
 
     full_error, multirun = os.environ.get("HYDRA_FULL_ERROR") == "1", in_multirun()
     if isinstance(exc, (ConfigError, RunFolderError)) and not full_error:
-        print(f"{distributed.rank_prefix()}Error: {exc}", file=sys.stderr)
+        data = data_problem(exc)  # data that cannot be loaded (a failed download): not an invalid config
+        print(f"{distributed.rank_prefix()}Error: {data or exc}", file=sys.stderr)
         if multirun:  # one bad job must not take the sweep down; the summary records it
-            first = exc.problems[0] if isinstance(exc, ConfigError) else str(exc)
+            first = data or (exc.problems[0] if isinstance(exc, ConfigError) else str(exc))
             write_failure(RunWriter(HydraConfig.get().runtime.output_dir), cfg, f"{type(exc).__name__}: {first}")
             return None
         if isinstance(exc, ConfigError) and not cfg.resume:

@@ -337,6 +337,7 @@ def problems(cfg: Any) -> list[str]:
     """Every invalid setting of `cfg`, as 'key=value: what is allowed' lines (empty when valid)."""
     checks = Checks(cfg)
     for section in (
+        _check_missing,
         _check_top_level,
         _check_model,
         _check_optimization,
@@ -348,6 +349,48 @@ def problems(cfg: Any) -> list[str]:
     ):
         section(checks)
     return checks.found
+
+
+# What a key left `???` (Hydra's MISSING) by its option needs, for the message that asks for it.
+NEEDED = {
+    "data.path": "FILE (the CSV or Parquet file)",
+    "data.target": "COLUMN (the label column; the value column for regression)",
+    "data.root": "DIR (the folder holding train/, and val/ and test/ if any)",
+}
+
+
+def missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of `node` whose value is `???` (MISSING), the hydra section aside."""
+    from omegaconf import DictConfig
+
+    if isinstance(node, DictConfig):
+        keys = [str(k) for k in node.keys() if not (prefix == "" and k == "hydra")]
+        found = [f"{prefix}{k}" for k in keys if OmegaConf.is_missing(node, k)]
+        for key in keys:
+            if f"{prefix}{key}" not in found and isinstance(node._get_node(key), DictConfig):
+                found += missing_keys(node[key], f"{prefix}{key}.")
+        return found
+    if isinstance(node, dict):
+        found = [f"{prefix}{k}" for k, v in node.items() if v == MISSING]
+        for key, value in node.items():
+            found += missing_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else []
+        return found
+    return []
+
+
+def _check_missing(c: Checks) -> None:
+    """Keys the chosen options leave `???`: one line per group, naming each key and what it takes."""
+    by_group: dict[str, list[str]] = {}
+    for key in missing_keys(c.cfg):
+        by_group.setdefault(key.split(".")[0] if "." in key else "", []).append(key)
+    for group, keys in by_group.items():
+        choice = c.get(f"hydra.runtime.choices.{group}") if group else None
+        where = f" by {group}={choice}" if isinstance(choice, str) else ""
+        values = " ".join(f"{k}={NEEDED.get(k, 'VALUE')}" for k in keys)
+        c.problem(
+            f"{', '.join(keys)}: required{where} and not set (???); "
+            f"give {'it' if len(keys) == 1 else 'them'} on the command line: {values}"
+        )
 
 
 def _check_top_level(c: Checks) -> None:

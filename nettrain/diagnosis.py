@@ -23,13 +23,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
 
 RELU_FAMILY = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.ReLU6)
 HEALTHY, VANISHING, EXPLODING, DEAD = "healthy", "vanishing", "exploding", "dead units"
+OVERFITTING = "overfitting"  # the run's verdict (not an epoch's): validation worse from the first epoch
 
 
 def _feeding_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -284,14 +285,45 @@ def weight_names(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
 
 
-def summary_of(diagnoses: list[Diagnosis]) -> dict[str, Any]:
-    """For summary.json: the last epoch's verdict, and every epoch's."""
+def summary_of(diagnoses: list[Diagnosis], validation: str | None = None) -> dict[str, Any]:
+    """For summary.json: the last epoch's verdict, and every epoch's; with `validation` (a run
+    whose validation got worse from its first epoch) the verdict of an otherwise healthy run is
+    `overfitting`, and the finding is listed with the last epoch's."""
     last = diagnoses[-1] if diagnoses else None
+    verdict = last.verdict if last else None
+    if validation and verdict in (HEALTHY, None):
+        verdict = OVERFITTING
     return {
-        "verdict": last.verdict if last else None,
-        "findings": list(last.findings) if last else [],
+        "verdict": verdict,
+        "findings": (list(last.findings) if last else []) + ([f"{OVERFITTING}: {validation}"] if validation else []),
         "epochs": [d.to_dict() for d in diagnoses],
     }
+
+
+def worse_from_the_start(history: list[dict[str, Any]], min_epochs: int = 3) -> str | None:
+    """What to say when validation got worse from the first epoch on: every later epoch's val_loss
+    above the first's (at least `min_epochs` epochs) while the training loss fell. The model learns
+    the training data and nothing that carries over to new data, from the start: an lr too high
+    for the model, or a model that overfits at once (too large for the data). None otherwise."""
+    rows = [r for r in history if _finite(r.get("val_loss")) and _finite(r.get("train_loss"))]
+    if len(rows) < min_epochs or len(rows) != len(history):
+        return None
+    first, last = rows[0], rows[-1]
+    if not all(r["val_loss"] > first["val_loss"] for r in rows[1:]) or not last["train_loss"] < first["train_loss"]:
+        return None
+    lr = first.get("lr")
+    lower = f"a lower lr (now {lr:g}, try lr={lr / 10:g})" if _finite(lr) and lr > 0 else "a lower lr"
+    return (
+        f"validation got worse from the first epoch: val_loss {first['val_loss']:.4g} at epoch "
+        f"{int(first['epoch'])}, above it at every later epoch ({last['val_loss']:.4g} at epoch {int(last['epoch'])}), "
+        f"while train_loss fell ({first['train_loss']:.4g} -> {last['train_loss']:.4g}): likely an lr too high "
+        f"or overfitting from the start; try {lower}, a smaller model, regularization.weight_decay or "
+        "regularization.dropout, or more data"
+    )
+
+
+def _finite(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # -- the plot ---------------------------------------------------------------------------------
@@ -356,8 +388,9 @@ class Diagnostician:
         return diagnose(row, previous, self.weights, float(row.get("lr", 0.0)), self.thresholds)
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
-        """For summary.json: the last epoch's verdict and every epoch's, from the metrics rows."""
-        return summary_of(diagnoses(history, self.weights, self.thresholds))
+        """For summary.json: the last epoch's verdict and every epoch's, from the metrics rows, and
+        whether validation got worse from the first epoch (`worse_from_the_start`)."""
+        return summary_of(diagnoses(history, self.weights, self.thresholds), worse_from_the_start(history))
 
     def state_dict(self) -> dict[str, Any]:
         return self.probe.state_dict()

@@ -199,20 +199,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out).expanduser() if args.out else default_out(path)
     write_rows(out, rows)
+    show_rows(rows, path, out)
+    return 0
+
+
+def show_rows(rows: list[dict[str, Any]], checkpoint: Path, out: Path) -> None:
+    """On a terminal, the first 20 rows as a table; piped or redirected, every row as plain CSV
+    (whole file names, nothing cut to a width), with the `wrote` line on stderr."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"nettrain-predict: {len(rows)} inputs, {path}")
+    console = Console()
+    if not console.is_terminal:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        print(f"wrote {out}", file=sys.stderr)
+        return
+    table = Table(title=f"nettrain-predict: {len(rows)} inputs, {checkpoint}")
     for key in rows[0]:
         table.add_column(key)
     for row in rows[:20]:
         table.add_row(*(str(v) for v in row.values()))
-    console = Console()
     console.print(table)
     if len(rows) > 20:
         console.print(f"... {len(rows) - 20} more rows")
     console.print(f"wrote {out}")
-    return 0
 
 
 def cli() -> None:

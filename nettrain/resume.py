@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from nettrain.config import ConfigError, flatten, matches
 from nettrain.files import timestamp
@@ -101,18 +101,29 @@ def read_summary(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def finished_already(summary_path: Path, epochs: int) -> dict[str, Any] | None:
-    """The summary of a run that has nothing left to do at `epochs` (printing why), else None."""
+def finished_already(
+    summary_path: Path, epochs: int, resume_from: Path | None = None, plain_config: dict | None = None
+) -> dict[str, Any] | None:
+    """The summary of a run that has nothing left to do at `epochs` (printing why), else None.
+    Given the resumed checkpoint or run (`resume_from`) and the command's config, a setting that
+    would change the run is refused here as when it resumes (`refused_changes`): a finished run
+    does not ignore `lr=0.1` silently."""
     previous = read_summary(summary_path)
-    if previous.get("status") in FINISHED and previous.get("epochs_run", 0) > epochs:
-        raise ConfigError(
-            [
-                f"epochs={epochs}: the run already trained {previous['epochs_run']} epochs; "
-                f"allowed: epochs >= {previous['epochs_run']} (a larger value trains longer)"
-            ]
-        )
-    if previous.get("status") not in FINISHED or not (previous["stopped_early"] or previous["epochs_run"] >= epochs):
+    if previous.get("status") not in FINISHED:
         return None
+    found = []
+    if previous.get("epochs_run", 0) > epochs:
+        found.append(
+            f"epochs={epochs}: the run already trained {previous['epochs_run']} epochs; "
+            f"allowed: epochs >= {previous['epochs_run']} (a larger value trains longer)"
+        )
+    elif not (previous["stopped_early"] or previous["epochs_run"] >= epochs):
+        return None  # it trains on: load_resume_point compares the config
+    if resume_from is not None and plain_config is not None:
+        old = finished_run_config(resume_from, summary_path.parent)
+        found = (refused_changes(resume_from, old, plain_config) if old is not None else []) + found
+    if found:
+        raise ConfigError(found)
     how = (
         "it stopped early: early_stopping.patience ran out"
         if previous["stopped_early"]
@@ -123,6 +134,43 @@ def finished_already(summary_path: Path, epochs: int) -> dict[str, Any] | None:
         f"epochs); nothing to do: {how}."
     )
     return {**previous, "already_finished": True}
+
+
+def finished_run_config(resume_from: Path, output_dir: Path) -> dict[str, Any] | None:
+    """The config a finished run trained with: its checkpoint's (the one given, or the run's newest
+    valid one), else its saved .hydra/config.yaml; None when neither can be read."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nettrain import checkpoint as ckpt
+
+    try:
+        if resume_from.is_file():
+            return ckpt.load_checkpoint(resume_from)["config"]
+        return ckpt.newest_valid(output_dir / "checkpoints", report=lambda line: None)[1]["config"]
+    except ckpt.CheckpointError:
+        pass
+    try:  # checkpoint.enabled=false: the config Hydra saved, already checked (saved_config_problems)
+        saved = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
+        if not isinstance(saved, DictConfig):
+            return None
+        for key in ("defaults", "hydra"):  # Hydra's own settings resolve only inside Hydra
+            saved.pop(key, None)
+        container = OmegaConf.to_container(saved, resolve=True)
+    except (OSError, ValueError, OmegaConfBaseException):
+        return None
+    return cast(dict[str, Any], container) if isinstance(container, dict) else None
+
+
+def refused_changes(resume_from: Path, old: dict, new: dict) -> list[str]:
+    """The problem line for the settings that differ from the resumed run and would change it (none: [])."""
+    changes = config_changes(old, new)
+    if not changes:
+        return []
+    return [
+        f"resume={str(resume_from)!r}: these settings differ from the run being resumed "
+        f"and would change it: {'; '.join(changes)}. Allowed to change on resume: "
+        + ", ".join(s.rstrip(".") + ("*" if s.endswith(".") else "") for s in SAFE_ON_RESUME)
+    ]
 
 
 def load_resume_point(resume_from: Path, output_dir: Path, plain_config: dict, report) -> dict[str, Any]:
@@ -142,15 +190,9 @@ def load_resume_point(resume_from: Path, output_dir: Path, plain_config: dict, r
                 "checkpoints/last.pt, previous.pt or best.pt, or one such file"
             ]
         ) from None
-    changes = config_changes(saved["config"], plain_config)
-    if changes:
-        raise ConfigError(
-            [
-                f"resume={str(resume_from)!r}: these settings differ from the run being resumed "
-                f"and would change it: {'; '.join(changes)}. Allowed to change on resume: "
-                + ", ".join(s.rstrip(".") + ("*" if s.endswith(".") else "") for s in SAFE_ON_RESUME)
-            ]
-        )
+    found = refused_changes(resume_from, saved["config"], plain_config)
+    if found:
+        raise ConfigError(found)
     report.note(
         f"resuming {output_dir} from {path.name}: epoch {saved['epoch']} done, "
         f"step {saved['progress']['step_in_epoch']} of the next"

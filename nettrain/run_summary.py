@@ -81,14 +81,7 @@ def write_summary(
         "status": status,
         "best_epoch": result.best_epoch,
         "best_val_loss": best_row.get("val_loss"),
-        "best_val_acc": best_row.get("val_acc"),
-        "test_loss": test.get("loss"),
-        "test_acc": test.get("acc"),
-        **(
-            {"best_val_r2": best_row.get("val_r2"), "test_r2": test.get("r2"), "test_mae": test.get("mae")}
-            if run.data.task == "regression"
-            else {}
-        ),
+        **task_figures(run.data.task, best_row, test),  # test_loss; accuracy, or regression's R² and MAE
         "class_names": run.data.meta.get("class_names"),
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
@@ -122,9 +115,27 @@ def write_summary(
     writer.json("summary.json", summary)
     run.state.extras["loggers"].finish(summary, writer.folder, status)
     reporter.summary(summary)
+    from nettrain.diagnosis import worse_from_the_start
+
+    if finding := worse_from_the_start(history):  # the run's own diagnosis, last: what to change
+        reporter.warn(finding)
     if result.interrupted:
         reporter.note(interrupted_note(stop.steps, cfg.checkpoint.enabled, writer.folder))
     return summary
+
+
+def task_figures(task: str, best_row: dict[str, Any], test: dict[str, float]) -> dict[str, Any]:
+    """The best epoch's figures beside its val_loss, and the test's: accuracy for classification;
+    R² and MAE for regression, which has no accuracy (no `test_acc None` in its summary)."""
+    if task == "regression":
+        return {
+            "best_val_r2": best_row.get("val_r2"),
+            "best_val_mae": best_row.get("val_mae"),
+            "test_loss": test.get("loss"),
+            "test_r2": test.get("r2"),
+            "test_mae": test.get("mae"),
+        }
+    return {"best_val_acc": best_row.get("val_acc"), "test_loss": test.get("loss"), "test_acc": test.get("acc")}
 
 
 def interrupted_note(steps: int, saved: bool, output_dir: Path) -> str:

@@ -7,12 +7,17 @@
 Each run dir gives one row: the swept values (the override keys whose values differ between the
 runs, read from each run's .hydra/overrides.yaml), the status (ok, early-stopped, failed with the
 error's first line, or incomplete: interrupted (resumable), or no summary.json at all: killed or
-still running), best epoch, best val loss and accuracy, test accuracy, epochs run, wall time and
-samples/s. The best finished row by the monitored metric (summary.json's "monitor": val_loss lower
-is better, val_acc higher) is marked. Written, atomically, into the output folder (`--out`; by
+still running), best epoch, best val loss and accuracy, test accuracy (regression: best val R² and
+MAE, test R² and MAE), epochs run, wall time and samples/s. The best finished row by the monitored
+metric (summary.json's "monitor": val_loss and val_mae lower is better, val_acc and val_r2 higher)
+is marked. Folders of dry runs and finders (dry_run=true, find=...) train nothing: they are left
+out, and counted. Runs on different data sets (their saved config's data section, loading and
+split settings aside) are never ranked together: a `data set` column names each one's, each data
+set's best is marked, and a warning says so. Written, atomically, into the output folder (`--out`; by
 default the folder given when it is one sweep, else the deepest folder holding every run):
 
-- summary.csv: the rows, full precision, plus `error` and `best` (1 on the best row) columns
+- summary.csv: the rows, full precision, plus `error` and `best` (1 on a best row) columns (and
+  `data_set` when the runs differ in data)
 - summary.md:  the same as a Markdown table
 - summary.png: the monitored metric against each swept parameter (log x for lr-like keys: any key
   ending in lr, weight_decay or l1, or positive values spanning two decades or more; mean with a
@@ -53,6 +58,15 @@ STATUS_NAMES = {
 FINISHED = ("ok", "early-stopped")
 MODES = MONITORED  # monitored metric -> "min" or "max"
 METRICS = ["best_epoch", "best_val_loss", "best_val_acc", "test_acc", "epochs_run", "wall_time_s", "samples_per_s"]
+REGRESSION_METRICS = ["best_val_r2", "best_val_mae", "test_r2", "test_mae"]  # shown when a run is a regression
+CLASSIFICATION_ONLY = ("best_val_acc", "test_acc")  # left out when every run is a regression
+# data keys that load, split, augment or encode a data set but do not make it another one: runs
+# that differ only in these are compared (and ranked) together
+NOT_THE_DATA_SET = (
+    *("in_memory", "num_workers", "download", "cache", "cache_dir", "on_bad_file"),
+    *("augment", "crop_padding", "mix", "mix_alpha", "image_size", "channels"),
+    *("val_fraction", "test_fraction", "split_seed", "features", "categorical", "impute"),
+)
 LR_LIKE_SUFFIXES = ("lr", "weight_decay", "l1")
 _MAX_SERIES = 8  # more series than this in one panel: plain points, no legend
 _MAX_LEGEND = 12  # more curves than this: no legend on the curves panel
@@ -165,8 +179,11 @@ class Run:
     status: str = "incomplete"  # ok | early-stopped | failed | incomplete
     error: str | None = None
     monitor: str | None = None
-    values: dict[str, Any] = field(default_factory=dict)  # METRICS keys
+    values: dict[str, Any] = field(default_factory=dict)  # METRICS and REGRESSION_METRICS keys
     curve: list[tuple[float, float]] = field(default_factory=list)  # (epoch, val_loss)
+    tool: str | None = None  # dry_run=true or find=...: a folder that trained nothing
+    data: dict[str, Any] | None = None  # the data set (the data section's identifying keys); None: unknown
+    data_label: str | None = None  # its short name in the table (set when runs differ in data)
 
     @property
     def finished(self) -> bool:
@@ -195,7 +212,7 @@ def read_run(run_dir: str | Path) -> Run:
             name=Path(run_dir).name,
             status="unreadable",
             error=f"holds symlinks (not read): {'; '.join(exc.found)}"[:200],
-            values={key: None for key in METRICS},
+            values={key: None for key in METRICS + REGRESSION_METRICS},
         )
     except Exception as exc:  # noqa: BLE001 - one damaged run must not cost the summary
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -204,7 +221,7 @@ def read_run(run_dir: str | Path) -> Run:
             name=Path(run_dir).name,
             status="unreadable",
             error=f"{type(exc).__name__}: {first}"[:200],
-            values={key: None for key in METRICS},
+            values={key: None for key in METRICS + REGRESSION_METRICS},
         )
 
 
@@ -212,9 +229,44 @@ class Unreadable(ValueError):
     """A run file whose content is not what nettrain writes."""
 
 
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's saved .hydra/config.yaml as plain data ({} when there is none; never composed)."""
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.exists():
+        return {}
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise Unreadable(f".hydra/config.yaml: {type(exc).__name__}") from None
+    if not isinstance(config, dict):
+        raise Unreadable(f".hydra/config.yaml holds a {type(config).__name__}, not a config")
+    return config
+
+
+def _tool(config: dict[str, Any], overrides: dict[str, Any]) -> str | None:
+    """'dry_run=true' or 'find=lr' for a folder a dry run or a finder wrote, else None."""
+    dry_run = config.get("dry_run", overrides.get("dry_run"))
+    find = config.get("find", overrides.get("find"))
+    if find:
+        return f"find={find}"
+    return "dry_run=true" if dry_run is True or str(dry_run).lower() == "true" else None
+
+
+def _data_set(config: dict[str, Any]) -> dict[str, Any] | None:
+    """What names the run's data set: its data section without NOT_THE_DATA_SET (None: unknown)."""
+    data = config.get("data")
+    if not isinstance(data, dict):
+        return None
+    return {key: value for key, value in data.items() if key not in NOT_THE_DATA_SET}
+
+
 def _read_run(run_dir: Path) -> Run:
     run = Run(path=run_dir, name=run_dir.name)
     run.overrides = _read_overrides(run.path)
+    config = _read_config(run.path)
+    run.tool, run.data = _tool(config, run.overrides), _data_set(config)
     metrics = _read_metrics(run.path)
     run.curve = [(r["epoch"], r["val_loss"]) for r in metrics if "val_loss" in r]
     summary: dict[str, Any] = {}
@@ -236,21 +288,28 @@ def _read_run(run_dir: Path) -> Run:
             signal = f" by signal {summary['signal']}" if summary.get("signal") else ""
             run.error = f"interrupted{signal}; nettrain-train resume=RUN_DIR continues it"
         run.monitor = summary.get("monitor")
-    run.values = {key: summary.get(key) for key in METRICS}
-    if metrics:  # fill what a failed or incomplete run's summary lacks from its epochs so far
-        monitor = run.monitor or "val_loss"
-        scored = [r for r in metrics if is_finite_number(r.get(monitor))]
-        run.values["epochs_run"] = run.values["epochs_run"] if run.values["epochs_run"] is not None else len(metrics)
-        if scored and run.values["best_epoch"] is None:
-            pick = min if MODES.get(monitor, "min") == "min" else max
-            best = pick(scored, key=lambda r: r[monitor])
-            run.values["best_epoch"] = int(best["epoch"])
-            run.values["best_val_loss"] = best.get("val_loss")
-            run.values["best_val_acc"] = best.get("val_acc")
-        if run.values["samples_per_s"] is None:
-            speeds = [r["samples_per_s"] for r in metrics if is_finite_number(r.get("samples_per_s"))]
-            run.values["samples_per_s"] = sum(speeds) / len(speeds) if speeds else None
+    run.values = {key: summary.get(key) for key in METRICS + REGRESSION_METRICS}
+    if metrics:
+        _fill_from_metrics(run, metrics)
     return run
+
+
+def _fill_from_metrics(run: Run, metrics: list[dict[str, float]]) -> None:
+    """What the summary lacks, from the epochs in metrics.csv: a failed or incomplete run's best
+    epoch so far, and the best epoch's validation figures a summary does not hold (val_mae)."""
+    monitor = run.monitor or "val_loss"
+    scored = [r for r in metrics if is_finite_number(r.get(monitor))]
+    run.values["epochs_run"] = run.values["epochs_run"] if run.values["epochs_run"] is not None else len(metrics)
+    if scored and run.values["best_epoch"] is None:
+        pick = min if MODES.get(monitor, "min") == "min" else max
+        run.values["best_epoch"] = int(pick(scored, key=lambda r: r[monitor])["epoch"])
+    best = next((r for r in metrics if r["epoch"] == run.values["best_epoch"]), None)
+    for key in ("best_val_loss", "best_val_acc", "best_val_r2", "best_val_mae"):
+        if best is not None and run.values[key] is None:
+            run.values[key] = best.get(key[len("best_") :])
+    if run.values["samples_per_s"] is None:
+        speeds = [r["samples_per_s"] for r in metrics if is_finite_number(r.get("samples_per_s"))]
+        run.values["samples_per_s"] = sum(speeds) / len(speeds) if speeds else None
 
 
 # -- the summary -------------------------------------------------------------------------------------
@@ -261,13 +320,36 @@ class SweepSummary:
     runs: list[Run]
     swept: list[str]  # override keys whose values differ between runs
     monitor: str
-    best: int | None  # index into runs of the best finished run
+    best: int | None  # index into runs of the best finished run (None when the runs differ in data)
     out_dir: Path
     written: list[Path] = field(default_factory=list)
+    left_out: list[Run] = field(default_factory=list)  # dry runs and finders: folders that trained nothing
+    best_by_data: dict[str, int] = field(default_factory=dict)  # data label -> its best run, when runs differ in data
 
     @property
     def mode(self) -> str:
         return MODES.get(self.monitor, "min")
+
+    @property
+    def bests(self) -> list[int]:
+        """The rows marked best: the one best run, or each data set's."""
+        return sorted(self.best_by_data.values()) if self.best_by_data else [] if self.best is None else [self.best]
+
+    @property
+    def metrics(self) -> list[str]:
+        """The figures shown: METRICS, with R² and MAE when a run is a regression (and without
+        the accuracies when every run is)."""
+        regression = [
+            run
+            for run in self.runs
+            if (run.data or {}).get("task") == "regression"
+            or any(run.values.get(k) is not None for k in REGRESSION_METRICS)
+        ]
+        if not regression:
+            return list(METRICS)
+        shown = [k for k in METRICS if k not in CLASSIFICATION_ONLY or len(regression) < len(self.runs)]
+        at = shown.index("epochs_run")
+        return shown[:at] + REGRESSION_METRICS + shown[at:]
 
     @property
     def counts(self) -> Counter:
@@ -327,14 +409,67 @@ def collect(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> S
     single = len(folders) == 1 and not is_run_dir(folders[0])
     base = folders[0].resolve() if single else _common_parent(run_dirs)  # runs are named relative to it
     out_dir = Path(out_dir).resolve() if out_dir is not None else base
-    runs = [read_run(d) for d in run_dirs]
-    for run in runs:
+    everything = [read_run(d) for d in run_dirs]
+    for run in everything:
         run.name = run.path.relative_to(base).as_posix()
+    runs = [run for run in everything if run.tool is None]
+    left_out = [run for run in everything if run.tool is not None]
+    if not runs:
+        raise FileNotFoundError(
+            f"no training runs in {', '.join(map(str, folders))}: {_left_out_text(left_out)}, which train nothing"
+        )
+    monitor = _monitor(runs)
+    summary = SweepSummary(runs=runs, swept=swept_keys(runs), monitor=monitor, best=None, out_dir=out_dir)
+    summary.left_out = left_out
+    groups = data_groups(runs)
+    if len(groups) > 1:  # never one best across data sets: each data set's own
+        summary.best_by_data = {
+            label: members[i]
+            for label, members in groups.items()
+            if (i := pick_best([runs[m] for m in members], _monitor([runs[m] for m in members]))) is not None
+        }
+    else:
+        summary.best = pick_best(runs, monitor)
+    return summary
+
+
+def _monitor(runs: Sequence[Run]) -> str:
+    """The runs' monitored metric (the most common; val_loss when none says)."""
     monitors = Counter(run.monitor for run in runs if run.monitor in MODES)
-    monitor = monitors.most_common(1)[0][0] if monitors else "val_loss"
-    return SweepSummary(
-        runs=runs, swept=swept_keys(runs), monitor=monitor, best=pick_best(runs, monitor), out_dir=out_dir
+    return monitors.most_common(1)[0][0] if monitors else "val_loss"
+
+
+def _left_out_text(left_out: Sequence[Run]) -> str:
+    kinds = Counter("dry run" if run.tool == "dry_run=true" else f"{run.tool} run" for run in left_out)
+    return (
+        f"{len(left_out)} folder{'s' if len(left_out) != 1 else ''} left out ("
+        + ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in sorted(kinds.items()))
+        + ")"
     )
+
+
+def data_groups(runs: Sequence[Run]) -> dict[str, list[int]]:
+    """The runs by data set, {label: indices}, and each run's `data_label` set when there are
+    several. A run whose data is unknown (no saved config) joins when every known run agrees."""
+    known = [run.data for run in runs if run.data is not None]
+    distinct = [d for i, d in enumerate(known) if d not in known[:i]]
+    if len(distinct) <= 1:
+        return {"": list(range(len(runs)))}
+    groups: dict[str, list[int]] = {}
+    for i, run in enumerate(runs):
+        label = "unknown data" if run.data is None else _data_label(run.data, distinct)
+        run.data_label = label
+        groups.setdefault(label, []).append(i)
+    return groups
+
+
+def _data_label(data: dict[str, Any], distinct: list[dict[str, Any]]) -> str:
+    """The data option's name (its target's last part: csv, synthetic), with the keys in which it
+    differs from the other data sets of that option (csv path=b.csv)."""
+    target = data.get("_target_")
+    kin = [d for d in distinct if d.get("_target_") == target]
+    keys = sorted({k for d in kin for k in {*d, *data} if d.get(k) != data.get(k)})
+    return str(target or "data").rsplit(".", 1)[-1] + "".join(f" {k}={fmt_value(data.get(k))}" for k in keys)
 
 
 # -- formatting ---------------------------------------------------------------------------------------
@@ -357,6 +492,10 @@ _CELL_FORMATS = {
     "epochs_run": "{:d}",
     "wall_time_s": "{:.1f}",
     "samples_per_s": "{:.0f}",
+    "best_val_r2": "{:.4f}",
+    "best_val_mae": "{:.4g}",
+    "test_r2": "{:.4f}",
+    "test_mae": "{:.4g}",
 }
 _HEADERS = {
     "best_epoch": "best epoch",
@@ -366,6 +505,10 @@ _HEADERS = {
     "epochs_run": "epochs",
     "wall_time_s": "wall s",
     "samples_per_s": "samples/s",
+    "best_val_r2": "best val_r2",
+    "best_val_mae": "best val_mae",
+    "test_r2": "test r2",
+    "test_mae": "test mae",
 }
 
 
@@ -384,20 +527,32 @@ def _shorten(text: str, width: int = 70) -> str:
 
 
 def table_rows(summary: SweepSummary, status_width: int = 70) -> tuple[list[str], list[list[str]]]:
-    """Header and display cells (as in the console and summary.md); the best row's first cell is '*'."""
-    header = ["best", "job", *summary.swept, "status", *(_HEADERS[k] for k in METRICS)]
+    """Header and display cells (as in the console and summary.md); a best row's first cell is '*'
+    (each data set's best when the runs differ in data, with a data column)."""
+    data = ["data set"] if summary.best_by_data else []
+    header = ["best", "job", *data, *summary.swept, "status", *(_HEADERS[k] for k in summary.metrics)]
     rows = []
     for i, run in enumerate(summary.runs):
         rows.append(
             [
-                "*" if i == summary.best else "",
+                "*" if i in summary.bests else "",
                 run.name,
+                *([run.data_label or "-"] if data else []),
                 *(fmt_value(run.overrides.get(k)) for k in summary.swept),
                 _shorten(run.status_text, status_width),
-                *(_cell(k, run.values.get(k)) for k in METRICS),
+                *(_cell(k, run.values.get(k)) for k in summary.metrics),
             ]
         )
     return header, rows
+
+
+def _best_text(summary: SweepSummary, index: int, monitor: str) -> str:
+    run = summary.runs[index]
+    keys = [k for k in summary.swept if run.overrides.get(k) is not None]
+    if summary.best_by_data:  # the data set is named already
+        keys = [k for k in keys if k != "data" and not k.startswith("data.")]
+    swept = ", ".join(f"{k}={fmt_value(run.overrides.get(k))}" for k in keys)
+    return run.name + (f" ({swept})" if swept else "") + f", {monitor} {run.values.get('best_' + monitor):.4f}"
 
 
 def _headline(summary: SweepSummary) -> str:
@@ -407,32 +562,38 @@ def _headline(summary: SweepSummary) -> str:
     ]
     better = "lower" if summary.mode == "min" else "higher"
     line = ", ".join(parts) + f"; monitor {summary.monitor} ({better} is better)"
-    if summary.best is not None:
-        run = summary.runs[summary.best]
-        swept = ", ".join(f"{k}={fmt_value(run.overrides.get(k))}" for k in summary.swept)
-        line += (
-            f"; best: {run.name}"
-            + (f" ({swept})" if swept else "")
-            + f", {summary.monitor} {run.values.get('best_' + summary.monitor):.4f}"
+    if summary.best_by_data:
+        labels = sorted({run.data_label or "-" for run in summary.runs})
+        line += f"; the runs are on {len(labels)} data sets ({', '.join(labels)}), so no best across them"
+        line += "; best per data set: "
+        line += "; ".join(
+            f"{label}: " + _best_text(summary, i, _monitor([r for r in summary.runs if r.data_label == label]))
+            for label, i in summary.best_by_data.items()
         )
+    elif summary.best is not None:
+        line += "; best: " + _best_text(summary, summary.best, summary.monitor)
     else:
         line += "; no finished run to rank"
+    if summary.left_out:
+        line += f"; {_left_out_text(summary.left_out)}: they train nothing"
     return line
 
 
 def to_csv(summary: SweepSummary) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["job", *summary.swept, "status", "error", *METRICS, "best"])
+    data = ["data_set"] if summary.best_by_data else []
+    writer.writerow(["job", *data, *summary.swept, "status", "error", *summary.metrics, "best"])
     for i, run in enumerate(summary.runs):
         writer.writerow(
             [
                 run.name,
+                *([run.data_label or ""] if data else []),
                 *("" if run.overrides.get(k) is None else run.overrides.get(k) for k in summary.swept),
                 run.status,
                 run.error or "",
-                *("" if run.values.get(k) is None else run.values.get(k) for k in METRICS),
-                1 if i == summary.best else 0,
+                *("" if run.values.get(k) is None else run.values.get(k) for k in summary.metrics),
+                1 if i in summary.bests else 0,
             ]
         )
     return buffer.getvalue()
@@ -444,7 +605,7 @@ def to_markdown(summary: SweepSummary, plot_name: str | None = "summary.png") ->
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    numeric = {_HEADERS[k] for k in METRICS}
+    numeric = {_HEADERS[k] for k in summary.metrics}
     align = ["---:" if h in numeric else "---" for h in header]
     text = [
         f"# Sweep summary: {summary.out_dir}",
@@ -478,13 +639,13 @@ def print_table(summary: SweepSummary, console=None) -> None:
             needed = sum(max(len(h), *(len(r[i]) for r in rows)) + 3 for i, h in enumerate(header)) + 1
             console = Console(highlight=False, width=max(80, needed))
     table = Table(title=f"sweep summary: {summary.out_dir}", caption=_headline(summary))
-    numeric = {_HEADERS[k] for k in METRICS}
+    numeric = {_HEADERS[k] for k in summary.metrics}
     for name in header:
         table.add_column(name, justify="right" if name in numeric else "left", no_wrap=name != "status")
     for i, (run, cells) in enumerate(zip(summary.runs, rows)):
         style = (
             "bold green"
-            if i == summary.best
+            if i in summary.bests
             else ("red" if run.status == "failed" else "yellow" if run.status == "incomplete" else None)
         )
         table.add_row(*cells, style=style)
@@ -726,6 +887,14 @@ def summarize(
     summary = collect(paths, out_dir)
     write(summary, plot=plot)
     if show:
+        if summary.left_out:
+            print(f"note: {_left_out_text(summary.left_out)}: they train nothing", file=sys.stderr)
+        if summary.best_by_data:
+            print(
+                f"warning: the runs differ in data ({', '.join(sorted(summary.best_by_data))}): their "
+                "losses do not compare, so each data set's best is marked, not one across them",
+                file=sys.stderr,
+            )
         print_table(summary, console=console)
         names = ", ".join(p.name for p in summary.written)
         if console is not None:

@@ -73,7 +73,7 @@ def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[s
             return {**previous, "already_finished": True}
         if status == INTERRUPTED and any((output_dir / "checkpoints").glob("*.pt")):
             resume_from = output_dir
-    if cfg.resume and (done := finished_already(summary_path, cfg.epochs)):
+    if cfg.resume and (done := finished_already(summary_path, cfg.epochs, resume_from, plain(cfg))):
         return done
 
     from nettrain.loop import StopRequest

@@ -219,3 +219,25 @@ def test_a_huge_lr_is_flagged_exploding(run):
     summary, _ = run(*QUICK, "lr=1.0")
     assert summary["diagnosis"]["verdict"] == EXPLODING
     assert "lower lr (now 1, try lr=0.1)" in summary["diagnosis"]["findings"][0]
+
+
+def test_validation_worse_from_the_first_epoch_is_found_only_then():
+    from nettrain.diagnosis import OVERFITTING, summary_of, worse_from_the_start
+
+    def history(val, train):
+        return [{"epoch": i, "val_loss": v, "train_loss": t, "lr": 0.01} for i, (v, t) in enumerate(zip(val, train), 1)]
+
+    rising = history([2.2, 2.5, 3.0, 3.5], [2.4, 0.2, 0.01, 0.003])
+    found = worse_from_the_start(rising)
+    assert found.startswith("validation got worse from the first epoch: val_loss 2.2 at epoch 1")
+    assert "3.5 at epoch 4" in found and "try a lower lr (now 0.01, try lr=0.001)" in found
+    assert worse_from_the_start(history([2.2, 2.0, 2.5, 3.0], [2.4, 1.0, 0.5, 0.1])) is None  # it improved first
+    assert worse_from_the_start(history([2.2, 2.5, 3.0], [2.4, 2.5, 2.6])) is None  # nothing learnt at all
+    assert worse_from_the_start(history([2.2, 2.5], [2.4, 0.2])) is None  # too few epochs to tell
+    assert worse_from_the_start(history([2.2, math.nan, 3.0], [2.4, 1.0, 0.1])) is None
+    healthy = diagnose(row(), None, WEIGHTS, lr=1e-3)
+    assert summary_of([healthy], found)["verdict"] == OVERFITTING
+    assert summary_of([healthy], found)["findings"] == [f"{OVERFITTING}: {found}"]
+    dead = diagnose(row(dead=0.75), None, WEIGHTS, lr=1e-3)
+    assert summary_of([dead], found)["verdict"] == DEAD  # the gradients' verdict comes first
+    assert summary_of([healthy])["verdict"] == HEALTHY

@@ -278,3 +278,94 @@ def test_the_callback_never_fails_the_sweep(tmp_path, capsys):
     assert sweep_callback.sweep_exit_code() == 0
     sweep_callback.SweepSummaryCallback(enabled=False).on_multirun_end(hydra_config(tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+# -- data sets, regression, folders that trained nothing ----------------------------------------------
+
+
+def with_config(run: Path, **config) -> Path:
+    """Give a fake run the .hydra/config.yaml nettrain-train saves (only the keys a test needs)."""
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    return run
+
+
+def test_runs_on_different_data_sets_are_never_ranked_together(tmp_path, capsys):
+    synthetic = {"_target_": "nettrain.data.synthetic", "num_samples": 300, "in_memory": True}
+    for job, (data, loss) in enumerate([(synthetic, 0.2), ({**synthetic, "in_memory": False}, 0.4)]):
+        with_config(fake_run(tmp_path / "same" / str(job), [f"lr={job}"], {}, val_losses=(1.0, loss)), data=data)
+    same = S.collect([tmp_path / "same"])  # in_memory loads the same data: one ranking
+    assert same.best == 0 and same.best_by_data == {} and "data set" not in S.table_rows(same)[0]
+
+    sets = [
+        ("a.csv", {"_target_": "nettrain.data.tabular.csv", "path": "a.csv", "target": "y"}, 0.9),
+        ("b.csv", {"_target_": "nettrain.data.tabular.csv", "path": "b.csv", "target": "y"}, 0.1),
+        ("a.csv", {"_target_": "nettrain.data.tabular.csv", "path": "a.csv", "target": "y"}, 0.5),
+        ("synthetic", synthetic, 0.3),
+    ]
+    root = tmp_path / "mixed"
+    for job, (_, data, loss) in enumerate(sets):
+        with_config(fake_run(root / str(job), [f"lr={job}"], {}, val_losses=(1.0, loss)), data=data)
+    assert S.main([str(root), "--no-plot"]) == 0
+    printed = capsys.readouterr()
+    summary = S.collect([root])
+    assert summary.best is None  # b.csv's 0.1 is not "the best" of runs on other data
+    assert summary.best_by_data == {"csv path=a.csv": 2, "csv path=b.csv": 1, "synthetic": 3}
+    assert "warning: the runs differ in data (csv path=a.csv, csv path=b.csv, synthetic)" in printed.err
+    with open(root / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["data_set"], r["best"]) for r in rows] == [
+        ("csv path=a.csv", "0"),
+        ("csv path=b.csv", "1"),
+        ("csv path=a.csv", "1"),
+        ("synthetic", "1"),
+    ]
+    md = (root / "summary.md").read_text()
+    assert "on 3 data sets (csv path=a.csv, csv path=b.csv, synthetic), so no best across them" in md
+    assert "csv path=a.csv: 2 (lr=2), val_loss 0.5000" in md
+
+
+def regression_run(path: Path, r2: list[float], mae: list[float], summary: dict | None, monitor: str) -> Path:
+    """A regression run dir: metrics.csv with val_r2 and val_mae, summary.json as given (an older
+    nettrain's summary has no best_val_mae), config.yaml with data.task=regression."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"early_stopping.monitor={monitor}"]))
+    with_config(path, data={"_target_": "nettrain.data.tabular.csv", "path": "r.csv", "task": "regression"})
+    with open(path / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "train_loss", "val_loss", "val_r2", "val_mae"])
+        for epoch, (a, b) in enumerate(zip(r2, mae), 1):
+            writer.writerow([epoch, 1.0, 1 - a, a, b])
+    if summary is not None:
+        (path / "summary.json").write_text(json.dumps({"status": "completed", "monitor": monitor, **summary}))
+    return path
+
+
+def test_regression_runs_show_r2_and_mae_and_rank_by_the_monitored_metric(tmp_path):
+    root = tmp_path / "r2"
+    for job, r2 in enumerate([0.5, 0.9, 0.7]):
+        regression_run(
+            root / str(job),
+            [0.1, r2],
+            [3.0, 1.0 - r2],
+            {"best_epoch": 2, "best_val_loss": 1 - r2, "best_val_r2": r2, "test_r2": r2 - 0.05, "test_mae": 1.5},
+            "val_r2",
+        )
+    assert S.main([str(root), "--no-plot"]) == 0
+    with open(root / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["best"] for r in rows] == ["0", "1", "0"]  # the highest R²
+    assert [float(r["test_r2"]) for r in rows] == pytest.approx([0.45, 0.85, 0.65]) and "test_acc" not in rows[0]
+    summary = S.collect([root])
+    assert summary.monitor == "val_r2" and summary.best == 1
+    header, rows = S.table_rows(summary)
+    assert {"best val_r2", "best val_mae", "test r2", "test mae"} <= set(header)
+    assert "test acc" not in header and "best val_acc" not in header  # every run is a regression
+    assert rows[1][header.index("test r2")] == "0.8500" and rows[1][header.index("best val_mae")] == "0.1"
+    assert "best: 1, val_r2 0.9000" in S.to_markdown(summary)
+
+    root = tmp_path / "mae"  # val_mae: lowest is best, read from metrics.csv where summary.json lacks it
+    for job, mae in enumerate([0.8, 0.3, 0.6]):
+        regression_run(root / str(job), [0.1, 0.5], [2.0, mae], {"best_epoch": 2, "best_val_loss": 0.5}, "val_mae")
+    summary = S.collect([root])
+    assert [run.values["best_val_mae"] for run in summary.runs] == [0.8, 0.3, 0.6]
+    assert summary.monitor == "val_mae" and summary.best == 1

@@ -149,6 +149,12 @@ def _digits_meta(class_names: list[str], name: str) -> dict[str, Any]:
     }
 
 
+def download_source(cls: Any) -> str:
+    """Where torchvision downloads data set class `cls` from (its URL, or its first mirror), for messages."""
+    mirrors = getattr(cls, "mirrors", None)
+    return str(getattr(cls, "url", None) or (mirrors[0] if mirrors else None) or "torchvision's servers")
+
+
 def torchvision_dataset(
     name: str = "MNIST", root: str = "data", download: bool = False, val_fraction: float = 0.1, split_seed: int = 0
 ) -> DataSplits:
@@ -183,7 +189,7 @@ def torchvision_dataset(
         raise DataError(f"data.root={root!r}: no {name} data in {raw} ({exc}); {hint}") from None
     except OSError as exc:  # download errors without a network
         raise DataError(
-            f"data.download=True: could not fetch {name} into {root!r} ({exc}); "
+            f"data.download=True: could not fetch {name} from {download_source(cls)} into {root!r} ({exc}); "
             "place the IDX files in the raw folder and set data.download=false"
         ) from None
     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from nettrain.data import DataError, DataSplits, Split, _split_indices
+from nettrain.data import DataError, DataSplits, Split, _split_indices, download_source
 from nettrain.data.image_folder import _as_size, channel_stats, image_meta
 
 
@@ -56,7 +56,7 @@ def _open(name: str, root: str, download: bool, part: str | None) -> Any:
         raise DataError(f"data.name={name!r}: {exc}") from None
     except OSError as exc:
         raise DataError(
-            f"data.download=True: could not fetch {name} into {root!r} ({exc}); "
+            f"data.download=True: could not fetch {name} from {download_source(cls)} into {root!r} ({exc}); "
             "place the files in data.root and set data.download=false"
         ) from None
 
