@@ -78,12 +78,20 @@ def finite_state(tensors: Iterable[torch.Tensor]) -> bool:
 
 
 def diverged_summary(
-    exc: Diverged, history: list[dict], writer: RunWriter, elapsed_s: float, extra: dict, plots: bool = True
+    exc: Diverged,
+    history: list[dict],
+    writer: RunWriter,
+    elapsed_s: float,
+    extra: dict,
+    plots: bool = True,
+    task: str = "classification",
 ) -> dict:
     """summary.json (strict JSON) and the plots of a run stopped by a non-finite loss, written
     through `writer` (a run_dir.RunWriter: rank 0's): status `diverged`, the message, the epochs
     completed and the best finite one; returns the summary (on every rank)."""
     import math
+
+    from nettrain.run_summary import task_figures
 
     finite = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
     best = min(finite, key=lambda r: r["val_loss"], default={})
@@ -94,9 +102,7 @@ def diverged_summary(
         "stopped_early": False,
         "best_epoch": best.get("epoch"),
         "best_val_loss": best.get("val_loss"),
-        "best_val_acc": best.get("val_acc"),
-        "test_loss": None,
-        "test_acc": None,
+        **task_figures(task, best, {}),  # no test: the run failed (test figures None)
         "wall_time_s": round(elapsed_s, 3),
         **extra,
     }

@@ -137,7 +137,8 @@ def _train(
     except Diverged as exc:  # the checkpoints keep the last finite state
         reporter.warn(str(exc))
         extra = {"seed": cfg.seed, "config_hash": config_hash(plain_config), "launch": launch_id()}
-        summary = diverged_summary(exc, run.state.history, writer, time.perf_counter() - started, extra, cfg.plots)
+        elapsed = time.perf_counter() - started
+        summary = diverged_summary(exc, run.state.history, writer, elapsed, extra, cfg.plots, run.data.task)
         run.state.extras["loggers"].finish(summary, output_dir, summary["status"])
         return summary
     return write_summary(cfg, run, result, writer, reporter, stop, record, started, memory)

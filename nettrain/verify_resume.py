@@ -25,6 +25,20 @@ from nettrain.files import timestamp
 from nettrain.metrics import INTERRUPTED, read_metrics
 
 TIMING = ("epoch_time_s", "samples_per_s")
+# the summary's results, classification's and regression's (a key neither run has compares equal)
+SUMMARY_KEYS = (
+    "status",
+    "best_epoch",
+    "epochs_run",
+    "best_val_loss",
+    "best_val_acc",
+    "best_val_r2",
+    "best_val_mae",
+    "test_loss",
+    "test_acc",
+    "test_r2",
+    "test_mae",
+)
 
 
 def _tensors(node: Any, prefix: str) -> dict[str, Any]:
@@ -93,7 +107,7 @@ def compare_runs(straight: Path, resumed: Path) -> list[str]:
                 differences.append(f"{key}: {va!r} vs {vb!r}")
     sa = json.loads((straight / "summary.json").read_text())
     sb = json.loads((resumed / "summary.json").read_text())
-    for key in ("status", "best_epoch", "epochs_run", "best_val_loss", "test_loss", "test_acc"):
+    for key in SUMMARY_KEYS:
         a, b = sa.get(key), sb.get(key)
         if a != b and not (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
             differences.append(f"summary {key}: {sa.get(key)} vs {sb.get(key)}")

@@ -81,3 +81,18 @@ def test_verify_resume_calls_identical_nans_identical(tmp_path):
     assert compare_runs(tmp_path / "a", tmp_path / "b") == []
     save_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt", _state(torch.tensor([1.0, 3.0, 2.0])))
     assert any(d.startswith("model.w") for d in compare_runs(tmp_path / "a", tmp_path / "b"))
+
+
+def test_verify_resume_compares_the_regression_results_too(tmp_path):
+    """A resumed regression run whose test R² differs is a difference, as a different test_acc is."""
+    from nettrain.checkpoint import save_checkpoint
+    from nettrain.verify_resume import SUMMARY_KEYS, compare_runs
+
+    assert {"test_r2", "test_mae", "best_val_r2", "best_val_mae"} <= set(SUMMARY_KEYS)
+    for name, r2 in (("a", 0.91), ("b", 0.92)):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        save_checkpoint(tmp_path / name / "checkpoints" / "last.pt", _state(torch.tensor([1.0, 2.0])))
+        (tmp_path / name / "metrics.csv").write_text("epoch,train_loss,val_loss\n1,0.5,0.4\n")
+        (tmp_path / name / "summary.json").write_text(json.dumps({"status": "completed", "test_r2": r2}))
+    found = compare_runs(tmp_path / "a", tmp_path / "b")
+    assert "summary test_r2: 0.91 vs 0.92" in found

@@ -127,3 +127,17 @@ def test_every_rank_stops_at_the_first_non_finite_step_of_any_rank(monkeypatch, 
     monkeypatch.setattr(distributed, "agree", agree)
     with pytest.raises(Diverged, match=expected):
         watch.check(5)
+
+
+def test_a_diverged_regression_run_has_regression_figures_not_test_acc(run, tmp_path):
+    """The summary of a diverged run names the task's figures: R² and MAE for regression, no accuracy."""
+    from made_data import table
+
+    data = table(tmp_path / "values.csv", task="regression")
+    csv = ["data=csv", f"data.path={data}", "data.target=value", "data.task=regression", "model.hidden=[16]"]
+    summary, out = run(*csv, "batch_size=32", *LATE)
+    assert summary["status"] == "diverged" and summary["epochs_run"] == 1
+    saved = strict_json(out / "summary.json")
+    assert "test_acc" not in saved and "best_val_acc" not in saved
+    assert saved["test_r2"] is None and saved["test_mae"] is None
+    assert saved["best_val_r2"] == pytest.approx(summary["best_val_r2"]) and math.isfinite(saved["best_val_mae"])
