@@ -1,13 +1,15 @@
 """`nettrain-predict RUN_DIR_or_CHECKPOINT INPUT... [--out FILE] [--top-k K]`: use a trained model.
 
-INPUT is image files, folders of images (searched recursively) or a CSV/Parquet table with the
-training table's feature columns (the target column may be there; it is ignored). The
+INPUT is image files, folders of images (searched recursively), a CSV/Parquet table with the
+training table's feature columns (the target column may be there; it is ignored), or, for a
+model trained on tensors (data=synthetic), a .safetensors file holding one float tensor of shape
+(N, *input_shape), taken as it is. The
 checkpoint's saved preprocessing (image size, channels, normalisation, feature statistics and
 categories, class names) is applied, so the data set itself is not needed. One row per input:
 
     input, prediction, probability, top1, top1_probability, ..., topK, topK_probability
 
-`input` is the file path or, for a table, FILE:ROW (row 1 is the first data row); `prediction`
+`input` is the file path or, for a table or a tensor file, FILE:ROW (row 1 is the first row); `prediction`
 is the class name (the value, for regression; then there are no probability columns).
 Written to --out, by default RUN_DIR/predict/<checkpoint>-<time>.csv; the first rows are printed.
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+TENSOR_SUFFIXES = (".safetensors",)  # the model's inputs as they are, for data with no file form (data=synthetic)
 
 
 class PredictError(ValueError):
@@ -33,7 +36,7 @@ class PredictError(ValueError):
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
-    """(image files, table files) from the command line; folders give their images."""
+    """(image files, table and tensor files) from the command line; folders give their images."""
     from nettrain.data.image_folder import IMAGE_EXTENSIONS, list_images
 
     images, tables = [], []
@@ -46,12 +49,15 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
             images += found
         elif not path.is_file():
             raise PredictError(f"{path}: no such file or folder")
-        elif path.suffix.lower() in TABLE_SUFFIXES:
+        elif path.suffix.lower() in TABLE_SUFFIXES + TENSOR_SUFFIXES:
             tables.append(path)
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(path)
         else:
-            raise PredictError(f"{path}: not an image ({', '.join(IMAGE_EXTENSIONS)}) or a table (.csv, .parquet)")
+            raise PredictError(
+                f"{path}: not an image ({', '.join(IMAGE_EXTENSIONS)}), a table (.csv, .parquet) or a tensor "
+                "file (.safetensors)"
+            )
     return images, tables
 
 
@@ -62,7 +68,7 @@ def image_inputs(paths: list[Path], prep: dict[str, Any]):
     from nettrain.data.image_folder import decode_image
 
     if prep.get("kind") != "image":
-        raise PredictError(f"{paths[0]}: an image, but the model was trained on {prep.get('kind')} data")
+        raise PredictError(f"{paths[0]}: an image, but {_trained_on(prep)}")
     decoded = []
     for path in paths:
         try:
@@ -92,13 +98,47 @@ def table_inputs(path: Path, prep: dict[str, Any]):
     from nettrain.data import DataError
     from nettrain.data.tabular import encode_rows
 
+    if path.suffix.lower() in TENSOR_SUFFIXES:
+        return tensor_inputs(path, prep)
     if prep.get("kind") != "table":
-        raise PredictError(f"{path}: a table, but the model was trained on {prep.get('kind')} data")
+        raise PredictError(f"{path}: a table, but {_trained_on(prep)}")
     try:
         records = table_records(path, prep)
         return [f"{path}:{i + 1}" for i in range(len(records))], encode_rows(records, prep)
     except DataError as exc:
         raise PredictError(f"{path}: {exc}") from None
+
+
+def _trained_on(prep: dict[str, Any]) -> str:
+    """'the model was trained on ...' and what it takes instead, for an input of the wrong kind."""
+    kind = prep.get("kind")
+    if kind == "tensor":
+        shape = ", ".join(str(d) for d in prep["input_shape"])
+        return f"the model was trained on tensors (data=synthetic); give a .safetensors file with one tensor of shape (N, {shape})"
+    return f"the model was trained on {kind} data"
+
+
+def tensor_inputs(path: Path, prep: dict[str, Any]):
+    """(row labels, inputs) from a .safetensors file holding one float tensor of shape
+    (N, *input_shape): a model trained on tensors takes them as they are (no preprocessing)."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if prep.get("kind") != "tensor":
+        raise PredictError(f"{path}: a tensor file, but {_trained_on(prep)}")
+    shape = tuple(prep["input_shape"])
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise PredictError(f"{path}: not a readable .safetensors file ({exc})") from None
+    x = next(iter(tensors.values())) if len(tensors) == 1 else None
+    if x is None or tuple(x.shape[1:]) != shape or not x.is_floating_point():
+        found = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in tensors.items()) or "no tensor"
+        raise PredictError(
+            f"{path}: holds {found}; allowed: one float tensor of shape (N, {', '.join(map(str, shape))})"
+        )
+    return [f"{path}:{i + 1}" for i in range(len(x))], x.to(torch.float32)
 
 
 def predict(

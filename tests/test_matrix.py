@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from made_data import CLASSES, image_folder, table, write_png
+from safetensors.torch import save_file
 
 from conftest import QUIET, cli, in_process
 
@@ -52,7 +54,7 @@ def predict_inputs(option: str, root: Path) -> list[str]:
         return [str(root / "digits")]  # 28 x 28 grayscale PNGs, as the digits are
     if option.startswith("csv"):
         return [str(root / ("classes.csv" if option == "csv_classification" else "values.csv"))]
-    return []  # synthetic: random tensors, no file form (predict_refuses_synthetic)
+    return [str(root / "tensors.safetensors")]  # synthetic: its tensors as they are (N, 1, 28, 28)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,7 @@ def root(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     for i in range(3):
         write_png(root / "digits" / f"{i}.png", rng.integers(0, 256, size=(28, 28), dtype=np.uint8))
+    save_file({"x": torch.randn(3, 1, 28, 28)}, root / "tensors.safetensors")  # what data=synthetic's model takes
     return root
 
 
@@ -77,8 +80,6 @@ def trained(request, root) -> tuple[str, list[str], Path]:
     return option, overrides, run_dir
 
 
-# Cells that fail today for a cause in the command's own module, each with that cause; strict: a
-# cell that passes fails the test, so the mark goes when the fix comes.
 def no_traceback(result) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     return result.stdout
@@ -130,7 +131,7 @@ def test_eval(trained, root):
 def test_predict(trained, root):
     option, _, run_dir = trained
     if option == "synthetic":
-        return predict_refuses_synthetic(run_dir, root)
+        predict_refuses_what_synthetic_data_is_not(run_dir, root)
     out = root / "predicted" / f"{option}.csv"
     args = [str(run_dir), *predict_inputs(option, root), "--out", str(out)]
     result = in_process("nettrain.predict:cli", "nettrain-predict", *args, cwd=root)
@@ -139,12 +140,21 @@ def test_predict(trained, root):
     assert len(rows) > 1 and rows[0].startswith("input,prediction")
 
 
-def predict_refuses_synthetic(run_dir: Path, root: Path) -> None:
-    """A model of data=synthetic (random tensors) takes no image and no table: exit 2, saying so."""
+def predict_refuses_what_synthetic_data_is_not(run_dir: Path, root: Path) -> None:
+    """A model of data=synthetic (random tensors) takes a tensor file, not an image or a table, and
+    a tensor file only of its input shape: exit 2, saying what it takes."""
+    save_file({"x": torch.zeros(2, 3, 28, 28)}, root / "wrong-shape.safetensors")
+    takes = "the model was trained on tensors (data=synthetic); give a .safetensors file with one tensor of shape (N, 1, 28, 28)"
     for given, kind in ((root / "digits" / "0.png", "an image"), (root / "classes.csv", "a table")):
         result = in_process("nettrain.predict:cli", "nettrain-predict", str(run_dir), str(given), cwd=root)
         assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert result.stderr.strip() == f"Error: {given}: {kind}, but the model was trained on tensor data"
+        assert result.stderr.strip() == f"Error: {given}: {kind}, but {takes}"
+    given = root / "wrong-shape.safetensors"
+    result = in_process("nettrain.predict:cli", "nettrain-predict", str(run_dir), str(given), cwd=root)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"Error: {given}: holds x: (2, 3, 28, 28) torch.float32; allowed: one float tensor of shape (N, 1, 28, 28)"
+    )
     assert not (run_dir / "predict").exists()
 
 
