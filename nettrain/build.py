@@ -262,6 +262,9 @@ def saved_preprocessing(state: dict[str, Any], source: str) -> dict[str, Any]:
             f"{source}: holds no preprocessing (it was written by an older nettrain), so the model's input "
             "is not known; train the model again"
         )
+    task = record.get("task", "classification")
+    if task not in ("classification", "regression"):
+        raise CheckpointError(f"{source}: preprocessing.task={task!r}; allowed: classification, regression")
     return {**record, **(state.get("model_io") or {})}
 
 

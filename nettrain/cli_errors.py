@@ -412,11 +412,10 @@ def composition_errors_exit_2(argv: list[str]) -> Iterator[None]:
             if found is None:
                 raise
             _report(found)
-        saved = from_saved_run(argv)
-        if saved is not None:  # a run folder's saved config (resume, a re-run): data, not code
+        if cfg.get("resume") or from_saved_run(argv):  # a run folder's saved config (resume, a re-run): data
             from nettrain import trust
 
-            source = f"the run folder's saved config ({saved}/config.yaml)"
+            source = f"the run folder's saved config ({config_dir(argv)}/config.yaml)"
             found = trust.problems(cfg, source, trust.trusted_from_overrides(_user_overrides(overrides)))
             if found:
                 _report(found, trust.UntrustedTargetError)

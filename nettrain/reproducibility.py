@@ -118,10 +118,30 @@ def _git(cwd: Path) -> dict[str, Any] | None:
 
     try:
         commit = run("rev-parse", "HEAD")
-        dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
-        return {"root": run("rev-parse", "--show-toplevel"), "commit": commit, "dirty": dirty}
+        root = run("rev-parse", "--show-toplevel")
     except (OSError, subprocess.SubprocessError):
         return None
+    return {"root": root, "commit": commit, "dirty": _dirty(run)}
+
+
+def _dirty(run: Any) -> bool | None:
+    """Whether tracked files differ from HEAD, or None when that would run a command the
+    repository's own config names: the working directory may be a folder someone sent, and `git
+    status` runs its fsmonitor hook (turned off here) and its filter drivers (then not checked)."""
+    try:
+        run("config", "--local", "--includes", "--get-regexp", r"^filter\.")
+        return None  # the repository defines filter drivers: status would run them
+    except subprocess.CalledProcessError:
+        pass  # exit 1: none defined
+    except (OSError, subprocess.SubprocessError):
+        return None
+    try:
+        status = run(
+            "-c", "core.fsmonitor=false", "status", "--porcelain", "--untracked-files=no", "--ignore-submodules=all"
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(status)
 
 
 def provenance(device: torch.device, data_fingerprint: str, argv: list[str] | None = None) -> dict[str, Any]:

@@ -209,11 +209,35 @@ def load_resume_point(resume_from: Path, output_dir: Path, plain_config: dict, r
 RERUN_DEFAULTS = ["nettrain_schema", "_self_"]  # the defaults list make_rerunnable writes
 
 
+SAVED_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml", "provenance.json")  # what a run's .hydra/ holds
+
+
 def saved_hydra_folder(config_dir: str | Path) -> bool:
-    """`config_dir` is a run's saved Hydra folder (RUN_DIR/.hydra: config.yaml beside hydra.yaml),
-    not a config dir of the user's own: what is composed from it is a file's, checked as data."""
+    """`config_dir` is a run's saved Hydra folder (RUN_DIR/.hydra: a config.yaml, in a folder named
+    .hydra or beside another file Hydra or nettrain writes there), not a config dir of the user's
+    own: what is composed from it is a file's, checked as data."""
     folder = Path(config_dir).expanduser()
-    return (folder / "config.yaml").is_file() and (folder / "hydra.yaml").is_file()
+    if not (folder / "config.yaml").is_file():
+        return False
+    return folder.name == ".hydra" or any((folder / name).exists() for name in SAVED_FILES[1:])
+
+
+def _planted(folder: Path) -> list[str]:
+    """Entries of a run's .hydra/ that Hydra could load by name when it composes from that folder
+    (it is first on the search path): a config other than nettrain's and Hydra's own files, or a
+    folder other than a resumed session's record, i.e. a schema or group option put there."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            if not entry.name.startswith("resume-"):
+                found.append(
+                    f"{entry}/: a folder of config options in a run's .hydra/ (nettrain writes only resume-*/ there)"
+                )
+        elif entry.suffix in (".yaml", ".yml") and entry.name not in SAVED_FILES:
+            found.append(f"{entry}: a config file in a run's .hydra/ that Hydra would load by its name")
+    if found:
+        found[-1] += "; nettrain composes a run folder's saved config with nothing planted beside it. Remove it"
+    return found
 
 
 _WROTE = "allowed: the config.yaml nettrain wrote for this run"
@@ -240,7 +264,7 @@ def saved_config_problems(config_yaml: Path) -> list[str]:
         raise ConfigError([f"{config_yaml}: not readable ({' '.join(str(exc).split())[:160]}); {_WROTE}"]) from None
     if not isinstance(saved, dict):
         raise ConfigError([f"{config_yaml}: holds a {type(saved).__name__}, not a config; {_WROTE}"])
-    found = []
+    found = _planted(config_yaml.parent)
     defaults = saved.get("defaults", RERUN_DEFAULTS)
     if defaults != RERUN_DEFAULTS:
         found.append(

@@ -193,6 +193,8 @@ def _why_unsafe(text: str) -> str | None:
     from omegaconf.errors import GrammarParseError
     from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser as Grammar
 
+    if "\\${" in text:  # resolves to a `${...}`, which Hydra resolves again when it builds
+        return "escapes an interpolation (\\${...})"
     try:
         tree = grammar_parser.parse(text, parser_rule="configValue")
     except GrammarParseError as exc:
@@ -223,6 +225,38 @@ def interpolation_problems(config: Any, source: str) -> list[str]:
                 f"hidden _target_ (oc.create, oc.decode, oc.select, ...). If the value is yours, give it on the "
                 f"command line instead ({key}=...)"
             )
+    return found
+
+
+def reinterpolations(config: Any, source: str) -> list[str]:
+    """One line per value of `config` (a DictConfig whose interpolations passed
+    :func:`interpolation_problems`) that resolves to text holding `${`: nettrain builds from the
+    resolved config, and Hydra's instantiate resolves what it is given once more, so such a value
+    (`${d}{oc.create:...}` with `d: $`) would become an interpolation only then. The help page
+    (hydra.help) is never built and not resolved here."""
+    from omegaconf import DictConfig, ListConfig
+
+    found = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, DictConfig) and not (node._is_none() or node._is_missing() or node._is_interpolation()):
+            for key in node.keys():
+                walk(node._get_node(key), f"{path}.{key!s}" if path else str(key))
+        elif isinstance(node, ListConfig) and not (node._is_none() or node._is_missing() or node._is_interpolation()):
+            for i in range(len(node)):
+                walk(node._get_node(i), f"{path}[{i}]")
+        elif node._is_interpolation() and not path.startswith("hydra.help."):
+            try:
+                value = node._dereference_node()._value()
+            except Exception:  # noqa: BLE001 - unresolvable here (a key Hydra sets later): no text to check
+                return
+            if isinstance(value, str) and "${" in value:
+                found.append(
+                    f"{path}={_short(node._value())} in {source}: resolves to {_short(value)}, an interpolation "
+                    "Hydra would resolve again when it builds; a config read from a file may not assemble one"
+                )
+
+    walk(config, "")
     return found
 
 
@@ -376,6 +410,9 @@ def problems(config: Any, source: str, trusted: Iterable[str] = (), trust_all: b
         return found
     if not isinstance(config, (DictConfig, ListConfig)):
         config = OmegaConf.create(config)
+    found = reinterpolations(config, source)
+    if found:
+        return found
     trusted = list(trusted)
     for key, target in targets(resolved_view(config)):
         if target is None and key.endswith("._target_"):

@@ -289,3 +289,15 @@ def test_checking_imports_no_module_the_file_names(tmp_path, monkeypatch):
 def test_trusted_from_overrides():
     got = trust.trusted_from_overrides(["trust_targets=[mypkg.*,other.Net]", "model._target_=x.Y", "lr=1"])
     assert got == ["mypkg.*", "other.Net", "x.Y"]
+
+
+def test_a_value_that_resolves_to_an_interpolation_is_refused():
+    """Hydra's instantiate resolves what nettrain hands it once more: text that only becomes
+    `${oc.create:...}` on the first resolution (escaped, or assembled from a `$`) is refused too."""
+    escaped = _cfg(model={"_target_": "nettrain.models.MLP", "extra": "\\${oc.create:{_target_: os.system}}"})
+    found = trust.problems(escaped, "f", trust_all=True)
+    assert len(found) == 1 and "escapes an interpolation" in found[0]
+    assembled = _cfg(model={"_target_": "nettrain.models.MLP", "d": "$", "extra": "${model.d}{oc.create:{}}"})
+    found = trust.problems(assembled, "f", trust_all=True)
+    assert len(found) == 1 and found[0].startswith("model.extra='${model.d}{oc.create:{}}' in f: resolves to ")
+    assert trust.problems(_cfg(model={"_target_": "nettrain.models.MLP", "d": "$", "x": "a${model.d}b"}), "f") == []

@@ -3,6 +3,7 @@ edited run config given to `resume=` are refused, and a sentinel file proves no 
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -112,6 +113,20 @@ def test_eval_of_an_ordinary_checkpoint_still_works(trained, capsys):
     assert main([str(trained)]) == 0
 
 
+def test_a_checkpoint_with_an_unknown_task_is_one_line_not_a_traceback(trained, tmp_path, capsys):
+    from nettrain.checkpoint import save_checkpoint
+    from nettrain.evaluate import main
+
+    state = torch.load(trained / "checkpoints" / "best.pt", weights_only=True)
+    state["preprocessing"]["task"] = "segmentation"
+    crafted = tmp_path / "crafted" / "checkpoints" / "best.pt"
+    crafted.parent.mkdir(parents=True)
+    save_checkpoint(crafted, state)
+    assert main([str(crafted)]) == 2
+    err = capsys.readouterr().err
+    assert "preprocessing.task='segmentation'; allowed: classification, regression" in err and "Traceback" not in err
+
+
 def test_resume_refuses_an_edited_callback_and_runs_no_payload(monkeypatch, tmp_path, capsys):
     from nettrain.train import main
 
@@ -155,8 +170,8 @@ def _edit_saved_config(run: Path, edit) -> None:
 
 def test_resume_refuses_a_group_option_planted_in_the_run_folder(monkeypatch, tmp_path, capsys):
     """--config-dir RUN/.hydra puts the run folder on the search path: a defaults list that pulls a
-    planted option in is refused before composing, and a planted option the user's own override
-    picks is refused after composing, by its target."""
+    planted option in is refused, and so is the planted option's folder itself, even when only the
+    user's own override would pick it."""
     run = _train(monkeypatch, tmp_path)
     sentinel = tmp_path / "SENTINEL"
     (run / ".hydra" / "hydra" / "launcher").mkdir(parents=True)
@@ -172,7 +187,7 @@ def test_resume_refuses_a_group_option_planted_in_the_run_folder(monkeypatch, tm
     assert "Traceback" not in err and not sentinel.exists()
     _edit_saved_config(run, lambda c: c.pop("defaults"))
     assert _resume(monkeypatch, run, "hydra/launcher=evil") == 2
-    assert "hydra.launcher._target_='nettrain.files.write_text'" in capsys.readouterr().err
+    assert f"{run / '.hydra' / 'hydra'}/: a folder of config options in a run's .hydra/" in capsys.readouterr().err
     assert not sentinel.exists()
 
 
@@ -283,3 +298,98 @@ def test_export_and_predict_refuse_a_crafted_checkpoint_and_run_no_payload(train
         assert f"_target_={target!r}" in err and "Traceback" not in err
     assert not sentinel.exists()
     assert not (crafted.parent.parent / "export").exists() and not (crafted.parent.parent / "predict").exists()
+
+
+@pytest.mark.parametrize("how", ["escaped", "assembled"])
+def test_a_checkpoint_value_that_becomes_an_interpolation_builds_nothing(trained, tmp_path, capsys, how):
+    """nettrain builds from the resolved config and Hydra resolves it again: `\\${oc.create:...}`,
+    or `${model.d}{oc.create:...}` with `d: $`, turns into the payload only then. Refused first."""
+    from nettrain.evaluate import main
+
+    sentinel = tmp_path / "SENTINEL"
+    state = torch.load(trained / "checkpoints" / "best.pt", weights_only=True)
+    node = dict(state["config"]["model"])
+    payload = _hidden(sentinel)
+    node.update(extra="\\" + payload) if how == "escaped" else node.update(d="$", extra="${model.d}" + payload[1:])
+    crafted = _craft(trained, tmp_path, "model", node)
+    for trust in ([], ["--trust"]):
+        assert main([str(crafted), *trust]) == 2
+        err = capsys.readouterr().err
+        assert "  - model.extra=" in err and "Traceback" not in err and err.count("Error:") == 1
+    assert not sentinel.exists()
+
+
+def test_resume_and_rerun_check_a_saved_config_whose_hydra_yaml_was_removed(monkeypatch, tmp_path, capsys):
+    """Which files sit beside config.yaml does not decide whether it is checked: without hydra.yaml
+    a resume and a re-run of the folder still refuse the planted resolver."""
+    from nettrain.train import main
+
+    run = _train(monkeypatch, tmp_path)
+    sentinel = tmp_path / "SENTINEL"
+    _edit_saved_config(run, lambda config: config["model"].update(extra=_hidden(sentinel)))
+    (run / ".hydra" / "hydra.yaml").unlink()
+    assert _resume(monkeypatch, run) == 2
+    assert "  - model.extra=" in capsys.readouterr().err
+    rerun = ["nettrain-train", "--config-dir", str(run / ".hydra"), "--config-name", "config", *QUIET]
+    monkeypatch.setattr(sys, "argv", [*rerun, f"hydra.run.dir={tmp_path / 'rerun'}"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2 and "  - model.extra=" in capsys.readouterr().err
+    assert not sentinel.exists() and not (tmp_path / "rerun").exists()
+
+
+@pytest.mark.parametrize("planted", ["nettrain_schema.yaml", "hydra/env/evil.yaml", "hydra/job_logging/default.yaml"])
+def test_resume_refuses_a_config_planted_beside_the_saved_one(monkeypatch, tmp_path, capsys, planted):
+    """The run's .hydra/ is first on Hydra's search path while resuming: a schema or an option file
+    of Hydra's own groups put there would replace nettrain's and Hydra's (hydra.job.env_set, a log
+    file anywhere). Anything but the files nettrain and Hydra write there is refused."""
+    run = _train(monkeypatch, tmp_path)
+    sentinel = tmp_path / "SENTINEL"
+    path = run / ".hydra" / planted
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"job:\n  env_set:\n    PLANTED: '{sentinel}'\n")
+    before = sorted(p.name for p in run.rglob("*"))
+    assert _resume(monkeypatch, run) == 2
+    err = capsys.readouterr().err
+    first = planted.split("/")[0]
+    assert f"{run / '.hydra' / first}" in err and "Traceback" not in err and err.count("Error:") == 1
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def _git(cwd: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_received_git_repository_runs_no_command_when_nettrain_records_provenance(monkeypatch, tmp_path):
+    """nettrain records the working directory's commit and dirty flag; a folder someone sent may
+    be a repository whose config names commands (core.fsmonitor, a filter driver) that `git
+    status` would run. Neither runs; the commit is still recorded."""
+    import json
+
+    from nettrain.train import main
+
+    home = tmp_path / "received"
+    home.mkdir()
+    hook, sentinel = home / "hook.sh", tmp_path / "SENTINEL"
+    hook.write_text(f"#!/bin/sh\ntouch {sentinel}\n")
+    hook.chmod(0o755)
+    _git(home, "init", "-q")
+    _git(home, "config", "user.email", "a@b.c")
+    _git(home, "config", "user.name", "a")
+    (home / "notes.txt").write_text("one\n")
+    (home / ".gitattributes").write_text("*.txt filter=evil\n")
+    _git(home, "add", "-A")
+    _git(home, "commit", "-q", "-m", "c")
+    _git(home, "config", "core.fsmonitor", str(hook))
+    _git(home, "config", "filter.evil.clean", f"touch {sentinel}; cat")
+    (home / "notes.txt").write_text("two\n")  # a changed file: status would run its clean filter
+    run = home / "run"
+    monkeypatch.chdir(home)
+    monkeypatch.setattr(sys, "argv", ["nettrain-train", *QUIET, *SMALL, f"hydra.run.dir={run}"])
+    main()
+    assert not sentinel.exists()
+    record = json.loads((run / ".hydra" / "provenance.json").read_text())["git"]
+    assert len(record["commit"]) == 40 and record["dirty"] is None  # not checked: filters would run
