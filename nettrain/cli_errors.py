@@ -52,28 +52,11 @@ def _group_options(hydra: Any, group: str) -> list[str]:
         return []
 
 
-def _options_with_key(hydra: Any, group: str, key: str) -> list[str]:
-    """The options of `group` whose config has `key` (e.g. the optimizers with momentum)."""
+def _option_keys(hydra: Any, group: str) -> dict[str, set[str]]:
+    """Each option of `group` and the keys of its config (a hint's material: sgd -> momentum, ...)."""
     from hydra.types import RunMode
 
-    found = []
-    for option in _group_options(hydra, group):
-        try:
-            cfg = hydra.config_loader.load_configuration(
-                config_name="train", overrides=[f"{group}={option}"], run_mode=RunMode.RUN
-            )
-        except Exception:  # noqa: BLE001
-            continue
-        if key in (cfg.get(group) or {}):
-            found.append(option)
-    return found
-
-
-def _group_keys(hydra: Any, group: str) -> list[str]:
-    """`group.key` for every key of every option of `group` (a hint for a key of another option)."""
-    from hydra.types import RunMode
-
-    keys: set[str] = set()
+    found = {}
     for option in _group_options(hydra, group):
         try:
             cfg = hydra.config_loader.load_configuration(
@@ -81,8 +64,18 @@ def _group_keys(hydra: Any, group: str) -> list[str]:
             )
         except Exception:  # noqa: BLE001 - only for a hint
             continue
-        keys.update(f"{group}.{key}" for key in (cfg.get(group) or {}))
-    return sorted(keys)
+        found[option] = set(cfg.get(group) or {})
+    return found
+
+
+def _options_with_key(hydra: Any, group: str, key: str) -> list[str]:
+    """The options of `group` whose config has `key` (e.g. the optimizers with momentum)."""
+    return [option for option, keys in _option_keys(hydra, group).items() if key in keys]
+
+
+def _group_keys(hydra: Any, group: str) -> list[str]:
+    """`group.key` for every key of every option of `group` (a hint for a key of another option)."""
+    return sorted({f"{group}.{key}" for keys in _option_keys(hydra, group).values() for key in keys})
 
 
 def _known_keys(hydra: Any, config_name: str | None, overrides: Sequence[str] = ()) -> list[str]:
