@@ -409,7 +409,8 @@ def composition_errors_exit_2(argv: list[str]) -> Iterator[None]:
             from nettrain import trust
 
             source = f"the run folder's saved config ({config_dir(argv)}/config.yaml)"
-            found = trust.problems(cfg, source, trust.trusted_from_overrides(_user_overrides(overrides)))
+            own = _user_overrides(overrides)
+            found = trust.problems(cfg, source, trust.trusted_from_overrides(own), given=trust.given_keys(own))
             if found:
                 _report(found, trust.UntrustedTargetError)
         if run_mode == RunMode.RUN and not inspecting and os.environ.get("HYDRA_FULL_ERROR") != "1":

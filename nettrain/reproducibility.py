@@ -110,10 +110,15 @@ def _version(package: str) -> str | None:
         return None
 
 
+# what a repository's own files cannot make git run here: hooks (post-index-change on an index
+# write), the fsmonitor, and, with --no-optional-locks, no index write at all
+GIT = ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "--no-optional-locks"]
+
+
 def _git(cwd: Path) -> dict[str, Any] | None:
     def run(*args: str) -> str:
         return subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+            [*GIT, *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
 
     try:
@@ -126,22 +131,21 @@ def _git(cwd: Path) -> dict[str, Any] | None:
 
 def _dirty(run: Any) -> bool | None:
     """Whether tracked files differ from HEAD, or None when that would run a command the
-    repository's own config names: the working directory may be a folder someone sent, and `git
-    status` runs its fsmonitor hook (turned off here) and its filter drivers (then not checked)."""
+    repository's own files name: the working directory may be a folder someone sent, and `git
+    status` runs filter drivers its config (or worktree config) defines; hooks and the fsmonitor
+    are off for every call (GIT). Filters of the user's own global or system config are fine."""
     try:
-        run("config", "--local", "--includes", "--get-regexp", r"^filter\.")
-        return None  # the repository defines filter drivers: status would run them
+        scopes = run("config", "--show-scope", "--includes", "--get-regexp", r"^filter\.")
     except subprocess.CalledProcessError:
-        pass  # exit 1: none defined
+        scopes = ""  # exit 1: no filter driver anywhere
     except (OSError, subprocess.SubprocessError):
         return None
+    if any(line.split("\t", 1)[0] not in ("global", "system") for line in scopes.splitlines()):
+        return None  # the repository defines filter drivers: status would run them
     try:
-        status = run(
-            "-c", "core.fsmonitor=false", "status", "--porcelain", "--untracked-files=no", "--ignore-submodules=all"
-        )
+        return bool(run("status", "--porcelain", "--untracked-files=no", "--ignore-submodules=all"))
     except (OSError, subprocess.SubprocessError):
         return None
-    return bool(status)
 
 
 def provenance(device: torch.device, data_fingerprint: str, argv: list[str] | None = None) -> dict[str, Any]:

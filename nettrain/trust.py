@@ -395,13 +395,46 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 5] + "...'"
 
 
-def problems(config: Any, source: str, trusted: Iterable[str] = (), trust_all: bool = False) -> list[str]:
+# settings of a run's saved config that send or write the run's data outside the run folder when it
+# is resumed or re-run: the user's to choose (where the decoded-image cache and a download go,
+# data.cache_dir and data.root, stay the file's: they write data nettrain decoded or fetched, in
+# files of its own naming, and a run's own data settings are needed to evaluate it)
+PLACES = {"logger.mlflow.uri": "where MLflow writes or sends the run's config and metrics"}
+
+
+def places_chosen(config: Any, source: str, given: Iterable[str] = ()) -> list[str]:
+    """One line per setting of :data:`PLACES` that `config` (read from `source`) sets to other
+    than its default (null or false) and the command line (`given`: its keys) does not."""
+    from omegaconf import OmegaConf
+
+    given = set(given)
+    found = []
+    for key, what in PLACES.items():
+        value = OmegaConf.select(config, key, default=None, throw_on_missing=False)
+        if value not in (None, False) and key not in given:
+            found.append(
+                f"{key}={_short(value)} in {source}: {what}, outside the run folder, is yours to choose, not a "
+                f"file's; if it is yours, give it on the command line ({key}=...)"
+            )
+    return found
+
+
+def given_keys(overrides: Iterable[str]) -> list[str]:
+    """The keys the command line sets (`key=value`, `+key=value`)."""
+    return [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+
+
+def problems(
+    config: Any, source: str, trusted: Iterable[str] = (), trust_all: bool = False, given: Iterable[str] | None = None
+) -> list[str]:
     """One line per thing in `config` (read from `source`) that nettrain will not build: an
     interpolation a file may not hold, or a `_target_` its slot does not take (checked where Hydra
     would build it, references followed).
 
     `trusted`: fnmatch patterns the user allowed (trust_targets=[...]); `trust_all`: the user
-    trusts the whole file (--trust). Neither lifts :data:`NEVER` nor the interpolation rule."""
+    trusts the whole file (--trust). Neither lifts :data:`NEVER` nor the interpolation rule.
+    `given`: the keys the command line sets, when the file is a run's saved config to resume or
+    re-run: then where it would send the run's data (:data:`PLACES`) is checked too."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     plain = OmegaConf.to_container(config, resolve=False) if isinstance(config, (DictConfig, ListConfig)) else config
@@ -437,6 +470,8 @@ def problems(config: Any, source: str, trusted: Iterable[str] = (), trust_all: b
                 f"trust this file, allow it deliberately: trust_targets=[{target}] on the command line "
                 "(nettrain-eval, -predict, -export: --trust)"
             )
+    if given is not None and not trust_all:
+        found += places_chosen(config, source, given)
     return found
 
 
@@ -462,9 +497,11 @@ def _what_slot_takes(key: str) -> str:
     return f"nettrain builds nothing at {slot} from a file"
 
 
-def check(config: Any, source: str, trusted: Iterable[str] = (), trust_all: bool = False) -> None:
-    """Raise UntrustedTargetError listing every `_target_` of `config` nettrain will not build."""
-    found = problems(config, source, trusted, trust_all)
+def check(
+    config: Any, source: str, trusted: Iterable[str] = (), trust_all: bool = False, given: Iterable[str] | None = None
+) -> None:
+    """Raise UntrustedTargetError listing everything in `config` nettrain will not build (:func:`problems`)."""
+    found = problems(config, source, trusted, trust_all, given)
     if found:
         raise UntrustedTargetError(found)
 

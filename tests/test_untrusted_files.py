@@ -362,18 +362,13 @@ def _git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_a_received_git_repository_runs_no_command_when_nettrain_records_provenance(monkeypatch, tmp_path):
-    """nettrain records the working directory's commit and dirty flag; a folder someone sent may
-    be a repository whose config names commands (core.fsmonitor, a filter driver) that `git
-    status` would run. Neither runs; the commit is still recorded."""
-    import json
+def _received_repository(home: Path, sentinel: Path, how: str) -> None:
+    """A git repository as someone could send it, naming a command that git would run: an
+    fsmonitor and a filter driver in its config, a post-index-change hook (run when status
+    refreshes a stale index, as after unpacking an archive), or a filter in its worktree config."""
+    import os
 
-    from nettrain.train import main
-
-    home = tmp_path / "received"
-    home.mkdir()
-    hook, sentinel = home / "hook.sh", tmp_path / "SENTINEL"
+    hook = home / "hook.sh"
     hook.write_text(f"#!/bin/sh\ntouch {sentinel}\n")
     hook.chmod(0o755)
     _git(home, "init", "-q")
@@ -383,13 +378,58 @@ def test_a_received_git_repository_runs_no_command_when_nettrain_records_provena
     (home / ".gitattributes").write_text("*.txt filter=evil\n")
     _git(home, "add", "-A")
     _git(home, "commit", "-q", "-m", "c")
-    _git(home, "config", "core.fsmonitor", str(hook))
-    _git(home, "config", "filter.evil.clean", f"touch {sentinel}; cat")
-    (home / "notes.txt").write_text("two\n")  # a changed file: status would run its clean filter
+    if how == "config":
+        _git(home, "config", "core.fsmonitor", str(hook))
+        _git(home, "config", "filter.evil.clean", f"touch {sentinel}; cat")
+        (home / "notes.txt").write_text("two\n")  # a changed file: status would run its clean filter
+    elif how == "worktree config":
+        _git(home, "config", "extensions.worktreeConfig", "true")
+        _git(home, "config", "--worktree", "filter.evil.clean", f"touch {sentinel}; cat")
+        (home / "notes.txt").write_text("two\n")
+    else:  # an index hook, and an index whose recorded file times no longer match
+        (home / ".git" / "hooks" / "post-index-change").symlink_to(hook)
+        os.utime(home / "notes.txt", (1, 1))
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+@pytest.mark.parametrize("how", ["config", "worktree config", "index hook"])
+def test_a_received_git_repository_runs_no_command_when_nettrain_records_provenance(monkeypatch, tmp_path, how):
+    """nettrain records the working directory's commit and dirty flag; a folder someone sent may
+    be a repository that makes `git status` run a command. None runs; the commit is still recorded."""
+    import json
+
+    from nettrain.train import main
+
+    home, sentinel = tmp_path / "received", tmp_path / "SENTINEL"
+    home.mkdir()
+    _received_repository(home, sentinel, how)
     run = home / "run"
     monkeypatch.chdir(home)
     monkeypatch.setattr(sys, "argv", ["nettrain-train", *QUIET, *SMALL, f"hydra.run.dir={run}"])
     main()
     assert not sentinel.exists()
     record = json.loads((run / ".hydra" / "provenance.json").read_text())["git"]
-    assert len(record["commit"]) == 40 and record["dirty"] is None  # not checked: filters would run
+    assert len(record["commit"]) == 40
+    assert record["dirty"] is (None if "config" in how else False)  # not checked where a filter would run
+
+
+def test_a_saved_config_does_not_choose_where_the_run_is_sent(monkeypatch, tmp_path, capsys):
+    """An MLflow tracking URI in a run's saved config would send the run (or write a database)
+    wherever the file says when it is resumed or re-run: refused unless the command line gives it."""
+    from nettrain.train import main
+
+    run = _train(monkeypatch, tmp_path)
+    uri = f"sqlite:///{tmp_path / 'elsewhere' / 'evil.db'}"
+    _edit_saved_config(run, lambda config: config["logger"]["mlflow"].update(uri=uri))
+    assert _resume(monkeypatch, run) == 2
+    err = capsys.readouterr().err
+    assert "  - logger.mlflow.uri='sqlite:///" in err and "is yours to choose, not a file's" in err
+    rerun = ["nettrain-train", "--config-dir", str(run / ".hydra"), "--config-name", "config", *QUIET]
+    monkeypatch.setattr(sys, "argv", [*rerun, f"hydra.run.dir={tmp_path / 'rerun'}"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2 and "logger.mlflow.uri=" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "rerun").exists()
+    monkeypatch.setattr(sys, "argv", [*rerun, f"hydra.run.dir={tmp_path / 'rerun'}", f"logger.mlflow.uri={uri}"])
+    main()  # the user's own choice: the re-run trains (MLflow is not among its loggers, so nothing is sent)
+    assert (tmp_path / "rerun" / "summary.json").is_file()
