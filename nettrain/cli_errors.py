@@ -294,6 +294,14 @@ def before_hydra(argv: list[str]) -> None:
         if why:
             _report([why])
     _received_folders(argv, multirun)
+    if any(arg.split("=", 1)[0] == "--experimental-rerun" for arg in argv[1:]):
+        _report(
+            [
+                "--experimental-rerun: Hydra's re-run unpickles the file it is given, and a pickle can run "
+                "any code; nettrain never unpickles a file. Re-run a run from its saved YAML instead: "
+                "nettrain-train --config-dir RUN_DIR/.hydra --config-name config"
+            ]
+        )
     launcher = _argv_value(argv, "hydra/launcher")
     if multirun and launcher in ("slurm", "submitit_slurm") and shutil.which("sbatch") is None:
         _report(

@@ -433,3 +433,24 @@ def test_a_saved_config_does_not_choose_where_the_run_is_sent(monkeypatch, tmp_p
     monkeypatch.setattr(sys, "argv", [*rerun, f"hydra.run.dir={tmp_path / 'rerun'}", f"logger.mlflow.uri={uri}"])
     main()  # the user's own choice: the re-run trains (MLflow is not among its loggers, so nothing is sent)
     assert (tmp_path / "rerun" / "summary.json").is_file()
+
+
+def test_hydras_pickle_rerun_is_refused_and_unpickles_nothing(monkeypatch, tmp_path, capsys):
+    """Hydra's --experimental-rerun loads a config.pickle: a pickle handed to nettrain-train would
+    run its payload. nettrain refuses the flag before Hydra sees it."""
+    import pickle
+
+    from nettrain.train import main
+
+    sentinel = tmp_path / "SENTINEL"
+    evil = tmp_path / "config.pickle"
+    evil.write_bytes(pickle.dumps(Payload(sentinel)))
+    monkeypatch.chdir(tmp_path)
+    for flag in (["--experimental-rerun", str(evil)], [f"--experimental-rerun={evil}"]):
+        monkeypatch.setattr(sys, "argv", ["nettrain-train", *flag])
+        with pytest.raises(SystemExit) as info:
+            main()
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "--experimental-rerun: Hydra's re-run unpickles the file it is given" in err and "Traceback" not in err
+    assert not sentinel.exists()
