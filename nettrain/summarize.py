@@ -207,22 +207,16 @@ def read_run(run_dir: str | Path) -> Run:
         return _read_run(Path(run_dir))
     except RunFolderLinkError as exc:
         print(f"warning: {exc}. Nothing in it was read: its row says unreadable", file=sys.stderr)
-        return Run(
-            path=Path(run_dir),
-            name=Path(run_dir).name,
-            status="unreadable",
-            error=f"holds symlinks (not read): {'; '.join(exc.found)}"[:200],
-            values={key: None for key in METRICS + REGRESSION_METRICS},
-        )
+        return _unreadable(Path(run_dir), f"holds symlinks (not read): {'; '.join(exc.found)}")
     except Exception as exc:  # noqa: BLE001 - one damaged run must not cost the summary
         first = (str(exc).strip().splitlines() or [""])[0]
-        return Run(
-            path=Path(run_dir),
-            name=Path(run_dir).name,
-            status="unreadable",
-            error=f"{type(exc).__name__}: {first}"[:200],
-            values={key: None for key in METRICS + REGRESSION_METRICS},
-        )
+        return _unreadable(Path(run_dir), f"{type(exc).__name__}: {first}")
+
+
+def _unreadable(run_dir: Path, error: str) -> Run:
+    """The row of a run that could not be read, with why (at most 200 characters)."""
+    values = {key: None for key in METRICS + REGRESSION_METRICS}
+    return Run(path=run_dir, name=run_dir.name, status="unreadable", error=error[:200], values=values)
 
 
 class Unreadable(ValueError):

@@ -96,20 +96,14 @@ def targets_in(node: Any) -> Iterator[str]:
     """Every `_target_` string in a config node (a DictConfig or plain dicts and lists), nested ones included."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
+    from nettrain.trust import targets
+
     if isinstance(node, (DictConfig, ListConfig)):
         try:
             node = OmegaConf.to_container(node, resolve=True)
         except Exception:  # noqa: BLE001 - a value that does not resolve: building reports it
             node = OmegaConf.to_container(node, resolve=False)
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "_target_" and isinstance(value, str):
-                yield value
-            else:
-                yield from targets_in(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            yield from targets_in(value)
+    return (value for key, value in targets(node) if key.endswith("_target_") and isinstance(value, str))
 
 
 def load_problem(target: str) -> str | None:
