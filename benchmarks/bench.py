@@ -199,7 +199,7 @@ def worker(kind: str, root: str, batch_size: int, device_name: str, threads: int
 
 def nettrain_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("nettrain-train")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "nettrain.train"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "nettrain.commands.train"]
 
 
 def run_checked(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -300,16 +300,16 @@ class AfterTorch(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, AfterTorch())
 sys.argv = ["nettrain-train", *sys.argv[2:]]
-import nettrain.train
-from nettrain.train import main
-marks["nettrain_imported"] = time.time()  # nettrain.train, Hydra and OmegaConf imported
-train = nettrain.train.train
+import nettrain.commands.train
+from nettrain.commands.train import main
+marks["nettrain_imported"] = time.time()  # nettrain.commands.train, Hydra and OmegaConf imported
+train = nettrain.commands.train.train
 
 def timed_train(*args, **kwargs):  # Hydra has composed the config and calls the task function
     marks["config_composed"] = time.time()
     return train(*args, **kwargs)
 
-nettrain.train.train = timed_train
+nettrain.commands.train.train = timed_train
 main()
 """
 
@@ -395,7 +395,7 @@ def first_step(args, work: Path) -> dict:
 
 def help_imports(work: Path) -> dict:
     code = (
-        "import sys; sys.argv = ['nettrain-train', '--help']\nfrom nettrain.train import main\n"
+        "import sys; sys.argv = ['nettrain-train', '--help']\nfrom nettrain.commands.train import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('TORCH', 'torch' in sys.modules, 'torchvision' in sys.modules)"
     )
@@ -668,7 +668,7 @@ def report(args, info: dict, results: dict, startup: dict, memory: dict, meta: d
         lines.append(f"\nNot measured (--max-minutes): batch {', '.join(map(str, meta['skipped_batch_sizes']))}.")
     dyn, ref = startup["import_torch_dynamo"], startup["reference_first_step"]
     phases = [
-        ("interpreter start, `import nettrain.train` (Hydra, OmegaConf)", "nettrain_imported_s", None),
+        ("interpreter start, `import nettrain.commands.train` (Hydra, OmegaConf)", "nettrain_imported_s", None),
         ("Hydra: command line, compose the config, run dir, logging", "config_composed_s", "nettrain_imported_s"),
         ("`import torch` (inside `train`)", "torch_imported_s", "config_composed_s"),
         (
@@ -717,7 +717,7 @@ def report(args, info: dict, results: dict, startup: dict, memory: dict, meta: d
         "or to a time the process prints (`import torch` done; the first step). The first-step target is "
         "judged against the end of `import torch` (like with like: neither includes an exit).",
         "",
-        "First training step: the command is run through nettrain's entry point (`nettrain.train.main`, what",
+        "First training step: the command is run through nettrain's entry point (`nettrain.commands.train.main`, what",
         "the console script calls) with one import hook that, once nettrain has imported torch, wraps",
         "`torch.Tensor.backward`; its first call (the first batch drawn and forwarded) records the time and",
         "ends the process.",

@@ -25,7 +25,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from nettrain.config import register_schema
+from nettrain.config.schema import register_schema
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -119,7 +119,7 @@ def cfg_for():
 @pytest.fixture
 def run(tmp_path, capsys):
     """Train in-process with overrides; returns (summary, output_dir)."""
-    from nettrain.train import train
+    from nettrain.commands.train import train
 
     def _run(*overrides: str, output_dir: Path | None = None):
         out = output_dir or tmp_path / "run"
@@ -191,11 +191,11 @@ def cli(
     if plots is not None and not any(a.startswith("plots=") or a in info for a in args):
         args = (*args, f"plots={str(plots).lower()}")
     if not process:
-        return in_process("nettrain.train:main", "nettrain-train", *args, cwd=cwd, env_extra=env_extra)
+        return in_process("nettrain.commands.train:main", "nettrain-train", *args, cwd=cwd, env_extra=env_extra)
     if process is True:
         import fresh
 
-        return fresh.command("nettrain.train:main", "nettrain-train", *args, cwd=cwd, env_extra=env_extra)
+        return fresh.command("nettrain.commands.train:main", "nettrain-train", *args, cwd=cwd, env_extra=env_extra)
     exe = Path(sys.executable).with_name("nettrain-train")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # torch's own thread count
     env.update(env_extra or {})
@@ -225,7 +225,8 @@ def in_process(entry: str, prog: str, *args: str, cwd: Path, env_extra: dict | N
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from nettrain import distributed, sweep_callback
+    from nettrain.engine import distributed
+    from nettrain.run import sweep_callback
 
     module, function = entry.split(":")
     saved_argv, saved_path, saved_env, saved_cwd = sys.argv, list(sys.path), dict(os.environ), os.getcwd()

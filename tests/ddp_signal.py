@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from nettrain import distributed
+from nettrain.engine import distributed
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
 
     distributed.SharedStop.tick = tick_with_signal  # type: ignore[method-assign]
     sys.argv = ["nettrain-train", *sys.argv[3:]]
-    from nettrain.train import main as train_main
+    from nettrain.commands.train import main as train_main
 
     train_main()
 

@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_distributed.py: the collectives of nettrain/distributed.py
+"""Run under torchrun by tests/test_distributed.py: the collectives of nettrain/engine/distributed.py
 on 2 gloo processes. Prints one `ok <check>` line per passed check on rank 0."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import signal
 
 import torch
 
-from nettrain import distributed as dist_lib
+from nettrain.engine import distributed as dist_lib
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 process or in a subprocess), and which modules a command imports.
 
 Signals: no sleeps and no race with the clock. The signal is raised from inside the loop's
-once-per-step `StopRequest.tick`, so the real handler (`nettrain.interrupt.stop_on_signals`) gets it
+once-per-step `StopRequest.tick`, so the real handler (`nettrain.engine.interrupt.stop_on_signals`) gets it
 right after step k, however busy the machine is. `signal.raise_signal` delivers it to the calling
 (main) thread, and Python runs the handler before `raise_signal` returns.
 
@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nettrain.interrupt import StopRequest
+from nettrain.engine.interrupt import StopRequest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,9 +65,9 @@ SIGNALLED = """
 import json, signal
 spec = json.loads(SPEC)
 import torch
-import nettrain.interrupt
+import nettrain.engine.interrupt
 steps = 0
-tick = nettrain.interrupt.StopRequest.tick
+tick = nettrain.engine.interrupt.StopRequest.tick
 def tick_and_signal(self):
     global steps
     steps += 1
@@ -75,7 +75,7 @@ def tick_and_signal(self):
         for sig in spec["signals"]:
             signal.raise_signal(sig)
     return tick(self)
-nettrain.interrupt.StopRequest.tick = tick_and_signal
+nettrain.engine.interrupt.StopRequest.tick = tick_and_signal
 save = torch.save
 def save_and_signal(*args, **kwargs):
     while steps >= spec["step"] and spec["during_save"]:
@@ -105,14 +105,14 @@ def cli_signalled(
     setup = f"SPEC = {json.dumps(json.dumps(spec))}\n" + SIGNALLED
     if not any(a.startswith("plots=") for a in args):  # as conftest.cli: matplotlib is most of a small run
         args = (*args, "plots=false")
-    return fresh.command("nettrain.train:main", "nettrain-train", *args, cwd=cwd, setup=setup)
+    return fresh.command("nettrain.commands.train:main", "nettrain-train", *args, cwd=cwd, setup=setup)
 
 
 # Runs one or more `nettrain-train` commands in turn in one interpreter; after each, its exit code
 # and whether torch and torchvision had been imported so far.
 IMPORTS = """
 import json, sys
-from nettrain.train import main
+from nettrain.commands.train import main
 for args in json.loads(sys.argv[1]):
     sys.argv = ["nettrain-train", *args]
     code = 0

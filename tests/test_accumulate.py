@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from nettrain.accumulate import Accumulation, optimizer_steps
-from nettrain.checkpoint import load_checkpoint
-from nettrain.loop import StopRequest
-from nettrain.train import train
+from nettrain.commands.train import train
+from nettrain.engine.accumulate import Accumulation, optimizer_steps
+from nettrain.engine.loop import StopRequest
+from nettrain.run.checkpoint import load_checkpoint
 
 # 106 training samples: one batch of 40 -> batches 40, 40, 26; four batches of 10 -> 11 batches
 # in groups of 4, 4, 3 holding 40, 40 and 26 samples (the last group short, its last batch partial).
@@ -87,7 +87,8 @@ def test_a_run_stopped_inside_a_group_resumes_exactly(tmp_path):
 
 
 def test_accumulate_steps_must_be_positive(cfg_for):
-    from nettrain.config import ConfigError, validate
+    from nettrain.config.schema import validate
+    from nettrain.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"trainer.accumulate_steps=0: must be an integer >= 1"):
         validate(cfg_for("trainer.accumulate_steps=0"))

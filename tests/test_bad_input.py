@@ -14,7 +14,7 @@ SMALL = ["data=synthetic", "data.num_samples=300", "epochs=1"]
 
 def run_cli(monkeypatch, capsys, cwd, *args: str) -> tuple[int, str]:
     """`nettrain-train ARGS` in this process (Hydra parses sys.argv); returns (exit code, stderr)."""
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     monkeypatch.chdir(cwd)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import REPO, cli
-from nettrain.metrics import read_metrics
+from nettrain.run.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -201,7 +201,11 @@ def test_a_users_own_config_dir_adds_options(tmp_path):
 
 def test_python_dash_m_works_and_help_lists_the_groups(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "nettrain.train", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "nettrain.commands.train", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0
     for line in (

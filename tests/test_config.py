@@ -9,9 +9,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from conftest import CONF, make_cfg
-from nettrain.build import instantiate as _instantiate
-from nettrain.config import ConfigError, problems, validate
-from nettrain.schedulers import LRSchedule, build_schedule
+from nettrain.config.schema import problems, validate
+from nettrain.engine.build import instantiate as _instantiate
+from nettrain.errors import ConfigError
+from nettrain.optim.schedulers import LRSchedule, build_schedule
 
 # Every option of every group, found by recursive glob: a new YAML file is covered automatically.
 # (conf/hydra/ holds launcher and sweeper presets: tests/test_launchers.py covers those.)
@@ -68,8 +69,8 @@ def data_files(name: str, mnist_root, tmp_path, monkeypatch) -> list[str]:
 
 @pytest.mark.parametrize("option", OPTIONS)
 def test_every_option_composes_and_builds(option, mnist_root, tmp_path, monkeypatch):
-    from nettrain.build import build_data, build_model
     from nettrain.data.preprocessing import input_transform
+    from nettrain.engine.build import build_data, build_model
 
     group, name = option.split("/", 1)
     overrides = [f"{group}={name}"]

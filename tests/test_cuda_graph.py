@@ -1,6 +1,6 @@
 """trainer.cuda_graph: which configurations capture the whole step, which fall back and why.
 
-The decision is a pure function of the settings (nettrain.cuda_graph.plan), so it is tested here
+The decision is a pure function of the settings (nettrain.engine.cuda_graph.plan), so it is tested here
 on any machine; tests/test_gpu.py replays the graphs themselves on CUDA.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import make_cfg
-from nettrain.cuda_graph import CAPTURABLE_OPTIMIZERS, compile_mode, optimizer_kwargs, plan
+from nettrain.engine.cuda_graph import CAPTURABLE_OPTIMIZERS, compile_mode, optimizer_kwargs, plan
 
 ADAM = "torch.optim.Adam"
 
@@ -148,9 +148,7 @@ def test_the_decision_does_not_import_torch():
     import subprocess
     import sys
 
-    code = (
-        "import sys; from nettrain.cuda_graph import plan; plan('auto', device='cuda'); print('torch' in sys.modules)"
-    )
+    code = "import sys; from nettrain.engine.cuda_graph import plan; plan('auto', device='cuda'); print('torch' in sys.modules)"
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         == "False"
@@ -172,7 +170,7 @@ def _batches(n=300, batch_size=64):
 def test_index_batches_select_the_rows_batches_serves():
     import torch
 
-    from nettrain.cuda_graph import IndexBatches
+    from nettrain.engine.cuda_graph import IndexBatches
 
     batches = _batches()
     view = IndexBatches(batches)
@@ -189,7 +187,7 @@ def test_index_batches_select_the_rows_batches_serves():
 
 
 def test_index_batches_know_the_epochs_batch_sizes():
-    from nettrain.cuda_graph import IndexBatches
+    from nettrain.engine.cuda_graph import IndexBatches
 
     assert IndexBatches(_batches(300, 64)).batch_sizes() == {64, 44}
     assert IndexBatches(_batches(256, 64)).batch_sizes() == {64}
@@ -199,8 +197,8 @@ def test_index_batches_know_the_epochs_batch_sizes():
 def test_index_batches_refuse_the_dataloader_path():
     import torch
 
-    from nettrain.cuda_graph import IndexBatches
     from nettrain.data import Batches, Split
+    from nettrain.engine.cuda_graph import IndexBatches
 
     loader = Batches(
         Split(torch.zeros(8, 1, 2, 2), torch.zeros(8, dtype=torch.long)), 4, torch.device("cpu"), in_memory=False
@@ -213,7 +211,7 @@ def test_index_batches_refuse_the_dataloader_path():
 
 
 def test_the_settings_values_are_checked_up_front():
-    from nettrain.config import problems
+    from nettrain.config.schema import problems
 
     assert problems(make_cfg("trainer.cuda_graph=always")) == ["trainer.cuda_graph='always': allowed: auto, on, off"]
     assert problems(make_cfg("trainer.compile=fast")) == [
@@ -224,7 +222,7 @@ def test_the_settings_values_are_checked_up_front():
 
 
 def test_on_with_settings_that_cannot_be_captured_is_refused_before_anything_is_built():
-    from nettrain.config import problems
+    from nettrain.config.schema import problems
 
     found = problems(make_cfg("trainer.cuda_graph=on", "device=cuda", "trainer.precision=fp16", "data.in_memory=false"))
     assert [p.split(": ")[2] for p in found] == ["trainer.precision='fp16'", "data.in_memory=false"]
@@ -253,7 +251,7 @@ def test_a_cpu_run_under_auto_trains_eagerly_without_a_word(run, capsys):
 def _built(*overrides):
     import torch
 
-    from nettrain.build import build_run
+    from nettrain.engine.build import build_run
 
     torch.manual_seed(0)
     return build_run(make_cfg("data=synthetic", "data.num_samples=300", *overrides), torch.device("cpu"))
@@ -274,8 +272,8 @@ def test_the_captured_body_computes_what_the_eager_step_computes(optimizer):
     the same losses, weights, optimizer state and gradient-mean sums, bit for bit."""
     import torch
 
-    from nettrain.cuda_graph import GraphStep, IndexBatches, tensor_lr
-    from nettrain.loop import LoopSettings, train_step
+    from nettrain.engine.cuda_graph import GraphStep, IndexBatches, tensor_lr
+    from nettrain.engine.loop import LoopSettings, train_step
 
     settings = LoopSettings(epochs=1, l1=1e-4, grad_clip=0.05)
     eager_run, graph_run = (
@@ -317,8 +315,8 @@ def test_the_captured_body_computes_what_the_eager_step_computes(optimizer):
 def test_a_failed_capture_falls_back_under_auto_and_stops_under_on(monkeypatch, run, capsys, tmp_path):
     """What happens when capturing raises (a model with data-dependent control flow, say): the
     step choice is exercised on CPU with a plan that captures and a GraphStep that fails."""
-    from nettrain import cuda_graph
-    from nettrain.config import ConfigError
+    from nettrain.engine import cuda_graph
+    from nettrain.errors import ConfigError
 
     def failing(**kwargs):
         raise cuda_graph.GraphCaptureError("capturing the step failed (RuntimeError: operation not permitted)")

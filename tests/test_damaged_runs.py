@@ -36,7 +36,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_summarize_marks_a_damaged_run_unreadable_and_writes_the_rest(tmp_path, capsys, damage):
-    from nettrain.summarize import main
+    from nettrain.commands.summarize import main
 
     sweep = tmp_path / "sweep"
     _good(sweep / "0")
@@ -67,9 +67,9 @@ def _state(weights):
 
 
 def test_verify_resume_calls_identical_nans_identical(tmp_path):
-    from nettrain.checkpoint import save_checkpoint
+    from nettrain.commands.verify_resume import compare_runs
     from nettrain.files import write_json
-    from nettrain.verify_resume import compare_runs
+    from nettrain.run.checkpoint import save_checkpoint
 
     for name in ("a", "b"):
         run = tmp_path / name
@@ -85,8 +85,8 @@ def test_verify_resume_calls_identical_nans_identical(tmp_path):
 
 def test_verify_resume_compares_the_regression_results_too(tmp_path):
     """A resumed regression run whose test R² differs is a difference, as a different test_acc is."""
-    from nettrain.checkpoint import save_checkpoint
-    from nettrain.verify_resume import SUMMARY_KEYS, compare_runs
+    from nettrain.commands.verify_resume import SUMMARY_KEYS, compare_runs
+    from nettrain.run.checkpoint import save_checkpoint
 
     assert {"test_r2", "test_mae", "best_val_r2", "best_val_mae"} <= set(SUMMARY_KEYS)
     for name, r2 in (("a", 0.91), ("b", 0.92)):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import write_mnist_raw
-from nettrain.data import NORMALISATION, Batches, DataError, mnist_sample, synthetic, torchvision_dataset
+from nettrain.data import NORMALISATION, Batches, mnist_sample, synthetic, torchvision_dataset
+from nettrain.errors import DataError
 
 
 def test_mnist_sample_is_5000_real_digits_split_deterministically():

@@ -12,9 +12,9 @@ import torch
 from made_data import CLASSES, accept_tiny_cifar, image_folder, table, tiny_cifar
 
 from conftest import make_cfg
-from nettrain.checkpoint import load_checkpoint
-from nettrain.config import ConfigError
-from nettrain.train import train
+from nettrain.commands.train import train
+from nettrain.errors import ConfigError
+from nettrain.run.checkpoint import load_checkpoint
 
 FAST = ["epochs=4", "batch_size=16", "lr=3e-3", "early_stopping.enabled=false"]
 
@@ -91,7 +91,7 @@ AUGMENTED = [
 
 
 def test_resume_mid_epoch_with_augmentation_on_is_bit_identical(folder, tmp_path):
-    from nettrain.interrupt import StopRequest
+    from nettrain.engine.interrupt import StopRequest
 
     common = ["data=image_folder", f"data.root={folder}", f"data.cache_dir={tmp_path / 'cache'}", *AUGMENTED]
     straight = tmp_path / "straight"
@@ -217,7 +217,7 @@ def _eval_files(run: Path) -> set[str]:
 def test_eval_on_a_folder_of_class_folders_needs_no_train_folder(folder, folder_run, tmp_path, capsys):
     import shutil
 
-    from nettrain.evaluate import evaluate_checkpoint, main
+    from nettrain.commands.evaluate import evaluate_checkpoint, main
 
     split = evaluate_checkpoint(folder_run)  # the run's test split: FOLDER/test, built with the run's data
     new = tmp_path / "new"
@@ -237,7 +237,7 @@ def test_eval_on_a_folder_of_class_folders_needs_no_train_folder(folder, folder_
 def test_eval_data_names_what_it_cannot_use(folder, folder_run, tmp_path, capsys):
     import shutil
 
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     new = tmp_path / "new"
     shutil.copytree(folder / "test" / "circle", new / "circle")
@@ -260,8 +260,8 @@ def test_eval_data_names_what_it_cannot_use(folder, folder_run, tmp_path, capsys
 
 
 def test_eval_on_a_labelled_table_matches_its_predictions(tmp_path, capsys):
-    from nettrain.evaluate import main
-    from nettrain.predict import predict
+    from nettrain.commands.evaluate import main
+    from nettrain.commands.predict import predict
 
     path = table(tmp_path / "t.csv", n=200)
     train(make_cfg("data=csv", f"data.path={path}", "data.target=label", *FAST), output_dir=tmp_path / "run")
@@ -304,8 +304,8 @@ def test_cifar10_trains_through_torchvision_on_a_tiny_copy(tmp_path, monkeypatch
 
 # -- nettrain-predict ---------------------------------------------------------------------------
 def test_prediction_on_the_saved_test_images_matches_eval(folder, folder_run, tmp_path, capsys):
-    from nettrain.evaluate import evaluate_checkpoint
-    from nettrain.predict import main as predict_main
+    from nettrain.commands.evaluate import evaluate_checkpoint
+    from nettrain.commands.predict import main as predict_main
 
     evaluated = evaluate_checkpoint(folder_run)
     out = tmp_path / "pred.csv"
@@ -327,7 +327,7 @@ def test_prediction_on_the_saved_test_images_matches_eval(folder, folder_run, tm
 
 
 def test_eval_of_data_that_does_not_fit_the_model_says_so(folder_run, capsys):
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     assert main([str(folder_run), "data.image_size=6"]) == 2
     err = capsys.readouterr().err
@@ -337,8 +337,8 @@ def test_eval_of_data_that_does_not_fit_the_model_says_so(folder_run, capsys):
 
 
 def test_prediction_on_a_table_gives_classes_and_regression_values(tmp_path):
-    from nettrain.predict import main as predict_main
-    from nettrain.predict import predict
+    from nettrain.commands.predict import main as predict_main
+    from nettrain.commands.predict import predict
 
     path = table(tmp_path / "r.csv", n=300, task="regression")
     train(
@@ -363,7 +363,7 @@ def test_prediction_on_a_table_gives_classes_and_regression_values(tmp_path):
 
 
 def test_predict_names_bad_inputs(folder_run, tmp_path, capsys):
-    from nettrain.predict import main as predict_main
+    from nettrain.commands.predict import main as predict_main
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")

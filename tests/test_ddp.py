@@ -15,7 +15,7 @@ import pytest
 from torchrun import torchrun, workers
 
 from conftest import make_cfg, needs_extra
-from nettrain.verify_resume import compare_runs
+from nettrain.commands.verify_resume import compare_runs
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def test_two_processes_leave_one_run_dir_and_print_once(straight):
 
 
 def test_two_processes_compute_what_one_process_computes(straight, tmp_path):
-    from nettrain.train import train
+    from nettrain.commands.train import train
 
     _, cwd = straight
     run_dir = only_run_dir(cwd)
@@ -101,8 +101,8 @@ def test_two_processes_compute_what_one_process_computes(straight, tmp_path):
 
 
 def test_checkpoints_move_between_one_and_two_processes(straight, tmp_path):
-    from nettrain.evaluate import evaluate_checkpoint
-    from nettrain.train import train
+    from nettrain.commands.evaluate import evaluate_checkpoint
+    from nettrain.commands.train import train
 
     run_dir = tmp_path / "copy"
     shutil.copytree(only_run_dir(straight[1]), run_dir)

@@ -13,7 +13,7 @@ from made_data import table
 from torchrun import workers
 
 from conftest import make_cfg
-from nettrain.metrics import read_metrics
+from nettrain.run.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ DIVERGING += ["lr=0.05", "epochs=3", "scheduler=step", "scheduler.step_size=1", 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
 def test_two_processes_validate_and_test_as_one_process_does(task, tmp_path):
-    from nettrain.train import train
+    from nettrain.commands.train import train
 
     if task == "regression":
         overrides = [*REGRESSION, f"data.path={table(tmp_path / 'r.csv', n=300, task='regression')}", *BASE]
@@ -85,7 +85,7 @@ def test_a_diverged_run_under_torchrun_is_written_by_rank_0_alone(tmp_path):
     run_dir, logs = tmp_path / "run", tmp_path / "logs"
     logs.mkdir()
     proc = fresh.torchrun(
-        "nettrain.train:main",
+        "nettrain.commands.train:main",
         "nettrain-train",
         *DIVERGING,
         "console.show_config=false",

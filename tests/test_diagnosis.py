@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from nettrain.diagnosis import (
+from nettrain.insight.diagnosis import (
     DEAD,
     EXPLODING,
     HEALTHY,
@@ -117,7 +117,7 @@ def test_forward_hooks_are_attached_only_for_sampled_steps():
 def test_a_skipped_update_before_a_sampled_step_still_hooks_it():
     """fp16: the GradScaler skips optimizer.step() (and its hooks) when gradients overflow; the
     gradient monitor, which counts every step, tells the probe instead."""
-    from nettrain.grad_monitor import GradientMonitor
+    from nettrain.insight.grad_monitor import GradientMonitor
 
     model = MLP((1, 2, 2), 2, hidden=[4])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -222,7 +222,7 @@ def test_a_huge_lr_is_flagged_exploding(run):
 
 
 def test_validation_worse_from_the_first_epoch_is_found_only_then():
-    from nettrain.diagnosis import OVERFITTING, summary_of, worse_from_the_start
+    from nettrain.insight.diagnosis import OVERFITTING, summary_of, worse_from_the_start
 
     def history(val, train):
         return [{"epoch": i, "val_loss": v, "train_loss": t, "lr": 0.01} for i, (v, t) in enumerate(zip(val, train), 1)]

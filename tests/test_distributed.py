@@ -1,4 +1,4 @@
-"""nettrain/distributed.py in one process: the torchrun and SLURM environments (faked), SLURM's
+"""nettrain/engine/distributed.py in one process: the torchrun and SLURM environments (faked), SLURM's
 host lists, the global-batch sharding arithmetic, the device and backend rules, the shared stop
 decision and the overrides that give every rank rank 0's run dir."""
 
@@ -10,15 +10,16 @@ import pytest
 from torchrun import workers
 
 from conftest import needs_extra
-from nettrain import distributed as dist_lib
-from nettrain.config import ConfigError, register_schema
-from nettrain.distributed import (
+from nettrain.config.schema import register_schema
+from nettrain.engine import distributed as dist_lib
+from nettrain.engine.distributed import (
     DistEnv,
     DistributedSetupError,
     detect,
     expand_nodelist,
     share_of,
 )
+from nettrain.errors import ConfigError
 
 TORCHRUN = {
     "RANK": "3",
@@ -297,7 +298,7 @@ def test_sync_bn_converts_batchnorm_in_a_group_and_needs_cuda(monkeypatch):
 def test_other_ranks_print_only_warnings_prefixed_with_their_rank(capsys):
     import warnings
 
-    from nettrain.report import Reporter
+    from nettrain.insight.report import Reporter
 
     Reporter(rank=1).note("epoch lines and notes stay with rank 0")
     Reporter(rank=1).warn("vanishing gradient in fc1.weight")
@@ -315,7 +316,7 @@ def test_other_ranks_print_only_warnings_prefixed_with_their_rank(capsys):
 def test_distributed_settings_are_validated_up_front():
     from hydra import compose, initialize_config_module
 
-    from nettrain.config import problems
+    from nettrain.config.schema import problems
 
     register_schema()
     bad = ["distributed.backend=mpi", "distributed.stop_check_every=0", "model.sync_bn=maybe"]

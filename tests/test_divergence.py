@@ -53,7 +53,7 @@ def test_divergence_in_the_first_epoch_leaves_no_checkpoint_and_null_metrics(run
 
 
 def test_the_cli_exits_3_with_one_message(monkeypatch, capsys, tmp_path):
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["nettrain-train", *QUIET, *SMALL, *LATE, f"hydra.run.dir={tmp_path / 'r'}"])
@@ -65,7 +65,7 @@ def test_the_cli_exits_3_with_one_message(monkeypatch, capsys, tmp_path):
 
 
 def test_summaries_count_a_diverged_run_as_failed(run, tmp_path):
-    from nettrain.summarize import summarize
+    from nettrain.commands.summarize import summarize
 
     sweep = tmp_path / "sweep"
     run(*SMALL, "optimizer=sgd", "lr=1e8", "epochs=2", output_dir=sweep / "0")
@@ -88,7 +88,7 @@ def test_strict_json_writer_turns_non_finite_numbers_into_null_with_the_reason(t
 
 
 def test_eval_of_a_diverged_run_says_so_and_exits_3(run, capsys):
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     summary, out = run(*SMALL, *LATE)
     assert summary["status"] == "diverged"
@@ -110,8 +110,8 @@ def test_eval_of_a_diverged_run_says_so_and_exits_3(run, capsys):
 def test_every_rank_stops_at_the_first_non_finite_step_of_any_rank(monkeypatch, own, expected):
     # another rank's loss became inf at its step 3 (0-based 2): this rank, whose own losses may all
     # be finite, must raise as well (else it would go on to validate alone), naming the earliest step
-    from nettrain import distributed
-    from nettrain.divergence import Diverged, LossWatch
+    from nettrain.engine import distributed
+    from nettrain.engine.divergence import Diverged, LossWatch
 
     watch = LossWatch(4, "cpu")
     for step, loss in enumerate(own):

@@ -1,20 +1,21 @@
-"""The README's "Where things live" table names every module, and only modules that exist."""
+"""The layout and the code's size limits."""
 
 from __future__ import annotations
 
-import re
-
 from conftest import REPO
 
+LAYOUT = {"commands", "config", "run", "engine", "insight", "models", "optim", "data", "conf"}
 
-def test_where_things_live_matches_the_files():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Where things live", 1)[1].split("\n## ", 1)[0]
-    named = set(re.findall(r"`(nettrain/[\w/]+\.py)`", section))
-    on_disk = {str(p.relative_to(REPO)) for p in (REPO / "nettrain").rglob("*.py") if p.name != "__init__.py"}
-    on_disk.add("nettrain/data/__init__.py")  # the data package's own module
-    assert named - on_disk == set(), "named in the README but missing"
-    assert on_disk - named == set(), "modules the README's table does not name"
+
+def test_every_module_lives_in_a_named_package():
+    """The layout says where things live: nothing flat in nettrain/ but errors.py and files.py
+    (the bottom layer), and no subpackage beyond the ones the developer guide names."""
+    flat = {p.name for p in (REPO / "nettrain").glob("*.py")}
+    assert flat == {"__init__.py", "errors.py", "files.py"}
+    packages = {p.name for p in (REPO / "nettrain").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert packages <= LAYOUT, packages - LAYOUT
+    for package in packages - {"conf"}:
+        assert (REPO / "nettrain" / package / "__init__.py").is_file(), package
 
 
 def test_the_code_keeps_its_size_limits():
@@ -23,9 +24,9 @@ def test_the_code_keeps_its_size_limits():
     import ast
     import inspect
 
-    from nettrain.loop import fit
+    from nettrain.engine.loop import fit
 
-    assert len((REPO / "nettrain" / "train.py").read_text().splitlines()) < 250
+    assert len((REPO / "nettrain" / "commands" / "train.py").read_text().splitlines()) < 250
     long = []
     for path in (REPO / "nettrain").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from nettrain.checkpoint import load_checkpoint
-from nettrain.ema import EMA, inference_weights
-from nettrain.evaluate import evaluate_checkpoint
-from nettrain.loop import StopRequest
-from nettrain.train import train
+from nettrain.commands.evaluate import evaluate_checkpoint
+from nettrain.commands.train import train
+from nettrain.engine.ema import EMA, inference_weights
+from nettrain.engine.loop import StopRequest
+from nettrain.run.checkpoint import load_checkpoint
 
 SETUP = [
     "data=synthetic",
@@ -64,7 +64,7 @@ def test_validation_best_checkpoint_and_test_use_the_ema_weights(tmp_path):
     best = evaluate_checkpoint(tmp_path / "run", split="test")  # best.pt
     assert best["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
     # eval, predict and export build their model with the same (EMA) weights
-    from nettrain.build import build_trained
+    from nettrain.engine.build import build_trained
 
     model = build_trained(last, "last.pt", device="cpu").model
     assert all(torch.equal(v, last["ema"]["weights"][k]) for k, v in model.state_dict().items())
@@ -84,7 +84,8 @@ def test_ema_resume_is_exact(tmp_path):
 
 
 def test_ema_decay_is_checked_up_front(cfg_for):
-    from nettrain.config import ConfigError, validate
+    from nettrain.config.schema import validate
+    from nettrain.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"trainer.ema_decay=1.5: must be null \(off\) or a number in \(0, 1\)"):
         validate(cfg_for("trainer.ema_decay=1.5"))

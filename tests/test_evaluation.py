@@ -1,5 +1,5 @@
-"""The one evaluation (nettrain/loop.py `evaluate`) against a hand computation over the whole split,
-and the run folder's one writer (nettrain/run_dir.py RunWriter): everything on rank 0, nothing elsewhere.
+"""The one evaluation (nettrain/engine/loop.py `evaluate`) against a hand computation over the whole split,
+and the run folder's one writer (nettrain/run/folder.py RunWriter): everything on rank 0, nothing elsewhere.
 The 2-process runs are in tests/test_ddp_evaluation.py."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from nettrain import distributed
 from nettrain.data import Batches, Split
-from nettrain.loop import evaluate
-from nettrain.run_dir import RunWriter
+from nettrain.engine import distributed
+from nettrain.engine.loop import evaluate
+from nettrain.run.folder import RunWriter
 
 
 def linear(inputs: int, outputs: int) -> nn.Module:
@@ -61,9 +61,9 @@ def test_a_rank_without_samples_contributes_zeros_to_the_sums(task):
 
 
 def test_the_writer_writes_on_rank_0_and_nothing_on_the_other_ranks(tmp_path, monkeypatch):
-    from nettrain.checkpoint import Checkpointer
-    from nettrain.divergence import Diverged, diverged_summary
-    from nettrain.metrics import MetricsWriter
+    from nettrain.engine.divergence import Diverged, diverged_summary
+    from nettrain.run.checkpoint import Checkpointer
+    from nettrain.run.metrics import MetricsWriter
 
     monkeypatch.chdir(tmp_path)  # a relative run folder, as `--out verify` or `hydra.run.dir=run` give
     rows = [{"epoch": 1, "train_loss": 1.0, "val_loss": 2.0, "lr": 0.1}]

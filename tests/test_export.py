@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import make_cfg, needs_extra
-from nettrain import export as export_lib
-from nettrain.config import ConfigError
-from nettrain.export import main as export_main
-from nettrain.train import train
+from nettrain.commands import export as export_lib
+from nettrain.commands.export import main as export_main
+from nettrain.commands.train import train
+from nettrain.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ from PIL import Image
 from hydra.utils import instantiate
 from safetensors.torch import load_model, save_file
 
-from nettrain.export import model_from_sidecar
+from nettrain.commands.export import model_from_sidecar
 
 
 def image(file, spec):
@@ -203,9 +203,9 @@ def test_a_fresh_process_rebuilds_the_model_and_its_input_from_the_sidecar_alone
     from probes import python_main
     from safetensors.torch import load_file
 
-    from nettrain.build import build_trained
+    from nettrain.commands.predict import image_inputs, table_inputs
     from nettrain.data.preprocessing import input_transform
-    from nettrain.predict import image_inputs, table_inputs
+    from nettrain.engine.build import build_trained
 
     args = []
     for name, (run_dir, inputs) in exported.items():
@@ -248,7 +248,7 @@ def _crafted_sidecar(exported, tmp_path, model: dict) -> Path:
 @pytest.mark.parametrize("payload", ["builtins.open", "nested", "resolver", "unknown"])
 @pytest.mark.parametrize("trust", [False, True])
 def test_a_crafted_sidecar_is_refused_before_anything_is_built(exported, tmp_path, payload, trust):
-    from nettrain.trust import UntrustedTargetError
+    from nettrain.errors import UntrustedTargetError
 
     sentinel = tmp_path / "SENTINEL"
     cnn = dict(_sidecar(exported["image"][0])["model"])
@@ -277,9 +277,9 @@ def test_a_crafted_sidecar_is_refused_before_anything_is_built(exported, tmp_pat
 
 @pytest.mark.parametrize("command", ["eval", "predict", "export"])
 def test_a_checkpoint_without_its_preprocessing_is_named_with_exit_2(run_dir, tmp_path, capsys, command):
-    from nettrain.checkpoint import save_checkpoint
-    from nettrain.evaluate import main as eval_main
-    from nettrain.predict import main as predict_main
+    from nettrain.commands.evaluate import main as eval_main
+    from nettrain.commands.predict import main as predict_main
+    from nettrain.run.checkpoint import save_checkpoint
 
     state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     del state["preprocessing"]

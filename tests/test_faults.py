@@ -20,7 +20,8 @@ SMALL = ["data=synthetic", "data.num_samples=300", "model.hidden=[16]", "early_s
 def _fail_writes(monkeypatch, code: int, after: int, name: str = "last.pt"):
     """Let `after` writes of a file called `name` succeed, then fail the next with OSError(code),
     as the disk or the file system would (inside the write, so nettrain's own handling runs)."""
-    from nettrain import checkpoint, files
+    from nettrain import files
+    from nettrain.run import checkpoint
 
     real = files.atomic_write
     count = {"n": 0}
@@ -44,7 +45,7 @@ def _fail_writes(monkeypatch, code: int, after: int, name: str = "last.pt"):
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS])
 def test_a_write_fault_ends_with_one_message_and_earlier_checkpoints_intact(monkeypatch, capsys, tmp_path, code):
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     out = tmp_path / "r"
     _fail_writes(monkeypatch, code, after=1)
@@ -70,7 +71,7 @@ def test_a_file_size_limit_ends_with_one_message(tmp_path):
 
     limit = "import resource\nresource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))\n"
     args = [*QUIET, *SMALL, "epochs=2", "model.hidden=[64]", "hydra.run.dir=r"]
-    proc = fresh.command("nettrain.train:main", "nettrain-train", *args, cwd=tmp_path, setup=limit)
+    proc = fresh.command("nettrain.commands.train:main", "nettrain-train", *args, cwd=tmp_path, setup=limit)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.count("Error:") == 1 and "Traceback" not in proc.stderr
     assert "File too large" in proc.stderr and ".pt" in proc.stderr

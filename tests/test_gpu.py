@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from nettrain.checkpoint import load_checkpoint
-from nettrain.config import ConfigError
-from nettrain.loop import StopRequest
-from nettrain.metrics import read_metrics
-from nettrain.train import train
+from nettrain.commands.train import train
+from nettrain.engine.loop import StopRequest
+from nettrain.errors import ConfigError
+from nettrain.run.checkpoint import load_checkpoint
+from nettrain.run.metrics import read_metrics
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -123,7 +123,7 @@ def test_fp16_falls_back_to_the_eager_step_and_on_refuses_it(tmp_path, capsys):
 
 
 def _graph_step(model, optimizer, n=512, size=64, **kwargs):
-    from nettrain.cuda_graph import GraphStep
+    from nettrain.engine.cuda_graph import GraphStep
 
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(n, 1, 28, 28, device="cuda", generator=g)
@@ -151,11 +151,11 @@ def test_graph_replays_make_no_host_sync():
     """torch reports every synchronising call; with "error" it raises. The whole step and a
     warmup schedule (a tensor lr filled in place) for 30 steps, without one."""
     from nettrain.models import MLP
-    from nettrain.schedulers import LRSchedule
+    from nettrain.optim.schedulers import LRSchedule
 
     model = MLP(input_shape=[1, 28, 28], num_classes=10, norm="batchnorm", dropout=0.2).cuda()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True, capturable=True)
-    from nettrain.cuda_graph import tensor_lr
+    from nettrain.engine.cuda_graph import tensor_lr
 
     tensor_lr(optimizer, torch.device("cuda"))
     schedule = LRSchedule(optimizer, warmup_steps=20)
@@ -231,7 +231,7 @@ def test_batch_size_finder_confirms_its_batch_with_one_real_step_on_cuda(tmp_pat
 
 # last: a failed capture is the one test that leaves CUDA an error to clear
 def test_a_model_whose_control_flow_reads_its_data_is_not_captured_and_is_left_as_it_was():
-    from nettrain.cuda_graph import GraphCaptureError
+    from nettrain.engine.cuda_graph import GraphCaptureError
 
     class Branchy(torch.nn.Module):
         def __init__(self):

@@ -11,7 +11,7 @@ import yaml
 from hydra import compose, initialize_config_module
 
 from conftest import CONF, cli
-from nettrain.help import HIDDEN_KEYS, option_doc, render, schema_sections
+from nettrain.config.help import HIDDEN_KEYS, option_doc, render, schema_sections
 
 
 def help_page(*overrides: str) -> str:

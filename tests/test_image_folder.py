@@ -8,8 +8,8 @@ import pytest
 import torch
 from made_data import CLASSES, image_folder, write_png
 
-from nettrain.data import DataError
 from nettrain.data.image_folder import image_folder as load
+from nettrain.errors import DataError
 
 
 def test_folder_is_decoded_to_uint8_with_its_own_size_channels_and_class_names(tmp_path):
@@ -126,9 +126,9 @@ def test_training_with_files_decoded_by_workers_gives_the_in_memory_runs_numbers
     """in_memory=false with 2 DataLoader workers: the same sample order, so the same losses and
     weights as the decoded-in-memory run, and no cache written."""
     from conftest import make_cfg
-    from nettrain.checkpoint import load_checkpoint
-    from nettrain.metrics import read_metrics
-    from nettrain.train import train
+    from nettrain.commands.train import train
+    from nettrain.run.checkpoint import load_checkpoint
+    from nettrain.run.metrics import read_metrics
 
     root = image_folder(tmp_path / "imgs", per_class=20, size=12, splits=("train", "test"))
     common = ["data=image_folder", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", "epochs=2"]

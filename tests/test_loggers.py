@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import needs_extra
-from nettrain.loggers import LoggerGroup, build_loggers, problems
+from nettrain.insight.loggers import LoggerGroup, build_loggers, problems
 
 ROWS = [
     {
@@ -195,8 +195,8 @@ STEPS_PER_EPOCH = 4  # 240 training samples, batch 64
 @needs_extra("tensorboard", "tensorboard")
 def test_a_run_logs_every_epoch_to_tensorboard_and_resumes_without_duplicates(tmp_path):
     from conftest import make_cfg
-    from nettrain.loop import StopRequest
-    from nettrain.train import train
+    from nettrain.commands.train import train
+    from nettrain.engine.loop import StopRequest
 
     out = tmp_path / "run"
     overrides = (*RUN, "epochs=3", "loggers=[csv,tensorboard]")
@@ -222,8 +222,8 @@ def test_a_run_logs_params_metrics_tags_and_artifacts_to_mlflow_and_resumes_the_
     from mlflow.tracking import MlflowClient
 
     from conftest import make_cfg
-    from nettrain.loop import StopRequest
-    from nettrain.train import train
+    from nettrain.commands.train import train
+    from nettrain.engine.loop import StopRequest
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -246,7 +246,8 @@ def test_choosing_a_logger_without_its_package_is_a_config_error(tmp_path, monke
     import importlib.util
 
     from conftest import make_cfg
-    from nettrain.config import ConfigError, validate
+    from nettrain.config.schema import validate
+    from nettrain.errors import ConfigError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
@@ -263,7 +264,7 @@ def test_mlflow_without_a_uri_uses_its_default_local_store_in_the_working_direct
     from mlflow.tracking import MlflowClient
 
     from conftest import make_cfg
-    from nettrain.train import train
+    from nettrain.commands.train import train
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

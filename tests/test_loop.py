@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from conftest import SimpleNet, make_cfg
-from nettrain.checkpoint import load_checkpoint
+from nettrain.commands.train import train
 from nettrain.data import Batches, mnist_sample
-from nettrain.early_stopping import EarlyStopping
-from nettrain.grad_monitor import GradientMonitor
-from nettrain.loop import l1_penalty
-from nettrain.metrics import read_metrics
-from nettrain.train import train
+from nettrain.engine.early_stopping import EarlyStopping
+from nettrain.engine.loop import l1_penalty
+from nettrain.insight.grad_monitor import GradientMonitor
+from nettrain.run.checkpoint import load_checkpoint
+from nettrain.run.metrics import read_metrics
 
 SHORT = ["data=synthetic", "data.num_samples=400", "epochs=3", "early_stopping.enabled=false"]
 
@@ -142,7 +142,7 @@ def test_run_stops_after_3_epochs_without_improvement_and_restores_best_weights(
     assert best_ckpt["epoch"] == best + 1 and last_ckpt["epoch"] == len(rows)
     # the test split was evaluated with the best weights: re-evaluate them and compare
     from nettrain.data import synthetic
-    from nettrain.loop import evaluate
+    from nettrain.engine.loop import evaluate
     from nettrain.models import MLP
 
     model = MLP((1, 28, 28), 10)

@@ -122,7 +122,7 @@ def test_find_batch_size(trained, root):
 
 def test_eval(trained, root):
     option, _, run_dir = trained
-    result = in_process("nettrain.evaluate:cli", "nettrain-eval", str(run_dir), cwd=root)
+    result = in_process("nettrain.commands.evaluate:cli", "nettrain-eval", str(run_dir), cwd=root)
     assert result.returncode == 0, result.stderr
     written = json.loads((run_dir / "eval" / "best-test.json").read_text())
     assert written["samples"] > 0 and ("test_r2" in written) == (option == "csv_regression")
@@ -134,7 +134,7 @@ def test_predict(trained, root):
         predict_refuses_what_synthetic_data_is_not(run_dir, root)
     out = root / "predicted" / f"{option}.csv"
     args = [str(run_dir), *predict_inputs(option, root), "--out", str(out)]
-    result = in_process("nettrain.predict:cli", "nettrain-predict", *args, cwd=root)
+    result = in_process("nettrain.commands.predict:cli", "nettrain-predict", *args, cwd=root)
     assert result.returncode == 0, result.stderr
     rows = out.read_text().splitlines()
     assert len(rows) > 1 and rows[0].startswith("input,prediction")
@@ -146,11 +146,11 @@ def predict_refuses_what_synthetic_data_is_not(run_dir: Path, root: Path) -> Non
     save_file({"x": torch.zeros(2, 3, 28, 28)}, root / "wrong-shape.safetensors")
     takes = "the model was trained on tensors (data=synthetic); give a .safetensors file with one tensor of shape (N, 1, 28, 28)"
     for given, kind in ((root / "digits" / "0.png", "an image"), (root / "classes.csv", "a table")):
-        result = in_process("nettrain.predict:cli", "nettrain-predict", str(run_dir), str(given), cwd=root)
+        result = in_process("nettrain.commands.predict:cli", "nettrain-predict", str(run_dir), str(given), cwd=root)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip() == f"Error: {given}: {kind}, but {takes}"
     given = root / "wrong-shape.safetensors"
-    result = in_process("nettrain.predict:cli", "nettrain-predict", str(run_dir), str(given), cwd=root)
+    result = in_process("nettrain.commands.predict:cli", "nettrain-predict", str(run_dir), str(given), cwd=root)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
         f"Error: {given}: holds x: (2, 3, 28, 28) torch.float32; allowed: one float tensor of shape (N, 1, 28, 28)"
@@ -160,7 +160,9 @@ def predict_refuses_what_synthetic_data_is_not(run_dir: Path, root: Path) -> Non
 
 def test_export(trained, root):
     option, _, run_dir = trained
-    result = in_process("nettrain.export:cli", "nettrain-export", str(run_dir), "--format", "safetensors", cwd=root)
+    result = in_process(
+        "nettrain.commands.export:cli", "nettrain-export", str(run_dir), "--format", "safetensors", cwd=root
+    )
     assert result.returncode == 0, result.stderr
     assert "it matches the eager model" in no_traceback(result)
     assert (run_dir / "export" / "best.safetensors").is_file()
@@ -170,6 +172,6 @@ def test_verify_resume(trained, root):
     option, overrides, _ = trained
     out = root / "verify" / option
     args = [*QUIET, *overrides, "--out", str(out)]  # one epoch of two steps or more, interrupted in the middle
-    result = in_process("nettrain.verify_resume:cli", "nettrain-verify-resume", *args, cwd=root)
+    result = in_process("nettrain.commands.verify_resume:cli", "nettrain-verify-resume", *args, cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr
     assert no_traceback(result).startswith("identical: straight vs interrupted after step")

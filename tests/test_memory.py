@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import cli
-from nettrain.memory import PeakMemory, data_bytes, estimate, rounded
+from nettrain.insight.memory import PeakMemory, data_bytes, estimate, rounded
 from nettrain.models import MLP
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 import re
 
-from nettrain import metrics
-from nettrain.config import is_finite_number
+from nettrain.config.schema import is_finite_number
 from nettrain.files import timestamp
-from nettrain.metrics import MetricsWriter, read_metrics
+from nettrain.run import metrics
+from nettrain.run.metrics import MetricsWriter, read_metrics
 
 
 def test_read_metrics_gives_back_exactly_the_rows_written(tmp_path):

@@ -156,7 +156,7 @@ def test_validation_worse_from_the_first_epoch_is_diagnosed_at_the_end(tmp_path)
 
 
 def test_predict_piped_prints_every_row_with_whole_file_names(tmp_path, capsys):
-    from nettrain.predict import main as predict_main
+    from nettrain.commands.predict import main as predict_main
 
     deep = tmp_path / ("a-folder-with-a-long-name-" * 4) / "inputs"
     deep.mkdir(parents=True)
@@ -183,7 +183,7 @@ def test_predict_piped_prints_every_row_with_whole_file_names(tmp_path, capsys):
 
 
 def test_summarize_leaves_out_dry_runs_and_finders_and_says_how_many(tmp_path, capsys):
-    from nettrain.summarize import main as summarize_main
+    from nettrain.commands.summarize import main as summarize_main
 
     runs = tmp_path / "outputs"
     for name, extra in [("train", ["epochs=1"]), ("dry", ["dry_run=true"]), ("find", ["find=lr", "lr_find.steps=10"])]:

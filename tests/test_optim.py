@@ -9,9 +9,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import make_cfg
-from nettrain.build import instantiate as _instantiate
+from nettrain.engine.build import instantiate as _instantiate
 from nettrain.optim import ManualSGD
-from nettrain.schedulers import LRSchedule, build_schedule
+from nettrain.optim.schedulers import LRSchedule, build_schedule
 
 
 def _two_models(seed=0):

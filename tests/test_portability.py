@@ -22,13 +22,13 @@ def test_the_entry_points_import_without_unix_only_modules(tmp_path):
         import sys
         sys.modules["resource"] = None  # import resource -> ImportError
         sys.modules["fcntl"] = None
-        import nettrain.train, nettrain.sweep, nettrain.run_dir, nettrain.evaluate, nettrain.summarize
-        import nettrain.memory
-        assert nettrain.memory.peak_rss_mb() is None  # no `resource`: the figure is unknown, not a crash
-        from nettrain.run_dir import RunLock
+        import nettrain.commands.train, nettrain.run.sweep, nettrain.run.folder, nettrain.commands.evaluate, nettrain.commands.summarize
+        import nettrain.insight.memory
+        assert nettrain.insight.memory.peak_rss_mb() is None  # no `resource`: the figure is unknown, not a crash
+        from nettrain.run.folder import RunLock
         with RunLock(sys.argv[1]):
             pass
-        from nettrain.sweep import _locked
+        from nettrain.run.sweep import _locked
         from pathlib import Path
         with _locked(Path(sys.argv[1])):
             pass
@@ -53,7 +53,7 @@ def test_a_folder_named_nettrain_on_the_path_is_detected(tmp_path):
 
 
 def test_tilde_is_expanded_in_path_keys(tmp_path, monkeypatch, mnist_root):
-    from nettrain.train import train
+    from nettrain.commands.train import train
 
     monkeypatch.setenv("HOME", str(mnist_root.parent))
     summary = train(
@@ -65,7 +65,7 @@ def test_tilde_is_expanded_in_path_keys(tmp_path, monkeypatch, mnist_root):
 
 @needs_extra("slurm", "hydra_plugins.hydra_submitit_launcher")
 def test_slurm_without_srun_is_one_clear_message(tmp_path, monkeypatch, capsys):
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, no srun
     monkeypatch.chdir(tmp_path)
@@ -86,7 +86,7 @@ def test_slurm_without_srun_is_one_clear_message(tmp_path, monkeypatch, capsys):
     ],
 )
 def test_a_loss_that_does_not_fit_classification_is_refused(run, loss, message):
-    from nettrain.config import ConfigError
+    from nettrain.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         run(*SMALL, f"loss._target_={loss}", "~loss.label_smoothing")
@@ -94,7 +94,7 @@ def test_a_loss_that_does_not_fit_classification_is_refused(run, loss, message):
 
 
 def test_the_loss_plot_is_labelled_with_the_losss_name(run, monkeypatch):
-    from nettrain import report
+    from nettrain.insight import report
 
     titles = []
     real = report.save_plots
@@ -104,7 +104,7 @@ def test_the_loss_plot_is_labelled_with_the_losss_name(run, monkeypatch):
         return real(rows, folder, *args, **kwargs)
 
     monkeypatch.setattr(report, "save_plots", spy)
-    import nettrain.train as train_module
+    import nettrain.commands.train as train_module
 
     monkeypatch.setattr(train_module, "save_plots", spy, raising=False)
     run(*SMALL, "loss._target_=torch.nn.NLLLoss", "~loss.label_smoothing", "plots=true")
@@ -115,7 +115,7 @@ def test_the_memory_estimate_runs_before_compiling(run, monkeypatch):
     """The estimate's forward pass runs on the eager model: torch.compile comes after it."""
     import torch
 
-    from nettrain import build
+    from nettrain.engine import build
 
     order = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: order.append("compile"))

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from nettrain.build import fused_kwargs
-from nettrain.checkpoint import load_checkpoint
-from nettrain.config import ConfigError, validate
-from nettrain.loop import StopRequest
-from nettrain.metrics import read_metrics
-from nettrain.precision import Precision
-from nettrain.train import train
+from nettrain.commands.train import train
+from nettrain.config.schema import validate
+from nettrain.engine.build import fused_kwargs
+from nettrain.engine.loop import StopRequest
+from nettrain.engine.precision import Precision
+from nettrain.errors import ConfigError
+from nettrain.run.checkpoint import load_checkpoint
+from nettrain.run.metrics import read_metrics
 
 SHORT = ["data=synthetic", "data.num_samples=400", "epochs=2", "early_stopping.enabled=false"]
 

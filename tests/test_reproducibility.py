@@ -16,15 +16,15 @@ from probes import SignalAt, cli_signalled
 from torch import nn
 
 from conftest import cli, make_cfg
-from nettrain.checkpoint import CheckpointError, load_checkpoint, newest_valid
-from nettrain.config import ConfigError
-from nettrain.evaluate import main as eval_main
-from nettrain.loop import Position, StopRequest
+from nettrain.commands.evaluate import main as eval_main
+from nettrain.commands.train import train
+from nettrain.commands.verify_resume import main as verify_main
+from nettrain.engine.loop import Position, StopRequest
+from nettrain.errors import CheckpointError, ConfigError
 from nettrain.models import MLP
-from nettrain.reproducibility import provenance_differences
-from nettrain.resume import config_changes
-from nettrain.train import train
-from nettrain.verify_resume import main as verify_main
+from nettrain.run.checkpoint import load_checkpoint, newest_valid
+from nettrain.run.reproducibility import provenance_differences
+from nettrain.run.resume import config_changes
 
 # dropout, warmup and a step schedule: every kind of state a resume must carry
 BASE = [
@@ -138,7 +138,7 @@ def test_a_sequential_sweep_does_not_leak_settings_into_the_next_job(tmp_path, t
     torch's own thread count, and a deterministic job leaves nothing on for the next."""
     import sys
 
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     threads_before = torch.get_num_threads()
     assert threads_before == two_threads
@@ -257,7 +257,7 @@ def test_a_corrupted_checkpoint_is_named_and_resume_falls_back(straight, tmp_pat
 
 
 def test_an_unreadable_file_with_a_matching_checksum_is_still_named(tmp_path):
-    from nettrain.checkpoint import _sha256
+    from nettrain.run.checkpoint import _sha256
 
     bad = tmp_path / "x.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -525,7 +525,7 @@ def test_resume_without_a_valid_checkpoint_is_a_config_error_that_keeps_the_summ
 
 
 def test_a_longer_run_on_resume_keeps_the_warmup_it_started_with():
-    from nettrain.schedulers import LRSchedule
+    from nettrain.optim.schedulers import LRSchedule
 
     def schedule(warmup_steps):
         opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
@@ -545,7 +545,7 @@ def test_a_longer_run_on_resume_keeps_the_warmup_it_started_with():
 
 
 def test_a_corrupt_last_checkpoint_never_replaces_a_good_previous(tmp_path):
-    from nettrain.checkpoint import Checkpointer, save_checkpoint
+    from nettrain.run.checkpoint import Checkpointer, save_checkpoint
 
     folder = tmp_path / "checkpoints"
     save_checkpoint(
@@ -567,7 +567,7 @@ def test_a_corrupt_last_checkpoint_never_replaces_a_good_previous(tmp_path):
         def state_dict(self):
             return {}
 
-    from nettrain.state import TrainState
+    from nettrain.engine.state import TrainState
 
     state = TrainState(
         model=Part(),

@@ -12,9 +12,9 @@ import pytest
 from probes import cli_signalled, loaded_modules
 
 from conftest import cli, make_cfg, write_mnist_raw
-from nettrain.checkpoint import load_checkpoint
-from nettrain.sweep import claim, config_hash
-from nettrain.train import train
+from nettrain.commands.train import train
+from nettrain.run.checkpoint import load_checkpoint
+from nettrain.run.sweep import claim, config_hash
 
 pytestmark = pytest.mark.slow
 

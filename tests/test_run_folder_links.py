@@ -22,7 +22,7 @@ SENTINEL_TEXT = "outside the run folder: must stay exactly as it is\n"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny run on a table (so nettrain-predict has inputs too), trained by nettrain-train."""
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     root = tmp_path_factory.mktemp("links")
     data = table(root / "rows.csv", n=200)
@@ -125,7 +125,7 @@ def refused(err: str, name: str, target: Path) -> None:
 
 def train_exit(monkeypatch, *args: str) -> int:
     """The exit status of `nettrain-train ARGS`, run in this process, that must exit."""
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     monkeypatch.setattr(sys, "argv", ["nettrain-train", *args])
     with pytest.raises(SystemExit) as info:
@@ -223,7 +223,7 @@ def test_a_sweep_launched_again_into_a_folder_with_a_link_is_refused_before_hydr
 
 @pytest.mark.parametrize("given", ["run", "checkpoint"])
 def test_eval_refuses_a_symlinked_eval_folder(run, tmp_path, capsys, given):
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     outside = sentinel_folder(tmp_path)
     link(run / "eval", outside)
@@ -238,7 +238,7 @@ def test_eval_refuses_a_symlinked_eval_folder(run, tmp_path, capsys, given):
 @pytest.mark.parametrize("given", ["run", "checkpoint"])
 def test_eval_refuses_a_symlinked_checkpoint(run, tmp_path, capsys, given):
     """checkpoints/best.pt -> a checkpoint elsewhere: not read, and no eval/ result written."""
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     elsewhere = tmp_path / "elsewhere" / "best.pt"
     elsewhere.parent.mkdir()
@@ -254,7 +254,7 @@ def test_eval_refuses_a_symlinked_checkpoint(run, tmp_path, capsys, given):
 
 
 def test_eval_refuses_a_symlinked_checkpoints_folder_given_as_a_path_through_it(run, tmp_path, capsys):
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(run / "checkpoints", elsewhere)
@@ -266,7 +266,7 @@ def test_eval_refuses_a_symlinked_checkpoints_folder_given_as_a_path_through_it(
 
 
 def test_predict_refuses_a_symlinked_predict_folder(run, rows, tmp_path, capsys):
-    from nettrain.predict import main
+    from nettrain.commands.predict import main
 
     outside = sentinel_folder(tmp_path)
     link(run / "predict", outside)
@@ -278,7 +278,7 @@ def test_predict_refuses_a_symlinked_predict_folder(run, rows, tmp_path, capsys)
 
 
 def test_export_refuses_a_symlinked_export_folder(run, tmp_path, capsys):
-    from nettrain.export import main
+    from nettrain.commands.export import main
 
     outside = sentinel_folder(tmp_path)
     link(run / "export", outside)
@@ -291,8 +291,8 @@ def test_export_refuses_a_symlinked_export_folder(run, tmp_path, capsys):
 
 def test_a_checkpoint_outside_a_run_is_read_only_as_the_file_itself(run, tmp_path, capsys):
     """A loose checkpoint (not in RUN/checkpoints/) must not be a link, nor the results folder beside it."""
-    from nettrain.evaluate import main as eval_main
-    from nettrain.export import main as export_main
+    from nettrain.commands.evaluate import main as eval_main
+    from nettrain.commands.export import main as export_main
 
     loose = tmp_path / "downloads"
     loose.mkdir()
@@ -322,7 +322,7 @@ def test_a_checkpoint_outside_a_run_is_read_only_as_the_file_itself(run, tmp_pat
 
 @pytest.mark.parametrize("where", ["straight", "resumed/checkpoints"])
 def test_verify_resume_refuses_an_out_folder_with_a_link(tmp_path, capsys, where):
-    from nettrain.verify_resume import main
+    from nettrain.commands.verify_resume import main
 
     work = tmp_path / "verify"
     outside = sentinel_folder(tmp_path)
@@ -335,7 +335,7 @@ def test_verify_resume_refuses_an_out_folder_with_a_link(tmp_path, capsys, where
 
 
 def test_summarize_reads_nothing_through_a_link_and_says_which_run(run, tmp_path, capsys):
-    from nettrain.summarize import main
+    from nettrain.commands.summarize import main
 
     sweep = tmp_path / "sweep"
     shutil.copytree(run, sweep / "0")
@@ -363,11 +363,11 @@ def test_summarize_reads_nothing_through_a_link_and_says_which_run(run, tmp_path
 def test_a_run_folder_without_links_still_works_for_every_command(run, rows, tmp_path, monkeypatch, capsys):
     """The same copy: eval, predict, export, summarize, then resume; a wandb/ folder with W&B's own
     links (latest-run, debug.log) is W&B's and allowed."""
-    from nettrain.evaluate import main as eval_main
-    from nettrain.export import main as export_main
-    from nettrain.predict import main as predict_main
-    from nettrain.summarize import main as summarize_main
-    from nettrain.train import main as train_main
+    from nettrain.commands.evaluate import main as eval_main
+    from nettrain.commands.export import main as export_main
+    from nettrain.commands.predict import main as predict_main
+    from nettrain.commands.summarize import main as summarize_main
+    from nettrain.commands.train import main as train_main
 
     (run / "wandb" / "offline-run-1").mkdir(parents=True)
     (run / "wandb" / "latest-run").symlink_to("offline-run-1")
@@ -385,7 +385,7 @@ def test_a_run_folder_without_links_still_works_for_every_command(run, rows, tmp
 
 
 def test_the_lock_is_not_followed_even_when_a_link_appears_after_the_check(tmp_path, monkeypatch):
-    from nettrain import run_dir
+    from nettrain.run import folder as run_dir
 
     monkeypatch.setattr(run_dir, "refuse_symlinks", lambda folder: Path(folder))  # as if made after the check
     outside = sentinel_file(tmp_path)
@@ -397,7 +397,8 @@ def test_the_lock_is_not_followed_even_when_a_link_appears_after_the_check(tmp_p
 
 
 def test_the_log_file_is_reopened_without_following_a_link(tmp_path):
-    from nettrain.run_dir import RunFolderError, no_follow_log_files
+    from nettrain.errors import RunFolderError
+    from nettrain.run.folder import no_follow_log_files
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -431,7 +432,8 @@ def test_the_log_file_is_reopened_without_following_a_link(tmp_path):
 
 
 def test_refuse_symlinks_names_every_link_and_special_file_and_allows_the_folder_itself_as_a_link(tmp_path):
-    from nettrain.run_dir import RunFolderLinkError, refuse_symlinks
+    from nettrain.errors import RunFolderLinkError
+    from nettrain.run.folder import refuse_symlinks
 
     real = tmp_path / "real-run"
     (real / "checkpoints").mkdir(parents=True)

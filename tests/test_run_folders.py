@@ -22,7 +22,7 @@ def finished(run):
 
 
 def _resume(out, *extra):
-    from nettrain.train import train
+    from nettrain.commands.train import train
 
     return train(make_cfg(*SMALL, f"resume={out}", *extra), output_dir=out)
 
@@ -34,7 +34,7 @@ def test_best_and_last_are_independent_files(finished):
     with open(ckpts / "last.pt", "r+b") as f:  # corrupt one in place
         f.seek(100)
         f.write(b"\x00" * 64)
-    from nettrain.checkpoint import load_checkpoint
+    from nettrain.run.checkpoint import load_checkpoint
 
     load_checkpoint(ckpts / "best.pt")  # the other is untouched
 
@@ -50,7 +50,7 @@ def test_best_and_last_are_independent_files(finished):
     ids=["junk sidecar", "bare tensor", "missing keys", "unknown format"],
 )
 def test_a_damaged_checkpoint_is_named_and_skipped(finished, capsys, damage, message):
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     damage(finished / "checkpoints" / "best.pt")
     summary_before = (finished / "summary.json").read_text()
@@ -62,13 +62,13 @@ def test_a_damaged_checkpoint_is_named_and_skipped(finished, capsys, damage, mes
 
 
 def _resave(path, obj):
-    from nettrain.checkpoint import save_checkpoint
+    from nettrain.run.checkpoint import save_checkpoint
 
     save_checkpoint(path, obj)
 
 
 def test_a_failed_resume_never_overwrites_a_finished_runs_summary(finished):
-    from nettrain.config import ConfigError
+    from nettrain.errors import ConfigError
 
     summary_before = (finished / "summary.json").read_text()
     for name in ("last.pt", "previous.pt", "best.pt"):
@@ -81,7 +81,7 @@ def test_a_failed_resume_never_overwrites_a_finished_runs_summary(finished):
 
 
 def test_resume_with_fewer_epochs_than_done_is_refused(finished):
-    from nettrain.config import ConfigError
+    from nettrain.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"epochs=1: the run already trained 2 epochs"):
         _resume(finished, "epochs=1")
@@ -91,7 +91,7 @@ def test_resume_with_fewer_epochs_than_done_is_refused(finished):
 def test_train_longer_works_with_step_and_cosine(run, capsys, scheduler):
     """The README's "train longer" (resume=RUN epochs=N): with cosine, T_max follows the new epochs,
     so the third epoch still learns (with the old T_max=2 its learning rate would be eta_min = 0)."""
-    from nettrain.metrics import read_metrics
+    from nettrain.run.metrics import read_metrics
 
     summary, out = run(*SMALL, "epochs=2", f"scheduler={scheduler}")
     more = _resume(out, "epochs=3", f"scheduler={scheduler}")
@@ -106,7 +106,7 @@ def test_train_longer_works_with_step_and_cosine(run, capsys, scheduler):
 
 
 def test_a_cosine_t_max_set_apart_from_epochs_may_not_change_on_resume(run):
-    from nettrain.config import ConfigError
+    from nettrain.errors import ConfigError
 
     summary, out = run(*SMALL, "epochs=2", "scheduler=cosine", "scheduler.T_max=5")
     with pytest.raises(ConfigError, match=r"scheduler.T_max: 5 -> 7"):
@@ -115,7 +115,7 @@ def test_a_cosine_t_max_set_apart_from_epochs_may_not_change_on_resume(run):
 
 def test_a_setting_added_since_the_run_keeps_its_default_and_does_not_block_resume(run):
     """A run saved before a schema key existed resumes: the missing key counts as its default."""
-    from nettrain.resume import config_changes, schema_defaults
+    from nettrain.run.resume import config_changes, schema_defaults
 
     defaults = schema_defaults()
     assert defaults["dry_run"] is False and defaults["loggers"] == ["csv"]
@@ -127,8 +127,8 @@ def test_a_setting_added_since_the_run_keeps_its_default_and_does_not_block_resu
 def test_two_runs_on_one_folder_one_is_refused_naming_the_holder(tmp_path, monkeypatch, capsys):
     import os
 
-    from nettrain.run_dir import RunLock
-    from nettrain.train import main
+    from nettrain.commands.train import main
+    from nettrain.run.folder import RunLock
 
     out = tmp_path / "r"
     monkeypatch.chdir(tmp_path)
@@ -153,7 +153,7 @@ def test_checkpoints_are_fsynced_file_then_folder(tmp_path, monkeypatch):
     import os
 
     from nettrain import files
-    from nettrain.checkpoint import save_checkpoint
+    from nettrain.run.checkpoint import save_checkpoint
 
     synced = []
     real = os.fsync
@@ -170,7 +170,7 @@ def test_checkpoints_are_fsynced_file_then_folder(tmp_path, monkeypatch):
 
 
 def test_eval_never_touches_summary_and_writes_only_eval(finished):
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     before = {p: p.stat().st_mtime_ns for p in finished.rglob("*") if p.is_file()}
     assert main([str(finished)]) == 0
@@ -181,7 +181,7 @@ def test_eval_never_touches_summary_and_writes_only_eval(finished):
 
 
 def test_eval_with_a_model_override_that_does_not_fit_the_checkpoint_says_so(finished, capsys):
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     assert main([str(finished), "model.hidden=[128]"]) == 2
     err = capsys.readouterr().err
@@ -194,7 +194,7 @@ def test_a_fault_while_resuming_a_finished_run_keeps_its_summary(finished, monke
     summary.json (and its test result) as it was."""
     import errno
 
-    from nettrain.checkpoint import Checkpointer
+    from nettrain.run.checkpoint import Checkpointer
 
     before = (finished / "summary.json").read_text()
 

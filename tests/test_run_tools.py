@@ -6,11 +6,11 @@ import pytest
 from made_data import image_folder, table
 
 from conftest import cli, make_cfg
-from nettrain.run_dir import LOCK_NAME
+from nettrain.run.folder import LOCK_NAME
 
 
 def tool(tmp_path, *overrides):
-    from nettrain.train import train
+    from nettrain.commands.train import train
 
     out = tmp_path / "run"
     return train(make_cfg(*overrides), output_dir=out), out
@@ -79,7 +79,8 @@ def test_dry_run_and_finders_serve_uint8_images_normalised_as_training_does(tmp_
 
 
 def test_find_and_dry_run_values_are_checked():
-    from nettrain.config import ConfigError, validate
+    from nettrain.config.schema import validate
+    from nettrain.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         validate(make_cfg("find=epochs", "lr_find.steps=1"))

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from conftest import write_idx
-from nettrain import idx, run_dir
-from nettrain.divergence import Diverged, LossWatch, finite_state
+from nettrain.data import idx
+from nettrain.engine.divergence import Diverged, LossWatch, finite_state
+from nettrain.run import folder as run_dir
 
 # -- the run-folder lock --------------------------------------------------------------------------
 
@@ -27,7 +28,8 @@ def test_a_second_lock_on_one_run_folder_is_refused_naming_the_holder(tmp_path):
         assert holder["pid"] == os.getpid()
         # another process (flock locks are per open file, so a second process is the real test)
         code = textwrap.dedent(f"""
-            from nettrain.run_dir import RunLock, RunFolderError
+            from nettrain.run.folder import RunLock
+            from nettrain.errors import RunFolderError
             try:
                 RunLock({str(tmp_path / "run")!r}).acquire()
             except RunFolderError as exc:
@@ -189,7 +191,8 @@ def test_labels_outside_the_classes_are_named_by_index():
 )
 def test_the_mnist_loader_names_a_bad_idx_file(tmp_path, damage, message):
     from conftest import write_mnist_raw
-    from nettrain.data import DataError, torchvision_dataset
+    from nettrain.data import torchvision_dataset
+    from nettrain.errors import DataError
 
     root = write_mnist_raw(tmp_path)
     damage(root / "MNIST" / "raw")

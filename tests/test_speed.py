@@ -15,7 +15,7 @@ import torch
 from probes import loaded_modules
 
 from conftest import QUIET, make_cfg
-from nettrain.metrics import read_metrics
+from nettrain.run.metrics import read_metrics
 
 # -- same results from both data paths --------------------------------------------------------
 
@@ -83,7 +83,7 @@ def _synced_calls(counts, tmp_path, num_samples: int) -> tuple[collections.Count
     """Host syncs of a whole default run (monitoring, early stopping, checkpoints, metrics on)
     of 3 epochs on `num_samples` synthetic samples, batch 16, with the gradient means taken on
     every step (the default samples every 10th: every step is the worst case)."""
-    from nettrain.train import train
+    from nettrain.commands.train import train
 
     counts.clear()
     out = tmp_path / f"n{num_samples}"
@@ -143,7 +143,7 @@ def test_no_cuda_synchronisation_per_step(tmp_path):
     their number does not grow with the number of steps."""
     import warnings
 
-    from nettrain.train import train
+    from nettrain.commands.train import train
 
     def syncs(num_samples):
         with warnings.catch_warnings(record=True) as caught:

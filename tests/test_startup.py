@@ -1,4 +1,4 @@
-"""Start-up: Hydra composes the run config once for a plain run (nettrain/startup.py)."""
+"""Start-up: Hydra composes the run config once for a plain run (nettrain/commands/startup.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import sys
 import pytest
 
 from conftest import QUIET
-from nettrain.startup import mode_is_run
+from nettrain.commands.startup import mode_is_run
 
 
 def test_a_plain_run_composes_its_config_once(tmp_path, monkeypatch):
     from hydra._internal.hydra import Hydra
 
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     composed = []
     real = Hydra.compose_config

@@ -11,8 +11,8 @@ import torch
 from made_data import table
 
 from conftest import cli, in_process, needs_extra
-from nettrain.data import DataError
 from nettrain.data.tabular import EmbeddedInputs, csv, encode_rows
+from nettrain.errors import DataError
 
 
 def test_numeric_columns_are_standardised_with_train_statistics_and_categories_one_hot(tmp_path):
@@ -152,11 +152,15 @@ def test_predict_refuses_an_infinite_cell_naming_file_column_and_row(tmp_path):
     (run,) = (p.parent.parent for p in (tmp_path / "outputs").rglob("checkpoints/best.pt"))
     new = with_cell(table(tmp_path / "new.csv", n=20, seed=1), 4, "b", "-1e999")
     out = tmp_path / "pred.csv"
-    result = in_process("nettrain.predict:cli", "nettrain-predict", str(run), str(new), "--out", str(out), cwd=tmp_path)
+    result = in_process(
+        "nettrain.commands.predict:cli", "nettrain-predict", str(run), str(new), "--out", str(out), cwd=tmp_path
+    )
     assert_refused(result, f"{new}: row 4: column 'b' = '-1e999' is not a finite number", "finite numbers")
     assert not out.exists()
     with_cell(new, 4, "b", "-1e3")  # the same table with that cell finite is predicted
-    result = in_process("nettrain.predict:cli", "nettrain-predict", str(run), str(new), "--out", str(out), cwd=tmp_path)
+    result = in_process(
+        "nettrain.commands.predict:cli", "nettrain-predict", str(run), str(new), "--out", str(out), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert len(out.read_text().splitlines()) == 1 + 20
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from made_data import accept_tiny_cifar, tiny_cifar
 
-from nettrain.data import DataError
 from nettrain.data.vision import cifar10, cifar100, torchvision_classification
+from nettrain.errors import DataError
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import QUIET, cli
-from nettrain.resnet import ResNet
-from nettrain.torchvision_models import cache_path, torchvision_model
+from nettrain.models.from_torchvision import cache_path, torchvision_model
+from nettrain.models.resnet import ResNet
 
 TINY_IMAGES = [
     "data=synthetic",
@@ -110,8 +110,8 @@ def test_nettrain_resnet20_is_the_cifar_resnet_and_trains(tmp_path):
 
 def _opens_without_trust(run_dir, resume=True):
     """A run of a model option nettrain ships is evaluated, exported and resumed as it is: no --trust."""
-    from nettrain.evaluate import main as eval_main
-    from nettrain.export import main as export_main
+    from nettrain.commands.evaluate import main as eval_main
+    from nettrain.commands.export import main as export_main
 
     assert eval_main([str(run_dir)]) == 0
     assert export_main([str(run_dir), "--format", "safetensors"]) == 0

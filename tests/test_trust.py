@@ -1,12 +1,12 @@
-"""The `_target_` allowlist for configs read from files (nettrain/trust.py)."""
+"""The `_target_` allowlist for configs read from files (nettrain/config/trust.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from conftest import needs_extra
-from nettrain import trust
-from nettrain.config import ConfigError
+from nettrain.config import trust
+from nettrain.errors import ConfigError
 
 
 def _cfg(**groups):
@@ -24,8 +24,8 @@ def _cfg(**groups):
 ALLOWED = [
     ("model", "nettrain.models.MLP"),
     ("model", "nettrain.models.CNN"),
-    ("model", "nettrain.resnet.ResNet"),
-    ("model", "nettrain.torchvision_models.torchvision_model"),
+    ("model", "nettrain.models.ResNet"),
+    ("model", "nettrain.models.torchvision_model"),
     ("optimizer", "nettrain.optim.ManualSGD"),
     ("optimizer", "torch.optim.SGD"),
     ("optimizer", "torch.optim.AdamW"),
@@ -73,7 +73,7 @@ REFUSED = [
     "torchvision.datasets.MNIST",  # a downloader; data=mnist goes through nettrain.data.torchvision_dataset
     "numpy.load",
     "mypkg.Evil",
-    "nettrain.sweep_callback.SweepSummaryCallback",  # only as a hydra callback
+    "nettrain.run.sweep_callback.SweepSummaryCallback",  # only as a hydra callback
 ]
 
 
@@ -134,7 +134,7 @@ def test_every_option_in_conf_is_trusted_by_construction(group, option):
     the config Hydra composes for it (the hydra section included) passes the check as it is."""
     from hydra import compose, initialize_config_module
 
-    from nettrain.config import register_schema
+    from nettrain.config.schema import register_schema
 
     register_schema()
     with initialize_config_module(config_module="nettrain.conf", version_base="1.3"):
@@ -156,7 +156,7 @@ def test_nested_and_listed_targets_are_checked():
 
 def test_hydra_section_callbacks_launchers_sweepers_and_logging():
     hydra = {
-        "callbacks": {"s": {"_target_": "nettrain.sweep_callback.SweepSummaryCallback"}},
+        "callbacks": {"s": {"_target_": "nettrain.run.sweep_callback.SweepSummaryCallback"}},
         "launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"},
         "sweeper": {
             "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from nettrain.engine.tune import largest_batch, lr_range_test, model_summary, plot_lr_find
 from nettrain.models import MLP
-from nettrain.tune import largest_batch, lr_range_test, model_summary, plot_lr_find
 
 
 def test_model_summary_lists_layers_output_shapes_and_parameters():

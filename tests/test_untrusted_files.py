@@ -27,7 +27,7 @@ class Payload:
 
 
 def _train(monkeypatch, tmp_path, *extra: str) -> Path:
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     run = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
 
 def _craft(run: Path, tmp_path: Path, group: str, node: dict) -> Path:
     """A copy of the run's best.pt whose stored config builds `node` as `group`, with a valid .sha256."""
-    from nettrain.checkpoint import save_checkpoint
+    from nettrain.run.checkpoint import save_checkpoint
 
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     state["config"][group] = node
@@ -79,7 +79,7 @@ def _payloads(tmp_path: Path, sentinel: Path) -> dict[str, tuple[str, dict]]:
 @pytest.mark.parametrize("payload", ["torch.load", "write_text", "builtins.open", "nested"])
 @pytest.mark.parametrize("trust", [[], ["--trust"]])
 def test_eval_refuses_a_crafted_checkpoint_and_runs_no_payload(trained, tmp_path, capsys, payload, trust):
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     sentinel = tmp_path / "SENTINEL"
     group, node = _payloads(tmp_path, sentinel)[payload]
@@ -94,7 +94,7 @@ def test_eval_refuses_a_crafted_checkpoint_and_runs_no_payload(trained, tmp_path
 
 
 def test_eval_allows_a_trusted_target_deliberately(trained, tmp_path, capsys):
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     crafted = _craft(trained, tmp_path, "loss", {"_target_": "mytorchext.FocalLoss"})
     assert main([str(crafted)]) == 2
@@ -108,14 +108,14 @@ def test_eval_allows_a_trusted_target_deliberately(trained, tmp_path, capsys):
 
 
 def test_eval_of_an_ordinary_checkpoint_still_works(trained, capsys):
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     assert main([str(trained)]) == 0
 
 
 def test_a_checkpoint_with_an_unknown_task_is_one_line_not_a_traceback(trained, tmp_path, capsys):
-    from nettrain.checkpoint import save_checkpoint
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
+    from nettrain.run.checkpoint import save_checkpoint
 
     state = torch.load(trained / "checkpoints" / "best.pt", weights_only=True)
     state["preprocessing"]["task"] = "segmentation"
@@ -128,7 +128,7 @@ def test_a_checkpoint_with_an_unknown_task_is_one_line_not_a_traceback(trained, 
 
 
 def test_resume_refuses_an_edited_callback_and_runs_no_payload(monkeypatch, tmp_path, capsys):
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     run = _train(monkeypatch, tmp_path)
     sentinel = tmp_path / "SENTINEL"
@@ -153,7 +153,7 @@ def test_resume_refuses_an_edited_callback_and_runs_no_payload(monkeypatch, tmp_
 
 
 def _resume(monkeypatch, run: Path, *extra: str) -> int:
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     monkeypatch.setattr(sys, "argv", ["nettrain-train", f"resume={run}", "epochs=2", *extra])
     with pytest.raises(SystemExit) as info:
@@ -210,7 +210,7 @@ def test_resume_and_rerun_refuse_a_resolver_in_the_saved_config(monkeypatch, tmp
     """An edited `.hydra/config.yaml` whose value builds a hidden target through `${oc.create:...}`
     (in the hydra section too, which resume does not compare) runs nothing: `resume=RUN_DIR` and
     the re-run through `--config-dir RUN_DIR/.hydra` both refuse it, naming the key."""
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     run = _train(monkeypatch, tmp_path)
     sentinel = tmp_path / "SENTINEL"
@@ -252,9 +252,9 @@ def test_a_resolver_in_a_checkpoint_builds_nothing(trained, tmp_path, capsys, co
     """The critical one: a checkpoint whose stored config holds `${oc.create:...}` would have Hydra
     build a hidden target when it resolves the node, in each command that rebuilds the model, with
     or without --trust. Refused before anything resolves."""
-    from nettrain.evaluate import main as eval_main
-    from nettrain.export import main as export_main
-    from nettrain.predict import main as predict_main
+    from nettrain.commands.evaluate import main as eval_main
+    from nettrain.commands.export import main as export_main
+    from nettrain.commands.predict import main as predict_main
 
     sentinel = tmp_path / "SENTINEL"
     state = torch.load(trained / "checkpoints" / "best.pt", weights_only=True)
@@ -281,8 +281,8 @@ def test_a_resolver_in_a_checkpoint_builds_nothing(trained, tmp_path, capsys, co
 def test_export_and_predict_refuse_a_crafted_checkpoint_and_run_no_payload(trained, tmp_path, capsys, payload, command):
     """nettrain-export and nettrain-predict rebuild the model from the checkpoint's config: the
     same allowlist as nettrain-eval, even with --trust for what is never allowed."""
-    from nettrain.export import main as export_main
-    from nettrain.predict import main as predict_main
+    from nettrain.commands.export import main as export_main
+    from nettrain.commands.predict import main as predict_main
 
     sentinel = tmp_path / "SENTINEL"
     group, node = _payloads(tmp_path, sentinel)[payload]
@@ -304,7 +304,7 @@ def test_export_and_predict_refuse_a_crafted_checkpoint_and_run_no_payload(train
 def test_a_checkpoint_value_that_becomes_an_interpolation_builds_nothing(trained, tmp_path, capsys, how):
     """nettrain builds from the resolved config and Hydra resolves it again: `\\${oc.create:...}`,
     or `${model.d}{oc.create:...}` with `d: $`, turns into the payload only then. Refused first."""
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
 
     sentinel = tmp_path / "SENTINEL"
     state = torch.load(trained / "checkpoints" / "best.pt", weights_only=True)
@@ -322,7 +322,7 @@ def test_a_checkpoint_value_that_becomes_an_interpolation_builds_nothing(trained
 def test_resume_and_rerun_check_a_saved_config_whose_hydra_yaml_was_removed(monkeypatch, tmp_path, capsys):
     """Which files sit beside config.yaml does not decide whether it is checked: without hydra.yaml
     a resume and a re-run of the folder still refuse the planted resolver."""
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     run = _train(monkeypatch, tmp_path)
     sentinel = tmp_path / "SENTINEL"
@@ -398,7 +398,7 @@ def test_a_received_git_repository_runs_no_command_when_nettrain_records_provena
     be a repository that makes `git status` run a command. None runs; the commit is still recorded."""
     import json
 
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     home, sentinel = tmp_path / "received", tmp_path / "SENTINEL"
     home.mkdir()
@@ -416,7 +416,7 @@ def test_a_received_git_repository_runs_no_command_when_nettrain_records_provena
 def test_a_saved_config_does_not_choose_where_the_run_is_sent(monkeypatch, tmp_path, capsys):
     """An MLflow tracking URI in a run's saved config would send the run (or write a database)
     wherever the file says when it is resumed or re-run: refused unless the command line gives it."""
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     run = _train(monkeypatch, tmp_path)
     uri = f"sqlite:///{tmp_path / 'elsewhere' / 'evil.db'}"
@@ -440,7 +440,7 @@ def test_hydras_pickle_rerun_is_refused_and_unpickles_nothing(monkeypatch, tmp_p
     run its payload. nettrain refuses the flag before Hydra sees it."""
     import pickle
 
-    from nettrain.train import main
+    from nettrain.commands.train import main
 
     sentinel = tmp_path / "SENTINEL"
     evil = tmp_path / "config.pickle"

@@ -10,9 +10,9 @@ import torch
 from made_data import USER_MODEL, USER_OPTION
 
 from conftest import cli, make_cfg
-from nettrain.config import ConfigError
+from nettrain.commands.train import train
 from nettrain.data import DataSplits, Split
-from nettrain.train import train
+from nettrain.errors import ConfigError
 
 MODULE, OPTION = USER_MODEL, USER_OPTION
 SMALL = [
@@ -55,11 +55,11 @@ def test_a_user_model_in_the_working_directory_trains_evaluates_and_exports_thro
     assert state["model"]["1.weight"].shape == (12, 16)  # width 12 from the option, 16 inputs from the data
     # each command a process of its own, as typed (tests/fresh.py: without paying the imports again)
     # the checkpoint names a class of your own: a file's config builds it only when you say so
-    refused = fresh.command("nettrain.evaluate:cli", "nettrain-eval", "run", cwd=tmp_path)
+    refused = fresh.command("nettrain.commands.evaluate:cli", "nettrain-eval", "run", cwd=tmp_path)
     assert refused.returncode == 2 and "model._target_='mymodels.TwoLayer'" in refused.stderr
     for entry, command in (
-        ("nettrain.evaluate:cli", ["nettrain-eval", "run", "trust_targets=[mymodels.TwoLayer]"]),
-        ("nettrain.export:cli", ["nettrain-export", "run", "--format", "safetensors", "--trust"]),
+        ("nettrain.commands.evaluate:cli", ["nettrain-eval", "run", "trust_targets=[mymodels.TwoLayer]"]),
+        ("nettrain.commands.export:cli", ["nettrain-export", "run", "--format", "safetensors", "--trust"]),
     ):
         done = fresh.command(entry, *command, cwd=tmp_path)
         assert done.returncode == 0, done.stderr

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import QUIET, REPO, cli, in_process
-from nettrain import usermodules
+from nettrain.config import usermodules
 
 MODEL, OPTION = made_data.USER_MODEL, made_data.USER_OPTION
 # modules torch, Hydra and their libraries import if they can: none may come from the working directory
@@ -118,12 +118,12 @@ def test_train_in_a_folder_of_module_named_files_imports_only_the_model_its_targ
 
 SEEN: dict = {}
 ENTRIES = {
-    "nettrain-train": "nettrain.train:main",
-    "nettrain-eval": "nettrain.evaluate:cli",
-    "nettrain-predict": "nettrain.predict:cli",
-    "nettrain-export": "nettrain.export:cli",
-    "nettrain-verify-resume": "nettrain.verify_resume:cli",
-    "nettrain-summarize": "nettrain.summarize:main",
+    "nettrain-train": "nettrain.commands.train:main",
+    "nettrain-eval": "nettrain.commands.evaluate:cli",
+    "nettrain-predict": "nettrain.commands.predict:cli",
+    "nettrain-export": "nettrain.commands.export:cli",
+    "nettrain-verify-resume": "nettrain.commands.verify_resume:cli",
+    "nettrain-summarize": "nettrain.commands.summarize:main",
 }
 
 
@@ -174,8 +174,8 @@ def test_a_received_runs_module_in_the_working_directory_is_imported_only_when_t
 ):
     """A received run whose checkpoint names `evilmod.Net`, with evilmod.py next to it: refused
     (exit 2) and not imported; with trust_targets=[evilmod.Net] it is imported and builds."""
-    from nettrain.checkpoint import save_checkpoint
-    from nettrain.evaluate import main
+    from nettrain.commands.evaluate import main
+    from nettrain.run.checkpoint import save_checkpoint
 
     received, sentinel = tmp_path / "received", tmp_path / "SENTINEL"
     state = torch.load(user_run / "checkpoints" / "best.pt", weights_only=True)
@@ -236,7 +236,7 @@ def test_a_package_of_the_users_own_imports_its_submodules(tmp_path):
 
 def test_a_nested_target_names_a_module_of_its_own(tmp_path, monkeypatch):
     """Hydra builds nested `_target_`s too: the module each names is loaded, not only the outer one's."""
-    from nettrain.build import instantiate
+    from nettrain.engine.build import instantiate
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mylin.py").write_text("from torch import nn\n\n\ndef make(width):\n    return nn.Linear(width, 3)\n")
@@ -297,7 +297,7 @@ def test_a_sweep_job_in_a_process_of_its_own_imports_the_users_model_there_and_n
 def test_the_multirun_sets_pythonsafepath_for_its_jobs_and_puts_it_back(monkeypatch):
     from omegaconf import OmegaConf
 
-    from nettrain.sweep_callback import SweepSummaryCallback
+    from nettrain.run.sweep_callback import SweepSummaryCallback
 
     monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
     callback, config = SweepSummaryCallback(enabled=False), OmegaConf.create({})

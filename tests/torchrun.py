@@ -39,8 +39,8 @@ def torchrun(
 
 
 ENTRIES = {
-    "nettrain-train": "nettrain.train:main",
-    "nettrain-verify-resume": "nettrain.verify_resume:cli",
+    "nettrain-train": "nettrain.commands.train:main",
+    "nettrain-verify-resume": "nettrain.commands.verify_resume:cli",
     "ddp_signal.py": "ddp_signal:main",
     "distributed_checks.py": "distributed_checks:main",
 }

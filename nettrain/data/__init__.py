@@ -26,14 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from nettrain.config import TORCHVISION_DATASETS
+from nettrain.config.schema import TORCHVISION_DATASETS
+from nettrain.errors import DataError
 
 # Mean and std of the training pixels in [0, 1]: the values the torchvision examples use.
 NORMALISATION = {"MNIST": (0.1307, 0.3081), "FashionMNIST": (0.2860, 0.3530), "KMNIST": (0.1918, 0.3483)}
-
-
-class DataError(ValueError):
-    """Data that cannot be loaded; the message names the key to change."""
 
 
 @dataclass
@@ -168,7 +165,8 @@ def torchvision_dataset(
         raise DataError(f"data.name={name!r}: allowed: {', '.join(TORCHVISION_DATASETS)}")
     import torchvision  # only when a torchvision dataset is chosen
 
-    from nettrain.idx import IdxError, check_counts, check_labels, check_mnist_raw
+    from nettrain.data.idx import check_counts, check_labels, check_mnist_raw
+    from nettrain.errors import IdxError
 
     root = os.path.expanduser(str(root))
     cls = getattr(torchvision.datasets, name)
@@ -253,7 +251,7 @@ class Batches:
     `generator` (shuffle) and slices it. in_memory=False: a DataLoader over the CPU tensors with
     the same permutation as its sampler, `num_workers` workers, and pinned memory on CUDA.
     Under torchrun/SLURM (`world_size` > 1) each batch of `batch_size` is the global batch: this
-    rank gets its contiguous share of it (nettrain/distributed.py), and `n` counts every rank's.
+    rank gets its contiguous share of it (nettrain/engine/distributed.py), and `n` counts every rank's.
     """
 
     def __init__(
@@ -277,7 +275,7 @@ class Batches:
         self.rank, self.world_size = rank, world_size
         self.n = len(split)  # samples per pass over all ranks
         if drop_unshareable:  # training: a last batch smaller than the world size would leave a rank idle
-            from nettrain.distributed import usable_samples
+            from nettrain.engine.distributed import usable_samples
 
             self.n = usable_samples(self.n, batch_size, world_size)
         self.dropped = len(split) - self.n
@@ -298,7 +296,7 @@ class Batches:
         global batch's mean (1.0 in one process, and whenever the shares are equal)."""
         if self.world_size == 1:
             return 1.0
-        from nettrain.distributed import loss_weight
+        from nettrain.engine.distributed import loss_weight
 
         return loss_weight(share, min(self.batch_size, self.n - step * self.batch_size), self.world_size)
 
@@ -308,7 +306,7 @@ class Batches:
 
     def _positions(self, first_step: int) -> Iterator[tuple[int, int]]:
         """(start, stop) positions of this rank's share of each global batch from `first_step` on."""
-        from nettrain.distributed import share_of
+        from nettrain.engine.distributed import share_of
 
         for start in range(first_step * self.batch_size, self.n, self.batch_size):
             stop = min(start + self.batch_size, self.n)

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from nettrain.data import DataError, DataSplits, Split, _split_indices
+from nettrain.data import DataSplits, Split, _split_indices
+from nettrain.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLITS = ("train", "val", "test")

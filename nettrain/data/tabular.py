@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nettrain.data import DataError, DataSplits, Split, _split_indices
+from nettrain.data import DataSplits, Split, _split_indices
+from nettrain.errors import DataError
 
 MISSING = {"", "na", "n/a", "nan", "null", "none"}
 MISSING_CATEGORY = "<missing>"

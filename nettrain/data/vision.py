@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from nettrain.data import DataError, DataSplits, Split, _split_indices, download_source
+from nettrain.data import DataSplits, Split, _split_indices, download_source
 from nettrain.data.image_folder import _as_size, channel_stats, image_meta
+from nettrain.errors import DataError
 
 
 def _open(name: str, root: str, download: bool, part: str | None) -> Any:

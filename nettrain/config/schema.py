@@ -1,0 +1,534 @@
+"""The run config's typed schema and its up-front validation.
+
+The groups model/optimizer/scheduler/data are `_target_` YAML files in conf/; everything else
+is a plain setting with its type, default and meaning here. Hydra checks the types when it
+composes the config (``lr=abc`` fails naming ``lr``); :func:`validate` then checks ranges,
+choices and cross-field rules and reports every problem in one message before anything is built.
+
+This module imports neither torch nor torchvision, so ``nettrain-train --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard, cast
+
+from omegaconf import MISSING, OmegaConf
+
+from nettrain.errors import ConfigError
+
+# Names the components accept; nettrain/models/ maps each to its torch module.
+ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu")
+NORMS = ("none", "batchnorm", "layernorm")
+INITS = ("default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform")
+TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST")
+MONITORED = {"val_loss": "min", "val_acc": "max", "val_r2": "max", "val_mae": "min"}
+AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data.augment (nettrain/data/augment.py)
+MIXES = ("none", "mixup", "cutmix")  # data.mix
+SOFT_TARGET_LOSSES = ("torch.nn.CrossEntropyLoss",)  # losses that take class probabilities as targets
+MAX_SEED = 2**32 - 1  # NumPy's seed range
+MAX_BATCH_SIZE = 2**16  # larger is no sensible batch for these datasets (and a typo more often than not)
+# samples a data option splits into train/val/(test), for the empty-split check before loading
+DATA_SIZES = {"nettrain.data.mnist_sample": 5000, "nettrain.data.torchvision_dataset": 60000}
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass
+class RegularizationConfig:
+    """Every regularization option (conf/regularization/) sets these keys, so they combine."""
+
+    l1: float = 0.0  # weight of l1 * sum|w| added to the loss (weight matrices and conv kernels)
+    weight_decay: float = 0.0  # L2, through the optimizer's weight_decay
+    dropout: float = 0.0  # dropout probability inside the model
+    grad_clip: float | None = None  # max global gradient norm; null = no clipping
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when the monitored metric has not improved for `patience` epochs."""
+
+    enabled: bool = True  # stop early; false: run all `epochs`
+    monitor: str = "val_loss"  # val_loss | val_acc (higher is better) | regression: val_r2 (higher), val_mae
+    patience: int = 3  # epochs without improvement before stopping (the tutorial's 3)
+    min_delta: float = 0.0  # an improvement must beat the best by more than this
+    restore_best: bool = True  # load the best epoch's weights when training ends
+
+
+@dataclass
+class GradMonitorConfig:
+    """Per-layer gradient statistics in metrics.csv and a per-epoch diagnosis (nettrain/insight/diagnosis.py)."""
+
+    enabled: bool = True  # record per-layer gradient statistics and diagnose them each epoch
+    vanishing_below: float = 1e-7  # vanishing: a weight layer's mean |grad| below this
+    exploding_above: float = 1e2  # exploding: a weight layer's mean |grad| above this
+    ratio: float = 1e3  # vanishing: a weight layer's mean |grad| this many times below the largest layer's
+    update_ratio_above: float = 0.1  # exploding: a step moves a weight tensor by more than this fraction of it
+    norm_growth: float = 10.0  # exploding: the gradient norm grew this many times in one epoch
+    dead_fraction: float = 0.5  # dead units: this fraction of a layer's units never fired in the epoch
+    every_n_steps: int = 10  # sample every n-th step (1 = every step; each sample costs a pass over the gradients)
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    """loggers=[...,tensorboard]: event files in RUN_DIR/tensorboard/."""
+
+    histograms: bool = True  # weight and gradient histograms once per epoch
+
+
+@dataclass
+class MlflowLoggerConfig:
+    """loggers=[...,mlflow]: one MLflow run per training run."""
+
+    uri: str | None = None  # tracking URI; None = MLflow's default: ./mlflow.db, or $MLFLOW_TRACKING_URI
+    experiment: str = "nettrain"  # MLflow experiment name
+
+
+@dataclass
+class WandbLoggerConfig:
+    """loggers=[...,wandb]: one W&B run per training run."""
+
+    project: str = "nettrain"  # W&B project
+    mode: str = "auto"  # auto (online with an API key, else offline) | online | offline
+
+
+@dataclass
+class LoggerConfig:
+    """Each experiment tracker's settings (the trackers are chosen by `loggers`)."""
+
+    tensorboard: TensorBoardLoggerConfig = field(default_factory=TensorBoardLoggerConfig)
+    mlflow: MlflowLoggerConfig = field(default_factory=MlflowLoggerConfig)
+    wandb: WandbLoggerConfig = field(default_factory=WandbLoggerConfig)
+
+
+@dataclass
+class LrFindConfig:
+    """find=lr: the LR range test's sweep."""
+
+    start_lr: float = 1e-7  # find=lr: the sweep's first lr
+    end_lr: float = 10.0  # find=lr: its last lr (the sweep stops earlier when the loss diverges)
+    steps: int = 200  # find=lr: steps of the sweep, the lr growing exponentially
+    smoothing: float = 0.9  # find=lr: exponential smoothing of the loss (0 = none)
+    diverge: float = 4.0  # find=lr: stop when the smoothed loss exceeds this many times its minimum
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints to resume from and to evaluate."""
+
+    enabled: bool = True  # checkpoints/last.pt every epoch and checkpoints/best.pt on improvement
+
+
+@dataclass
+class TrainerConfig:
+    """Speed settings."""
+
+    precision: str = "32"  # 32 | bf16 (autocast) | fp16 (autocast + GradScaler)
+    compile: Any = False  # torch.compile the model: false | true (= default) | default | reduce-overhead | max-autotune
+    cuda_graph: str = "auto"  # the whole training step as one CUDA graph: auto (CUDA runs that can) | on | off
+    channels_last: str = "auto"  # auto (on for conv models on CUDA) | on | off
+    fused_optimizer: str = "auto"  # auto (fused kernels on CUDA where the optimizer has them) | on | off
+    accumulate_steps: int = 1  # gradient accumulation: batches per optimizer step (effective batch: batch_size x this)
+    ema_decay: float | None = None  # EMA of the weights (e.g. 0.999) for validation, best.pt and test; None = off
+
+
+@dataclass
+class ConsoleConfig:
+    """What the console shows."""
+
+    progress: str = "auto"  # per-step progress bar: auto (only on a terminal) | on | off
+    show_config: bool = True  # print the composed config at the start
+    show_model: bool = True  # print the model and its parameter count at the start
+
+
+@dataclass
+class DistributedConfig:
+    """Training under torchrun or SLURM (one process per GPU): the backend and the shared stop check."""
+
+    backend: str = "auto"  # under torchrun/SLURM: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+    stop_check_every: int = 10  # steps between the processes' check for a stop signal (one CPU message)
+
+
+def _cross_entropy() -> dict:
+    return {"_target_": "torch.nn.CrossEntropyLoss", "label_smoothing": 0.0}
+
+
+@dataclass
+class TrainConfig:
+    """The run config: conf/train.yaml's defaults list composes the groups into it."""
+
+    lr: float = MISSING  # learning rate; every optimizer option reads it (${lr})
+    batch_size: int = MISSING  # samples per training step
+    epochs: int = MISSING  # upper bound; early stopping usually ends a run sooner
+    seed: int = MISSING  # seeds Python, NumPy and torch; the data order has its own generator seeded with it
+    device: str = MISSING  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps
+    threads: int | None = None  # torch CPU threads; null = what torch picks (the cores it sees)
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True), cudnn deterministic
+    resume: str | None = None  # a run dir or checkpoint file to continue (nettrain-train resume=RUN_DIR)
+    plots: bool = True  # plots/*.png at the end of a run, lr_find.png for find=lr (matplotlib: about 3 s); false: none
+    model: Any = MISSING  # group: conf/model/
+    optimizer: Any = MISSING  # group: conf/optimizer/
+    scheduler: Any = MISSING  # group: conf/scheduler/
+    data: Any = MISSING  # group: conf/data/
+    loss: Any = field(default_factory=_cross_entropy)  # any `_target_` loss module, e.g. loss.label_smoothing=0.1
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    grad_monitor: GradMonitorConfig = field(default_factory=GradMonitorConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    # _target_s to build from a file nettrain reads (a checkpoint's or resumed run's config) beyond
+    # its own list; honoured from the command line only
+    trust_targets: list[str] = field(default_factory=list)  # extra _target_s a file may name: [mypkg.MyModel]
+    loggers: list[str] = field(default_factory=lambda: ["csv"])  # csv | tensorboard | mlflow | wandb
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # each tracker's settings
+    dry_run: bool = False  # build, show the model and memory estimate, one forward + backward; no training
+    find: str | None = None  # lr (LR range test) | batch_size (largest that fits): run it instead of training
+    lr_find: LrFindConfig = field(default_factory=LrFindConfig)
+
+
+def register_schema() -> None:
+    """Make the schema available to conf/train.yaml's defaults list as `nettrain_schema`, and
+    the `${nettrain_help:}` resolver its `hydra.help.template` calls (nettrain/config/help.py)."""
+    from hydra.core.config_store import ConfigStore
+
+    from nettrain.config import help as help_page
+
+    ConfigStore.instance().store(name="nettrain_schema", node=TrainConfig)
+    help_page.register()
+    # conf/hydra/launcher/slurm.yaml: one task per GPU, and one for a CPU-only job
+    OmegaConf.register_new_resolver("nettrain.at_least_one", lambda n: max(1, int(n or 0)), replace=True)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested plain config as {'dotted.key': value} (lists stay values)."""
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
+def matches(key: str, patterns: tuple[str, ...]) -> bool:
+    """`key` is one of `patterns`, or lies under a pattern that ends in '.' (a whole section)."""
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
+def plain(node: Any) -> dict[str, Any]:
+    """A config (or one of its sections) as plain dicts and lists, interpolations resolved: what
+    checkpoints, config hashes and the builders take."""
+    container = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(container, dict):
+        raise TypeError(f"expected a config section, got {type(container).__name__}")
+    return cast(dict[str, Any], container)
+
+
+def _fmt(value: Any, limit: int = 60) -> str:
+    """A value as echoed in a message, shortened when long."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _empty_splits(get) -> list[str]:
+    """A val or test fraction so small that its split would hold no sample."""
+    size = get("data.num_samples") or DATA_SIZES.get(get("data._target_"))
+    found = []
+    for key, name in (("data.val_fraction", "validation"), ("data.test_fraction", "test")):
+        fraction = get(key)
+        if isinstance(size, int) and isinstance(fraction, (int, float)) and 0 < fraction < 1:
+            if math.floor(size * fraction) < 1:
+                found.append(
+                    f"{key}={fraction:g}: leaves the {name} split empty ({size} samples x {fraction:g} < 1); "
+                    f"allowed: at least {1 / size:.2g}"
+                )
+    return found
+
+
+def validate(cfg: Any) -> None:
+    """Check ranges, choices and cross-field rules; raise one ConfigError listing every problem."""
+    found = problems(cfg)
+    if found:
+        raise ConfigError(found)
+
+
+def is_finite_number(v: Any) -> TypeGuard[int | float]:
+    """A real int or float (not a bool), neither NaN nor infinite."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_data_options(c: Checks) -> None:
+    """The keys of the image, table and augmentation data options (conf/data/)."""
+
+    def positive_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    c.choice("data.augment", AUGMENTS)
+    c.choice("data.mix", MIXES)
+    c.need("data.mix_alpha", lambda v: is_finite_number(v) and v > 0, "must be a number > 0")
+    c.need("data.crop_padding", positive_int, "must be an integer >= 1 (pixels)")
+    c.choice("data.on_bad_file", ("fail", "skip"))
+    c.choice("data.task", ("classification", "regression"))
+    c.choice("data.categorical", ("onehot", "embed"))
+    c.choice("data.impute", ("none", "mean"))
+    c.need("data.channels", lambda v: v in (1, 3), "must be null (the images' own), 1 (grayscale) or 3 (RGB)")
+    c.need(
+        "data.image_size",
+        lambda v: positive_int(v) or (len(v) == 2 and all(positive_int(d) for d in v)),
+        "must be null (the images' own), an integer N >= 1 or [H, W]",
+    )
+    loss = c.get("loss._target_")
+    if c.get("data.mix") in ("mixup", "cutmix") and loss not in SOFT_TARGET_LOSSES:
+        c.problem(
+            f"data.mix={_fmt(c.get('data.mix'))}: gives soft targets (class probabilities), which loss._target_="
+            f"{_fmt(loss)} does not take; allowed: {', '.join(SOFT_TARGET_LOSSES)}, or data.mix=none"
+        )
+    monitor, task = c.get("early_stopping.monitor"), c.get("data.task") or "classification"
+    wrong = {"classification": ("val_r2", "val_mae"), "regression": ("val_acc",)}
+    if monitor in wrong.get(task, ()):
+        allowed = "val_loss, val_r2, val_mae" if task == "regression" else "val_loss, val_acc"
+        c.problem(f"early_stopping.monitor={_fmt(monitor)}: not reported for data.task={task!r}; allowed: {allowed}")
+
+
+class Checks:
+    """Collects 'key=value: what is allowed' problems of one config; `problems` runs every section."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self.found: list[str] = []
+
+    def get(self, path: str) -> Any:
+        node = self.cfg
+        for part in path.split("."):
+            if node is None or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def need(self, path: str, ok, allowed: str) -> None:
+        """`ok(value)` must hold for the value at `path` (when it is set)."""
+        value = self.get(path)
+        if value is None:
+            return
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            self.found.append(f"{path}={_fmt(value)}: {allowed}")
+
+    def choice(self, path: str, options) -> None:
+        self.need(path, lambda v: v in options, "allowed: " + ", ".join(options))
+
+    def problem(self, message: str) -> None:
+        self.found.append(message)
+
+
+def problems(cfg: Any) -> list[str]:
+    """Every invalid setting of `cfg`, as 'key=value: what is allowed' lines (empty when valid)."""
+    checks = Checks(cfg)
+    for section in (
+        _check_missing,
+        _check_top_level,
+        _check_model,
+        _check_optimization,
+        _check_data,
+        _check_data_options,
+        _check_monitors,
+        _check_graph,
+        _check_tools,
+    ):
+        section(checks)
+    return checks.found
+
+
+# What a key left `???` (Hydra's MISSING) by its option needs, for the message that asks for it.
+NEEDED = {
+    "data.path": "FILE (the CSV or Parquet file)",
+    "data.target": "COLUMN (the label column; the value column for regression)",
+    "data.root": "DIR (the folder holding train/, and val/ and test/ if any)",
+}
+
+
+def missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of `node` whose value is `???` (MISSING), the hydra section aside."""
+    from omegaconf import DictConfig
+
+    if isinstance(node, DictConfig):
+        keys = [str(k) for k in node.keys() if not (prefix == "" and k == "hydra")]
+        found = [f"{prefix}{k}" for k in keys if OmegaConf.is_missing(node, k)]
+        for key in keys:
+            if f"{prefix}{key}" not in found and isinstance(node._get_node(key), DictConfig):
+                found += missing_keys(node[key], f"{prefix}{key}.")
+        return found
+    if isinstance(node, dict):
+        found = [f"{prefix}{k}" for k, v in node.items() if v == MISSING]
+        for key, value in node.items():
+            found += missing_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else []
+        return found
+    return []
+
+
+def _check_missing(c: Checks) -> None:
+    """Keys the chosen options leave `???`: one line per group, naming each key and what it takes."""
+    by_group: dict[str, list[str]] = {}
+    for key in missing_keys(c.cfg):
+        by_group.setdefault(key.split(".")[0] if "." in key else "", []).append(key)
+    for group, keys in by_group.items():
+        choice = c.get(f"hydra.runtime.choices.{group}") if group else None
+        where = f" by {group}={choice}" if isinstance(choice, str) else ""
+        values = " ".join(f"{k}={NEEDED.get(k, 'VALUE')}" for k in keys)
+        c.problem(
+            f"{', '.join(keys)}: required{where} and not set (???); "
+            f"give {'it' if len(keys) == 1 else 'them'} on the command line: {values}"
+        )
+
+
+def _check_top_level(c: Checks) -> None:
+    finite = is_finite_number
+    c.need("lr", lambda v: finite(v) and v > 0, "must be a number > 0")
+    c.need("batch_size", lambda v: 1 <= v <= MAX_BATCH_SIZE, f"must be an integer in 1..{MAX_BATCH_SIZE}")
+    c.need("epochs", lambda v: v >= 1, "must be an integer >= 1")
+    c.need("seed", lambda v: 0 <= v <= MAX_SEED, f"must be an integer in 0..{MAX_SEED}")
+    c.need("loss.label_smoothing", lambda v: is_finite_number(v) and 0 <= v < 1, "must be in [0, 1)")
+    c.need("threads", lambda v: v >= 1, "must be null (torch's choice) or an integer >= 1")
+    c.need("device", lambda v: bool(DEVICE_PATTERN.match(v)), "allowed: auto, cpu, cuda, cuda:N, mps")
+    c.choice("console.progress", ("auto", "on", "off"))
+    c.choice("trainer.precision", ("32", "bf16", "fp16"))
+    c.choice("trainer.channels_last", ("auto", "on", "off"))
+    c.choice("trainer.fused_optimizer", ("auto", "on", "off"))
+    c.choice("distributed.backend", ("auto", "gloo", "nccl"))
+    c.need("distributed.stop_check_every", lambda v: v >= 1, "must be an integer >= 1 (1 = every step)")
+    c.need("trainer.accumulate_steps", lambda v: v >= 1, "must be an integer >= 1 (1 = no accumulation)")
+    c.need(
+        "trainer.ema_decay", lambda v: finite(v) and 0 < v < 1, "must be null (off) or a number in (0, 1), e.g. 0.999"
+    )
+
+
+def _check_model(c: Checks) -> None:
+    c.choice("model.activation", ACTIVATIONS)
+    c.choice("model.norm", NORMS)
+    c.choice("model.init", INITS)
+    c.need("model.sync_bn", lambda v: isinstance(v, bool), "allowed: true, false")
+    conv = "channels" in (c.get("model") or {})
+    if c.get("model.hidden") is not None and not conv:
+        c.need(
+            "model.hidden",
+            lambda v: all(isinstance(h, int) and h >= 1 for h in v),
+            "must be a list of layer widths, each an integer >= 1 (e.g. [256] or [512,256])",
+        )
+    c.need(
+        "model.channels",
+        lambda v: len(v) >= 1 and all(isinstance(ch, int) and ch >= 1 for ch in v),
+        "must be a non-empty list of channel counts, each an integer >= 1",
+    )
+    if conv:
+        c.need("model.hidden", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
+
+
+def _check_optimization(c: Checks) -> None:
+    """Regularization, the optimizer and the scheduler."""
+    finite = is_finite_number
+    c.need("regularization.l1", lambda v: finite(v) and v >= 0, "must be a number >= 0")
+    c.need("regularization.weight_decay", lambda v: finite(v) and v >= 0, "must be a number >= 0")
+    c.need("regularization.dropout", lambda v: 0 <= v < 1, "must be a probability in [0, 1)")
+    c.need("regularization.grad_clip", lambda v: finite(v) and v > 0, "must be null (off) or a number > 0")
+    c.need("optimizer.momentum", lambda v: v >= 0, "must be a number >= 0")
+    if c.get("optimizer.nesterov") and not (c.get("optimizer.momentum") or 0) > 0:
+        c.problem(
+            f"optimizer.nesterov=True: needs optimizer.momentum > 0 "
+            f"(got optimizer.momentum={c.get('optimizer.momentum')})"
+        )
+    c.choice("scheduler.interval", ("epoch", "step"))
+    c.need("scheduler.step_size", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
+    c.need("scheduler.T_max", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
+    if (
+        c.get("scheduler._target_") == "torch.optim.lr_scheduler.ReduceLROnPlateau"
+        and c.get("scheduler.interval") == "step"
+    ):
+        c.problem("scheduler.interval='step': ReduceLROnPlateau steps on the validation loss; allowed: epoch")
+    c.need("scheduler.warmup_ratio", lambda v: 0 <= v < 1, "must be a fraction in [0, 1); 0 = no warmup")
+    if c.get("scheduler") is not None and "warmup_ratio" not in c.get("scheduler"):
+        c.problem(
+            "scheduler.warmup_ratio is missing: every scheduler option needs "
+            "warmup_ratio and interval (see conf/scheduler/none.yaml)"
+        )
+
+
+def _check_data(c: Checks) -> None:
+    c.need("data.val_fraction", lambda v: 0 < v < 1, "must be a fraction in (0, 1)")
+    c.need("data.test_fraction", lambda v: 0 < v < 1, "must be a fraction in (0, 1)")
+    vf, tf = c.get("data.val_fraction"), c.get("data.test_fraction")
+    if is_finite_number(vf) and is_finite_number(tf) and vf + tf >= 1:
+        c.problem(f"data.val_fraction + data.test_fraction = {vf + tf:g}: must be < 1 to leave training data")
+    c.found.extend(_empty_splits(c.get))
+    c.need("data.num_workers", lambda v: v >= 0, "must be an integer >= 0")
+    c.need("data.num_samples", lambda v: v >= 10, "must be an integer >= 10")
+    c.need("data.num_classes", lambda v: v >= 2, "must be an integer >= 2")
+    c.need(
+        "data.input_shape",
+        lambda v: len(v) == 3 and all(isinstance(d, int) and d >= 1 for d in v),
+        "must be [C, H, W], three integers >= 1",
+    )
+    if c.get("data._target_") == "nettrain.data.torchvision_dataset":
+        c.choice("data.name", TORCHVISION_DATASETS)
+
+
+def _check_monitors(c: Checks) -> None:
+    """Early stopping and the gradient monitor."""
+    finite = is_finite_number
+    c.choice("early_stopping.monitor", tuple(MONITORED))
+    c.need("early_stopping.patience", lambda v: v >= 1, "must be an integer >= 1")
+    c.need("early_stopping.min_delta", lambda v: finite(v) and v >= 0, "must be a number >= 0")
+    c.need("grad_monitor.every_n_steps", lambda v: v >= 1, "must be an integer >= 1 (1 = every step)")
+    for key in ("vanishing_below", "exploding_above", "ratio", "update_ratio_above", "norm_growth", "dead_fraction"):
+        c.need(f"grad_monitor.{key}", lambda v: finite(v) and v > 0, "must be a number > 0")
+    c.need("grad_monitor.dead_fraction", lambda v: v <= 1, "must be a fraction in (0, 1]")
+
+
+def _check_graph(c: Checks) -> None:
+    """trainer.compile's value, trainer.cuda_graph's, and `cuda_graph=on` with a setting that
+    cannot be captured (judged from the config; a device chosen by `auto` is judged at build)."""
+    from nettrain.engine.cuda_graph import COMPILE_MODES, SETTINGS, plan
+
+    compile_value = c.get("trainer.compile")
+    c.need(
+        "trainer.compile",
+        lambda v: isinstance(v, bool) or v in COMPILE_MODES,
+        "allowed: false, true, " + ", ".join(COMPILE_MODES),
+    )
+    c.choice("trainer.cuda_graph", SETTINGS)
+    if c.get("trainer.cuda_graph") != "on" or not (isinstance(compile_value, bool) or compile_value in COMPILE_MODES):
+        return
+    device = c.get("device")
+    for problem in plan(
+        "on",
+        device=device if isinstance(device, str) and DEVICE_PATTERN.match(device) else "auto",
+        precision=str(c.get("trainer.precision")),
+        in_memory=c.get("data.in_memory") is not False,
+        optimizer=c.get("optimizer._target_"),
+        optimizer_options=dict(c.get("optimizer") or {}),
+        fused_optimizer=str(c.get("trainer.fused_optimizer")),
+        compile=compile_value,
+    ).refusal():
+        c.problem(problem)
+
+
+def _check_tools(c: Checks) -> None:
+    """The loggers (unknown, or their package missing), dry_run and the finders."""
+    from nettrain.insight.loggers import problems as logger_problems
+
+    c.choice("logger.wandb.mode", ("auto", "online", "offline"))
+    c.found += logger_problems(c.get("loggers") or [])
+    c.choice("find", ("lr", "batch_size"))
+    if c.get("find") is not None and c.get("dry_run"):
+        c.problem(f"dry_run=True and find={c.get('find')!r}: choose one")
+    c.need("lr_find.start_lr", lambda v: v > 0, "must be a number > 0")
+    start, end = c.get("lr_find.start_lr"), c.get("lr_find.end_lr")
+    if is_finite_number(start) and is_finite_number(end) and not end > start:
+        c.problem(f"lr_find.end_lr={end}: must be above lr_find.start_lr={start}")
+    c.need("lr_find.steps", lambda v: v >= 10, "must be an integer >= 10")
+    c.need("lr_find.smoothing", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    c.need("lr_find.diverge", lambda v: v > 1, "must be a number > 1")

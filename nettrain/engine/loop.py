@@ -1,0 +1,311 @@
+"""The training loop: data -> forward -> loss -> backward -> update, epoch after epoch.
+
+`fit` is the whole loop, top to bottom. The side concerns are small objects it calls at named
+points: the gradient monitor after backward, the schedule after each step and epoch, early
+stopping, the checkpointer, the metrics writer and the reporter after each epoch, and the stop
+request (a signal, or a test) after each step. Losses and accuracy accumulate on the device and
+are read once per epoch: no host sync per step.
+
+A run can stop mid-epoch and resume bit for bit: the checkpoint carries the epoch's sample order,
+the step reached, the partial loss sum and every RNG state (see checkpoint.snapshot/restore).
+
+`evaluate` is the one evaluation (validation, the test at the end of a run, `nettrain-eval`), the
+same figures on 1 or N processes: each rank sums on the device what its task's metrics need over
+its share of every batch; one all-reduce adds every rank's sums, one host sync reads them, and the
+task's `finish` turns the totals into the metrics. A new metric is one change to its task in
+`TASKS`: the sums it needs per batch and its formula from the totals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nettrain.engine.divergence import LossWatch
+from nettrain.engine.interrupt import StopRequest
+from nettrain.engine.state import Position, TrainState
+
+__all__ = [
+    "FitResult",
+    "LoopSettings",
+    "Position",
+    "RunOutputs",
+    "StopRequest",
+    "TASKS",
+    "evaluate",
+    "fit",
+    "train_step",
+]
+
+
+@dataclass
+class FitResult:
+    epochs_run: int
+    stopped_early: bool
+    best_epoch: int
+    best_value: float
+    interrupted: bool = False
+
+
+Sums = dict[str, torch.Tensor]  # per batch: name -> a 0-d tensor on the device
+
+
+def classification_sums(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> Sums:
+    return {"loss": loss * len(y), "correct": (out.argmax(dim=1) == y).sum()}
+
+
+def classification_finish(total: dict[str, float], n: int, target_std: float) -> dict[str, float]:
+    return {"loss": total["loss"] / n, "acc": total["correct"] / n}
+
+
+def regression_sums(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> Sums:
+    err = out - y
+    return {
+        "loss": loss * len(y),
+        "abs_err": err.abs().sum(),
+        "sq_err": err.square().sum(),
+        "y": y.sum(),
+        "y_sq": y.square().sum(),
+    }
+
+
+def regression_finish(total: dict[str, float], n: int, target_std: float) -> dict[str, float]:
+    """Mean loss, R² and MAE in the target's units (the standardised error x target_std)."""
+    spread = total["y_sq"] - total["y"] ** 2 / n
+    return {
+        "loss": total["loss"] / n,
+        "r2": 1 - total["sq_err"] / spread if spread > 0 else 0.0,
+        "mae": total["abs_err"] / n * target_std,
+    }
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one task measures: the `names` of its sums, `sums(out, y, loss)` -> those sums over one
+    batch, and `finish(totals, n, target_std)` -> the metrics (loss first) from the totals."""
+
+    names: tuple[str, ...]
+    sums: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Sums]
+    finish: Callable[[dict[str, float], int, float], dict[str, float]]
+
+
+TASKS = {
+    "classification": Task(("loss", "correct"), classification_sums, classification_finish),  # loss, acc
+    "regression": Task(("loss", "abs_err", "sq_err", "y", "y_sq"), regression_sums, regression_finish),  # loss, r2, mae
+}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loss_fn: nn.Module, batches, task: str = "classification", target_std: float = 1.0
+) -> dict[str, float]:
+    """The task's metrics over every batch of `batches` (every rank's share under torchrun), in
+    eval mode (dropout off, BatchNorm running statistics: rank 0's, on every rank):
+    {"loss", "acc"} for classification, {"loss", "r2", "mae"} for regression."""
+    from nettrain.engine import distributed
+
+    measure = TASKS[task]
+    model.eval()
+    distributed.broadcast_buffers(model)
+    device = next(model.parameters()).device
+    sums = {name: torch.zeros((), device=device) for name in measure.names}  # zeros on a rank without samples
+    for x, y in batches:  # this rank's share of the split
+        out = model(x)
+        batch = measure.sums(out, y, loss_fn(out, y))
+        for name in measure.names:
+            sums[name] += batch[name]
+    stacked = torch.stack(list(sums.values()))
+    distributed.all_reduce_sum(stacked)  # every rank's sums, in one call
+    total = dict(zip(measure.names, stacked.tolist()))  # the pass's one host sync
+    return measure.finish(total, batches.n, target_std)
+
+
+def l1_penalty(params: list[torch.Tensor]) -> torch.Tensor:
+    """sum |w| over the given tensors, with one fused multi-tensor op."""
+    return torch.stack(torch._foreach_norm(params, 1)).sum()
+
+
+@dataclass
+class LoopSettings:
+    """What the loop does besides the update itself (from the run config)."""
+
+    epochs: int  # train up to this epoch
+    l1: float = 0.0  # weight of the L1 penalty l1 * sum|w| added to the loss
+    grad_clip: float | None = None  # max global gradient norm; None = no clipping
+    restore_best: bool = True  # load the best epoch's weights when training ends
+    make_step: Callable | None = None  # builds the per-batch update; None = train_step (eager)
+    augment: Callable | None = None  # per-batch training augmentation (nettrain/data/augment.py), or None
+    task: str = "classification"  # the validation metrics: classification (acc) | regression (r2, mae)
+    target_std: float = 1.0  # regression: the target's std, to report MAE in its own units
+
+
+@dataclass
+class RunOutputs:
+    """Where the loop reports: checkpoints, metrics.csv and the console (the gradient diagnosis and
+    the experiment loggers, when built, are in TrainState.extras: 'diagnosis', 'loggers')."""
+
+    checkpointer: Any  # nettrain.run.checkpoint.Checkpointer
+    metrics: Any  # nettrain.run.metrics.MetricsWriter
+    reporter: Any  # nettrain.insight.report.Reporter
+
+
+def train_step(state: TrainState, settings: LoopSettings) -> Callable[..., torch.Tensor]:
+    """The update for one batch: forward, loss, backward, gradient monitor, clipping, optimizer
+    step, schedule. Returns step(x, y, weight=1.0) -> the batch's loss sum (detached, on the
+    device); `weight` scales the loss for backward (a rank's share of a global batch)."""
+    model, optimizer, precision, schedule = state.model, state.optimizer, state.precision, state.schedule
+    forward = state.train_model  # under DDP the wrapper, whose backward averages the gradients over ranks
+    loss_fn, grad_monitor = state.loss_fn, state.grad_monitor
+    accumulation, ema = state.extras.get("accumulation"), state.extras.get("ema")
+    l1_params: list[torch.Tensor] = [p for p in model.parameters() if p.dim() > 1]  # weight matrices, conv kernels
+
+    def update() -> None:
+        precision.unscale_(optimizer)  # true gradients (fp16 scales them)
+        grad_monitor.accumulate()  # raw gradients, before clipping
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        precision.step(optimizer)  # update
+        schedule.after_step()
+        if ema is not None:
+            ema.update()
+
+    def step(x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        if settings.augment is not None:
+            x, y = settings.augment(x, y)  # flips, crops, mixup/cutmix (soft targets), from the data generator
+        with precision.autocast():
+            loss = loss_fn(forward(x), y)  # forward + data loss
+        batch_loss_sum = loss.detach() * len(y)
+        if weight != 1.0:
+            loss = loss * weight
+        if settings.l1:
+            loss = loss + settings.l1 * l1_penalty(l1_params)
+        if accumulation is None:
+            optimizer.zero_grad(set_to_none=True)
+            precision.backward(loss)  # backward
+            update()
+            return batch_loss_sum
+        opens_group, group_samples = accumulation.begin()
+        if opens_group:
+            optimizer.zero_grad(set_to_none=True)
+        precision.backward(loss * (len(y) / group_samples))  # this batch's share of the group's mean
+        if accumulation.end():  # the group's last batch: one optimizer step for the whole group
+            update()
+        return batch_loss_sum
+
+    return step
+
+
+def weights_to_evaluate(state: TrainState) -> contextlib.AbstractContextManager:
+    """The EMA weights swapped into the model for validation, when the run keeps an EMA."""
+    ema = state.extras.get("ema")
+    return ema.swapped_in() if ema is not None else contextlib.nullcontext()
+
+
+def record_epoch(state: TrainState, row: dict[str, Any], is_best: bool, out: RunOutputs) -> None:
+    """Add the epoch's gradient statistics and diagnosis to its row; write, report and log it."""
+    row.update(state.grad_monitor.end_epoch())
+    diagnosis, loggers = state.extras.get("diagnosis"), state.extras.get("loggers")  # per-epoch side concerns
+    verdict = diagnosis.end_epoch(row, state.history) if diagnosis else None  # adds its statistics
+    state.history.append(row)
+    out.metrics.write(state.history)
+    out.reporter.epoch(row, is_best)
+    for finding in verdict.findings if verdict else []:
+        out.reporter.warn(f"epoch {row['epoch']}: {finding}")
+    if loggers:
+        loggers.log_epoch(row, state.model)
+
+
+def epoch_start(start: Position, epoch: int, train_batches, device: torch.device):
+    """Where `epoch` starts: its batch order, first step, loss sum so far and training time so far
+    (the saved position's when resuming mid-epoch, else a fresh order from step 0)."""
+    from nettrain.engine import distributed
+
+    if epoch != start.epoch + 1 or start.order is None:
+        return train_batches.order(), 0, torch.zeros((), device=device), 0.0
+    loss_sum = torch.zeros((), device=device)
+    if start.loss_sum is not None and distributed.context().is_main:
+        loss_sum = start.loss_sum  # the saved sum is every rank's: counted once, on rank 0
+    return start.order, start.step_in_epoch, loss_sum, start.train_time
+
+
+def fit(
+    state: TrainState,
+    train_batches,
+    val_batches,
+    settings: LoopSettings,
+    out: RunOutputs,
+    start: Position | None = None,
+    stop: StopRequest | None = None,
+) -> FitResult:
+    """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs.
+
+    `settings.make_step(state, settings)` builds the per-batch update, `step(*batch) -> loss sum`: the
+    eager `train_step`, or the CUDA graph step (nettrain.engine.cuda_graph), which is captured here,
+    after a resume has restored the state and before the first epoch's clock starts."""
+    from nettrain.engine import distributed
+
+    model, early_stopping, schedule = state.model, state.early_stopping, state.schedule
+    start, stop = start or Position(), stop or StopRequest()
+    step_fn = (settings.make_step or train_step)(state, settings)
+    best_weights = start.best_weights
+    watch = LossWatch(len(train_batches), state.device)  # each step's loss, on the device, read once per epoch
+    epoch = start.epoch
+    for epoch in range(start.epoch + 1, settings.epochs + 1):
+        # -- train (from the saved position when resuming mid-epoch) --------------------------
+        order, step, loss_sum, train_time = epoch_start(start, epoch, train_batches, state.device)
+        watch.start_epoch(step)
+        model.train()
+        started = time.perf_counter()
+        with out.reporter.progress(len(train_batches), epoch, done=step) as advance:
+            for x, y in train_batches.batches(order, first_step=step):
+                batch_loss = step_fn(x, y, train_batches.loss_weight(step, len(y)))
+                watch.record(step, batch_loss)
+                loss_sum += batch_loss
+                step += 1
+                advance()
+                if stop.tick() and step < len(train_batches):  # interrupted mid-epoch: save and leave
+                    train_time += time.perf_counter() - started
+                    loss_sum = distributed.all_reduce_sum(loss_sum.clone())[0]  # the sum over every rank
+                    out.checkpointer.save(state, Position(epoch - 1, step, order, loss_sum, train_time, best_weights))
+                    return FitResult(epoch - 1, False, early_stopping.best_epoch, early_stopping.best, True)
+        distributed.all_reduce_sum(loss_sum)  # every rank's shares
+        train_loss = (loss_sum / train_batches.n).item()  # the epoch's one host sync for training
+        if not math.isfinite(train_loss):
+            watch.check(epoch)  # raises Diverged naming the first non-finite step; nothing is saved
+        train_time += time.perf_counter() - started
+
+        # -- validate, record, decide --------------------------------------------------------
+        val_started = time.perf_counter()
+        with weights_to_evaluate(state):  # the EMA's, when kept: for validation and best_weights
+            val = evaluate(model, state.loss_fn, val_batches, settings.task, settings.target_std)
+            is_best = early_stopping.update(val[early_stopping.monitor.removeprefix("val_")], epoch)
+            if is_best and settings.restore_best:
+                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            **{f"val_{name}": value for name, value in val.items()},  # val_loss, then val_acc or val_r2, val_mae
+            "lr": schedule.lr,
+            "epoch_time_s": train_time + time.perf_counter() - val_started,
+            "samples_per_s": train_batches.n / train_time,
+        }
+        record_epoch(state, row, is_best, out)
+        schedule.after_epoch(row["val_loss"])
+        out.checkpointer.save(state, Position(epoch, best_weights=best_weights), is_best=is_best)
+        if early_stopping.should_stop:
+            out.reporter.note(early_stopping.reason())
+            break
+        if stop.signum is not None:
+            return FitResult(epoch, False, early_stopping.best_epoch, early_stopping.best, True)
+
+    weights = best_weights if best_weights is not None else getattr(state.extras.get("ema"), "weights", None)
+    if weights is not None:  # the test uses the best weights, or else the averaged ones
+        model.load_state_dict(weights)
+    return FitResult(epoch, early_stopping.should_stop, early_stopping.best_epoch, early_stopping.best)
