@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from hydra._internal.hydra import Hydra
+
 # Arguments that can make the mode something else, or choose a primary config of the user's own.
 _MAY_SET_MODE = ("-m", "--multirun", "hydra.mode", "+hydra.mode", "--config-name", "-cn", "--config-dir", "-cd")
 
@@ -26,8 +28,6 @@ def mode_is_run(argv: list[str]) -> bool:
 @contextlib.contextmanager
 def single_composition(argv: list[str]) -> Iterator[None]:
     """While Hydra starts the app, skip its mode probe when `argv` is a plain single run."""
-    from hydra._internal.hydra import Hydra
-
     probe = getattr(Hydra, "get_mode", None)
     if probe is None or not mode_is_run(argv):
         yield
