@@ -36,7 +36,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 import nettrain
 from nettrain.config import trust
 from nettrain.config.schema import TrainConfig, flatten, problems
-from nettrain.errors import ConfigError, RunFolderError, UntrustedTargetError
+from nettrain.errors import BadInput, ConfigError, DataError, UntrustedTargetError
 from nettrain.run import launch
 from nettrain.run.checkpoint import NAMES, verify_checkpoint
 from nettrain.run.folder import RunWriter, in_multirun, refuse_symlinks, remove_if_unused, unsafe_run_dir
@@ -365,7 +365,7 @@ def _received_folders(argv: list[str], multirun: bool) -> None:
                 _report(found, UntrustedTargetError)
         if sweep_dir is not None and "${" not in sweep_dir:
             refuse_symlinks(sweep_dir)
-    except (ConfigError, RunFolderError) as exc:  # a file that does not parse, a link
+    except BadInput as exc:  # a file that does not parse, a link
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)
 
@@ -437,23 +437,23 @@ def kept_checkpoints() -> str:
 def data_problem(exc: BaseException) -> str | None:
     """'Data: ...' in one line when `exc` comes from a DataError (nettrain/data: files missing or
     unreadable, a download that failed), which the builder reports as the data group's config error."""
-    data = sys.modules.get("nettrain.data")  # not imported: no DataError can have been raised
     seen: BaseException | None = exc
-    while data is not None and seen is not None:
-        if isinstance(seen, data.DataError):
+    while seen is not None:
+        if isinstance(seen, DataError):
             return "Data: " + " ".join(str(seen).split()).replace(" )", ")")
         seen = seen.__cause__ or seen.__context__
     return None
 
 
 def failed_run(exc: Exception, cfg: Any) -> None:
-    """End a run that raised `exc` (inside its `except`): bad input (a ConfigError or an unusable
-    run folder) is one message and exit 2, and a rejected config leaves no folder behind; a fault
+    """End a run that raised `exc` (inside its `except`): bad input (a BadInput: an invalid config,
+    an unusable run folder, data or a checkpoint that cannot be read) is one message and exit 2,
+    and a rejected config leaves no folder behind; a fault
     writing a file is one line naming it and the checkpoints kept, exit 1. In a multirun the
     failure is recorded in the job's summary.json and None returned, so the sweep goes on (not
     NaN: the Optuna sweeper fails on NaN; None marks the trial failed). Anything else propagates."""
     full_error, multirun = os.environ.get("HYDRA_FULL_ERROR") == "1", in_multirun()
-    if isinstance(exc, (ConfigError, RunFolderError)) and not full_error:
+    if isinstance(exc, BadInput) and not full_error:
         data = data_problem(exc)  # data that cannot be loaded (a failed download): not an invalid config
         print(f"{launch.rank_prefix()}Error: {data or exc}", file=sys.stderr)
         if multirun:  # one bad job must not take the sweep down; the summary records it
@@ -466,7 +466,7 @@ def failed_run(exc: Exception, cfg: Any) -> None:
     if isinstance(exc, OSError) and not (full_error or multirun):  # one line naming the file, and what is kept
         print(f"Error: {exc}{kept_checkpoints()}", file=sys.stderr)
         sys.exit(1)
-    if multirun and not isinstance(exc, (ConfigError, RunFolderError, OSError)):  # a failed job; the sweep goes on
+    if multirun and not isinstance(exc, (BadInput, OSError)):  # a failed job; the sweep goes on
         print(f"Error: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
     raise exc

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from nettrain.commands.predict import table_records
 from nettrain.config import trust as trust_lib
-from nettrain.errors import CheckpointError, ConfigError, DataError, RunFolderError
+from nettrain.errors import BadInput, ConfigError, DataError
 from nettrain.files import write_json
 from nettrain.run import checkpoint as ckpt
 from nettrain.run.folder import refuse_target_symlinks
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = evaluate_checkpoint(args.target, args.split or "test", args.overrides, args.trust, args.data)
-    except (ConfigError, CheckpointError, DataError, OmegaConfBaseException, RunFolderError) as exc:
+    except (BadInput, OmegaConfBaseException) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
 

@@ -38,7 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nettrain.config import trust as trust_lib
 from nettrain.config.renames import upgrade
-from nettrain.errors import CheckpointError, ConfigError, ExportError, RunFolderError
+from nettrain.errors import BadInput, ExportError
 from nettrain.files import atomic_write, write_json
 from nettrain.run.checkpoint import pick
 from nettrain.run.folder import refuse_target_symlinks
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = export(args.target, args.format, args.out, trust=args.trust)
-    except (ExportError, ConfigError, CheckpointError, OmegaConfBaseException, RunFolderError) as exc:
+    except (BadInput, OmegaConfBaseException) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     verdict = "matches" if result["passed"] else "DOES NOT MATCH"

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nettrain.config import trust as trust_lib
-from nettrain.errors import CheckpointError, ConfigError, DataError, PredictError, RunFolderError
+from nettrain.errors import BadInput, DataError, PredictError
 from nettrain.files import write_text
 from nettrain.run.checkpoint import pick
 from nettrain.run.folder import refuse_target_symlinks
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         refuse_target_symlinks(args.target, None if args.out else "predict")  # before anything is read
         path, rows = predict(args.target, args.inputs, args.top_k, args.device, trust=args.trust)
-    except (PredictError, CheckpointError, ConfigError, OmegaConfBaseException, RunFolderError) as exc:
+    except (BadInput, OmegaConfBaseException) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out).expanduser() if args.out else default_out(path)

@@ -50,7 +50,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nettrain.config.schema import MONITORED, is_finite_number
-from nettrain.errors import RunFolderLinkError
+from nettrain.errors import BadInput, RunFolderLinkError
 from nettrain.files import atomic_write, write_text
 from nettrain.insight.figures import pyplot, ticker
 from nettrain.run.folder import refuse_symlinks
@@ -925,7 +925,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         summary = summarize(args.paths, out_dir=args.out, plot=not args.no_plot)
-    except FileNotFoundError as exc:
+    except (BadInput, FileNotFoundError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     return 0 if summary.all_finished else 1

@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_module
 from nettrain.commands.train import train
 from nettrain.config.schema import is_finite_number
 from nettrain.config.store import register_schema
-from nettrain.errors import ConfigError, RunFolderError
+from nettrain.errors import BadInput, RunFolderError
 from nettrain.files import timestamp, write_json
 from nettrain.run import launch
 from nettrain.run.checkpoint import load_checkpoint
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = ["epochs=2", *overrides]  # a few steps are enough; the user can ask for more
     try:
         differences, facts = verify_resume(overrides, workdir, args.config_dir, args.stop_after)
-    except (ConfigError, RunFolderError) as exc:
+    except BadInput as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # composition errors (unknown option, wrong type) name the key
