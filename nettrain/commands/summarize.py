@@ -46,8 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
-from rich.table import Table
 
 from nettrain.config.schema import MONITORED, is_finite_number
 from nettrain.errors import BadInput, RunFolderLinkError
@@ -627,6 +625,10 @@ def to_markdown(summary: SweepSummary, plot_name: str | None = "summary.png") ->
 
 def print_table(summary: SweepSummary, console=None) -> None:
     """The rows as a rich table; the best row bold and marked with *."""
+    # rich only when a table is printed: nettrain-train imports this module for its sweep callback
+    from rich.console import Console
+    from rich.table import Table
+
     header, rows = table_rows(summary, status_width=50)
     if console is None:  # off a terminal (CI, a log file) rich assumes 80 columns: use what the table needs
         console = Console(highlight=False)
