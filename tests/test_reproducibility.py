@@ -545,7 +545,8 @@ def test_a_longer_run_on_resume_keeps_the_warmup_it_started_with():
 
 
 def test_a_corrupt_last_checkpoint_never_replaces_a_good_previous(tmp_path):
-    from nettrain.run.checkpoint import Checkpointer, save_checkpoint
+    from nettrain.engine.checkpointer import Checkpointer
+    from nettrain.run.checkpoint import save_checkpoint
 
     folder = tmp_path / "checkpoints"
     save_checkpoint(

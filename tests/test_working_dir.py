@@ -304,7 +304,7 @@ def test_a_sweep_job_in_a_process_of_its_own_imports_the_users_model_there_and_n
 def test_the_multirun_sets_pythonsafepath_for_its_jobs_and_puts_it_back(monkeypatch):
     from omegaconf import OmegaConf
 
-    from nettrain.run.sweep_callback import SweepSummaryCallback
+    from nettrain.commands.sweep_callback import SweepSummaryCallback
 
     monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
     callback, config = SweepSummaryCallback(enabled=False), OmegaConf.create({})

@@ -3,10 +3,7 @@
 `main` is the thin Hydra entry point; `train(cfg, output_dir)` does the work and returns the
 run's summary, so tests and scripts can call it directly with a config from Hydra's compose API.
 `_train` is the recipe, one named step each: resume -> build -> provenance -> fit -> summary.
-Building lives in nettrain/engine/build.py, the loop in nettrain/engine/loop.py, resume in nettrain/run/resume.py.
-
-torch is imported inside `train`, not at module level, so `nettrain-train --help` and config
-errors answer without paying for `import torch`.
+torch is imported inside the functions (nettrain/engine/), so `--help` and config errors answer at once.
 
 Re-run a finished run (Hydra's way):   nettrain-train --config-dir RUN_DIR/.hydra --config-name config
 Resume an interrupted one:             nettrain-train resume=RUN_DIR
@@ -21,17 +18,30 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from nettrain.commands.errors import before_hydra, composition_errors_exit_2, exit_for, failed_run
 from nettrain.commands.startup import single_composition
-from nettrain.config.schema import plain, register_schema, validate
-from nettrain.engine import distributed
+from nettrain.commands.sweep_callback import sweep_exit_code
+from nettrain.config.schema import plain, validate
+from nettrain.config.store import register_schema
 from nettrain.engine.interrupt import stop_on_signals
 from nettrain.errors import ConfigError
-from nettrain.run.folder import RunWriter, hydra_output_subdir, in_multirun, no_follow_log_files
-from nettrain.run.metrics import FINISHED, INTERRUPTED
-from nettrain.run.resume import finished_already, make_rerunnable, resume_argv, run_dir_of, with_renames
-from nettrain.run.summary import launch_id, write_failure, write_summary
+from nettrain.run import launch
+from nettrain.run.folder import RunWriter, hydra_output_subdir, in_multirun, no_follow_log_files, set_aside_old_results
+from nettrain.run.metrics import FINISHED, INTERRUPTED, MetricsWriter
+from nettrain.run.resume import (
+    finished_already,
+    load_resume_point,
+    make_rerunnable,
+    resume_argv,
+    run_dir_of,
+    with_renames,
+)
+from nettrain.run.summary import launch_id, write_failure
+from nettrain.run.sweep import claim, config_hash
 
 
 def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> dict[str, Any]:
@@ -42,16 +52,18 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
     Under torchrun/SLURM every rank calls it: the ranks train together, and only rank 0 writes.
     """
     validate(cfg)
-    with distributed.group(cfg) as device:  # this rank's device in the process group (None: one process)
+    if launch.detect() is None:  # one process: torch is imported once there is work to do
+        return _run(cfg, output_dir, stop, None)
+    from nettrain.engine import distributed
+
+    with distributed.group(cfg) as device:  # this rank's device in the process group
         return _run(cfg, output_dir, stop, device)
 
 
 def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[str, Any]:
     started = time.perf_counter()
-    say = print if distributed.context().is_main else (lambda *args: None)
+    say = print if launch.context().is_main else (lambda *args: None)
     if output_dir is None:
-        from hydra.core.hydra_config import HydraConfig
-
         output_dir = HydraConfig.get().runtime.output_dir
     output_dir = Path(output_dir)
     if cfg.resume and run_dir_of(cfg.resume) != output_dir.resolve():
@@ -64,10 +76,8 @@ def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[s
     writer, summary_path = RunWriter(output_dir), output_dir / "summary.json"  # writes on rank 0 only
     resume_from = Path(cfg.resume).expanduser() if cfg.resume else None
     if not cfg.resume and in_multirun():  # a re-launched sweep: skip, resume or re-run this config
-        from nettrain.run.sweep import claim, config_hash
-
         key = config_hash(plain(cfg))
-        previous = distributed.broadcast_object(writer.run(claim, output_dir, key, launch_id())) or {}
+        previous = _rank_zeros(writer.run(claim, output_dir, key, launch_id())) or {}
         status = previous.get("status")
         if status in FINISHED:
             say(f"{output_dir}: this config already finished ({status}); skipped")
@@ -77,6 +87,7 @@ def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[s
     if cfg.resume and (done := finished_already(summary_path, cfg.epochs, resume_from, plain(cfg))):
         return done
 
+    from nettrain.engine import distributed
     from nettrain.engine.loop import StopRequest
     from nettrain.run.reproducibility import process_settings
 
@@ -98,24 +109,33 @@ def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[s
             raise
 
 
+def _rank_zeros(value: Any) -> Any:
+    """Rank 0's `value` on every rank of a process group; `value` itself in one process (no torch)."""
+    if not launch.context().distributed:
+        return value
+    from nettrain.engine import distributed
+
+    return distributed.broadcast_object(value)
+
+
 def _train(
     cfg: DictConfig, writer: RunWriter, started: float, stop, resume_from: Path | None, device
 ) -> dict[str, Any]:
     """The recipe: resume -> build -> provenance -> fit -> summary. Only rank 0 writes (`writer`) and prints."""
+    from nettrain.engine import distributed
     from nettrain.engine.build import build_diagnosis, build_loggers, build_run, resolve_device
+    from nettrain.engine.checkpointer import restore
+    from nettrain.engine.record import write_summary
     from nettrain.insight.report import Reporter
-    from nettrain.run.folder import set_aside_old_results
     from nettrain.run.reproducibility import seed_everything, write_provenance
 
-    ctx, output_dir = distributed.context(), writer.folder
+    ctx, output_dir = launch.context(), writer.folder
     device = device or resolve_device(cfg.device)
     seed_everything(cfg.seed)
     reporter = Reporter(**cfg.console, rank=ctx.rank)
     plain_config = plain(cfg)
     saved = None
     if resume_from is not None:
-        from nettrain.run.resume import load_resume_point
-
         saved = load_resume_point(resume_from, output_dir, plain_config, reporter)
     run = build_run(cfg, device)
     memory = _introduce(cfg, run, output_dir, reporter)  # the estimate counts on copies: before any hooks
@@ -123,15 +143,12 @@ def _train(
     build_loggers(cfg, run.state, rank=ctx.rank)
     start = None
     if saved is not None:
-        from nettrain.run.checkpoint import restore
-
         start = restore(saved, run.state, device)
     else:
         writer.run(set_aside_old_results, output_dir, reporter)
     record = write_provenance(run.device, run.data.fingerprint(), writer, resume_from is not None, reporter.warn)
     distributed.introduce(reporter, run.train_batches, cfg.batch_size)
     from nettrain.engine.divergence import Diverged, diverged_summary
-    from nettrain.run.sweep import config_hash
 
     try:
         result = _fit(cfg, run, writer, plain_config, reporter, start, stop, record)
@@ -165,10 +182,8 @@ def _introduce(cfg: DictConfig, run, output_dir: Path, reporter):
 
 def _fit(cfg: DictConfig, run, writer: RunWriter, plain_config: dict, reporter, start, stop, record: dict):
     """Train with the loop's settings and outputs taken from the config (files through `writer`: rank 0's)."""
+    from nettrain.engine.checkpointer import Checkpointer
     from nettrain.engine.loop import LoopSettings, RunOutputs, fit
-    from nettrain.run.checkpoint import Checkpointer
-    from nettrain.run.metrics import MetricsWriter
-    from nettrain.run.sweep import config_hash
 
     tags = {"config_hash": config_hash(plain_config), "git_commit": (record.get("git") or {}).get("commit")}
     run.state.extras["loggers"].start(writer.folder, plain_config, tags)
@@ -195,14 +210,10 @@ def _fit(cfg: DictConfig, run, writer: RunWriter, plain_config: dict, reporter, 
 
 @hydra.main(version_base="1.3", config_path="pkg://nettrain.conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    distributed.publish_run_dir(HydraConfig.get().runtime.output_dir)  # the other ranks may start
+    launch.publish_run_dir(HydraConfig.get().runtime.output_dir)  # the other ranks may start
     subdir = hydra_output_subdir()
     if subdir is not None and (subdir / "config.yaml").is_file():
         make_rerunnable(subdir / "config.yaml")
-    from nettrain.commands.errors import exit_for, failed_run
-
     try:
         no_follow_log_files(HydraConfig.get().runtime.output_dir)  # train.log: no line through a link
         summary = train(cfg)
@@ -213,18 +224,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    from hydra.errors import HydraException
-
-    from nettrain.commands.errors import before_hydra, composition_errors_exit_2
-
     register_schema()  # also the --help page (nettrain/config/help.py)
-    env = distributed.detect_or_exit()
-    distributed.refuse_multirun(env, sys.argv)
+    env = launch.detect_or_exit()
+    launch.refuse_multirun(env, sys.argv)
     before_hydra(sys.argv)  # a shadowing checkout, an unusable run folder, a launcher without its command
     try:
-        with distributed.leading(env):  # rank 0 resolves the run dir; the other ranks wait for it and use it
-            run_dir = distributed.wait_for_run_dir(env)
-            sys.argv = distributed.follower_argv(with_renames(resume_argv(sys.argv)), run_dir)
+        with launch.leading(env):  # rank 0 resolves the run dir; the other ranks wait for it and use it
+            run_dir = launch.wait_for_run_dir(env)
+            sys.argv = launch.follower_argv(with_renames(resume_argv(sys.argv)), run_dir)
             # Hydra composes once; its errors exit 2; a resumed config's targets are checked
             with single_composition(sys.argv), composition_errors_exit_2(sys.argv):
                 _hydra_main()
@@ -233,8 +240,6 @@ def main() -> None:
             raise
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)
-    from nettrain.run.sweep_callback import sweep_exit_code
-
     if sweep_exit_code():  # a multirun with a failed or incomplete job; the sweep summary says which
         sys.exit(1)
 

@@ -1,3 +1,4 @@
-"""The run config: its typed schema and up-front checks (`schema`), what a config read from a file
-may build (`trust`, `usermodules`), old target names (`renames`), and the `--help` page (`help`).
-Nothing here imports torch."""
+"""The run config: its typed schema and up-front checks (`schema`), whether the step can be one
+CUDA graph (`graph_plan`), what a config read from a file may build (`trust`, `usermodules`),
+old target names (`renames`), the `--help` page (`help`) and what Hydra is given before it
+composes (`store`). Nothing here imports torch."""

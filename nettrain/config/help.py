@@ -27,6 +27,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nettrain.config import schema as schema_module
+
 RESOLVER = "nettrain_help"
 HIDDEN_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 _KEY_LINE = re.compile(r"^([A-Za-z_]\w*):(.*)$")
@@ -63,7 +65,7 @@ def schema_sections(module: Any = None) -> dict[str, Section]:
     """Every dataclass in the schema module (nettrain.config.schema), by class name, with the comment
     beside each field, read from the source."""
     if module is None:
-        from nettrain.config import schema as module
+        module = schema_module
     source = inspect.getsource(module)
     comments = _comments(source)
     classes = [node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)]

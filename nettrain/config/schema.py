@@ -10,13 +10,16 @@ This module imports neither torch nor torchvision, so ``nettrain-train --help`` 
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard, cast
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from nettrain.config.graph_plan import COMPILE_MODES, SETTINGS, plan
 from nettrain.errors import ConfigError
 
 # Names the components accept; nettrain/models/ maps each to its torch module.
@@ -33,6 +36,13 @@ MAX_BATCH_SIZE = 2**16  # larger is no sensible batch for these datasets (and a 
 # samples a data option splits into train/val/(test), for the empty-split check before loading
 DATA_SIZES = {"nettrain.data.mnist_sample": 5000, "nettrain.data.torchvision_dataset": 60000}
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# loggers: name -> (module that must import, the extra that installs it); nettrain/insight/loggers.py
+LOGGER_PACKAGES = {
+    "csv": None,
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow"),
+    "wandb": ("wandb", "wandb"),
+}
 
 
 @dataclass
@@ -189,19 +199,6 @@ class TrainConfig:
     lr_find: LrFindConfig = field(default_factory=LrFindConfig)
 
 
-def register_schema() -> None:
-    """Make the schema available to conf/train.yaml's defaults list as `nettrain_schema`, and
-    the `${nettrain_help:}` resolver its `hydra.help.template` calls (nettrain/config/help.py)."""
-    from hydra.core.config_store import ConfigStore
-
-    from nettrain.config import help as help_page
-
-    ConfigStore.instance().store(name="nettrain_schema", node=TrainConfig)
-    help_page.register()
-    # conf/hydra/launcher/slurm.yaml: one task per GPU, and one for a CPU-only job
-    OmegaConf.register_new_resolver("nettrain.at_least_one", lambda n: max(1, int(n or 0)), replace=True)
-
-
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     """A nested plain config as {'dotted.key': value} (lists stay values)."""
     if isinstance(node, dict):
@@ -354,8 +351,6 @@ NEEDED = {
 
 def missing_keys(node: Any, prefix: str = "") -> list[str]:
     """The dotted keys of `node` whose value is `???` (MISSING), the hydra section aside."""
-    from omegaconf import DictConfig
-
     if isinstance(node, DictConfig):
         keys = [str(k) for k in node.keys() if not (prefix == "" and k == "hydra")]
         found = [f"{prefix}{k}" for k in keys if OmegaConf.is_missing(node, k)]
@@ -491,8 +486,6 @@ def _check_monitors(c: Checks) -> None:
 def _check_graph(c: Checks) -> None:
     """trainer.compile's value, trainer.cuda_graph's, and `cuda_graph=on` with a setting that
     cannot be captured (judged from the config; a device chosen by `auto` is judged at build)."""
-    from nettrain.engine.cuda_graph import COMPILE_MODES, SETTINGS, plan
-
     compile_value = c.get("trainer.compile")
     c.need(
         "trainer.compile",
@@ -516,10 +509,25 @@ def _check_graph(c: Checks) -> None:
         c.problem(problem)
 
 
+def logger_problems(names: Iterable[str]) -> list[str]:
+    """Config problems with `loggers`: unknown names, or a logger whose package is missing."""
+    found = []
+    names = list(names)
+    for name in names:
+        if name not in LOGGER_PACKAGES:
+            found.append(f"loggers={names}: unknown logger {name!r}; allowed: {', '.join(LOGGER_PACKAGES)}")
+            continue
+        package = LOGGER_PACKAGES[name]
+        if package and importlib.util.find_spec(package[0]) is None:
+            found.append(
+                f"loggers={names}: {name} needs the {package[0]} package; install it with "
+                f'pip install "nettrain[{package[1]}]"'
+            )
+    return found
+
+
 def _check_tools(c: Checks) -> None:
     """The loggers (unknown, or their package missing), dry_run and the finders."""
-    from nettrain.insight.loggers import problems as logger_problems
-
     c.choice("logger.wandb.mode", ("auto", "online", "offline"))
     c.found += logger_problems(c.get("loggers") or [])
     c.choice("find", ("lr", "batch_size"))

@@ -8,11 +8,15 @@ model's weights are all finite, so that no non-finite checkpoint is ever written
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 
+from nettrain.engine import distributed
+from nettrain.insight.report import save_plots
 from nettrain.run.folder import RunWriter
+from nettrain.run.summary import task_figures
 
 DIVERGED_EXIT = 3  # the exit status of a run stopped by a non-finite loss
 REMEDIES = "lower lr, set regularization.grad_clip (e.g. 1.0), or check the data for NaN or huge values"
@@ -57,8 +61,6 @@ class LossWatch:
     def check(self, epoch: int) -> None:
         """Raise Diverged naming `epoch` (1-based) and the first step whose loss was non-finite on
         any rank: under torchrun every rank raises alike, also one whose own share stayed finite."""
-        from nettrain.engine import distributed
-
         found = self.first_nonfinite()
         step = -distributed.agree(-found[0] if found else -_NONE)  # the earliest over the ranks
         if step == _NONE:
@@ -89,10 +91,6 @@ def diverged_summary(
     """summary.json (strict JSON) and the plots of a run stopped by a non-finite loss, written
     through `writer` (a run_dir.RunWriter: rank 0's): status `diverged`, the message, the epochs
     completed and the best finite one; returns the summary (on every rank)."""
-    import math
-
-    from nettrain.run.summary import task_figures
-
     finite = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
     best = min(finite, key=lambda r: r["val_loss"], default={})
     summary = {
@@ -107,6 +105,6 @@ def diverged_summary(
         **extra,
     }
     if history and plots:
-        writer.plots(history)
+        writer.run(save_plots, history, writer.path("plots"))
     writer.json("summary.json", summary)
     return summary

@@ -13,15 +13,20 @@ from __future__ import annotations
 import json
 import os
 import sys
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, cast
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from nettrain.config.renames import renamed, renamed_overrides, upgrade
-from nettrain.config.schema import flatten, matches
-from nettrain.errors import ConfigError
-from nettrain.files import timestamp
+from nettrain.config.schema import TrainConfig, flatten, matches
+from nettrain.errors import ConfigError, RunFolderError, UntrustedTargetError
+from nettrain.files import timestamp, write_text
+from nettrain.run import checkpoint as ckpt
+from nettrain.run.folder import refuse_symlinks
 from nettrain.run.metrics import FINISHED
 
 # Keys that may change when a run is resumed: they do not change what the run computes so far.
@@ -61,10 +66,6 @@ def run_dir_of(resume: str) -> Path:
 
 def schema_defaults() -> dict[str, Any]:
     """Every schema key's default, flattened (the groups' own keys, which the schema leaves open, excepted)."""
-    from omegaconf import MISSING
-
-    from nettrain.config.schema import TrainConfig
-
     defaults = flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
     return {key: value for key, value in defaults.items() if value != MISSING}
 
@@ -141,10 +142,6 @@ def finished_already(
 def finished_run_config(resume_from: Path, output_dir: Path) -> dict[str, Any] | None:
     """The config a finished run trained with: its checkpoint's (the one given, or the run's newest
     valid one), else its saved .hydra/config.yaml; None when neither can be read."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    from nettrain.run import checkpoint as ckpt
-
     try:
         if resume_from.is_file():
             return ckpt.load_checkpoint(resume_from)["config"]
@@ -178,8 +175,6 @@ def refused_changes(resume_from: Path, old: dict, new: dict) -> list[str]:
 def load_resume_point(resume_from: Path, output_dir: Path, plain_config: dict, report) -> dict[str, Any]:
     """The newest valid checkpoint to resume (a file, or the best of a run's checkpoints/), after
     checking that the config changes nothing but the settings that are safe to change."""
-    from nettrain.run import checkpoint as ckpt
-
     try:
         if resume_from.is_file():
             path, saved = resume_from, ckpt.load_checkpoint(resume_from)
@@ -251,9 +246,6 @@ def saved_config_problems(config_yaml: Path) -> list[str]:
     would pull in options from the folder), and a `hydra:` section that differs from nettrain's own
     (callbacks, logging, search path, environment: all of it runs or loads something). A file that
     does not parse raises a ConfigError."""
-    import yaml
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         saved = OmegaConf.to_container(OmegaConf.load(config_yaml), resolve=False)
     except yaml.MarkedYAMLError as exc:
@@ -287,8 +279,6 @@ def saved_config_problems(config_yaml: Path) -> list[str]:
 
 def _own_hydra_section() -> dict[str, Any]:
     """conf/train.yaml's `hydra:` section, as make_rerunnable writes it into a run's config.yaml."""
-    from importlib.resources import files
-
     primary = OmegaConf.create(files("nettrain.conf").joinpath("train.yaml").read_text(encoding="utf-8"))
     return cast(dict[str, Any], OmegaConf.to_container(primary.hydra, resolve=False))
 
@@ -297,10 +287,6 @@ def make_rerunnable(config_yaml: Path) -> None:
     """Turn Hydra's saved config.yaml into a primary config of its own: the schema in its defaults
     list, and nettrain's output and logging settings, so that
     `nettrain-train --config-dir RUN_DIR/.hydra --config-name config` re-runs it faithfully."""
-    from importlib.resources import files
-
-    from nettrain.files import write_text
-
     saved = OmegaConf.load(config_yaml)
     if "defaults" in saved:
         return
@@ -333,8 +319,6 @@ def resume_argv(argv: list[str]) -> list[str]:
             file=sys.stderr,
         )
         sys.exit(2)
-    from nettrain.errors import RunFolderError, UntrustedTargetError
-    from nettrain.run.folder import refuse_symlinks
 
     try:  # before anything in the run folder is read (a stat aside) or written: no link in it is followed
         refuse_symlinks(run_dir)
