@@ -245,8 +245,8 @@ def in_process(entry: str, prog: str, *args: str, cwd: Path, env_extra: dict | N
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
             warnings.simplefilter("default")  # a fresh process shows each warning once
-            try:
-                getattr(importlib.import_module(module), function)()
+            try:  # as the console script's wrapper does: sys.exit(function())
+                raise SystemExit(getattr(importlib.import_module(module), function)())
             except SystemExit as exc:
                 if exc.code is None or isinstance(exc.code, int):
                     code = exc.code or 0

@@ -5,7 +5,8 @@
 - `resume_argv` turns `nettrain-train resume=RUN_DIR [overrides]` into exactly that re-run,
   pinned to the run's own folder.
 - `load_resume_point` finds the newest valid checkpoint and refuses overrides that would change
-  the run being resumed (`config_changes`, `SAFE_ON_RESUME`).
+  the run being resumed (`config_changes`). The settings that may change are those the schema
+  marks `[resume: may change]` (nettrain/config/schema.py), read by `resume_safe_keys`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nettrain.config.help import resume_safe_keys
 from nettrain.config.renames import renamed, renamed_overrides, upgrade
 from nettrain.config.schema import TrainConfig, flatten, matches
 from nettrain.errors import ConfigError, RunFolderError, UntrustedTargetError
@@ -28,30 +30,6 @@ from nettrain.files import timestamp, write_text
 from nettrain.run import checkpoint as ckpt
 from nettrain.run.folder import refuse_symlinks
 from nettrain.run.metrics import FINISHED
-
-# Keys that may change when a run is resumed: they do not change what the run computes so far.
-SAFE_ON_RESUME = (
-    "epochs",
-    "resume",
-    "trust_targets",
-    "device",
-    "threads",
-    "console.",
-    "checkpoint.",
-    "plots",
-    "early_stopping.enabled",
-    "early_stopping.patience",
-    "early_stopping.min_delta",
-    "loggers",
-    "logger.",
-    "lr_find.",
-    "grad_monitor.vanishing_below",
-    "grad_monitor.exploding_above",
-    "grad_monitor.ratio",
-    "grad_monitor.update_ratio_above",
-    "grad_monitor.norm_growth",
-    "grad_monitor.dead_fraction",
-)
 
 
 def run_dir_of(resume: str) -> Path:
@@ -78,10 +56,12 @@ def follows_epochs(a: dict, b: dict) -> bool:
     )
 
 
-def config_changes(old: dict, new: dict, safe: tuple[str, ...] = SAFE_ON_RESUME) -> list[str]:
-    """'key: old -> new' for every resolved setting that differs, except the safe ones. A key that
+def config_changes(old: dict, new: dict, safe: tuple[str, ...] | None = None) -> list[str]:
+    """'key: old -> new' for every resolved setting that differs, except the safe ones (by default
+    those the schema marks `[resume: may change]`: resume_safe_keys). A key that
     the old run's config lacks (a setting added to nettrain since) counts as unchanged while it
     keeps its default; a T_max that follows the epochs may change with them."""
+    safe = resume_safe_keys() if safe is None else safe
     a, b = flatten(old), flatten(new)
     defaults = schema_defaults()
     changed = []
@@ -168,7 +148,7 @@ def refused_changes(resume_from: Path, old: dict, new: dict) -> list[str]:
     return [
         f"resume={str(resume_from)!r}: these settings differ from the run being resumed "
         f"and would change it: {'; '.join(changes)}. Allowed to change on resume: "
-        + ", ".join(s.rstrip(".") + ("*" if s.endswith(".") else "") for s in SAFE_ON_RESUME)
+        + ", ".join(s.rstrip(".") + ("*" if s.endswith(".") else "") for s in resume_safe_keys())
     ]
 
 
