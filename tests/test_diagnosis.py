@@ -85,6 +85,40 @@ def test_sampled_update_ratio_and_dead_units_are_measured():
     assert weight_names(model) == ["fc1.weight", "fc2.weight"]
 
 
+def test_a_conv_channel_is_one_unit_that_fires_at_any_position_of_any_sample():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU())
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    diag = TrainingDiagnostics(model, opt, in_forward=lambda: True)
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([-1.0, 1.0, -1.0, -1.0]))  # channel 1 fires everywhere
+        model[0].weight[2, 0, 1, 1] = 1.0  # channel 2: only where the input passes 1
+    x = torch.zeros(3, 1, 5, 5)
+    x[2, 0, 3, 3] = 3.0  # one position of one sample: channel 2 fires there and nowhere else
+    model(x)
+    assert diag.end_epoch()["dead_units/0"] == 0.5  # channels 0 and 3 never fired
+    model(torch.zeros(3, 1, 5, 5))
+    assert diag.end_epoch()["dead_units/0"] == 0.75  # a new epoch: only channel 1 fired
+
+
+def test_restored_units_are_added_to_a_copy_not_to_the_loaded_state():
+    model = MLP((1, 2, 2), 2, hidden=[4])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    diag = TrainingDiagnostics(model, opt, in_forward=lambda: True)
+    saved = {
+        "ratio_sums": torch.zeros(4, dtype=torch.float64),
+        "ratio_steps": 0,
+        "fired": {"fc1": torch.zeros(4, dtype=torch.bool)},
+    }
+    diag.load_state_dict(saved)
+    with torch.no_grad():
+        model.fc1.bias.fill_(100.0)  # every unit fires
+    model(torch.randn(8, 1, 2, 2))
+    assert diag.end_epoch()["dead_units/fc1"] == 0.0
+    assert not saved["fired"]["fc1"].any()
+
+
 def test_forward_hooks_are_attached_only_for_sampled_steps():
     """A module with a hook takes torch's slow call path: the probe hooks the activations only
     while the next step is sampled, and still counts every sampled step's units."""

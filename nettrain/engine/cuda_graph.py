@@ -151,8 +151,8 @@ class GraphStep:
         tensors = [p.detach() for p in self.model.parameters()] + [b for b in self.model.buffers()]
         for state in self.optimizer.state.values():
             tensors += [v for v in state.values() if hasattr(v, "copy_")]
-        if self.monitor is not None:
-            tensors.append(self.monitor.sums)
+        if self.monitor is not None:  # both sums, |grad| and ||grad||: the warm-up adds to them too
+            tensors.append(self.monitor.stats)
         return tensors
 
     def _capture(self, size: int, sampled: bool) -> _Graph:

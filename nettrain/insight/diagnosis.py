@@ -68,7 +68,7 @@ class TrainingDiagnostics:
         self.in_forward, self.after_backward, self.enabled = in_forward, after_backward or in_forward, enabled
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
-        self.params = [p for _, p in named]
+        self.params: list[torch.Tensor] = [p for _, p in named]
         device = self.params[0].device if self.params else torch.device("cpu")
         dtype = torch.float32 if device.type == "mps" else torch.float64
         self.ratio_sums = torch.zeros(len(self.params), dtype=dtype, device=device)
@@ -108,20 +108,20 @@ class TrainingDiagnostics:
     def _pre_step(self, optimizer, args, kwargs) -> None:
         if not self.after_backward():
             return
-        with torch.no_grad():
-            weights = [p.detach() for p in self.params]
+        with torch.no_grad():  # the parameters themselves: no detached views to make per step
             if self._before:
-                torch._foreach_copy_(self._before, weights)
+                torch._foreach_copy_(self._before, self.params)
             else:
-                self._before = [w.clone() for w in weights]
-            self._size = torch.stack(torch._foreach_norm(weights, 2))
+                self._before = [p.detach().clone() for p in self.params]
+            size = torch.stack(torch._foreach_norm(self._before, 2))
+            self._size = size.to(self.ratio_sums.dtype).clamp_min_(1e-30)
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self._size is not None:
             with torch.no_grad():
-                torch._foreach_sub_(self._before, [p.detach() for p in self.params])  # -(w_after - w_before)
-                moved = torch.stack(torch._foreach_norm(self._before, 2)).to(self.ratio_sums.dtype)
-                self.ratio_sums += moved / self._size.to(self.ratio_sums.dtype).clamp_min(1e-30)
+                torch._foreach_sub_(self._before, self.params)  # -(w_after - w_before)
+                moved = torch.stack(torch._foreach_norm(self._before, 2))
+                self.ratio_sums.add_(moved / self._size)  # float32 norms over float64 sizes: a float64 ratio
             self.ratio_steps += 1
             self._size = None
             if not self._keep_copy:
@@ -135,11 +135,15 @@ class TrainingDiagnostics:
             if not self.in_forward():
                 return
             with torch.no_grad():
-                positive = (out.detach() > 0).any(dim=0)
-                if positive.dim() > 1:  # conv: one unit per channel
-                    positive = positive.flatten(1).any(dim=1)
+                # a unit fired when its largest activation over the batch (and, for a conv
+                # channel, over its positions) is positive: one reduction, no boolean copy
+                dims = (0, *range(2, out.dim()))
+                positive = out.amax(dim=dims) > 0
                 seen = self.fired.get(layer)
-                self.fired[layer] = positive if seen is None or seen.shape != positive.shape else seen | positive
+                if seen is None or seen.shape != positive.shape:
+                    self.fired[layer] = positive
+                else:
+                    seen.logical_or_(positive)
 
         return hook
 
@@ -183,7 +187,8 @@ class TrainingDiagnostics:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ratio_sums.copy_(state["ratio_sums"])
         self.ratio_steps = int(state["ratio_steps"])
-        self.fired = {k: v.to(self.ratio_sums.device) for k, v in state.get("fired", {}).items()}
+        # copies: the hook adds to them in place
+        self.fired = {k: v.to(self.ratio_sums.device, copy=True) for k, v in state.get("fired", {}).items()}
         if self.handles:
             self.follow_sampling()
 

@@ -36,8 +36,10 @@ class GradientMonitor:
         device = self.params[0].device if self.params else torch.device("cpu")
         dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         self.numels = torch.tensor([p.numel() for p in self.params], dtype=dtype, device=device)
-        self.sums = torch.zeros(len(self.params), dtype=dtype, device=device)
-        self.norm_sums = torch.zeros(len(self.params), dtype=dtype, device=device)  # sum of ||grad|| per tensor
+        # one buffer, so that a sampled step adds to both sums at once: row 0 sums |grad| per
+        # tensor, row 1 sums ||grad|| per tensor
+        self.stats = torch.zeros(2, len(self.params), dtype=dtype, device=device)
+        self.sums, self.norm_sums = self.stats[0], self.stats[1]
         self.skip_nonfinite = skip_nonfinite
         self.finite_steps = torch.zeros((), dtype=dtype, device=device)  # counted on the device
         self.steps = 0
@@ -68,22 +70,23 @@ class GradientMonitor:
 
     def add_sums(self) -> None:
         """Add this step's sum |grad| and gradient norm per parameter tensor to the epoch's sums
-        (device work only)."""
-        idx = [i for i, p in enumerate(self.params) if p.grad is not None]
-        grads = [g for p in self.params if (g := p.grad) is not None]
-        stats = torch.zeros(2, len(self.params), dtype=self.sums.dtype, device=self.sums.device)
-        if grads:  # a parameter without a gradient this step counts as zero
-            found = torch.stack([torch.stack(self._abs_sums(grads)), torch.stack(torch._foreach_norm(grads, 2))])
-            if len(idx) == len(self.params):
-                stats = found.to(stats.dtype)
-            else:
-                stats.index_copy_(1, torch.tensor(idx, device=stats.device), found.to(stats.dtype))
+        (device work only: one stack and one add into the sums, whatever the number of tensors)."""
+        grads = [p.grad for p in self.params]
+        present = [g for g in grads if g is not None]
+        n = len(self.params)
+        if len(present) == n:
+            stats = torch.stack([*self._abs_sums(present), *torch._foreach_norm(present, 2)]).view(2, n)
+        else:  # a parameter without a gradient this step counts as zero
+            stats = torch.zeros(2, n, dtype=self.stats.dtype, device=self.stats.device)
+            if present:
+                found = torch.stack([*self._abs_sums(present), *torch._foreach_norm(present, 2)])
+                idx = torch.tensor([i for i, g in enumerate(grads) if g is not None], device=stats.device)
+                stats.index_copy_(1, idx, found.view(2, -1).to(stats.dtype))
         if self.skip_nonfinite:
             finite = torch.isfinite(stats).all()
-            stats = torch.where(finite, stats, torch.zeros_like(stats))
+            stats = torch.where(finite, stats, 0.0)
             self.finite_steps += finite
-        self.sums += stats[0]
-        self.norm_sums += stats[1]
+        self.stats.add_(stats)  # float32 statistics are added exactly, in the sums' float64
 
     @staticmethod
     def _abs_sums(grads: list[torch.Tensor]) -> tuple[torch.Tensor, ...] | list[torch.Tensor]:
@@ -109,8 +112,7 @@ class GradientMonitor:
         steps = self.finite_steps.clamp(min=1) if self.skip_nonfinite else self.steps
         stats = torch.cat([self.sums / self.numels, self.norm_sums]) / steps
         values = stats.tolist()  # the one host sync per epoch
-        self.sums.zero_()
-        self.norm_sums.zero_()
+        self.stats.zero_()
         self.finite_steps.zero_()
         self.steps = self.calls = 0
         self._counted()
