@@ -82,7 +82,7 @@ def sync_counter(monkeypatch):
 def _synced_calls(counts, tmp_path, num_samples: int) -> tuple[collections.Counter, list[dict]]:
     """Host syncs of a whole default run (monitoring, early stopping, checkpoints, metrics on)
     of 3 epochs on `num_samples` synthetic samples, batch 16, with the gradient means taken on
-    every step (the default samples every 10th: every step is the worst case)."""
+    every step (the default samples every 50th: every step is the worst case)."""
     from nettrain.commands.train import train
 
     counts.clear()
