@@ -511,12 +511,12 @@ def exit_for(summary: dict[str, Any]) -> float | None:
 
     from nettrain.engine import distributed
     from nettrain.run.folder import in_multirun
-    from nettrain.run.metrics import INTERRUPTED
+    from nettrain.run.summary import RunStatus
 
-    if summary.get("status") == "diverged":  # a non-finite loss: a failed run
+    if summary.get("status") == RunStatus.DIVERGED:  # a non-finite loss: a failed run
         print(f"Error: {summary['error']}", file=sys.stderr)
         return None if in_multirun() else sys.exit(3)
-    if summary.get("status") == INTERRUPTED:
+    if summary.get("status") == RunStatus.INTERRUPTED:
         if summary.get("signal") and summary["signal"] == distributed.preemption_signal():
             distributed.hand_over(summary["signal"])  # submitit requeues the job; it resumes from the checkpoint
         sys.exit(128 + (summary.get("signal") or signal.SIGINT))

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from nettrain.run.summary import RunStatus
+
 if TYPE_CHECKING:
     from nettrain.engine.build import Parts
 
@@ -285,7 +287,7 @@ def dry_run(cfg: Any, parts: Parts, reporter: Any) -> dict[str, Any]:
         f"  {next_command()}"
     )
     return {
-        "status": "dry_run",
+        "status": RunStatus.DRY_RUN,
         "best_val_loss": None,
         "loss": loss_value,
         "loss_fn": type(parts.loss_fn).__name__,
@@ -332,7 +334,7 @@ def find_lr(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> dict[str
             f"{where}\nTrain with:\n  {next_command(lr=f'{result.suggestion:.2g}')}"
         )
     return {
-        "status": "lr_find",
+        "status": RunStatus.LR_FIND,
         "best_val_loss": None,
         **{k: v for k, v in result.to_dict().items() if k not in ("lr", "loss", "raw_loss")},
     }
@@ -351,7 +353,7 @@ def find_batch_size(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> 
     reporter.note(f"free memory: {free / 2**20:,.0f} MiB ({source}); using 90%: {budget / 2**20:,.0f} MiB")
     if best == 0:
         reporter.warn(f"even batch 1 is estimated at {est.at(1) / 2**20:,.1f} MiB: more than fits")
-        return {"status": "batch_size", "best_val_loss": None, "batch_size": None, "free_bytes": free}
+        return {"status": RunStatus.BATCH_SIZE, "best_val_loss": None, "batch_size": None, "free_bytes": free}
     confirmed, peak = _confirm(cfg, parts, best)
     while confirmed is False and best > 1:  # out of memory after all: step down by a quarter
         best = max(1, best * 3 // 4)
@@ -371,7 +373,7 @@ def find_batch_size(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> 
         f"{best})"
     )
     found = {
-        "status": "batch_size",
+        "status": RunStatus.BATCH_SIZE,
         "best_val_loss": None,
         "batch_size": best,
         "estimate_bytes": est.at(best),

@@ -22,7 +22,7 @@ from nettrain.config.renames import renamed, renamed_overrides, upgrade
 from nettrain.config.schema import flatten, matches
 from nettrain.errors import ConfigError
 from nettrain.files import timestamp
-from nettrain.run.metrics import FINISHED
+from nettrain.run.summary import FINISHED
 
 # Keys that may change when a run is resumed: they do not change what the run computes so far.
 SAFE_ON_RESUME = (
