@@ -222,8 +222,8 @@ def record_epoch(state: TrainState, row: dict[str, Any], is_best: bool, out: Run
     state.history.append(row)
     out.metrics.write(state.history)
     out.reporter.epoch(row, is_best)
-    for finding in verdict.findings if verdict else []:
-        out.reporter.warn(f"epoch {row['epoch']}: {finding}")
+    if verdict is not None:
+        out.reporter.diagnosis(row["epoch"], verdict.verdict, verdict.findings)  # findings: one line at most
     if loggers:
         loggers.log_epoch(row, state.model)
 

@@ -82,7 +82,7 @@ def train_run(
                 return record(cfg, run, diverged_summary(cfg, run, exc, started), writer, reporter)
             test = test_best(run, result)  # 4. test
             summary = ended_summary(cfg, run, result, test, provenance, memory, started, stop)
-            note = interrupted_note(stop.steps, cfg.checkpoint.enabled, writer.folder) if result.interrupted else None
+            note = interrupted_note(stop.steps, cfg.checkpoint.enabled) if result.interrupted else None
             return record(cfg, run, summary, writer, reporter, note)  # 5. record
 
 
@@ -128,7 +128,7 @@ def introduce(cfg: DictConfig, run: Run, output_dir: Path, reporter: Reporter) -
 
     state, data = run.state, run.data
     reporter.start(OmegaConf.to_yaml(cfg), state.model, param_count(state.model), str(run.device), output_dir)
-    reporter.note(f"training memory estimate at batch {run.memory.batch_size}:\n" + "\n".join(run.memory.lines()))
+    reporter.memory(run.memory)
     for line in data.notes:  # the image cache built or used, files skipped
         (reporter.warn if line.startswith("skipped") else reporter.note)(line)
     reporter.note(
@@ -282,8 +282,8 @@ def diverged_summary(cfg: DictConfig, run: Run, exc: Diverged, started: float) -
 def record(
     cfg: DictConfig, run: Run, summary: RunSummary, writer: RunWriter, reporter: Reporter, note: str | None = None
 ) -> dict[str, Any]:
-    """Write the plots and summary.json (rank 0), end the loggers, and print the summary
-    (`note`: what an interrupted run says last); return the summary (every rank)."""
+    """Write the plots and summary.json (rank 0), end the loggers, and print the closing table
+    (`note`: what the status says beyond its name); return the summary (every rank)."""
     from nettrain.insight.diagnosis import worse_from_the_start
 
     history = run.state.history
@@ -291,11 +291,7 @@ def record(
         writer.plots(history, loss_name=type(run.state.loss_fn).__name__)
     content = summary.write(writer)
     run.state.extras["loggers"].finish(content, writer.folder, content["status"])
-    if summary.status == RunStatus.DIVERGED:
-        return content
-    reporter.summary(content)
-    if finding := worse_from_the_start(history):
-        reporter.warn(finding)  # the run's own diagnosis, last: what to change
-    if note is not None:
-        reporter.note(note)
+    if summary.status != RunStatus.DIVERGED and (finding := worse_from_the_start(history)):
+        reporter.warn(finding)  # the run's own diagnosis: what to change
+    reporter.end(summary, cfg.epochs, writer.folder, note)
     return content

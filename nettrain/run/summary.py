@@ -15,7 +15,6 @@ import contextlib
 import os
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from nettrain.run.folder import RunWriter
@@ -165,14 +164,11 @@ def launch_id() -> str | None:
     return os.environ.get("NETTRAIN_LAUNCH")
 
 
-def interrupted_note(steps: int, saved: bool, output_dir: Path) -> str:
-    """What an interrupted run says last: how to resume it, or why it cannot be."""
+def interrupted_note(steps: int, saved: bool) -> str:
+    """What an interrupted run says after its status: when it stopped, whether it can be resumed."""
     if not saved:
-        return f"interrupted after {steps} steps; checkpoint.enabled=false, so it cannot be resumed"
-    return (
-        f"interrupted after {steps} steps this session; a checkpoint is saved. "
-        f"Resume with:\n  nettrain-train resume={output_dir.resolve()}"
-    )
+        return f"after {steps} steps; checkpoint.enabled=false, so it cannot be resumed"
+    return f"after {steps} steps this session; a checkpoint is saved"
 
 
 def error_line(exc: BaseException) -> str:
