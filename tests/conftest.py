@@ -25,7 +25,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from nettrain.config.schema import register_schema
+from nettrain.config.store import register_schema
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -225,8 +225,8 @@ def in_process(entry: str, prog: str, *args: str, cwd: Path, env_extra: dict | N
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from nettrain.engine import distributed
-    from nettrain.run import sweep_callback
+    from nettrain.commands import sweep_callback
+    from nettrain.run import launch
 
     module, function = entry.split(":")
     saved_argv, saved_path, saved_env, saved_cwd = sys.argv, list(sys.path), dict(os.environ), os.getcwd()
@@ -238,15 +238,15 @@ def in_process(entry: str, prog: str, *args: str, cwd: Path, env_extra: dict | N
     os.environ.pop("HYDRA_FULL_ERROR", None)
     os.environ.update(env_extra or {})
     sys.argv = [prog, *args]
-    sweep_callback._last_summary, sweep_callback._last_error, distributed._published = None, None, False
+    sweep_callback._last_summary, sweep_callback._last_error, launch._published = None, None, False
     GlobalHydra.instance().clear()
     saved_hydra_config = HydraConfig.instance().cfg  # the command sets it: a later train() must not see it
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
             warnings.simplefilter("default")  # a fresh process shows each warning once
-            try:
-                getattr(importlib.import_module(module), function)()
+            try:  # as the console script's wrapper does: sys.exit(function())
+                raise SystemExit(getattr(importlib.import_module(module), function)())
             except SystemExit as exc:
                 if exc.code is None or isinstance(exc.code, int):
                     code = exc.code or 0

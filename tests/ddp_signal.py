@@ -8,6 +8,7 @@ import signal
 import sys
 
 from nettrain.engine import distributed
+from nettrain.run import launch
 
 
 def main() -> None:
@@ -15,7 +16,7 @@ def main() -> None:
     tick = distributed.SharedStop.tick
 
     def tick_with_signal(self) -> bool:
-        if distributed.context().rank == rank and self.steps + 1 == step:
+        if launch.context().rank == rank and self.steps + 1 == step:
             os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this thread
         return tick(self)
 

@@ -1,4 +1,5 @@
 """Run under torchrun by tests/test_distributed.py: the collectives of nettrain/engine/distributed.py
+(and the run dir the ranks share, nettrain/run/launch.py)
 on 2 gloo processes. Prints one `ok <check>` line per passed check on rank 0."""
 
 from __future__ import annotations
@@ -8,18 +9,19 @@ import signal
 import torch
 
 from nettrain.engine import distributed as dist_lib
+from nettrain.run import launch
 
 
 def main() -> None:
-    env = dist_lib.detect()
+    env = launch.detect()
     assert env is not None and env.world_size == 2, env
-    with dist_lib.leading(env):
-        dist_lib.publish_run_dir("/shared/run")
-    argv = dist_lib.follower_argv(["nettrain-train", "hydra.run.dir=own"], dist_lib.wait_for_run_dir(env))
+    with launch.leading(env):
+        launch.publish_run_dir("/shared/run")
+    argv = launch.follower_argv(["nettrain-train", "hydra.run.dir=own"], launch.wait_for_run_dir(env))
     assert argv == (
         ["nettrain-train", "hydra.run.dir=own"]
         if env.rank == 0
-        else ["nettrain-train", *dist_lib.follower_overrides("/shared/run")]
+        else ["nettrain-train", *launch.follower_overrides("/shared/run")]
     ), argv
     ctx = dist_lib.init(env, "gloo", torch.device("cpu"))
     assert (ctx.rank, ctx.world_size, ctx.backend) == (env.rank, 2, "gloo")
@@ -49,7 +51,7 @@ def main() -> None:
     )
     report("ok shared stop")
     dist_lib.shutdown()
-    assert not dist_lib.context().distributed
+    assert not launch.context().distributed
 
 
 if __name__ == "__main__":

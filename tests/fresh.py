@@ -8,7 +8,7 @@ code, file descriptors, RSS, and torch's process-wide state as a fresh interpret
 
 `command()` runs one command; `torchrun()` runs N of them with the variables torchrun sets for
 its workers (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, ...), which is all nettrain
-reads of it (`nettrain.engine.distributed.detect`). The real torchrun agent is still run by the tests
+reads of it (`nettrain.run.launch.detect`). The real torchrun agent is still run by the tests
 that are about it (tests/torchrun.py).
 """
 

@@ -1,6 +1,6 @@
 """trainer.cuda_graph: which configurations capture the whole step, which fall back and why.
 
-The decision is a pure function of the settings (nettrain.engine.cuda_graph.plan), so it is tested here
+The decision is a pure function of the settings (nettrain.config.graph_plan.plan), so it is tested here
 on any machine; tests/test_gpu.py replays the graphs themselves on CUDA.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import make_cfg
-from nettrain.engine.cuda_graph import CAPTURABLE_OPTIMIZERS, compile_mode, optimizer_kwargs, plan
+from nettrain.config.graph_plan import CAPTURABLE_OPTIMIZERS, compile_mode, optimizer_kwargs, plan
 
 ADAM = "torch.optim.Adam"
 
@@ -148,7 +148,7 @@ def test_the_decision_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys; from nettrain.engine.cuda_graph import plan; plan('auto', device='cuda'); print('torch' in sys.modules)"
+    code = "import sys; from nettrain.config.graph_plan import plan; plan('auto', device='cuda'); print('torch' in sys.modules)"
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         == "False"
@@ -315,16 +315,17 @@ def test_the_captured_body_computes_what_the_eager_step_computes(optimizer):
 def test_a_failed_capture_falls_back_under_auto_and_stops_under_on(monkeypatch, run, capsys, tmp_path):
     """What happens when capturing raises (a model with data-dependent control flow, say): the
     step choice is exercised on CPU with a plan that captures and a GraphStep that fails."""
+    from nettrain.config import graph_plan
     from nettrain.engine import cuda_graph
     from nettrain.errors import ConfigError
 
     def failing(**kwargs):
         raise cuda_graph.GraphCaptureError("capturing the step failed (RuntimeError: operation not permitted)")
 
-    real_plan = cuda_graph.plan
-    monkeypatch.setattr(cuda_graph, "plan", lambda setting, **kw: cuda_graph.Plan(setting, setting != "off"))
+    real_plan = graph_plan.plan
+    monkeypatch.setattr(graph_plan, "plan", lambda setting, **kw: graph_plan.Plan(setting, setting != "off"))
     monkeypatch.setattr(cuda_graph, "GraphStep", failing)
-    monkeypatch.setattr(cuda_graph, "optimizer_kwargs", lambda target: {})  # CPU: no capturable optimizers
+    monkeypatch.setattr(graph_plan, "optimizer_kwargs", lambda target: {})  # CPU: no capturable optimizers
     monkeypatch.setattr(cuda_graph, "tensor_lr", lambda optimizer, device: None)  # ... and a float lr
     summary, _ = run("data=synthetic", "data.num_samples=300", "epochs=2")
     assert summary["train_step"] == "eager" and summary["status"] == "completed"
@@ -332,12 +333,12 @@ def test_a_failed_capture_falls_back_under_auto_and_stops_under_on(monkeypatch, 
         "trainer.cuda_graph=auto: the eager step is used: capturing the step failed (RuntimeError: operation "
         "not permitted)"
     ) in capsys.readouterr().out
-    monkeypatch.setattr(cuda_graph, "plan", real_plan)
+    monkeypatch.setattr(graph_plan, "plan", real_plan)
     plain, _ = run(
         "data=synthetic", "data.num_samples=300", "epochs=2", "trainer.cuda_graph=off", output_dir=tmp_path / "plain"
     )
     assert (summary["best_val_loss"], summary["test_acc"]) == (plain["best_val_loss"], plain["test_acc"])
-    monkeypatch.setattr(cuda_graph, "plan", lambda setting, **kw: cuda_graph.Plan(setting, True))
+    monkeypatch.setattr(graph_plan, "plan", lambda setting, **kw: graph_plan.Plan(setting, True))
     with pytest.raises(ConfigError, match="trainer.cuda_graph='on': capturing the step failed"):
         run(
             "data=synthetic",

@@ -1,4 +1,4 @@
-"""nettrain/engine/distributed.py in one process: the torchrun and SLURM environments (faked), SLURM's
+"""nettrain/engine/distributed.py and nettrain/run/launch.py in one process: the torchrun and SLURM environments (faked), SLURM's
 host lists, the global-batch sharding arithmetic, the device and backend rules, the shared stop
 decision and the overrides that give every rank rank 0's run dir."""
 
@@ -10,16 +10,12 @@ import pytest
 from torchrun import workers
 
 from conftest import needs_extra
-from nettrain.config.schema import register_schema
+from nettrain.config.store import register_schema
+from nettrain.data import loss_weight, share_of, usable_samples
 from nettrain.engine import distributed as dist_lib
-from nettrain.engine.distributed import (
-    DistEnv,
-    DistributedSetupError,
-    detect,
-    expand_nodelist,
-    share_of,
-)
 from nettrain.errors import ConfigError
+from nettrain.run import launch
+from nettrain.run.launch import DistEnv, DistributedSetupError, detect, expand_nodelist
 
 TORCHRUN = {
     "RANK": "3",
@@ -98,17 +94,17 @@ def test_shares_cover_each_position_once_in_rank_order(size, world):
 def test_loss_weights_make_the_averaged_gradient_the_global_mean():
     # rank means m_r over shares s_r, weighted by s_r * W / B, averaged over W ranks = sum / B
     shares = [17, 16]
-    weights = [dist_lib.loss_weight(s, 33, 2) for s in shares]
+    weights = [loss_weight(s, 33, 2) for s in shares]
     assert sum(w / 2 for w in weights) == pytest.approx(1.0)
     assert weights[0] * (1 / 17) / 2 == pytest.approx(1 / 33)  # each sample counts 1/B
-    assert dist_lib.loss_weight(32, 64, 2) == 1.0
+    assert loss_weight(32, 64, 2) == 1.0
 
 
 def test_a_final_batch_smaller_than_the_world_size_is_dropped():
-    assert dist_lib.usable_samples(320, 64, 2) == 320
-    assert dist_lib.usable_samples(321, 64, 2) == 320  # one sample cannot be shared by 2 ranks
-    assert dist_lib.usable_samples(322, 64, 2) == 322
-    assert dist_lib.usable_samples(321, 64, 1) == 321
+    assert usable_samples(320, 64, 2) == 320
+    assert usable_samples(321, 64, 2) == 320  # one sample cannot be shared by 2 ranks
+    assert usable_samples(322, 64, 2) == 322
+    assert usable_samples(321, 64, 1) == 321
 
 
 def test_device_per_rank():
@@ -148,7 +144,7 @@ def test_shared_stop_in_one_process():
 
 
 def test_followers_use_rank_0s_run_dir_and_write_no_hydra_files():
-    overrides = dist_lib.follower_overrides("/runs/it's here")
+    overrides = launch.follower_overrides("/runs/it's here")
     assert overrides[0] == "hydra.run.dir='/runs/it\\'s here'"
     assert "hydra.output_subdir=null" in overrides
 
@@ -158,31 +154,31 @@ def test_followers_wait_for_rank_0s_run_dir_or_its_exit(monkeypatch):
 
     class Store:
         def get(self, key):
-            assert key == dist_lib.RUN_DIR_KEY
+            assert key == launch.RUN_DIR_KEY
             return messages[-1].encode()
 
         def set(self, key, value):
             messages.append(value)
 
-    monkeypatch.setattr(dist_lib, "_store", Store())
-    monkeypatch.setattr(dist_lib, "_published", False)
+    monkeypatch.setattr(launch, "_store", Store())
+    monkeypatch.setattr(launch, "_published", False)
     leader, follower = DistEnv(0, 2, 0, "h", 1, "torchrun"), DistEnv(1, 2, 1, "h", 1, "torchrun")
-    with pytest.raises(SystemExit), dist_lib.leading(leader):
+    with pytest.raises(SystemExit), launch.leading(leader):
         sys.exit(2)  # rank 0 ended before training (a config error)
     with pytest.raises(SystemExit) as exited:
-        dist_lib.wait_for_run_dir(follower)
+        launch.wait_for_run_dir(follower)
     assert exited.value.code == 2
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     for name, value in {"RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(name, value)
-    with dist_lib.leading(leader):
-        dist_lib.publish_run_dir("/out/a")
+    with launch.leading(leader):
+        launch.publish_run_dir("/out/a")
     assert len(messages) == 2  # published once, and not replaced by an exit status
-    run_dir = dist_lib.wait_for_run_dir(follower)
-    argv = dist_lib.follower_argv(["nettrain-train", "lr=0.1", "hydra.run.dir=/elsewhere"], run_dir)
-    assert argv == ["nettrain-train", "lr=0.1", *dist_lib.follower_overrides("/out/a")]
-    assert dist_lib.wait_for_run_dir(leader) is None
+    run_dir = launch.wait_for_run_dir(follower)
+    argv = launch.follower_argv(["nettrain-train", "lr=0.1", "hydra.run.dir=/elsewhere"], run_dir)
+    assert argv == ["nettrain-train", "lr=0.1", *launch.follower_overrides("/out/a")]
+    assert launch.wait_for_run_dir(leader) is None
 
 
 def test_multirun_under_a_launcher_is_refused_by_every_rank(capsys, monkeypatch):
@@ -196,13 +192,13 @@ def test_multirun_under_a_launcher_is_refused_by_every_rank(capsys, monkeypatch)
         def wait(self, keys, timeout):
             assert all(key in self for key in keys)
 
-    monkeypatch.setattr(dist_lib, "_store", Store({"nettrain/multirun_refused/1": "1"}))
+    monkeypatch.setattr(launch, "_store", Store({"nettrain/multirun_refused/1": "1"}))
     for rank in (0, 1):
         with pytest.raises(SystemExit) as exited:
-            dist_lib.refuse_multirun(DistEnv(rank, 2, rank, "h", 1, "torchrun"), ["nettrain-train", "-m", "lr=1,2"])
+            launch.refuse_multirun(DistEnv(rank, 2, rank, "h", 1, "torchrun"), ["nettrain-train", "-m", "lr=1,2"])
         assert exited.value.code == 2
     assert capsys.readouterr().err.count("Error: --multirun under torchrun: every process") == 1
-    dist_lib.refuse_multirun(None, ["nettrain-train", "-m"])  # one process: Hydra's multirun as usual
+    launch.refuse_multirun(None, ["nettrain-train", "-m"])  # one process: Hydra's multirun as usual
 
 
 def test_two_gloo_processes_share_the_run_dir_sums_and_the_stop_decision(tmp_path):
@@ -267,15 +263,13 @@ def test_the_slurm_preset_runs_one_task_per_gpu_on_every_node(nodes, gpus, tasks
 def test_submitits_preemption_signal_is_handed_over_after_the_checkpoint():
     import signal
 
-    assert dist_lib.preemption_signal({}) is None
-    assert dist_lib.preemption_signal({"SUBMITIT_EXECUTOR": "slurm"}) == signal.SIGUSR2
-    assert (
-        dist_lib.preemption_signal({"SUBMITIT_EXECUTOR": "slurm", "SUBMITIT_PREEMPT_SIGNAL": "USR1"}) == signal.SIGUSR1
-    )
+    assert launch.preemption_signal({}) is None
+    assert launch.preemption_signal({"SUBMITIT_EXECUTOR": "slurm"}) == signal.SIGUSR2
+    assert launch.preemption_signal({"SUBMITIT_EXECUTOR": "slurm", "SUBMITIT_PREEMPT_SIGNAL": "USR1"}) == signal.SIGUSR1
     received = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
     try:
-        dist_lib.hand_over(signal.SIGUSR2)
+        launch.hand_over(signal.SIGUSR2)
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert received == [signal.SIGUSR2]
@@ -288,7 +282,7 @@ def test_sync_bn_converts_batchnorm_in_a_group_and_needs_cuda(monkeypatch):
 
     model = MLP(input_shape=[1, 4, 4], num_classes=3, hidden=[8], norm="batchnorm")
     assert dist_lib.sync_batchnorm(model, True, torch.device("cpu")) is model  # one process: unchanged
-    monkeypatch.setattr(dist_lib, "_context", dist_lib.Context(backend="nccl"))
+    monkeypatch.setattr(launch, "_context", launch.Context(backend="nccl"))
     converted = dist_lib.sync_batchnorm(model, True, torch.device("cuda", 0))
     assert [type(m).__name__ for m in converted.modules() if "BatchNorm" in type(m).__name__] == ["SyncBatchNorm"]
     with pytest.raises(ConfigError, match=r"model.sync_bn=True: torch's SyncBatchNorm runs on CUDA only"):
@@ -307,7 +301,7 @@ def test_other_ranks_print_only_warnings_prefixed_with_their_rank(capsys):
     assert out == "rank 0 prints\n" and err == "[rank 1] warning: vanishing gradient in fc1.weight\n"
     plain = warnings.formatwarning
     try:
-        dist_lib.prefix_warnings(2)
+        launch.prefix_warnings(2)
         assert warnings.formatwarning("careful", UserWarning, "x.py", 1, "").startswith("[rank 2] x.py:1: UserWarning")
     finally:
         warnings.formatwarning = plain

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from nettrain.data import Batches, Split
-from nettrain.engine import distributed
 from nettrain.engine.loop import evaluate
+from nettrain.run import launch
 from nettrain.run.folder import RunWriter
 
 
@@ -61,27 +61,28 @@ def test_a_rank_without_samples_contributes_zeros_to_the_sums(task):
 
 
 def test_the_writer_writes_on_rank_0_and_nothing_on_the_other_ranks(tmp_path, monkeypatch):
-    from nettrain.run.checkpoint import Checkpointer
+    from nettrain.engine.checkpointer import Checkpointer
+    from nettrain.insight.report import save_plots
     from nettrain.run.metrics import MetricsWriter
     from nettrain.run.summary import RunStatus, RunSummary
 
     monkeypatch.chdir(tmp_path)  # a relative run folder, as `--out verify` or `hydra.run.dir=run` give
     rows = [{"epoch": 1, "train_loss": 1.0, "val_loss": 2.0, "lr": 0.1}]
-    monkeypatch.setattr(distributed, "_context", distributed.Context(rank=1, world_size=2, backend="gloo"))
+    monkeypatch.setattr(launch, "_context", launch.Context(rank=1, world_size=2, backend="gloo"))
     other = RunWriter("run")
     assert not other.enabled
     called = []
     assert other.run(lambda: called.append(1) or "done") is None and called == []
     with other.lock():
         other.json("summary.json", {"a": 1})
-        other.plots(rows)
+        other.run(save_plots, rows, other.path("plots"))
         MetricsWriter(other.path("metrics.csv"), other).write(rows)
         Checkpointer(other.path("checkpoints"), {}, writer=other).save(None, None, is_best=True)
         summary = RunSummary(RunStatus.DIVERGED, error="the training loss became nan", epochs_run=1).write(other)
     assert summary["status"] == "diverged"  # every rank has the summary; rank 0 alone writes it
     assert list(tmp_path.iterdir()) == []
 
-    monkeypatch.setattr(distributed, "_context", distributed.Context())  # one process: rank 0
+    monkeypatch.setattr(launch, "_context", launch.Context())  # one process: rank 0
     main = RunWriter("run")
     assert main.enabled and main.run(lambda: "done") == "done"
     with main.lock():

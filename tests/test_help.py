@@ -39,7 +39,7 @@ def test_help_shows_every_key_with_its_default_and_meaning(tmp_path):
     page = proc.stdout
     assert row(page, "early_stopping.patience") == (
         "3",
-        "epochs without improvement before stopping (the tutorial's 3)",
+        "epochs without improvement before stopping (the tutorial's 3) [resume: may change]",
     )
     assert row(page, "model.hidden") == ("[256]", "hidden layer widths; [] gives a linear classifier")
     assert row(page, "lr") == ("0.001", "learning rate; every optimizer option reads it (${lr})")  # $ survives

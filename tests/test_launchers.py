@@ -199,20 +199,3 @@ def test_the_slurm_preset_composes_to_an_sbatch_script(tmp_path, monkeypatch):
     ):
         assert line in script, script
     assert f"{tmp_path / 'sweep'}/.submitit/" in script
-
-
-@needs_extra("slurm", "hydra_plugins.hydra_submitit_launcher")
-def test_submitits_local_executor_runs_sweep_jobs(tmp_path):
-    proc = multirun(
-        tmp_path,
-        "hydra/launcher=submitit_local",
-        "hydra.launcher.timeout_min=5",
-        "hydra.launcher.cpus_per_task=1",
-        "batch_size=32,64",
-    )
-    assert proc.returncode == 0, proc.stderr
-    sweep = sweep_dir(tmp_path)
-    for job, bs in zip(job_dirs(sweep), (32, 64)):
-        check_job(job, [f"batch_size={bs}"])
-    assert (sweep / ".submitit").is_dir()
-    assert [r["status"] for r in summary_rows(sweep)] == ["ok", "ok"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import needs_extra
-from nettrain.insight.loggers import LoggerGroup, build_loggers, problems
+from nettrain.config.schema import logger_problems as problems
+from nettrain.insight.loggers import LoggerGroup, build_loggers
 
 ROWS = [
     {

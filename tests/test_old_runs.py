@@ -60,7 +60,7 @@ def test_old_runs_resume_and_train_on(old, name):
     assert summary["status"] == "completed" and summary["epochs_run"] == 2
     hydra = next((old / name / ".hydra").glob("resume-*/hydra.yaml")).read_text()
     # the callback Hydra builds before the run was given its new name on the command line
-    assert "hydra.callbacks.sweep_summary._target_=nettrain.run.sweep_callback.SweepSummaryCallback" in hydra
+    assert "hydra.callbacks.sweep_summary._target_=nettrain.commands.sweep_callback.SweepSummaryCallback" in hydra
 
 
 def test_an_old_run_reruns_from_its_saved_config(old):

@@ -229,7 +229,8 @@ def test_an_incompatible_resume_is_refused_listing_what_changed(tmp_path):
     assert "these settings differ from the run being resumed" in message
     assert "model.hidden: [256] -> [128]" in message and "lr: 0.001 -> 0.01" in message
     assert "optimizer.lr: 0.001 -> 0.01" in message
-    assert "Allowed to change on resume: epochs, resume, trust_targets, device, threads, console*" in message
+    assert "Allowed to change on resume: epochs, device, threads, resume, plots, early_stopping.enabled," in message
+    assert "checkpoint*, console*, trust_targets, loggers, logger*, lr_find*" in message  # the schema's order
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
 
 
@@ -545,7 +546,8 @@ def test_a_longer_run_on_resume_keeps_the_warmup_it_started_with():
 
 
 def test_a_corrupt_last_checkpoint_never_replaces_a_good_previous(tmp_path):
-    from nettrain.run.checkpoint import Checkpointer, save_checkpoint
+    from nettrain.engine.checkpointer import Checkpointer
+    from nettrain.run.checkpoint import save_checkpoint
 
     folder = tmp_path / "checkpoints"
     save_checkpoint(

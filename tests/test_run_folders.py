@@ -194,7 +194,7 @@ def test_a_fault_while_resuming_a_finished_run_keeps_its_summary(finished, monke
     summary.json (and its test result) as it was."""
     import errno
 
-    from nettrain.run.checkpoint import Checkpointer
+    from nettrain.engine.checkpointer import Checkpointer
 
     before = (finished / "summary.json").read_text()
 

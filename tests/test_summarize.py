@@ -253,7 +253,7 @@ def hydra_config(tmp_path: Path, mode: str = "MULTIRUN", output_dir: Path | None
 
 
 def test_the_callback_writes_the_summary_when_a_multirun_ends_and_sets_the_exit_code(sweep, capsys):
-    from nettrain.run import sweep_callback
+    from nettrain.commands import sweep_callback
 
     callback = sweep_callback.SweepSummaryCallback()
     callback.on_multirun_start(hydra_config(sweep))
@@ -270,7 +270,7 @@ def test_the_callback_writes_the_summary_when_a_multirun_ends_and_sets_the_exit_
 
 
 def test_the_callback_never_fails_the_sweep(tmp_path, capsys):
-    from nettrain.run import sweep_callback
+    from nettrain.commands import sweep_callback
 
     sweep_callback.SweepSummaryCallback().on_multirun_end(hydra_config(tmp_path / "nothing_here"))
     err = capsys.readouterr().err.strip().splitlines()

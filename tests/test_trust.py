@@ -73,7 +73,7 @@ REFUSED = [
     "torchvision.datasets.MNIST",  # a downloader; data=mnist goes through nettrain.data.torchvision_dataset
     "numpy.load",
     "mypkg.Evil",
-    "nettrain.run.sweep_callback.SweepSummaryCallback",  # only as a hydra callback
+    "nettrain.commands.sweep_callback.SweepSummaryCallback",  # only as a hydra callback
 ]
 
 
@@ -134,7 +134,7 @@ def test_every_option_in_conf_is_trusted_by_construction(group, option):
     the config Hydra composes for it (the hydra section included) passes the check as it is."""
     from hydra import compose, initialize_config_module
 
-    from nettrain.config.schema import register_schema
+    from nettrain.config.store import register_schema
 
     register_schema()
     with initialize_config_module(config_module="nettrain.conf", version_base="1.3"):
@@ -156,7 +156,7 @@ def test_nested_and_listed_targets_are_checked():
 
 def test_hydra_section_callbacks_launchers_sweepers_and_logging():
     hydra = {
-        "callbacks": {"s": {"_target_": "nettrain.run.sweep_callback.SweepSummaryCallback"}},
+        "callbacks": {"s": {"_target_": "nettrain.commands.sweep_callback.SweepSummaryCallback"}},
         "launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"},
         "sweeper": {
             "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",

@@ -6,6 +6,7 @@ passed its trust check, in every process that builds (torchrun ranks, sweep jobs
 
 from __future__ import annotations
 
+import csv
 import importlib
 import os
 import subprocess
@@ -277,7 +278,8 @@ def test_a_module_that_fails_while_importing_is_named_with_its_error(tmp_path):
 def test_a_sweep_job_in_a_process_of_its_own_imports_the_users_model_there_and_no_bait(tmp_path):
     """submitit starts each job as `python -m submitit.core._submit` in the working directory, an
     interpreter of its own that never ran nettrain-train's main(): the job's builder loads mymodels
-    from the working directory itself, and `-m` does not put that directory on its path."""
+    from the working directory itself, and `-m` does not put that directory on its path. This is
+    also the test of submitit's local executor running a two-job sweep to its summary."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     home = home_with_model(tmp_path / "home")
     sentinels = tmp_path / "sentinels"
@@ -285,19 +287,24 @@ def test_a_sweep_job_in_a_process_of_its_own_imports_the_users_model_there_and_n
     record = "import os\nopen('imported_by', 'a').write(f'{os.getpid()}\\n')\n"
     (home / "mymodels.py").write_text(record + MODEL)
     done = cli("-m", *user_model_args(home), *QUIET, "epochs=1", "model.width=6", "hydra/launcher=submitit_local",
-               "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1", "hydra.sweep.dir=sweep", cwd=home)  # fmt: skip
+               "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1", "hydra.sweep.dir=sweep",
+               "batch_size=32,64", cwd=home)  # fmt: skip
     assert sorted(p.name for p in sentinels.iterdir()) == []
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    state = torch.load(home / "sweep" / "0" / "checkpoints" / "last.pt", weights_only=True)
-    assert state["model"]["1.weight"].shape[0] == 6
+    for job in ("0", "1"):
+        state = torch.load(home / "sweep" / job / "checkpoints" / "last.pt", weights_only=True)
+        assert state["model"]["1.weight"].shape[0] == 6
+    assert (home / "sweep" / ".submitit").is_dir()
+    rows = list(csv.DictReader((home / "sweep" / "summary.csv").open()))
+    assert [(r["batch_size"], r["status"]) for r in rows] == [("32", "ok"), ("64", "ok")]
     importers = (home / "imported_by").read_text().split()
-    assert len(importers) == 1 and int(importers[0]) != os.getpid()  # in the job's process, not the sweep's
+    assert len(set(importers)) == 2 and str(os.getpid()) not in importers  # in the jobs' processes, not the sweep's
 
 
 def test_the_multirun_sets_pythonsafepath_for_its_jobs_and_puts_it_back(monkeypatch):
     from omegaconf import OmegaConf
 
-    from nettrain.run.sweep_callback import SweepSummaryCallback
+    from nettrain.commands.sweep_callback import SweepSummaryCallback
 
     monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
     callback, config = SweepSummaryCallback(enabled=False), OmegaConf.create({})

@@ -13,16 +13,35 @@ so a rejected command leaves no empty folder behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import errno
 import os
 import re
+import shutil
+import signal
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-from nettrain.config.schema import flatten, problems
-from nettrain.errors import ConfigError
+from hydra._internal.hydra import Hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import configure_log
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+import nettrain
+from nettrain.config import trust
+from nettrain.config.schema import TrainConfig, flatten, problems
+from nettrain.errors import BadInput, ConfigError, DataError, UntrustedTargetError
+from nettrain.run import launch
+from nettrain.run.checkpoint import NAMES, verify_checkpoint
+from nettrain.run.folder import RunWriter, in_multirun, refuse_symlinks, remove_if_unused, unsafe_run_dir
+from nettrain.run.resume import saved_config_problems, saved_hydra_folder
+from nettrain.run.summary import RunStatus, write_failure
 
 # options of Hydra's plugin packages, and the nettrain extra that installs each (pyproject.toml)
 PLUGIN_EXTRAS = {
@@ -55,8 +74,6 @@ def _group_options(hydra: Any, group: str) -> list[str]:
 
 def _option_keys(hydra: Any, group: str) -> dict[str, set[str]]:
     """Each option of `group` and the keys of its config (a hint's material: sgd -> momentum, ...)."""
-    from hydra.types import RunMode
-
     found = {}
     for option in _group_options(hydra, group):
         try:
@@ -82,9 +99,6 @@ def _group_keys(hydra: Any, group: str) -> list[str]:
 def _known_keys(hydra: Any, config_name: str | None, overrides: Sequence[str] = ()) -> list[str]:
     """Every key of the config composed with the command's group choices (optimizer=sgd: sgd's
     keys, not the default option's); with the defaults where those do not compose."""
-    from hydra.types import RunMode
-    from omegaconf import OmegaConf
-
     choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0] and not o.startswith(("+", "~"))]
     cfg = None
     for tried in dict.fromkeys((tuple(choices), ())):
@@ -154,7 +168,6 @@ def _chosen_option(overrides: list[str], group: str, hydra: Any, config_name: st
         name, _, value = text.partition("=")
         if name.lstrip("+~") == group:
             return value
-    from hydra.types import RunMode
 
     try:
         cfg = hydra.config_loader.load_configuration(config_name=config_name, overrides=[], run_mode=RunMode.RUN)
@@ -165,9 +178,6 @@ def _chosen_option(overrides: list[str], group: str, hydra: Any, config_name: st
 
 def explain(exc: BaseException, hydra: Any, config_name: str | None, overrides: list[str]) -> list[str] | None:
     """nettrain's problem lines for one of Hydra's composition errors; None for any other error."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
-
     if isinstance(exc, OverrideParseException):
         first = str(exc).splitlines()[0]
         if any("=~" in o for o in overrides):
@@ -231,8 +241,6 @@ def _user_overrides(overrides: list[str]) -> list[str]:
 
 
 def _shadowing_folder() -> str | None:
-    import nettrain
-
     if getattr(nettrain, "__file__", None) is None:  # a namespace package: a folder named nettrain
         return ", ".join(str(p) for p in getattr(nettrain, "__path__", []))
     return None
@@ -260,8 +268,6 @@ def config_dir(argv: list[str]) -> str | None:
 def from_saved_run(argv: list[str]) -> str | None:
     """The saved config this command composes from, when it re-runs a run folder
     (`--config-dir RUN_DIR/.hydra`, as `resume=RUN_DIR` does): a file, checked as data."""
-    from nettrain.run.resume import saved_hydra_folder
-
     folder = config_dir(argv)
     return folder if folder is not None and saved_hydra_folder(folder) else None
 
@@ -270,10 +276,6 @@ def before_hydra(argv: list[str]) -> None:
     """Problems found from the command line alone, before Hydra makes a run folder: a folder named
     `nettrain` shadowing the package, an unusable `hydra.run.dir`, a SLURM launcher without SLURM.
     Also expands `~` in hydra.run.dir and hydra.sweep.dir (in place)."""
-    import shutil
-
-    from nettrain.run.folder import unsafe_run_dir
-
     _dashed_settings(argv)
     shadow = _shadowing_folder()
     if shadow:
@@ -324,10 +326,6 @@ HYDRA_FLAGS = (
 def _dashed_settings(argv: list[str]) -> None:
     """`--epochs 3` (or `--epochs=3`, `--dry-run`) for a setting: nettrain-train takes key=value,
     so say `epochs=3` in one line (exit 2) instead of argparse's usage page."""
-    import dataclasses
-
-    from nettrain.config.schema import TrainConfig
-
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     found = []
     args = argv[1:]
@@ -356,12 +354,6 @@ def _received_folders(argv: list[str], multirun: bool) -> None:
     before Hydra opens anything in it: a re-run's saved `.hydra/` (its run folder holds no symlink,
     its config.yaml is nettrain's as written), and the existing folder a sweep is launched into
     again (no symlink in any job folder, which Hydra would write `.hydra/*.yaml` through)."""
-    from pathlib import Path
-
-    from nettrain.errors import RunFolderError, UntrustedTargetError
-    from nettrain.run.folder import refuse_symlinks
-    from nettrain.run.resume import saved_config_problems
-
     saved = from_saved_run(argv)
     sweep_dir = _argv_value(argv, "hydra.sweep.dir") if multirun else None
     try:
@@ -372,7 +364,7 @@ def _received_folders(argv: list[str], multirun: bool) -> None:
                 _report(found, UntrustedTargetError)
         if sweep_dir is not None and "${" not in sweep_dir:
             refuse_symlinks(sweep_dir)
-    except (ConfigError, RunFolderError) as exc:  # a file that does not parse, a link
+    except BadInput as exc:  # a file that does not parse, a link
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)
 
@@ -384,10 +376,6 @@ def _report(found: list[str], kind: type[ConfigError] = ConfigError) -> None:
 
 def unknown_top_level(cfg: Any) -> list[str]:
     """Keys added with `+key=value` that the schema does not have (they would be ignored)."""
-    import dataclasses
-
-    from nettrain.config.schema import TrainConfig
-
     known = {f.name for f in dataclasses.fields(TrainConfig)} | {"hydra"}
     return [f"{key}: unknown key (added with +{key}=...); nettrain would ignore it" for key in cfg if key not in known]
 
@@ -396,9 +384,6 @@ def unknown_top_level(cfg: Any) -> list[str]:
 def composition_errors_exit_2(argv: list[str]) -> Iterator[None]:
     """For one nettrain-train command: Hydra's composition errors and invalid run configs end with
     nettrain's message and exit 2, before any run folder is made. HYDRA_FULL_ERROR=1 keeps Hydra's."""
-    from hydra._internal.hydra import Hydra
-    from hydra.types import RunMode
-
     original = Hydra.compose_config
     inspecting = any(arg.split("=")[0] in INSPECT_FLAGS for arg in argv[1:])
 
@@ -415,8 +400,6 @@ def composition_errors_exit_2(argv: list[str]) -> Iterator[None]:
                 raise
             _report(found)
         if cfg.get("resume") or from_saved_run(argv):  # a run folder's saved config (resume, a re-run): data
-            from nettrain.config import trust
-
             source = f"the run folder's saved config ({config_dir(argv)}/config.yaml)"
             own = _user_overrides(overrides)
             found = trust.problems(cfg, source, trust.trusted_from_overrides(own), given=trust.given_keys(own))
@@ -427,8 +410,6 @@ def composition_errors_exit_2(argv: list[str]) -> Iterator[None]:
             if found:
                 _report(found)
         if with_log:
-            from hydra.core.utils import configure_log
-
             configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
         return cfg
 
@@ -441,12 +422,6 @@ def composition_errors_exit_2(argv: list[str]) -> Iterator[None]:
 
 def kept_checkpoints() -> str:
     """'; the earlier checkpoints are intact (...)' for this process's run folder."""
-    from pathlib import Path
-
-    from hydra.core.hydra_config import HydraConfig
-
-    from nettrain.run.checkpoint import NAMES, verify_checkpoint
-
     folder = Path(HydraConfig.get().runtime.output_dir) / "checkpoints"
     kept = []
     for name in NAMES:
@@ -461,32 +436,25 @@ def kept_checkpoints() -> str:
 def data_problem(exc: BaseException) -> str | None:
     """'Data: ...' in one line when `exc` comes from a DataError (nettrain/data: files missing or
     unreadable, a download that failed), which the builder reports as the data group's config error."""
-    data = sys.modules.get("nettrain.data")  # not imported: no DataError can have been raised
     seen: BaseException | None = exc
-    while data is not None and seen is not None:
-        if isinstance(seen, data.DataError):
+    while seen is not None:
+        if isinstance(seen, DataError):
             return "Data: " + " ".join(str(seen).split()).replace(" )", ")")
         seen = seen.__cause__ or seen.__context__
     return None
 
 
 def failed_run(exc: Exception, cfg: Any) -> None:
-    """End a run that raised `exc` (inside its `except`): bad input (a ConfigError or an unusable
-    run folder) is one message and exit 2, and a rejected config leaves no folder behind; a fault
+    """End a run that raised `exc` (inside its `except`): bad input (a BadInput: an invalid config,
+    an unusable run folder, data or a checkpoint that cannot be read) is one message and exit 2,
+    and a rejected config leaves no folder behind; a fault
     writing a file is one line naming it and the checkpoints kept, exit 1. In a multirun the
     failure is recorded in the job's summary.json and None returned, so the sweep goes on (not
     NaN: the Optuna sweeper fails on NaN; None marks the trial failed). Anything else propagates."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from nettrain.engine import distributed
-    from nettrain.errors import RunFolderError
-    from nettrain.run.folder import RunWriter, in_multirun, remove_if_unused
-    from nettrain.run.summary import write_failure
-
     full_error, multirun = os.environ.get("HYDRA_FULL_ERROR") == "1", in_multirun()
-    if isinstance(exc, (ConfigError, RunFolderError)) and not full_error:
+    if isinstance(exc, BadInput) and not full_error:
         data = data_problem(exc)  # data that cannot be loaded (a failed download): not an invalid config
-        print(f"{distributed.rank_prefix()}Error: {data or exc}", file=sys.stderr)
+        print(f"{launch.rank_prefix()}Error: {data or exc}", file=sys.stderr)
         if multirun:  # one bad job must not take the sweep down; the summary records it
             first = data or (exc.problems[0] if isinstance(exc, ConfigError) else str(exc))
             write_failure(RunWriter(HydraConfig.get().runtime.output_dir), cfg, f"{type(exc).__name__}: {first}")
@@ -497,7 +465,7 @@ def failed_run(exc: Exception, cfg: Any) -> None:
     if isinstance(exc, OSError) and not (full_error or multirun):  # one line naming the file, and what is kept
         print(f"Error: {exc}{kept_checkpoints()}", file=sys.stderr)
         sys.exit(1)
-    if multirun and not isinstance(exc, (ConfigError, RunFolderError, OSError)):  # a failed job; the sweep goes on
+    if multirun and not isinstance(exc, (BadInput, OSError)):  # a failed job; the sweep goes on
         print(f"Error: job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
     raise exc
@@ -507,17 +475,11 @@ def exit_for(summary: dict[str, Any]) -> float | None:
     """The end of a run that returned: a diverged run exits 3 (None in a multirun), an interrupted
     one 128 + the signal (a preempted SLURM job hands over to be requeued); a finished run returns
     its best validation loss, the objective a hyperparameter sweeper minimises."""
-    import signal
-
-    from nettrain.engine import distributed
-    from nettrain.run.folder import in_multirun
-    from nettrain.run.summary import RunStatus
-
     if summary.get("status") == RunStatus.DIVERGED:  # a non-finite loss: a failed run
         print(f"Error: {summary['error']}", file=sys.stderr)
         return None if in_multirun() else sys.exit(3)
     if summary.get("status") == RunStatus.INTERRUPTED:
-        if summary.get("signal") and summary["signal"] == distributed.preemption_signal():
-            distributed.hand_over(summary["signal"])  # submitit requeues the job; it resumes from the checkpoint
+        if summary.get("signal") and summary["signal"] == launch.preemption_signal():
+            launch.hand_over(summary["signal"])  # submitit requeues the job; it resumes from the checkpoint
         sys.exit(128 + (summary.get("signal") or signal.SIGINT))
     return summary["best_val_loss"]

@@ -22,6 +22,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.table import Table
+
+from nettrain.commands.predict import table_records
+from nettrain.config import trust as trust_lib
+from nettrain.errors import BadInput, ConfigError, DataError
+from nettrain.files import write_json
+from nettrain.run import checkpoint as ckpt
+from nettrain.run.folder import refuse_target_symlinks
+from nettrain.run.resume import run_dir_of
+from nettrain.run.summary import RunStatus, read_summary
+
 
 def evaluate_checkpoint(
     target: str | Path,
@@ -36,9 +49,6 @@ def evaluate_checkpoint(
     from nettrain.data.preprocessing import input_transform
     from nettrain.engine.build import build_loss, build_trained
     from nettrain.engine.loop import evaluate
-    from nettrain.files import write_json
-    from nettrain.run import checkpoint as ckpt
-    from nettrain.run.folder import refuse_target_symlinks
 
     overrides = list(overrides or [])
     refuse_target_symlinks(target, "eval")  # before anything is read: no link inside the run folder is followed
@@ -77,7 +87,6 @@ def run_split(trained, split: str):
     """(`split` of the run's own data, built from the config as training built it; the loader
     settings); data that does not fit the model is a ConfigError naming both."""
     from nettrain.engine.build import build_data
-    from nettrain.errors import ConfigError
 
     prep = trained.preprocessing
     try:
@@ -105,8 +114,6 @@ LABELLED = {"image": "a folder of class folders (<class>/*.png)", "table": "a la
 
 def labelled_split(path: Path, prep: dict[str, Any]):
     """A Split of the labelled data at `path`, read with the saved preprocessing `prep`."""
-    from nettrain.errors import DataError
-
     kind = prep.get("kind")
     if kind not in LABELLED:
         raise DataError(f"--data {path}: takes images or a table; this model was trained on {kind} data")
@@ -124,7 +131,6 @@ def image_split(root: Path, prep: dict[str, Any]):
 
     from nettrain.data import Split
     from nettrain.data.image_folder import IMAGE_EXTENSIONS, SPLITS, ImageFiles, list_images
-    from nettrain.errors import DataError
 
     if not root.is_dir():
         raise DataError(f"--data {root}: not a folder; this image model takes {LABELLED['image']}")
@@ -152,10 +158,8 @@ def table_split(path: Path, prep: dict[str, Any]):
     the saved statistics and categories; the target as the model's class index (or standardised value)."""
     import torch
 
-    from nettrain.commands.predict import table_records
     from nettrain.data import Split
     from nettrain.data.tabular import encode_rows
-    from nettrain.errors import DataError
 
     target = prep["target"]
     try:
@@ -187,8 +191,6 @@ def describe_input(shape: list[int], num_classes: int, class_names: list[str] | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nettrain.config import trust as trust_lib
-
     parser = argparse.ArgumentParser(prog="nettrain-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=... device=cuda")
@@ -208,17 +210,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from omegaconf.errors import OmegaConfBaseException
-
-    from nettrain.errors import CheckpointError, ConfigError, DataError, RunFolderError
 
     try:
         result = evaluate_checkpoint(args.target, args.split or "test", args.overrides, args.trust, args.data)
-    except (ConfigError, CheckpointError, DataError, OmegaConfBaseException, RunFolderError) as exc:
+    except (BadInput, OmegaConfBaseException) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    from rich.console import Console
-    from rich.table import Table
 
     title = f"nettrain-eval: {result['data']}" if "data" in result else f"nettrain-eval: {result['split']} split"
     table = Table(title=title, show_header=False)
@@ -231,9 +228,6 @@ def main(argv: list[str] | None = None) -> int:
 def diverged_exit(target: str) -> int:
     """0, or 3 when the evaluated run diverged: its checkpoints hold its last finite state, which
     is what was evaluated, but the run failed, and eval says so as training did (exit 3)."""
-    from nettrain.run.resume import read_summary, run_dir_of
-    from nettrain.run.summary import RunStatus
-
     summary = read_summary(run_dir_of(target) / "summary.json")
     if summary.get("status") != RunStatus.DIVERGED:
         return 0

@@ -24,13 +24,24 @@ checked, 1 the check failed, 2 bad input.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import io
+import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-from nettrain.errors import ExportError
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nettrain.config import trust as trust_lib
+from nettrain.config.renames import upgrade
+from nettrain.errors import BadInput, ExportError
+from nettrain.files import atomic_write, write_json
+from nettrain.run.checkpoint import pick
+from nettrain.run.folder import refuse_target_symlinks
 
 FORMATS = {"safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx", "exported": ".pt2"}
 RTOL, ATOL = 1e-4, 1e-5
@@ -42,14 +53,11 @@ def export(target: str | Path, fmt: str, out: str | Path | None = None, trust: b
     import torch
 
     from nettrain.engine.build import build_trained
-    from nettrain.files import write_json
 
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: allowed: {', '.join(FORMATS)}")
     if fmt == "onnx" and not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
         raise ExportError('--format onnx needs onnx and onnxruntime: pip install "nettrain[onnx]"')
-    from nettrain.run.checkpoint import pick
-    from nettrain.run.folder import refuse_target_symlinks
 
     refuse_target_symlinks(target, None if out is not None else "export")  # before anything is read
     path, state = pick(target, report=lambda line: print(line, file=sys.stderr))
@@ -199,12 +207,8 @@ def model_from_sidecar(path: str | Path, trust: bool = False, trusted: list[str]
     (see :func:`input_spec`); a refused config raises UntrustedTargetError, a sidecar that is not
     one ExportError, before anything is built."""
     import torch
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
     from safetensors.torch import load_model
 
-    from nettrain.config import trust as trust_lib
-    from nettrain.config.renames import upgrade
     from nettrain.engine.build import build_model_for
 
     source = Path(path)
@@ -230,8 +234,6 @@ def model_from_sidecar(path: str | Path, trust: bool = False, trusted: list[str]
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
     """The sidecar's JSON, checked to be a safetensors export's, naming a file beside it."""
-    import json
-
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -257,17 +259,11 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
 def _write_safetensors(model, example, file: Path) -> None:
     from safetensors.torch import save_model
 
-    from nettrain.files import atomic_write
-
     atomic_write(file, lambda tmp: save_model(model, tmp))
 
 
 def _write_torchscript(model, example, file: Path) -> None:
-    import warnings
-
     import torch
-
-    from nettrain.files import atomic_write
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
@@ -276,11 +272,7 @@ def _write_torchscript(model, example, file: Path) -> None:
 
 
 def _write_onnx(model, example, file: Path) -> None:
-    import warnings
-
     import torch
-
-    from nettrain.files import atomic_write
 
     dynamo = importlib.util.find_spec("onnxscript") is not None  # the new exporter needs onnxscript
 
@@ -303,8 +295,6 @@ def _write_onnx(model, example, file: Path) -> None:
 def _write_exported(model, example, file: Path) -> None:
     import torch
 
-    from nettrain.files import atomic_write
-
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
     buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer, not the temporary file
     torch.export.save(program, buffer)
@@ -317,8 +307,6 @@ def _write_exported(model, example, file: Path) -> None:
 
 # -- runners: load the file back and run it on the example batch ----------------------------------
 def _run_safetensors(file: Path, model, example):
-    import copy
-
     from safetensors.torch import load_model
 
     fresh = copy.deepcopy(model)
@@ -329,8 +317,6 @@ def _run_safetensors(file: Path, model, example):
 
 
 def _run_torchscript(file: Path, model, example):
-    import warnings
-
     import torch
 
     with warnings.catch_warnings():
@@ -367,21 +353,16 @@ RUNNERS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nettrain.config import trust as trust_lib
-
     parser = argparse.ArgumentParser(prog="nettrain-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("--format", required=True, choices=tuple(FORMATS), help="what to write")
     parser.add_argument("--out", default=None, help="output folder (default: RUN_DIR/export/)")
     trust_lib.add_trust_flag(parser)
     args = parser.parse_args(argv)
-    from omegaconf.errors import OmegaConfBaseException
-
-    from nettrain.errors import CheckpointError, ConfigError, RunFolderError
 
     try:
         result = export(args.target, args.format, args.out, trust=args.trust)
-    except (ExportError, ConfigError, CheckpointError, OmegaConfBaseException, RunFolderError) as exc:
+    except (BadInput, OmegaConfBaseException) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     verdict = "matches" if result["passed"] else "DOES NOT MATCH"

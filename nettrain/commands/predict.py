@@ -27,7 +27,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from nettrain.errors import PredictError
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.table import Table
+
+from nettrain.config import trust as trust_lib
+from nettrain.errors import BadInput, DataError, PredictError
+from nettrain.files import write_text
+from nettrain.run.checkpoint import pick
+from nettrain.run.folder import refuse_target_symlinks
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 TENSOR_SUFFIXES = (".safetensors",)  # the model's inputs as they are, for data with no file form (data=synthetic)
@@ -80,7 +88,6 @@ def table_records(path: Path, prep: dict[str, Any], with_target: bool = False) -
     """The rows of a table as {column: value}; a DataError when it lacks a feature column the
     model was trained on (or, `with_target`, the target column)."""
     from nettrain.data.tabular import read_table
-    from nettrain.errors import DataError
 
     header, rows = read_table(path)
     needed = [s["name"] for s in prep["features"]] + ([prep["target"]] if with_target else [])
@@ -94,7 +101,6 @@ def table_records(path: Path, prep: dict[str, Any], with_target: bool = False) -
 def table_inputs(path: Path, prep: dict[str, Any]):
     """(row labels, encoded feature tensor) for a table with the training table's feature columns."""
     from nettrain.data.tabular import encode_rows
-    from nettrain.errors import DataError
 
     if path.suffix.lower() in TENSOR_SUFFIXES:
         return tensor_inputs(path, prep)
@@ -152,7 +158,6 @@ def predict(
 
     from nettrain.data.preprocessing import input_transform
     from nettrain.engine.build import build_trained
-    from nettrain.run.checkpoint import pick
 
     path, state = pick(target, report=lambda line: print(line, file=sys.stderr))
     trained = build_trained(state, str(path), device=device_name, trust=trust)  # the stored config is checked first
@@ -195,8 +200,6 @@ def result_rows(names: list[str], out, prep: dict[str, Any], top_k: int) -> list
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    from nettrain.files import write_text
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -210,8 +213,6 @@ def default_out(checkpoint: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nettrain.config import trust as trust_lib
-
     parser = argparse.ArgumentParser(prog="nettrain-predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("target", help="a run dir (uses checkpoints/best.pt) or a checkpoint file")
     parser.add_argument("inputs", nargs="+", help="image files, folders of images, or a CSV/Parquet table")
@@ -220,10 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default) | auto | cuda | cuda:N | mps")
     trust_lib.add_trust_flag(parser)
     args = parser.parse_args(argv)
-    from omegaconf.errors import OmegaConfBaseException
-
-    from nettrain.errors import CheckpointError, ConfigError, RunFolderError
-    from nettrain.run.folder import refuse_target_symlinks
 
     if args.top_k < 1:
         print(f"Error: --top-k={args.top_k}: must be an integer >= 1", file=sys.stderr)
@@ -231,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         refuse_target_symlinks(args.target, None if args.out else "predict")  # before anything is read
         path, rows = predict(args.target, args.inputs, args.top_k, args.device, trust=args.trust)
-    except (PredictError, CheckpointError, ConfigError, OmegaConfBaseException, RunFolderError) as exc:
+    except (BadInput, OmegaConfBaseException) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out).expanduser() if args.out else default_out(path)
@@ -243,9 +240,6 @@ def main(argv: list[str] | None = None) -> int:
 def show_rows(rows: list[dict[str, Any]], checkpoint: Path, out: Path) -> None:
     """On a terminal, the first 20 rows as a table; piped or redirected, every row as plain CSV
     (whole file names, nothing cut to a width), with the `wrote` line on stderr."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     if not console.is_terminal:
         writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")

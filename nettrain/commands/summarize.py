@@ -24,7 +24,7 @@ default the folder given when it is one sweep, else the deepest folder holding e
   min-max bar where several seeds ran the same point), and every run's val_loss curve overlaid
 
 The exit status is 0 when every run finished, 1 when any failed or is incomplete, 2 when no run
-dir was found. The same summary is written when a multirun ends (nettrain.run.sweep_callback).
+dir was found. The same summary is written when a multirun ends (nettrain.commands.sweep_callback).
 
 rich and matplotlib are imported inside the functions that use them.
 """
@@ -45,7 +45,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from nettrain.config.schema import MONITORED, is_finite_number
+from nettrain.errors import BadInput, RunFolderLinkError
+from nettrain.files import atomic_write, write_text
+from nettrain.insight.figures import pyplot, ticker
+from nettrain.run.folder import refuse_symlinks
 from nettrain.run.metrics import read_metrics
 from nettrain.run.summary import RunStatus
 
@@ -148,7 +154,6 @@ def _read_overrides(run_dir: Path) -> dict[str, Any]:
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.exists():
         return {}
-    import yaml
 
     try:
         lines = yaml.safe_load(path.read_text(encoding="utf-8")) or []
@@ -201,9 +206,6 @@ def read_run(run_dir: str | Path) -> Run:
     whose files cannot be read (not UTF-8, a folder, broken YAML, a summary that is not an
     object) is `unreadable`, with the reason; the other runs are summarized as usual. So is a run
     folder holding a symlink, which is not read at all (and named on stderr)."""
-    from nettrain.errors import RunFolderLinkError
-    from nettrain.run.folder import refuse_symlinks
-
     try:
         refuse_symlinks(run_dir)  # nothing is read through a link: the run is left out, and says why
         return _read_run(Path(run_dir))
@@ -230,7 +232,6 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / ".hydra" / "config.yaml"
     if not path.exists():
         return {}
-    import yaml
 
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -625,6 +626,7 @@ def to_markdown(summary: SweepSummary, plot_name: str | None = "summary.png") ->
 
 def print_table(summary: SweepSummary, console=None) -> None:
     """The rows as a rich table; the best row bold and marked with *."""
+    # rich only when a table is printed: nettrain-train imports this module for its sweep callback
     from rich.console import Console
     from rich.table import Table
 
@@ -711,12 +713,6 @@ def plot_keys(summary: SweepSummary) -> list[str]:
 
 def _plot_metric(ax, summary: SweepSummary, key: str) -> None:
     """One panel: best_<monitor> against swept `key`, a series per combination of the other keys."""
-    import matplotlib.ticker
-
-    metric_label = f"best {summary.monitor} ({'lower' if summary.mode == 'min' else 'higher'} is better)"
-    best_run = summary.runs[summary.best] if summary.best is not None else None
-    seeded = "seed" in summary.swept
-
     series = grouped_points(summary, key)
     all_x = [p.x for points in series.values() for p in points]
     numeric = bool(all_x) and all(is_finite_number(x) for x in all_x)
@@ -725,9 +721,39 @@ def _plot_metric(ax, summary: SweepSummary, key: str) -> None:
     def position(x):
         return x if numeric else categories.index(str(x))
 
-    # too many series, or a random search (Optuna) where every series is a single point: plain points
+    _plot_series(ax, series, [k for k in summary.swept if k not in (key, "seed")], position)
+    best_run = summary.runs[summary.best] if summary.best is not None else None
+    if best_run is not None and is_finite_number(best_run.values.get(f"best_{summary.monitor}")):
+        x = best_run.overrides.get(key)
+        if x is not None and (not numeric or is_finite_number(x)) and (numeric or str(x) in categories):
+            ax.plot(
+                [position(x)],
+                [best_run.values[f"best_{summary.monitor}"]],
+                marker="*",
+                color="red",
+                markersize=14,
+                linestyle="none",
+                label="best run",
+                zorder=5,
+            )
+    scale = _x_axis(ax, key, all_x, numeric, categories)
+    title = f"{summary.monitor} vs {key}"
+    if "seed" in summary.swept and key != "seed":
+        title += " (mean, min-max over seeds)"
+    metric_label = f"best {summary.monitor} ({'lower' if summary.mode == 'min' else 'higher'} is better)"
+    ax.set(title=title, xlabel=key + ("" if scale == "linear" else f" ({scale})"), ylabel=metric_label)
+    ax.grid(True, alpha=0.3)
+    if not all_x:
+        ax.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes)
+    elif ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="x-small")
+
+
+def _plot_series(ax, series: dict[tuple, list[Point]], others: list[str], position) -> None:
+    """Each series' means (with min-max bars where a point has several runs), labelled by the other
+    swept keys' values; too many series, or a random search (Optuna) where every series is a single
+    point, are plain points."""
     many = len(series) > _MAX_SERIES or (len(series) > 1 and all(len(p) == 1 for p in series.values()))
-    others = [k for k in summary.swept if k not in (key, "seed")]
     for label_values, points in series.items():
         xs = [position(p.x) for p in points]
         ys = [p.mean for p in points]
@@ -746,25 +772,17 @@ def _plot_metric(ax, summary: SweepSummary, key: str) -> None:
                 capsize=3,
                 alpha=0.8,
             )
-    if best_run is not None and is_finite_number(best_run.values.get(f"best_{summary.monitor}")):
-        x = best_run.overrides.get(key)
-        if x is not None and (not numeric or is_finite_number(x)) and (numeric or str(x) in categories):
-            ax.plot(
-                [position(x)],
-                [best_run.values[f"best_{summary.monitor}"]],
-                marker="*",
-                color="red",
-                markersize=14,
-                linestyle="none",
-                label="best run",
-                zorder=5,
-            )
+
+
+def _x_axis(ax, key: str, all_x: list, numeric: bool, categories: list[str]) -> str:
+    """The x axis of a panel: log or symlog for a numeric key that spans decades, the category
+    names for a key whose values are not numbers; returns the scale."""
     scale = axis_scale(key, all_x) if numeric else "linear"
     if scale == "log":
         ax.set_xscale("log")
-        short = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}")
+        short = ticker().FuncFormatter(lambda v, _: f"{v:.3g}")
         ax.xaxis.set_major_formatter(short)
-        ax.xaxis.set_minor_formatter(short if max(all_x) / min(all_x) < 10 else matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_minor_formatter(short if max(all_x) / min(all_x) < 10 else ticker().NullFormatter())
         ax.tick_params(axis="x", which="both", labelrotation=30)
     elif scale == "symlog":
         ax.set_xscale("symlog", linthresh=min(x for x in all_x if x > 0))
@@ -775,21 +793,11 @@ def _plot_metric(ax, summary: SweepSummary, key: str) -> None:
             rotation=30 if len(categories) > 3 else 0,
             ha="right" if len(categories) > 3 else "center",
         )
-    title = f"{summary.monitor} vs {key}"
-    if seeded and key != "seed":
-        title += " (mean, min-max over seeds)"
-    ax.set(title=title, xlabel=key + ("" if scale == "linear" else f" ({scale})"), ylabel=metric_label)
-    ax.grid(True, alpha=0.3)
-    if not all_x:
-        ax.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes)
-    elif ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="x-small")
+    return scale
 
 
 def _plot_curves(ax, summary: SweepSummary) -> None:
     """The last panel: every run's val_loss per epoch; the best run thick, unfinished ones dashed."""
-    import matplotlib.ticker
-
     curves = [(i, run) for i, run in enumerate(summary.runs) if run.curve]
     for i, run in curves:
         epochs, losses = zip(*run.curve)
@@ -805,7 +813,7 @@ def _plot_curves(ax, summary: SweepSummary) -> None:
             linewidth=2.6 if i == summary.best else 1.2,
             zorder=4 if i == summary.best else 2,
         )
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(ticker().MaxNLocator(integer=True))
     if curves and max(e for _, run in curves for e, _ in run.curve) <= 1:
         ax.set_xlim(0.5, 1.5)
     ax.set(
@@ -822,13 +830,7 @@ def _plot_curves(ax, summary: SweepSummary) -> None:
 
 def save_plot(summary: SweepSummary, path: str | Path) -> Path | None:
     """summary.png: best_<monitor> against each swept key, and the val_loss curves of all runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from nettrain.files import atomic_write
-
+    plt = pyplot()
     keys = plot_keys(summary)
     panels = len(keys) + 1
     ncols = min(3, panels)
@@ -853,8 +855,6 @@ def save_plot(summary: SweepSummary, path: str | Path) -> Path | None:
 def write(summary: SweepSummary, plot: bool = True) -> list[Path]:
     """summary.csv, summary.md and (plot=True) summary.png in summary.out_dir, each atomically.
     A plot that fails is reported on stderr and left out; the tables are still written."""
-    from nettrain.files import write_text
-
     out = summary.out_dir
     written = [write_text(out / "summary.csv", to_csv(summary))]
     png = None
@@ -928,7 +928,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         summary = summarize(args.paths, out_dir=args.out, plot=not args.no_plot)
-    except FileNotFoundError as exc:
+    except (BadInput, FileNotFoundError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     return 0 if summary.all_finished else 1

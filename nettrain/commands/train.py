@@ -5,9 +5,7 @@ nettrain/engine/recipe.py (resume -> build -> fit -> test -> record).
 output_dir)` runs one training and returns its summary, so tests and scripts can call it directly
 with a config from Hydra's compose API. Before the recipe, the command decides whether there is
 anything to do (`starting_point`): a finished run or sweep job is not trained again.
-
-torch is imported inside `train`, not at module level, so `nettrain-train --help` and config
-errors answer without paying for `import torch`.
+torch is imported inside the functions (nettrain/engine/), so `--help` and config errors answer at once.
 
 Re-run a finished run (Hydra's way):   nettrain-train --config-dir RUN_DIR/.hydra --config-name config
 Resume an interrupted one:             nettrain-train resume=RUN_DIR
@@ -21,12 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
+from nettrain.commands.errors import before_hydra, composition_errors_exit_2, exit_for, failed_run
 from nettrain.commands.startup import single_composition
-from nettrain.config.schema import plain, register_schema, validate
-from nettrain.engine import distributed
+from nettrain.commands.sweep_callback import sweep_exit_code
+from nettrain.config.schema import plain, validate
+from nettrain.config.store import register_schema
 from nettrain.errors import ConfigError
+from nettrain.run import launch
 from nettrain.run.folder import RunWriter, hydra_output_subdir, in_multirun, no_follow_log_files
 from nettrain.run.resume import finished_already, make_rerunnable, resume_argv, run_dir_of, with_renames
 from nettrain.run.summary import FINISHED, RunStatus, launch_id
@@ -41,17 +44,22 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, stop=None) -> d
     Under torchrun/SLURM every rank calls it: the ranks train together, and only rank 0 writes.
     """
     validate(cfg)
-    with distributed.group(cfg) as device:  # this rank's device in the process group (None: one process)
-        if output_dir is None:
-            from hydra.core.hydra_config import HydraConfig
+    if launch.detect() is None:  # one process: torch is imported once there is work to do
+        return _run(cfg, output_dir, stop, None)
+    from nettrain.engine import distributed
 
-            output_dir = HydraConfig.get().runtime.output_dir
-        resume_from, finished = starting_point(cfg, RunWriter(output_dir))
-        if finished is not None:  # a finished run or sweep job: nothing to do
-            return finished
-        from nettrain.engine.recipe import train_run  # torch from here on
+    with distributed.group(cfg) as device:  # this rank's device in the process group
+        return _run(cfg, output_dir, stop, device)
 
-        return train_run(cfg, Path(output_dir), resume_from, stop, device)
+
+def _run(cfg: DictConfig, output_dir: str | Path | None, stop, device) -> dict[str, Any]:
+    output_dir = Path(output_dir if output_dir is not None else HydraConfig.get().runtime.output_dir)
+    resume_from, finished = starting_point(cfg, RunWriter(output_dir))
+    if finished is not None:  # a finished run or sweep job: nothing to do
+        return finished
+    from nettrain.engine.recipe import train_run  # torch from here on
+
+    return train_run(cfg, output_dir, resume_from, stop, device)
 
 
 def starting_point(cfg: DictConfig, writer: RunWriter) -> tuple[Path | None, dict[str, Any] | None]:
@@ -69,11 +77,10 @@ def starting_point(cfg: DictConfig, writer: RunWriter) -> tuple[Path | None, dic
         )
     resume_from = Path(cfg.resume).expanduser() if cfg.resume else None
     if not cfg.resume and in_multirun():
-        claimed = writer.run(claim, output_dir, config_hash(config), launch_id())
-        previous = distributed.broadcast_object(claimed) or {}
+        previous = _rank_zeros(writer.run(claim, output_dir, config_hash(config), launch_id())) or {}
         status = previous.get("status")
         if status in FINISHED:
-            if distributed.context().is_main:
+            if launch.context().is_main:
                 print(f"{output_dir}: this config already finished ({status}); skipped")
             return None, {**previous, "already_finished": True}
         if status == RunStatus.INTERRUPTED and any((output_dir / "checkpoints").glob("*.pt")):
@@ -83,16 +90,21 @@ def starting_point(cfg: DictConfig, writer: RunWriter) -> tuple[Path | None, dic
     return resume_from, None
 
 
+def _rank_zeros(value: Any) -> Any:
+    """Rank 0's `value` on every rank of a process group; `value` itself in one process (no torch)."""
+    if not launch.context().distributed:
+        return value
+    from nettrain.engine import distributed
+
+    return distributed.broadcast_object(value)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://nettrain.conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    distributed.publish_run_dir(HydraConfig.get().runtime.output_dir)  # the other ranks may start
+    launch.publish_run_dir(HydraConfig.get().runtime.output_dir)  # the other ranks may start
     subdir = hydra_output_subdir()
     if subdir is not None and (subdir / "config.yaml").is_file():
         make_rerunnable(subdir / "config.yaml")
-    from nettrain.commands.errors import exit_for, failed_run
-
     try:
         no_follow_log_files(HydraConfig.get().runtime.output_dir)  # train.log: no line through a link
         summary = train(cfg)
@@ -103,18 +115,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    from hydra.errors import HydraException
-
-    from nettrain.commands.errors import before_hydra, composition_errors_exit_2
-
     register_schema()  # also the --help page (nettrain/config/help.py)
-    env = distributed.detect_or_exit()
-    distributed.refuse_multirun(env, sys.argv)
+    env = launch.detect_or_exit()
+    launch.refuse_multirun(env, sys.argv)
     before_hydra(sys.argv)  # a shadowing checkout, an unusable run folder, a launcher without its command
     try:
-        with distributed.leading(env):  # rank 0 resolves the run dir; the other ranks wait for it and use it
-            run_dir = distributed.wait_for_run_dir(env)
-            sys.argv = distributed.follower_argv(with_renames(resume_argv(sys.argv)), run_dir)
+        with launch.leading(env):  # rank 0 resolves the run dir; the other ranks wait for it and use it
+            run_dir = launch.wait_for_run_dir(env)
+            sys.argv = launch.follower_argv(with_renames(resume_argv(sys.argv)), run_dir)
             # Hydra composes once; its errors exit 2; a resumed config's targets are checked
             with single_composition(sys.argv), composition_errors_exit_2(sys.argv):
                 _hydra_main()
@@ -123,8 +131,6 @@ def main() -> None:
             raise
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)
-    from nettrain.run.sweep_callback import sweep_exit_code
-
     if sweep_exit_code():  # a multirun with a failed or incomplete job; the sweep summary says which
         sys.exit(1)
 

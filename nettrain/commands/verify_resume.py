@@ -15,13 +15,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_module
+
+from nettrain.commands.train import train
 from nettrain.config.schema import is_finite_number
-from nettrain.files import timestamp
+from nettrain.config.store import register_schema
+from nettrain.errors import BadInput, RunFolderError
+from nettrain.files import timestamp, write_json
+from nettrain.run import launch
+from nettrain.run.checkpoint import load_checkpoint
+from nettrain.run.folder import refuse_symlinks
 from nettrain.run.metrics import read_metrics
 from nettrain.run.summary import RunStatus
 
@@ -67,11 +76,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def compare_runs(straight: Path, resumed: Path) -> list[str]:
     """Every difference between two finished run folders: metrics, final state, test result."""
-    import json
-
     import torch
-
-    from nettrain.run.checkpoint import load_checkpoint
 
     differences = []
     rows_a, rows_b = read_metrics(straight / "metrics.csv"), read_metrics(resumed / "metrics.csv")
@@ -123,10 +128,6 @@ def verify_resume(
     quiet: bool = True,
 ) -> tuple[list[str], dict[str, Any]]:
     """Run straight and interrupted+resumed in `workdir`; return (differences, facts)."""
-    from hydra import compose, initialize_config_module
-
-    from nettrain.commands.train import train
-    from nettrain.config.schema import register_schema
     from nettrain.engine import distributed
     from nettrain.engine.loop import StopRequest
 
@@ -174,14 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=_positive, help="interrupt after this many steps (default: half the run)")
     parser.add_argument("--out", help="output folder (default outputs/verify-resume/<date>/<time>)")
     args = parser.parse_intermixed_args(argv)
-    from nettrain.engine import distributed
-    from nettrain.errors import ConfigError
-
-    env = distributed.detect_or_exit()
+    env = launch.detect_or_exit()
     default = Path("outputs/verify-resume") / timestamp(sep="/")
-    workdir = Path(args.out or distributed.rank_zeros(env, "verify_dir", str(default)))  # one folder for all ranks
-    from nettrain.errors import RunFolderError
-    from nettrain.run.folder import refuse_symlinks
+    workdir = Path(args.out or launch.rank_zeros(env, "verify_dir", str(default)))  # one folder for all ranks
 
     try:  # an existing --out folder: its runs are written in it, none through a link
         refuse_symlinks(workdir)
@@ -193,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = ["epochs=2", *overrides]  # a few steps are enough; the user can ask for more
     try:
         differences, facts = verify_resume(overrides, workdir, args.config_dir, args.stop_after)
-    except (ConfigError, RunFolderError) as exc:
+    except BadInput as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # composition errors (unknown option, wrong type) name the key
@@ -203,7 +199,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    from nettrain.files import write_json
 
     if env is not None and env.rank != 0:  # rank 0 compares, writes and reports
         return 0

@@ -3,7 +3,10 @@
 There is one source for each meaning: the comment beside the setting. Plain settings are read
 from the schema (nettrain/config/schema.py, its dataclass fields and their comments); a group's keys from
 the option file in use (conf/<group>/<option>.yaml, the comment after each key); an option's
-description is the first sentence of its file's opening comment.
+description is the first sentence of its file's opening comment. A schema comment that ends in
+`[resume: may change]` marks a setting (on a section's field: the whole section) that a resumed run
+may set differently; `resume_safe_keys` reads these marks for the resume rules (nettrain/run/resume.py),
+and this page and the reference (nettrain/config/reference.py, docs/reference/settings.md) show them.
 
 Hydra draws the page: conf/train.yaml sets `hydra.help.template: ${nettrain_help:}`, and this
 resolver renders it from the composed config, so `nettrain-train model=cnn lr=0.1 --help` shows
@@ -16,6 +19,7 @@ No torch import here: the help answers at once.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import io
 import re
@@ -27,10 +31,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nettrain.config import schema as schema_module
+
 RESOLVER = "nettrain_help"
 HIDDEN_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 _KEY_LINE = re.compile(r"^([A-Za-z_]\w*):(.*)$")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`(])")
+# Ends the comment of a schema field that may differ when a run is resumed (it does not change
+# what the run computed so far); on a field holding a section, every key of that section may.
+RESUME_TAG = "[resume: may change]"
 
 USAGE = """\
 nettrain-train: train a PyTorch network from a composed config. Every line below is an override.
@@ -38,6 +47,7 @@ nettrain-train: train a PyTorch network from a composed config. Every line below
   nettrain-train [group=option ...] [key=value ...]   e.g. nettrain-train optimizer=sgd lr=0.05 optimizer.momentum=0.9
   nettrain-train -m batch_size=32,64,256              a sweep: one run per value
   nettrain-train resume=RUN_DIR                       continue an interrupted run from its checkpoint
+                                                      (only settings marked [resume: may change] may differ)
   nettrain-train --config-dir DIR group=option        your own options, from DIR/<group>/<option>.yaml
   nettrain-train --cfg job                            print the composed config, run nothing
   nettrain-train --hydra-help                         Hydra's own help and flags
@@ -51,6 +61,7 @@ class Section:
     doc: str = ""
     fields: dict[str, str] = field(default_factory=dict)  # name -> comment
     nested: dict[str, str] = field(default_factory=dict)  # name -> the Section's class name
+    may_change: set[str] = field(default_factory=set)  # names whose comment carries RESUME_TAG
 
 
 def _comments(source: str) -> dict[int, str]:
@@ -61,9 +72,9 @@ def _comments(source: str) -> dict[int, str]:
 
 def schema_sections(module: Any = None) -> dict[str, Section]:
     """Every dataclass in the schema module (nettrain.config.schema), by class name, with the comment
-    beside each field, read from the source."""
+    beside each field (its RESUME_TAG taken off into `may_change`), read from the source."""
     if module is None:
-        from nettrain.config import schema as module
+        return _schema_module_sections()
     source = inspect.getsource(module)
     comments = _comments(source)
     classes = [node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)]
@@ -74,7 +85,11 @@ def schema_sections(module: Any = None) -> dict[str, Section]:
         for stmt in node.body:
             if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
                 lines = range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)
-                section.fields[stmt.target.id] = next((comments[n] for n in lines if n in comments), "")
+                comment = next((comments[n] for n in lines if n in comments), "")
+                if comment.endswith(RESUME_TAG):
+                    section.may_change.add(stmt.target.id)
+                    comment = comment[: -len(RESUME_TAG)].strip()
+                section.fields[stmt.target.id] = comment
                 annotation = ast.unparse(stmt.annotation)
                 if annotation in names:
                     section.nested[stmt.target.id] = annotation
@@ -82,17 +97,58 @@ def schema_sections(module: Any = None) -> dict[str, Section]:
     return sections
 
 
+@functools.cache
+def _schema_module_sections() -> dict[str, Section]:
+    """nettrain.config.schema's sections, read once (the help page and every resume read them)."""
+    return schema_sections(schema_module)
+
+
+def safe_keys(sections: dict[str, Section]) -> tuple[str, ...]:
+    """The settings of `sections` (schema_sections) that a resumed run may set differently, in the
+    schema's order: each field whose comment ends in RESUME_TAG, as `key`, or as `section.` when
+    the field holds a whole section."""
+
+    def marked(name: str, prefix: str) -> list[str]:
+        section = sections[name]
+        keys = []
+        for key in section.fields:
+            if key in section.may_change:
+                keys.append(f"{prefix}{key}." if key in section.nested else f"{prefix}{key}")
+            elif key in section.nested:
+                keys += marked(section.nested[key], f"{prefix}{key}.")
+        return keys
+
+    return tuple(marked("TrainConfig", ""))
+
+
+@functools.cache
+def resume_safe_keys() -> tuple[str, ...]:
+    """The settings nettrain's schema marks `[resume: may change]` (safe_keys of its sections)."""
+    return safe_keys(schema_sections())
+
+
+def resume_mark(key: str) -> str:
+    """RESUME_TAG when the setting `key` (or the section `key`) may change on resume, else ''."""
+    safe = resume_safe_keys()
+    return RESUME_TAG if schema_module.matches(key, safe) or f"{key}." in safe else ""
+
+
+def with_mark(meaning: str, key: str) -> str:
+    """`meaning` followed by `key`'s RESUME_TAG, if it has one."""
+    return " ".join(part for part in (meaning, resume_mark(key)) if part)
+
+
 def first_sentence(text: str) -> str:
     return _SENTENCE_END.split(text.strip(), maxsplit=1)[0] if text.strip() else ""
 
 
 def option_doc(text: str) -> tuple[str, dict[str, str]]:
-    """An option file's description (the first sentence of its opening comment) and the comment
-    after each of its top-level keys."""
+    """An option file's description (the first sentence of its opening comment, up to an indented
+    example line) and the comment after each of its top-level keys."""
     lines = text.splitlines()
     opening = []
     for line in lines:
-        if not line.startswith("#"):
+        if not line.startswith("#") or line.startswith("#  "):
             break
         opening.append(line.lstrip("#").strip())
     keys = {}
@@ -170,10 +226,11 @@ def _rows(sections: dict[str, Section], name: str, node: dict, prefix: str) -> l
     section = sections[name]
     for key, comment in section.fields.items():
         if key in section.nested:
-            rows.append((f"{prefix}{key}", None, f"\n{prefix}{key}: {sections[section.nested[key]].doc or comment}"))
+            doc = sections[section.nested[key]].doc or comment
+            rows.append((f"{prefix}{key}", None, f"\n{prefix}{key}: {with_mark(doc, prefix + key)}"))
             rows += _rows(sections, section.nested[key], node.get(key) or {}, f"{prefix}{key}.")
         else:
-            rows.append((f"{prefix}{key}", fmt(node.get(key)), comment))
+            rows.append((f"{prefix}{key}", fmt(node.get(key)), with_mark(comment, prefix + key)))
     return rows
 
 
@@ -196,7 +253,11 @@ def render(root: DictConfig) -> str:
         for option, text in options.items():
             out.append(f"{'*' if option == choices[group] else ' '} {option:<{width}}  {option_doc(text)[0]}")
         option_keys[group] = key_comments(options, choices[group])
-    out += ["", "== Settings (key=value): the value in use (the default unless overridden), and its meaning =="]
+    out += [
+        "",
+        "== Settings (key=value): the value in use (the default unless overridden), and its meaning ==",
+        f"   {RESUME_TAG}: a resumed run (resume=RUN_DIR) may set it differently; any other change is refused",
+    ]
     out += _table(_settings(sections, plain, choices, groups, option_keys))
     # Hydra passes the page through string.Template (for its $FLAGS_HELP etc.): escape every $
     return "\n".join(out).replace("$", "$$")
@@ -218,12 +279,12 @@ def _settings(
             for sub, value in (node or {}).items():
                 if sub not in HIDDEN_KEYS:
                     meaning = schema.get(sub) or option_keys.get(key, {}).get(sub, "")
-                    blocks.append((f"{key}.{sub}", fmt(value), meaning))
+                    blocks.append((f"{key}.{sub}", fmt(value), with_mark(meaning, f"{key}.{sub}")))
         elif key in train_config.nested:
-            blocks.append((key, None, f"\n{key}: {sections[train_config.nested[key]].doc}"))
+            blocks.append((key, None, f"\n{key}: {with_mark(sections[train_config.nested[key]].doc, key)}"))
             blocks += _rows(sections, train_config.nested[key], node or {}, f"{key}.")
         else:
-            top.append((key, fmt(node), train_config.fields[key]))
+            top.append((key, fmt(node), with_mark(train_config.fields[key], key)))
     return top + blocks
 
 

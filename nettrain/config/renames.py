@@ -12,9 +12,9 @@ from typing import Any
 
 RENAMED = {
     # before the Hydra callback had its own module
-    "nettrain.callbacks.SweepSummaryCallback": "nettrain.run.sweep_callback.SweepSummaryCallback",
+    "nettrain.callbacks.SweepSummaryCallback": "nettrain.commands.sweep_callback.SweepSummaryCallback",
     # the flat layout (up to 2026-12-06), before the subpackages
-    "nettrain.sweep_callback.SweepSummaryCallback": "nettrain.run.sweep_callback.SweepSummaryCallback",
+    "nettrain.sweep_callback.SweepSummaryCallback": "nettrain.commands.sweep_callback.SweepSummaryCallback",
     "nettrain.resnet.ResNet": "nettrain.models.ResNet",
     "nettrain.torchvision_models.torchvision_model": "nettrain.models.torchvision_model",
 }

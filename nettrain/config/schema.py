@@ -5,18 +5,27 @@ is a plain setting with its type, default and meaning here. Hydra checks the typ
 composes the config (``lr=abc`` fails naming ``lr``); :func:`validate` then checks ranges,
 choices and cross-field rules and reports every problem in one message before anything is built.
 
+The comment beside each field is its meaning, shown by ``nettrain-train --help`` and in
+docs/reference/settings.md (nettrain/config/help.py reads it). A comment ending in
+``[resume: may change]`` marks a setting that a resumed run may set differently, because it does
+not change what the run computed so far; on a field holding a section it marks the whole section.
+Every other difference from the run being resumed is refused (nettrain/run/resume.py).
+
 This module imports neither torch nor torchvision, so ``nettrain-train --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard, cast
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from nettrain.config.graph_plan import COMPILE_MODES, SETTINGS, plan
 from nettrain.errors import ConfigError
 
 # Names the components accept; nettrain/models/ maps each to its torch module.
@@ -33,6 +42,13 @@ MAX_BATCH_SIZE = 2**16  # larger is no sensible batch for these datasets (and a 
 # samples a data option splits into train/val/(test), for the empty-split check before loading
 DATA_SIZES = {"nettrain.data.mnist_sample": 5000, "nettrain.data.torchvision_dataset": 60000}
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# loggers: name -> (module that must import, the extra that installs it); nettrain/insight/loggers.py
+LOGGER_PACKAGES = {
+    "csv": None,
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow"),
+    "wandb": ("wandb", "wandb"),
+}
 
 
 @dataclass
@@ -49,10 +65,10 @@ class RegularizationConfig:
 class EarlyStoppingConfig:
     """Stop when the monitored metric has not improved for `patience` epochs."""
 
-    enabled: bool = True  # stop early; false: run all `epochs`
+    enabled: bool = True  # stop early; false: run all `epochs` [resume: may change]
     monitor: str = "val_loss"  # val_loss | val_acc (higher is better) | regression: val_r2 (higher), val_mae
-    patience: int = 3  # epochs without improvement before stopping (the tutorial's 3)
-    min_delta: float = 0.0  # an improvement must beat the best by more than this
+    patience: int = 3  # epochs without improvement before stopping (the tutorial's 3) [resume: may change]
+    min_delta: float = 0.0  # an improvement must beat the best by more than this [resume: may change]
     restore_best: bool = True  # load the best epoch's weights when training ends
 
 
@@ -61,12 +77,18 @@ class GradMonitorConfig:
     """Per-layer gradient statistics in metrics.csv and a per-epoch diagnosis (nettrain/insight/diagnosis.py)."""
 
     enabled: bool = True  # record per-layer gradient statistics and diagnose them each epoch
-    vanishing_below: float = 1e-7  # vanishing: a weight layer's mean |grad| below this
-    exploding_above: float = 1e2  # exploding: a weight layer's mean |grad| above this
-    ratio: float = 1e3  # vanishing: a weight layer's mean |grad| this many times below the largest layer's
-    update_ratio_above: float = 0.1  # exploding: a step moves a weight tensor by more than this fraction of it
-    norm_growth: float = 10.0  # exploding: the gradient norm grew this many times in one epoch
-    dead_fraction: float = 0.5  # dead units: this fraction of a layer's units never fired in the epoch
+    vanishing_below: float = 1e-7  # vanishing: a weight layer's mean |grad| below this [resume: may change]
+    exploding_above: float = 1e2  # exploding: a weight layer's mean |grad| above this [resume: may change]
+    ratio: float = (
+        1e3  # vanishing: a weight layer's mean |grad| this many times below the largest layer's [resume: may change]
+    )
+    update_ratio_above: float = (
+        0.1  # exploding: a step moves a weight tensor by more than this fraction of it [resume: may change]
+    )
+    norm_growth: float = 10.0  # exploding: the gradient norm grew this many times in one epoch [resume: may change]
+    dead_fraction: float = (
+        0.5  # dead units: this fraction of a layer's units never fired in the epoch [resume: may change]
+    )
     every_n_steps: int = 10  # sample every n-th step (1 = every step; each sample costs a pass over the gradients)
 
 
@@ -160,13 +182,15 @@ class TrainConfig:
 
     lr: float = MISSING  # learning rate; every optimizer option reads it (${lr})
     batch_size: int = MISSING  # samples per training step
-    epochs: int = MISSING  # upper bound; early stopping usually ends a run sooner
+    epochs: int = MISSING  # upper bound; early stopping usually ends a run sooner [resume: may change]
     seed: int = MISSING  # seeds Python, NumPy and torch; the data order has its own generator seeded with it
-    device: str = MISSING  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps
-    threads: int | None = None  # torch CPU threads; null = what torch picks (the cores it sees)
+    device: str = MISSING  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps [resume: may change]
+    threads: int | None = None  # torch CPU threads; null = what torch picks (the cores it sees) [resume: may change]
     deterministic: bool = False  # torch.use_deterministic_algorithms(True), cudnn deterministic
-    resume: str | None = None  # a run dir or checkpoint file to continue (nettrain-train resume=RUN_DIR)
-    plots: bool = True  # plots/*.png at the end of a run, lr_find.png for find=lr (matplotlib: about 3 s); false: none
+    resume: str | None = (
+        None  # a run dir or checkpoint file to continue (nettrain-train resume=RUN_DIR) [resume: may change]
+    )
+    plots: bool = True  # plots/*.png at the end of a run, lr_find.png for find=lr (matplotlib: about 3 s); false: none [resume: may change]
     model: Any = MISSING  # group: conf/model/
     optimizer: Any = MISSING  # group: conf/optimizer/
     scheduler: Any = MISSING  # group: conf/scheduler/
@@ -175,31 +199,22 @@ class TrainConfig:
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     grad_monitor: GradMonitorConfig = field(default_factory=GradMonitorConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # [resume: may change]
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)  # [resume: may change]
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     # _target_s to build from a file nettrain reads (a checkpoint's or resumed run's config) beyond
     # its own list; honoured from the command line only
-    trust_targets: list[str] = field(default_factory=list)  # extra _target_s a file may name: [mypkg.MyModel]
-    loggers: list[str] = field(default_factory=lambda: ["csv"])  # csv | tensorboard | mlflow | wandb
-    logger: LoggerConfig = field(default_factory=LoggerConfig)  # each tracker's settings
+    trust_targets: list[str] = field(
+        default_factory=list
+    )  # extra _target_s a file may name: [mypkg.MyModel] [resume: may change]
+    loggers: list[str] = field(
+        default_factory=lambda: ["csv"]
+    )  # csv | tensorboard | mlflow | wandb [resume: may change]
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # each tracker's settings [resume: may change]
     dry_run: bool = False  # build, show the model and memory estimate, one forward + backward; no training
     find: str | None = None  # lr (LR range test) | batch_size (largest that fits): run it instead of training
-    lr_find: LrFindConfig = field(default_factory=LrFindConfig)
-
-
-def register_schema() -> None:
-    """Make the schema available to conf/train.yaml's defaults list as `nettrain_schema`, and
-    the `${nettrain_help:}` resolver its `hydra.help.template` calls (nettrain/config/help.py)."""
-    from hydra.core.config_store import ConfigStore
-
-    from nettrain.config import help as help_page
-
-    ConfigStore.instance().store(name="nettrain_schema", node=TrainConfig)
-    help_page.register()
-    # conf/hydra/launcher/slurm.yaml: one task per GPU, and one for a CPU-only job
-    OmegaConf.register_new_resolver("nettrain.at_least_one", lambda n: max(1, int(n or 0)), replace=True)
+    lr_find: LrFindConfig = field(default_factory=LrFindConfig)  # [resume: may change]
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -354,8 +369,6 @@ NEEDED = {
 
 def missing_keys(node: Any, prefix: str = "") -> list[str]:
     """The dotted keys of `node` whose value is `???` (MISSING), the hydra section aside."""
-    from omegaconf import DictConfig
-
     if isinstance(node, DictConfig):
         keys = [str(k) for k in node.keys() if not (prefix == "" and k == "hydra")]
         found = [f"{prefix}{k}" for k in keys if OmegaConf.is_missing(node, k)]
@@ -491,8 +504,6 @@ def _check_monitors(c: Checks) -> None:
 def _check_graph(c: Checks) -> None:
     """trainer.compile's value, trainer.cuda_graph's, and `cuda_graph=on` with a setting that
     cannot be captured (judged from the config; a device chosen by `auto` is judged at build)."""
-    from nettrain.engine.cuda_graph import COMPILE_MODES, SETTINGS, plan
-
     compile_value = c.get("trainer.compile")
     c.need(
         "trainer.compile",
@@ -516,10 +527,25 @@ def _check_graph(c: Checks) -> None:
         c.problem(problem)
 
 
+def logger_problems(names: Iterable[str]) -> list[str]:
+    """Config problems with `loggers`: unknown names, or a logger whose package is missing."""
+    found = []
+    names = list(names)
+    for name in names:
+        if name not in LOGGER_PACKAGES:
+            found.append(f"loggers={names}: unknown logger {name!r}; allowed: {', '.join(LOGGER_PACKAGES)}")
+            continue
+        package = LOGGER_PACKAGES[name]
+        if package and importlib.util.find_spec(package[0]) is None:
+            found.append(
+                f"loggers={names}: {name} needs the {package[0]} package; install it with "
+                f'pip install "nettrain[{package[1]}]"'
+            )
+    return found
+
+
 def _check_tools(c: Checks) -> None:
     """The loggers (unknown, or their package missing), dry_run and the finders."""
-    from nettrain.insight.loggers import problems as logger_problems
-
     c.choice("logger.wandb.mode", ("auto", "online", "offline"))
     c.found += logger_problems(c.get("loggers") or [])
     c.choice("find", ("lr", "batch_size"))

@@ -44,7 +44,14 @@ import importlib
 import inspect
 import re
 from collections.abc import Iterable, Iterator
+from importlib.resources import files
 from typing import Any
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import Container, DictConfig, ListConfig, OmegaConf, ValueNode, grammar_parser
+from omegaconf.errors import GrammarParseError
+from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser as Grammar
 
 from nettrain.config.renames import renamed
 from nettrain.errors import UntrustedTargetError
@@ -177,10 +184,6 @@ def _strings(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
 def _why_unsafe(text: str) -> str | None:
     """Why the interpolations in `text` may not come from a file, or None when they are plain
     references to other keys and calls of :data:`SAFE_RESOLVERS` only."""
-    from omegaconf import grammar_parser
-    from omegaconf.errors import GrammarParseError
-    from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser as Grammar
-
     if "\\${" in text:  # resolves to a `${...}`, which Hydra resolves again when it builds
         return "escapes an interpolation (\\${...})"
     try:
@@ -222,8 +225,6 @@ def reinterpolations(config: Any, source: str) -> list[str]:
     resolved config, and Hydra's instantiate resolves what it is given once more, so such a value
     (`${d}{oc.create:...}` with `d: $`) would become an interpolation only then. The help page
     (hydra.help) is never built and not resolved here."""
-    from omegaconf import DictConfig, ListConfig
-
     found = []
 
     def walk(node: Any, path: str) -> None:
@@ -253,8 +254,6 @@ def resolved_view(config: Any) -> Any:
     containers, each value that is a single reference (`${a.b}`) replaced by what it refers to: the
     nodes Hydra would build, at the keys where it would build them. Other interpolations stay text
     (they give text); a reference that does not resolve stays text (nothing can be built from it)."""
-    from omegaconf import Container, DictConfig, ListConfig, ValueNode
-
     expanding: set[int] = set()
 
     def view(node: Any) -> Any:
@@ -290,10 +289,6 @@ _SINGLE_REFERENCE = re.compile(r"\$\{[^${}:]+\}")
 def shipped() -> dict[str, frozenset[str]]:
     """The `_target_`s nettrain ships, by slot: each option of conf/model, conf/optimizer,
     conf/scheduler and conf/data, and conf/train.yaml's Hydra callbacks ('hydra.callbacks')."""
-    from importlib.resources import files
-
-    import yaml
-
     conf = files("nettrain.conf")
     found: dict[str, set[str]] = {slot: set() for slot in GROUP_SLOTS}
     for slot in GROUP_SLOTS:
@@ -393,8 +388,6 @@ PLACES = {"logger.mlflow.uri": "where MLflow writes or sends the run's config an
 def places_chosen(config: Any, source: str, given: Iterable[str] = ()) -> list[str]:
     """One line per setting of :data:`PLACES` that `config` (read from `source`) sets to other
     than its default (null or false) and the command line (`given`: its keys) does not."""
-    from omegaconf import OmegaConf
-
     given = set(given)
     found = []
     for key, what in PLACES.items():
@@ -423,8 +416,6 @@ def problems(
     trusts the whole file (--trust). Neither lifts :data:`NEVER` nor the interpolation rule.
     `given`: the keys the command line sets, when the file is a run's saved config to resume or
     re-run: then where it would send the run's data (:data:`PLACES`) is checked too."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     plain = OmegaConf.to_container(config, resolve=False) if isinstance(config, (DictConfig, ListConfig)) else config
     found = interpolation_problems(plain, source)
     if found:  # nothing is resolved while a value could build something on resolving
@@ -507,8 +498,6 @@ def add_trust_flag(parser: Any) -> None:
 def trusted_from_overrides(overrides: Iterable[str]) -> list[str]:
     """The `trust_targets=[...]` patterns given on the command line, and every `_target_` the
     command line itself sets (the user's own choice, not the file's)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     found: list[str] = []
     for override in parsed:

@@ -30,13 +30,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from nettrain.config.trust import targets
+
 
 def working_dir() -> Path:
     """Where the command was started: the current directory, or Hydra's `runtime.cwd` inside a
     job that changed into its run folder (hydra.job.chdir=true)."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         if HydraConfig.initialized() and getattr(HydraConfig.get().job, "chdir", None):
             return Path(HydraConfig.get().runtime.cwd)
     except Exception:  # noqa: BLE001 - no Hydra job: the current directory
@@ -94,10 +97,6 @@ def import_from_working_dir(target: str) -> bool:
 
 def targets_in(node: Any) -> Iterator[str]:
     """Every `_target_` string in a config node (a DictConfig or plain dicts and lists), nested ones included."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    from nettrain.config.trust import targets
-
     if isinstance(node, (DictConfig, ListConfig)):
         try:
             node = OmegaConf.to_container(node, resolve=True)

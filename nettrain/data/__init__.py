@@ -15,6 +15,7 @@ tables in `tabular`, CIFAR and torchvision's catalogue in `vision`. On-device au
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import os
@@ -25,9 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from nettrain.config.schema import TORCHVISION_DATASETS
-from nettrain.errors import DataError
+from nettrain.data.idx import check_counts, check_labels, check_mnist_raw
+from nettrain.errors import DataError, IdxError
 
 # Mean and std of the training pixels in [0, 1]: the values the torchvision examples use.
 NORMALISATION = {"MNIST": (0.1307, 0.3081), "FashionMNIST": (0.2860, 0.3530), "KMNIST": (0.1918, 0.3483)}
@@ -74,8 +77,6 @@ class DataSplits:
 
     def fingerprint(self) -> str:
         """A short hash of every split's tensors, to tell whether two runs saw the same data."""
-        import hashlib
-
         h = hashlib.sha256()
         for split in (self.train, self.val, self.test):
             for t in (split.x, split.y):
@@ -165,9 +166,6 @@ def torchvision_dataset(
         raise DataError(f"data.name={name!r}: allowed: {', '.join(TORCHVISION_DATASETS)}")
     import torchvision  # only when a torchvision dataset is chosen
 
-    from nettrain.data.idx import check_counts, check_labels, check_mnist_raw
-    from nettrain.errors import IdxError
-
     root = os.path.expanduser(str(root))
     cls = getattr(torchvision.datasets, name)
     try:
@@ -243,6 +241,30 @@ class Pairs(torch.utils.data.Dataset):
         return self.x[i], self.y[i]
 
 
+# -- the global batch under torchrun/SLURM (nettrain/engine/distributed.py) ------------------
+
+
+def share_of(start: int, stop: int, rank: int, world_size: int) -> tuple[int, int]:
+    """This rank's contiguous part of positions start..stop: shares as equal as can be (the first
+    `(stop - start) % world_size` ranks get one more), in rank order, covering every position once."""
+    size, extra = divmod(stop - start, world_size)
+    begin = start + rank * size + min(rank, extra)
+    return begin, begin + size + (1 if rank < extra else 0)
+
+
+def usable_samples(n: int, batch_size: int, world_size: int) -> int:
+    """Samples per epoch under `world_size` ranks: a final partial batch smaller than the world
+    size would leave a rank without samples, so it is dropped (with a warning by the caller)."""
+    tail = n % batch_size
+    return n - tail if 0 < tail < world_size else n
+
+
+def loss_weight(share: int, batch: int, world_size: int) -> float:
+    """The factor on a rank's mean loss so that the averaged gradient (DDP divides by the world
+    size) is the mean gradient of the global batch: share * world_size / batch."""
+    return share * world_size / batch
+
+
 class Batches:
     """Serves one split as (x, y) batches on `device`, each x passed through `transform` when given
     (the per-batch normalisation of uint8 images, nettrain/data/preprocessing.py).
@@ -251,7 +273,7 @@ class Batches:
     `generator` (shuffle) and slices it. in_memory=False: a DataLoader over the CPU tensors with
     the same permutation as its sampler, `num_workers` workers, and pinned memory on CUDA.
     Under torchrun/SLURM (`world_size` > 1) each batch of `batch_size` is the global batch: this
-    rank gets its contiguous share of it (nettrain/engine/distributed.py), and `n` counts every rank's.
+    rank gets its contiguous share of it (:func:`share_of`), and `n` counts every rank's.
     """
 
     def __init__(
@@ -275,8 +297,6 @@ class Batches:
         self.rank, self.world_size = rank, world_size
         self.n = len(split)  # samples per pass over all ranks
         if drop_unshareable:  # training: a last batch smaller than the world size would leave a rank idle
-            from nettrain.engine.distributed import usable_samples
-
             self.n = usable_samples(self.n, batch_size, world_size)
         self.dropped = len(split) - self.n
         if in_memory:
@@ -296,8 +316,6 @@ class Batches:
         global batch's mean (1.0 in one process, and whenever the shares are equal)."""
         if self.world_size == 1:
             return 1.0
-        from nettrain.engine.distributed import loss_weight
-
         return loss_weight(share, min(self.batch_size, self.n - step * self.batch_size), self.world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -306,8 +324,6 @@ class Batches:
 
     def _positions(self, first_step: int) -> Iterator[tuple[int, int]]:
         """(start, stop) positions of this rank's share of each global batch from `first_step` on."""
-        from nettrain.engine.distributed import share_of
-
         for start in range(first_step * self.batch_size, self.n, self.batch_size):
             stop = min(start + self.batch_size, self.n)
             yield share_of(start, stop, self.rank, self.world_size) if self.world_size > 1 else (start, stop)
@@ -333,7 +349,6 @@ class Batches:
                     idx = order[start:stop]
                     yield self.x.index_select(0, idx), self.y.index_select(0, idx)
             return
-        from torch.utils.data import DataLoader
 
         indices = list(range(self.n)) if order is None else order.tolist()
         shares = [indices[start:stop] for start, stop in self._positions(first_step) if stop > start]

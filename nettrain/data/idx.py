@@ -12,6 +12,8 @@ import math
 import struct
 from pathlib import Path
 
+import torch
+
 from nettrain.errors import IdxError
 
 # type byte -> bytes per value
@@ -75,8 +77,6 @@ def check_mnist_raw(raw_dir: str | Path) -> None:
 
 def check_labels(labels, num_classes: int, where: str) -> None:
     """Every label in 0..num_classes-1; otherwise name the first bad one by its index."""
-    import torch
-
     labels = torch.as_tensor(labels)
     bad = torch.nonzero((labels < 0) | (labels >= num_classes))
     if bad.numel():

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from nettrain.data import DataSplits, Split, _split_indices
 from nettrain.errors import DataError
+from nettrain.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLITS = ("train", "val", "test")
@@ -53,8 +55,6 @@ def image_mode(mode: str) -> int:
 
 def decode_image(path: str | Path, size: tuple[int, int] | None, channels: int) -> torch.Tensor:
     """One image file -> uint8 (channels, H, W), resized (bilinear, antialiased) to `size` = (H, W)."""
-    from PIL import Image
-
     with Image.open(path) as file:
         img = file.convert("L" if channels == 1 else "RGB")
     if size is not None and (img.height, img.width) != tuple(size):
@@ -65,8 +65,6 @@ def decode_image(path: str | Path, size: tuple[int, int] | None, channels: int) 
 
 def _probe(path: Path) -> tuple[tuple[int, int], int]:
     """(H, W) and channels from the file's header, without decoding the pixels."""
-    from PIL import Image
-
     with Image.open(path) as img:
         return (img.height, img.width), image_mode(img.mode)
 
@@ -357,8 +355,6 @@ def image_folder(
     if decoded is None:  # in memory, without a usable cache entry
         decoded = _decode_folder(folder, image_size, channels, on_bad_file, notes.append)
         if cache_path is not None:
-            from nettrain.files import atomic_write
-
             atomic_write(cache_path, lambda tmp: torch.save(decoded, tmp))
             notes.append(f"image cache: built {cache_path}")
     parts = decoded["splits"]

@@ -17,6 +17,9 @@ import os
 from typing import Any
 
 import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from nettrain.data import DataSplits, Split, _split_indices, download_source
 from nettrain.data.image_folder import _as_size, channel_stats, image_meta
@@ -26,8 +29,6 @@ from nettrain.errors import DataError
 def _open(name: str, root: str, download: bool, part: str | None) -> Any:
     """torchvision.datasets.<name> for one part (train/test; None: the only one), or None when the
     class has no such part."""
-    import torchvision
-
     cls = getattr(torchvision.datasets, name)
     params = inspect.signature(cls).parameters
     kwargs: dict[str, Any] = {}
@@ -64,15 +65,10 @@ def _open(name: str, root: str, download: bool, part: str | None) -> Any:
 
 def _decode_all(dataset: Any, name: str, size: tuple[int, int] | None, channels: int | None):
     """Every (image, label) of a torchvision data set -> uint8 (N, C, H, W), int64 labels."""
-    from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor
-
     images, labels = [], []
     for i in range(len(dataset)):
         img, label = dataset[i]
         if isinstance(img, torch.Tensor):
-            from torchvision.transforms.functional import to_pil_image
-
             img = to_pil_image(img)
         if not isinstance(img, Image.Image) or not isinstance(label, int):
             raise DataError(
@@ -103,8 +99,6 @@ def torchvision_classification(
 
     Its official test split is the test split (test_fraction is cut from train only when it has
     none); val_fraction of its train split is held out for validation."""
-    import torchvision
-
     if name not in getattr(torchvision.datasets, "__all__", ()):
         raise DataError(
             f"data.name={name!r}: not a torchvision data set; allowed: a class of "

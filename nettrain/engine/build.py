@@ -13,46 +13,43 @@ the target, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import copy
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig, OmegaConf
 
-from nettrain.config.schema import MONITORED, plain
+from nettrain.config import graph_plan as capture
+from nettrain.config import trust as trust_lib
+from nettrain.config import usermodules
+from nettrain.config.schema import MONITORED, TrainConfig, plain, validate
 from nettrain.data import Batches, DataSplits, Split
+from nettrain.data.augment import Augment
 from nettrain.data.preprocessing import PreprocessingRecord, input_transform
+from nettrain.data.tabular import EmbeddedInputs
+from nettrain.engine import cuda_graph, distributed
 from nettrain.engine.accumulate import Accumulation, optimizer_steps
-from nettrain.engine.ema import EMA
+from nettrain.engine.distributed import resolve_device
+from nettrain.engine.early_stopping import EarlyStopping
+from nettrain.engine.ema import EMA, inference_weights
+from nettrain.engine.precision import Precision
 from nettrain.engine.state import TrainState
-from nettrain.errors import ConfigError
+from nettrain.errors import CheckpointError, ConfigError
+from nettrain.insight import loggers
+from nettrain.insight.diagnosis import Diagnostician, Thresholds, TrainingDiagnostics, weight_names
+from nettrain.insight.grad_monitor import GradientMonitor
+from nettrain.insight.memory import data_bytes, estimate
+from nettrain.optim import schedulers
+from nettrain.run import launch
+from nettrain.run.folder import in_multirun
 
 FUSED_OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda if available, else mps, else cpu; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError([f"device={name!r}: CUDA is not available here; allowed: auto, cpu"])
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                [
-                    f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s), "
-                    f"allowed: cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
-                ]
-            )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError([f"device={name!r}: MPS is not available here; allowed: auto, cpu"])
-    return device
 
 
 @contextlib.contextmanager
@@ -65,10 +62,6 @@ def building(group: str, target: str | None, context: str = "", node: Any = None
     imported from the working directory where that is where they are (nettrain/config/usermodules.py):
     here, just before building, so only after a file's config has passed its trust check, and in
     every process that builds (torchrun ranks, sweep jobs)."""
-    from hydra.errors import InstantiationException
-
-    from nettrain.config import usermodules
-
     for name in dict.fromkeys([target, *usermodules.targets_in(node)]):
         problem = usermodules.load_problem(name) if name else None
         if problem:
@@ -80,9 +73,7 @@ def building(group: str, target: str | None, context: str = "", node: Any = None
             raise
         cause = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
         if isinstance(cause, ImportError) and target:
-            from nettrain.config.usermodules import import_problem
-
-            problem = import_problem(target)
+            problem = usermodules.import_problem(target)
             if problem:
                 raise ConfigError([f"{group}: {problem}"]) from exc
         raise ConfigError([f"{group}: could not build {target}{context}: {cause}"]) from exc
@@ -91,8 +82,6 @@ def building(group: str, target: str | None, context: str = "", node: Any = None
 def instantiate(node: Any, group: str, *call_args: Any, **kwargs: Any) -> Any:
     """hydra.utils.instantiate, then call the partial with call_args if any; a failure becomes a
     config error that names the group and the target."""
-    from hydra.utils import instantiate as hydra_instantiate
-
     with building(group, node.get("_target_"), node=node):
         built = hydra_instantiate(node, **kwargs)
         return built(*call_args) if call_args else built
@@ -125,8 +114,6 @@ def build_data(cfg: DictConfig) -> tuple[DataSplits, dict[str, Any]]:
 def build_augment(cfg: DictConfig, data: DataSplits, generator: torch.Generator):
     """The data option's on-device augmentation (nettrain/data/augment.py) drawing from the data
     generator, or None when it has none or all of it is off."""
-    from nettrain.data.augment import Augment
-
     settings = {key: cfg.data[key] for key in AUGMENT_KEYS if key in cfg.data}
     if not settings:
         return None
@@ -148,8 +135,6 @@ def build_model_for(
 ) -> torch.nn.Module:
     """The model for data described by `preprocessing` (DataSplits.meta, or the record a checkpoint
     keeps): its input shape and class count; tables with embedded categories get the embeddings in front."""
-    from hydra.utils import instantiate as hydra_instantiate
-
     shape, num_classes = list(preprocessing["input_shape"]), preprocessing["num_classes"]
     node = model_node(cfg)
 
@@ -158,8 +143,6 @@ def build_model_for(
             return hydra_instantiate(node, input_shape=width, num_classes=num_classes)
 
     if preprocessing.get("categorical") == "embed":
-        from nettrain.data.tabular import EmbeddedInputs
-
         return EmbeddedInputs(preprocessing["features"], make).to(device)
     return make(shape).to(device)
 
@@ -235,12 +218,6 @@ def build_trained(
     The stored config is data from a file: it is checked (nettrain.config.trust.check, `trust_targets=`
     in `overrides`, `trust` for --trust) before anything is built or resolved. `device`: a name
     (`cpu`, `auto`, `cuda:1`) or a torch.device; None: the config's `device`."""
-    from omegaconf import OmegaConf
-
-    from nettrain.config import trust as trust_lib
-    from nettrain.config.schema import TrainConfig, validate
-    from nettrain.engine.ema import inference_weights
-
     overrides = list(overrides)
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"], OmegaConf.from_dotlist(overrides))
     assert isinstance(cfg, DictConfig)  # merged onto the schema: a mapping
@@ -255,8 +232,6 @@ def build_trained(
 
 def saved_preprocessing(state: dict[str, Any], source: str) -> dict[str, Any]:
     """The checkpoint's preprocessing record with its model_io (input shape, class count) on top."""
-    from nettrain.errors import CheckpointError
-
     record = state.get("preprocessing")
     if not isinstance(record, dict) or not record:
         raise CheckpointError(
@@ -318,8 +293,6 @@ def check_loss_fits(loss_fn: torch.nn.Module, target: str, task: str, num_classe
     """Evaluation, the metrics and the loss plot assume the task's kind of loss: probe the loss on
     two samples' worth of model output and the data's own labels, backward included, before any
     training; a loss that does not take them is a ConfigError naming it and what fits."""
-    import warnings
-
     takes, fitting = FITTING_LOSSES.get(task, FITTING_LOSSES["classification"])
     out = torch.zeros(len(labels), max(num_classes, 1), requires_grad=True)
     try:
@@ -341,11 +314,9 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer option over the model's parameters, fused on CUDA where torch has kernels;
     `capturable`: ready for the CUDA graph step (capturable flag, learning rate a device tensor)."""
-    from nettrain.engine import cuda_graph
-
     kwargs = fused_kwargs(cfg.optimizer._target_, device, cfg.trainer.fused_optimizer)
     if capturable:
-        kwargs.update(cuda_graph.optimizer_kwargs(cfg.optimizer._target_))
+        kwargs.update(capture.optimizer_kwargs(cfg.optimizer._target_))
     optimizer = instantiate(cfg.optimizer, "optimizer", model.parameters(), _partial_=True, **kwargs)
     if capturable:
         cuda_graph.tensor_lr(optimizer, device)
@@ -353,11 +324,9 @@ def build_optimizer(
 
 
 def graph_plan(cfg: DictConfig, device: torch.device, train_size: int, eager_only: list[str] | None = None):
-    """trainer.cuda_graph for this run: capture or not, and why (nettrain.engine.cuda_graph.plan); `on`
+    """trainer.cuda_graph for this run: capture or not, and why (nettrain.config.graph_plan.plan); `on`
     with a step that cannot be captured is a ConfigError."""
-    from nettrain.engine import cuda_graph, distributed
-
-    found = cuda_graph.plan(
+    found = capture.plan(
         cfg.trainer.cuda_graph,
         device=str(device),
         precision=cfg.trainer.precision,
@@ -368,7 +337,7 @@ def graph_plan(cfg: DictConfig, device: torch.device, train_size: int, eager_onl
         compile=cfg.trainer.compile,
         train_size=train_size,
         batch_size=cfg.batch_size,
-        world_size=distributed.context().world_size,
+        world_size=launch.context().world_size,
         eager_only=eager_only or [],
     )
     if found.refusal():
@@ -378,8 +347,6 @@ def graph_plan(cfg: DictConfig, device: torch.device, train_size: int, eager_onl
 
 def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """The scheduler option, with its warmup, as an LRSchedule."""
-    from nettrain.optim import schedulers
-
     with building("scheduler", cfg.scheduler._target_, node=cfg.scheduler):
         return schedulers.build_schedule(
             optimizer,
@@ -390,8 +357,6 @@ def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_
 
 
 def build_early_stopping(cfg: DictConfig):
-    from nettrain.engine.early_stopping import EarlyStopping
-
     es = cfg.early_stopping
     return EarlyStopping(
         monitor=es.monitor, mode=MONITORED[es.monitor], patience=es.patience, min_delta=es.min_delta, enabled=es.enabled
@@ -399,8 +364,6 @@ def build_early_stopping(cfg: DictConfig):
 
 
 def build_grad_monitor(cfg: DictConfig, model: torch.nn.Module):
-    from nettrain.insight.grad_monitor import GradientMonitor
-
     gm = cfg.grad_monitor
     return GradientMonitor(
         model.named_parameters(),
@@ -422,7 +385,7 @@ class Run:
     train_batches: Any  # Batches, or cuda_graph.IndexBatches for the CUDA graph step
     val_batches: Batches
     augment: Any = None  # the training batches' augmentation (nettrain/data/augment.py), or None
-    graph: Any = None  # the trainer.cuda_graph plan (nettrain.engine.cuda_graph.Plan)
+    graph: Any = None  # the trainer.cuda_graph plan (nettrain.config.graph_plan.Plan)
     eval_batch_size: int | None = None  # validation and test batches; None = batch_size
     step: Any = None  # the step the loop used (nettrain.engine.cuda_graph.StepChoice; set by train.py)
     memory: Any = None  # the training-memory estimate (nettrain.insight.memory.MemoryEstimate), made before compiling
@@ -448,7 +411,7 @@ class Parts:
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
     precision: Any  # nettrain.engine.precision.Precision
-    graph: Any  # the trainer.cuda_graph plan (nettrain.engine.cuda_graph.Plan)
+    graph: Any  # the trainer.cuda_graph plan (nettrain.config.graph_plan.Plan)
     memory: Any  # the training-memory estimate at batch_size (nettrain.insight.memory.MemoryEstimate)
 
     def training_batches(self, batch_size: int, generator: torch.Generator) -> Batches:
@@ -467,8 +430,6 @@ class Parts:
     def fresh_copy(self, cfg: DictConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """A copy of the model with its own optimizer, built as `optimizer` was: for a trial step
         that must leave the parts as built (the batch-size finder)."""
-        import copy
-
         model = copy.deepcopy(self.model)
         return model, build_optimizer(cfg, model, self.device, capturable=self.graph.capture)
 
@@ -477,11 +438,8 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
     """The data, model, loss, optimizer and precision of a run, on `device`, with fresh state:
     the model checked against the data, the loss against the data's task (data.task=regression:
     mean squared error), the memory estimated (before any torch.compile)."""
-    from nettrain.engine import distributed
-    from nettrain.engine.precision import Precision
-
     data, loader = build_data(cfg)
-    ctx = distributed.context()  # rank 0 of 1 unless under torchrun/SLURM
+    ctx = launch.context()  # rank 0 of 1 unless under torchrun/SLURM
     loader.update(rank=ctx.rank, world_size=ctx.world_size)  # each rank's share of every batch
     model = distributed.sync_batchnorm(build_model(cfg, data, device), cfg.model.get("sync_bn", False), device)
     if use_channels_last(cfg.trainer.channels_last, device, model):
@@ -501,11 +459,9 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
 def build_run(cfg: DictConfig, device: torch.device) -> Run:
     """Everything the loop needs, from the config: the parts (build_parts), compiled when asked,
     with the schedule, early stopping, the gradient monitor and the batches, in fresh state."""
-    from nettrain.engine import cuda_graph, distributed
-
     parts = build_parts(cfg, device)
     data, model, optimizer, graph = parts.data, parts.model, parts.optimizer, parts.graph
-    mode = cuda_graph.compile_mode(cfg.trainer.compile)
+    mode = capture.compile_mode(cfg.trainer.compile)
     if mode is not None:  # in place: state_dict keys and checkpoints stay the same
         model.compile(mode=None if mode == "default" else mode)
     order = torch.Generator().manual_seed(cfg.seed)  # the data order has its own generator
@@ -569,9 +525,6 @@ def build_diagnosis(cfg: DictConfig, state: TrainState, hooks: bool = True):
     reads the gradient means and norms alone. A compiled model (trainer.compile) gets no dead
     units: its forward hooks come and go with the sampled steps, and each change would recompile
     the model's graph."""
-    from nettrain.engine import cuda_graph
-    from nettrain.insight.diagnosis import Diagnostician, Thresholds, TrainingDiagnostics, weight_names
-
     gm, monitor = cfg.grad_monitor, state.grad_monitor
     probe = TrainingDiagnostics(
         state.model,
@@ -579,7 +532,7 @@ def build_diagnosis(cfg: DictConfig, state: TrainState, hooks: bool = True):
         in_forward=monitor.sampling_next,
         after_backward=monitor.sampled_last,
         enabled=gm.enabled and hooks,
-        activations=cuda_graph.compile_mode(cfg.trainer.compile) is None,
+        activations=capture.compile_mode(cfg.trainer.compile) is None,
     )
     thresholds = Thresholds(
         spread=gm.ratio,
@@ -599,13 +552,8 @@ def build_diagnosis(cfg: DictConfig, state: TrainState, hooks: bool = True):
 def build_loggers(cfg: DictConfig, state: TrainState, rank: int | None = None):
     """The experiment loggers of `cfg.loggers`; their run ids are checkpointed (extras['loggers']).
     In a multirun, the sweep dir and job number name the runs."""
-    from nettrain.insight import loggers
-    from nettrain.run.folder import in_multirun
-
     sweep_dir = job = None
     if in_multirun():
-        from hydra.core.hydra_config import HydraConfig
-
         hc = HydraConfig.get()
         sweep_dir, job = str(hc.sweep.dir), str(hc.job.num)
     settings = plain(cfg.logger)
@@ -626,8 +574,6 @@ def memory_estimate(
 ):
     """The training-memory estimate (nettrain/insight/memory.py) for this model, optimizer, data and batch
     (`transform`: what turns stored inputs into the model's, e.g. uint8 images normalised per batch)."""
-    from nettrain.insight.memory import data_bytes, estimate
-
     device = next(model.parameters()).device
     held = data_bytes([data.train, data.val, data.test], device, loader["in_memory"], cfg.batch_size)
     sample = data.train.x[:4].to(device)

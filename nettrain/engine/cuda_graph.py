@@ -14,9 +14,9 @@ updates its running statistics in place. The learning rate lives in a device ten
 warmup and the schedulers fill in place between replays, so nothing is captured again.
 
 What cannot live in a graph falls back to the eager step (`auto`) or is refused (`on`):
-:func:`plan` decides from the config alone, without torch, so the decision is testable on any
-machine and config errors stay fast; a capture that fails at run time (a model whose control
-flow reads its data on the host, say) is the one fallback found only when it is tried.
+nettrain/config/graph_plan.py decides from the config alone, without torch; a capture that fails
+at run time (a model whose control flow reads its data on the host, say) is the one fallback
+found only when it is tried.
 """
 
 from __future__ import annotations
@@ -24,24 +24,15 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-if TYPE_CHECKING:  # torch is imported lazily: nettrain.config.schema imports this module
-    import torch
+import torch
 
-SETTINGS = ("auto", "on", "off")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-# The optimizers whose step runs inside a graph, and how: `capturable` (its step keeps the step
-# count and the learning rate on the device), `fused` (the fused kernel takes a device lr), or
-# plain tensor arithmetic that captures as it is (ManualSGD's `param -= lr * grad`).
-CAPTURABLE_OPTIMIZERS = {
-    "torch.optim.Adam": "capturable",
-    "torch.optim.AdamW": "capturable",
-    "torch.optim.RMSprop": "capturable",
-    "torch.optim.SGD": "fused",
-    "nettrain.optim.ManualSGD": "tensor",
-}
+from nettrain.config.graph_plan import Plan
+from nettrain.engine.loop import l1_penalty, train_step
+from nettrain.errors import ConfigError
+
 EVAL_BATCH_SIZE = 1024  # validation and test batches at least this large when the step is a graph
 WARMUP_STEPS = 2  # eager steps on a side stream before capture (lazy state, cuBLAS workspaces)
 
@@ -50,128 +41,9 @@ class GraphCaptureError(RuntimeError):
     """The training step could not be captured (the message says which feature and why)."""
 
 
-@dataclass
-class Plan:
-    """Whether the step is captured; if not, each feature that stops it, as 'key=value: why'."""
-
-    setting: str
-    capture: bool
-    fallbacks: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # how a captured step is set up (second graph, ...)
-
-    def message(self) -> str | None:
-        """What to tell the user: why `auto` uses the eager step (None when there is nothing to say)."""
-        if self.capture or not self.fallbacks:
-            return None
-        return f"trainer.cuda_graph={self.setting}: the eager step is used: " + "; ".join(self.fallbacks)
-
-    def refusal(self) -> list[str]:
-        """The config problems of `on` when the step cannot be captured (empty otherwise)."""
-        if self.setting != "on":
-            return []
-        return [
-            f"trainer.cuda_graph='on': cannot capture the training step: {why}; use "
-            "trainer.cuda_graph=auto to fall back to the eager step, or off"
-            for why in self.fallbacks
-        ]
-
-
-def compile_mode(value: Any) -> str | None:
-    """`trainer.compile` -> the torch.compile mode, or None for no compilation."""
-    if value is True:
-        return "default"
-    if value is False or value is None:
-        return None
-    return str(value)
-
-
-def plan(
-    setting: str,
-    *,
-    device: str,
-    precision: str = "32",
-    in_memory: bool = True,
-    optimizer: str | None = None,
-    optimizer_options: dict | None = None,
-    fused_optimizer: str = "auto",
-    compile: Any = False,
-    train_size: int | None = None,
-    batch_size: int | None = None,
-    world_size: int = 1,
-    eager_only: list[str] | None = None,
-) -> Plan:
-    """Decide whether the training step can be one CUDA graph, from the settings alone.
-
-    `device` is the device's name (`cuda`, `cuda:1`, `cpu`, `mps`) or `auto` when it is not known
-    yet (config validation): then only what holds on any device is judged. A CPU or MPS run under
-    `auto` is eager without a word; everything else that blocks capture is named.
-    """
-    if setting == "off":
-        return Plan(setting, False)
-    device_type = device.split(":")[0]
-    fallbacks: list[str] = []
-    if device_type not in ("cuda", "auto"):
-        if setting == "auto":
-            return Plan(setting, False)  # CUDA graphs are a CUDA feature; nothing to report
-        fallbacks.append(f"device={device!r}: CUDA graphs need a CUDA device")
-    if precision == "fp16":
-        fallbacks.append(
-            "trainer.precision='fp16': its GradScaler checks the gradients for inf/NaN "
-            "on the host every step (a sync a graph cannot hold); bf16 needs no scaler "
-            "and is captured"
-        )
-    if not in_memory:
-        fallbacks.append(
-            "data.in_memory=false: batches come from a DataLoader on the host, while the "
-            "graph gathers each batch from the tensors held on the device"
-        )
-    fallbacks += eager_only or []  # settings the caller knows run outside a captured step
-    if world_size > 1:
-        fallbacks.append(
-            f"distributed training ({world_size} processes): DistributedDataParallel all-reduces the "
-            "gradients from hooks outside a captured step"
-        )
-    fallbacks += _optimizer_fallbacks(optimizer, optimizer_options or {}, fused_optimizer)
-    mode = compile_mode(compile)
-    if mode in ("reduce-overhead", "max-autotune"):
-        fallbacks.append(
-            f"trainer.compile={mode!r}: torch.compile's own CUDA graphs cannot nest inside "
-            "the step's graph; use trainer.compile=default (or true) with the graph step"
-        )
-    notes = []
-    if train_size and batch_size and train_size % batch_size:
-        notes.append(f"the last batch has {train_size % batch_size} samples: it gets a graph of its own")
-    return Plan(setting, not fallbacks, fallbacks, notes)
-
-
-def _optimizer_fallbacks(target: str | None, options: dict, fused_optimizer: str) -> list[str]:
-    if target is None:
-        return []
-    how = CAPTURABLE_OPTIMIZERS.get(target)
-    if how is None:
-        return [
-            f"optimizer._target_={target!r}: its step is not known to be capturable; captured: "
-            + ", ".join(CAPTURABLE_OPTIMIZERS)
-        ]
-    if how == "fused" and fused_optimizer == "off":
-        why = "its foreach step reads a tensor learning rate on the host; the fused kernel (auto or on) takes it"
-        return [f"optimizer._target_={target!r} with trainer.fused_optimizer='off': {why}"]
-    if how == "fused" and (options.get("dampening") or 0) != 0:
-        why = "SGD's first momentum step ignores dampening, which a graph captured after it cannot reproduce"
-        return [f"optimizer.dampening={options['dampening']}: {why}"]
-    return []
-
-
-def optimizer_kwargs(target: str) -> dict[str, bool]:
-    """Extra constructor arguments that make the optimizer's step capturable."""
-    return {"capturable": True} if CAPTURABLE_OPTIMIZERS.get(target) == "capturable" else {}
-
-
 def tensor_lr(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """Hold each param group's learning rate in a float32 tensor on `device`, so the schedulers
     (which fill a tensor lr in place) change it between replays without a new capture."""
-    import torch
-
     for group in optimizer.param_groups:
         lr = group["lr"]
         if not (isinstance(lr, torch.Tensor) and lr.device == device and lr.dtype == torch.float32):
@@ -211,8 +83,6 @@ class GraphStep:
         schedule=None,
         capture: bool = True,
     ):
-        import torch
-
         self.model, self.loss_fn, self.optimizer, self.schedule = model, loss_fn, optimizer, schedule
         self.x, self.y = x, y
         self.device = x.device
@@ -245,10 +115,6 @@ class GraphStep:
     # -- the step ---------------------------------------------------------------------------
     def _body(self, index: torch.Tensor, sampled: bool) -> torch.Tensor:
         """What one batch does; run eagerly to warm up, then once more under capture."""
-        import torch
-
-        from nettrain.engine.loop import l1_penalty
-
         torch._foreach_zero_([p.grad for p in self.params])
         x, y = self.x.index_select(0, index), self.y.index_select(0, index)
         if self.autocast_dtype is None:
@@ -290,8 +156,6 @@ class GraphStep:
         return tensors
 
     def _capture(self, size: int, sampled: bool) -> _Graph:
-        import torch
-
         index = torch.arange(size, device=self.device) % len(self.y)
         before = self._state()
         saved = [t.clone() for t in before]
@@ -326,8 +190,6 @@ class GraphStep:
         """Undo the warm-up: the same tensors get their old values; optimizer state the warm-up
         created (a fresh run's first step) is zeroed, which is what a fresh state means for the
         capturable and fused optimizers (step 0, zero moments, zero momentum buffers)."""
-        import torch
-
         kept = {id(t) for t in before}
         with torch.no_grad():
             for t, v in zip(before, saved):
@@ -361,8 +223,6 @@ class IndexBatches:
         return {min(size, n)} | ({n % size} if n > size and n % size else set())
 
     def batches(self, order, first_step: int = 0):
-        import torch
-
         n, size, device = self.inner.n, self.inner.batch_size, self.inner.device
         order = torch.arange(n, device=device) if order is None else order.to(device)
         for start in range(first_step * size, n, size):
@@ -384,8 +244,6 @@ class StepChoice:
         self.used = "eager"
 
     def __call__(self, state, settings):
-        from nettrain.engine.loop import train_step
-
         if self.plan is None or not self.plan.capture:
             message = self.plan.message() if self.plan is not None else None
             if message:
@@ -417,8 +275,6 @@ class StepChoice:
         return step
 
     def _eager_instead(self, exc: GraphCaptureError, eager):
-        from nettrain.errors import ConfigError
-
         if self.setting == "on":
             raise ConfigError(
                 [f"trainer.cuda_graph='on': {exc}; use trainer.cuda_graph=auto to fall back to the eager step, or off"]

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 import torch
 
+from nettrain.engine import distributed
+
 DIVERGED_EXIT = 3  # the exit status of a run stopped by a non-finite loss
 REMEDIES = "lower lr, set regularization.grad_clip (e.g. 1.0), or check the data for NaN or huge values"
 
@@ -56,8 +58,6 @@ class LossWatch:
     def check(self, epoch: int) -> None:
         """Raise Diverged naming `epoch` (1-based) and the first step whose loss was non-finite on
         any rank: under torchrun every rank raises alike, also one whose own share stayed finite."""
-        from nettrain.engine import distributed
-
         found = self.first_nonfinite()
         step = -distributed.agree(-found[0] if found else -_NONE)  # the earliest over the ranks
         if step == _NONE:

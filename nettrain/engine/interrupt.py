@@ -13,6 +13,8 @@ import os
 import signal
 from collections.abc import Iterator
 
+from nettrain.run.launch import preemption_signal
+
 
 class StopRequest:
     """Asks the loop to stop after the current step (set by a signal handler, or a test)."""
@@ -36,8 +38,6 @@ class StopRequest:
 @contextlib.contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
     """SIGINT/SIGTERM ask the loop to finish its step, save and leave; a second one waits for the save."""
-
-    from nettrain.engine.distributed import preemption_signal
 
     def handler(signum, frame):
         if stop.signum is not None or getattr(stop, "pending", None) is not None:

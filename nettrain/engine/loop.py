@@ -28,9 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from nettrain.engine import distributed
 from nettrain.engine.divergence import LossWatch
 from nettrain.engine.interrupt import StopRequest
 from nettrain.engine.state import Position, TrainState
+from nettrain.run import launch
 
 __all__ = [
     "FitResult",
@@ -115,8 +117,6 @@ def evaluate(
     """The task's metrics over every batch of `batches` (every rank's share under torchrun), in
     eval mode (dropout off, BatchNorm running statistics: rank 0's, on every rank):
     {"loss", "acc"} for classification, {"loss", "r2", "mae"} for regression."""
-    from nettrain.engine import distributed
-
     measure = TASKS[task]
     model.eval()
     distributed.broadcast_buffers(model)
@@ -231,12 +231,10 @@ def record_epoch(state: TrainState, row: dict[str, Any], is_best: bool, out: Run
 def epoch_start(start: Position, epoch: int, train_batches, device: torch.device):
     """Where `epoch` starts: its batch order, first step, loss sum so far and training time so far
     (the saved position's when resuming mid-epoch, else a fresh order from step 0)."""
-    from nettrain.engine import distributed
-
     if epoch != start.epoch + 1 or start.order is None:
         return train_batches.order(), 0, torch.zeros((), device=device), 0.0
     loss_sum = torch.zeros((), device=device)
-    if start.loss_sum is not None and distributed.context().is_main:
+    if start.loss_sum is not None and launch.context().is_main:
         loss_sum = start.loss_sum  # the saved sum is every rank's: counted once, on rank 0
     return start.order, start.step_in_epoch, loss_sum, start.train_time
 
@@ -255,8 +253,6 @@ def fit(
     `settings.make_step(state, settings)` builds the per-batch update, `step(*batch) -> loss sum`: the
     eager `train_step`, or the CUDA graph step (nettrain.engine.cuda_graph), which is captured here,
     after a resume has restored the state and before the first epoch's clock starts."""
-    from nettrain.engine import distributed
-
     model, early_stopping, schedule = state.model, state.early_stopping, state.schedule
     start, stop = start or Position(), stop or StopRequest()
     step_fn = (settings.make_step or train_step)(state, settings)
@@ -305,8 +301,6 @@ def fit(
 def epoch_loss(loss_sum: torch.Tensor, n: int, watch: LossWatch, epoch: int) -> float:
     """The epoch's mean training loss over every rank's samples (one host sync); a non-finite one
     raises Diverged naming the first non-finite step (`watch`), and nothing is saved."""
-    from nettrain.engine import distributed
-
     distributed.all_reduce_sum(loss_sum)  # every rank's shares
     train_loss = (loss_sum / n).item()
     if not math.isfinite(train_loss):

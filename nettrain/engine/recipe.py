@@ -18,6 +18,7 @@ Every rank of a distributed run follows it; only rank 0 writes (RunWriter) and p
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,15 +28,24 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nettrain.config.schema import plain
+from nettrain.data.preprocessing import describe
 from nettrain.engine import distributed
-from nettrain.engine.build import Run, build_diagnosis, build_loggers, build_run, resolve_device
+from nettrain.engine.build import Run, build_diagnosis, build_loggers, build_run
+from nettrain.engine.checkpointer import Checkpointer, restore
+from nettrain.engine.cuda_graph import StepChoice
+from nettrain.engine.distributed import resolve_device
 from nettrain.engine.divergence import Diverged
 from nettrain.engine.interrupt import StopRequest, stop_on_signals
 from nettrain.engine.loop import FitResult, LoopSettings, Position, RunOutputs, evaluate, fit
+from nettrain.engine.tune import run_tool
 from nettrain.errors import ConfigError
+from nettrain.insight.diagnosis import worse_from_the_start
 from nettrain.insight.memory import MemoryCheck, PeakMemory, peak_rss_mb
-from nettrain.insight.report import Reporter
+from nettrain.insight.report import Reporter, save_plots
+from nettrain.models import param_count
+from nettrain.run import launch
 from nettrain.run.folder import RunWriter, set_aside_old_results
+from nettrain.run.metrics import MetricsWriter
 from nettrain.run.reproducibility import process_settings, seed_everything, write_provenance
 from nettrain.run.resume import load_resume_point
 from nettrain.run.summary import (
@@ -64,12 +74,10 @@ def train_run(
     with writer.lock(), failure_recorded(cfg, writer, started):  # one writer per run folder
         with stop_on_signals(stop), process_settings(cfg.threads, cfg.deterministic):  # the run's own settings
             if cfg.dry_run or cfg.find:  # a dry run or a finder: build, measure, suggest; train nothing
-                from nettrain.engine.tune import run_tool
-
                 return run_tool(cfg, output_dir)
             device = device or resolve_device(cfg.device)
             seed_everything(cfg.seed)
-            reporter = Reporter(**cfg.console, rank=distributed.context().rank)
+            reporter = Reporter(**cfg.console, rank=launch.context().rank)
             saved = read_checkpoint(resume_from, writer, cfg, reporter)  # 1. resume: checked, restored once built
             run, memory = build(cfg, device, writer, reporter)  # 2. build, and say what was built
             start = start_from(saved, run, writer, reporter)
@@ -117,15 +125,12 @@ def build(cfg: DictConfig, device: torch.device, writer: RunWriter, reporter: Re
     run = build_run(cfg, device)
     memory = introduce(cfg, run, writer.folder, reporter)  # the estimate counts on copies: before any hooks
     build_diagnosis(cfg, run.state, hooks=not run.graph.capture)  # into run.state.extras: checkpointed
-    build_loggers(cfg, run.state, rank=distributed.context().rank)
+    build_loggers(cfg, run.state, rank=launch.context().rank)
     return run, memory
 
 
 def introduce(cfg: DictConfig, run: Run, output_dir: Path, reporter: Reporter) -> MemoryCheck:
     """Print the run folder, the config, the model, the memory estimate and the data; start measuring the peak."""
-    from nettrain.data.preprocessing import describe
-    from nettrain.models import param_count
-
     state, data = run.state, run.data
     reporter.start(OmegaConf.to_yaml(cfg), state.model, param_count(state.model), str(run.device), output_dir)
     reporter.memory(run.memory)
@@ -142,8 +147,6 @@ def start_from(saved: dict | None, run: Run, writer: RunWriter, reporter: Report
     """Where training starts: the saved state loaded into the run (a resume), or a fresh start in a
     folder cleared of an earlier run's results (None)."""
     if saved is not None:
-        from nettrain.run.checkpoint import restore
-
         return restore(saved, run.state, run.device)
     writer.run(set_aside_old_results, writer.folder, reporter)
     return None
@@ -156,10 +159,6 @@ def train_epochs(
     cfg: DictConfig, run: Run, writer: RunWriter, reporter: Reporter, start, stop, provenance: dict
 ) -> FitResult:
     """The loop with its settings and outputs taken from the config (files through `writer`: rank 0's)."""
-    from nettrain.engine.cuda_graph import StepChoice
-    from nettrain.run.checkpoint import Checkpointer
-    from nettrain.run.metrics import MetricsWriter
-
     config = plain(cfg)
     tags = {"config_hash": config_hash(config), "git_commit": (provenance.get("git") or {}).get("commit")}
     run.state.extras["loggers"].start(writer.folder, config, tags)
@@ -209,9 +208,7 @@ def ended_summary(
 ) -> RunSummary:
     """The summary of a run that reached its end (completed, stopped early, or interrupted: then
     the signal that stopped it)."""
-    from nettrain.models import param_count
-
-    history, device, ctx = run.state.history, run.device, distributed.context()
+    history, device, ctx = run.state.history, run.device, launch.context()
     status = (
         RunStatus.INTERRUPTED
         if result.interrupted
@@ -258,8 +255,6 @@ def ended_summary(
 def diverged_summary(cfg: DictConfig, run: Run, exc: Diverged, started: float) -> RunSummary:
     """The summary of a run stopped by a non-finite loss: the error, the epochs completed and the
     best finite one; no test (its figures None)."""
-    import math
-
     history = run.state.history
     best = min(
         (r for r in history if math.isfinite(r.get("val_loss", math.nan))), key=lambda r: r["val_loss"], default={}
@@ -284,11 +279,9 @@ def record(
 ) -> dict[str, Any]:
     """Write the plots and summary.json (rank 0), end the loggers, and print the closing table
     (`note`: what the status says beyond its name); return the summary (every rank)."""
-    from nettrain.insight.diagnosis import worse_from_the_start
-
     history = run.state.history
     if cfg.plots and history:
-        writer.plots(history, loss_name=type(run.state.loss_fn).__name__)
+        writer.run(save_plots, history, writer.path("plots"), loss_name=type(run.state.loss_fn).__name__)
     content = summary.write(writer)
     run.state.extras["loggers"].finish(content, writer.folder, content["status"])
     if summary.status != RunStatus.DIVERGED and (finding := worse_from_the_start(history)):

@@ -14,19 +14,26 @@ report (lr_find.png/.json, batch_size.json) in the run's output folder.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 from torch import nn
 
+from nettrain.engine.build import Parts, build_parts
+from nettrain.engine.distributed import resolve_device
+from nettrain.insight.figures import pyplot, save_png
+from nettrain.insight.memory import free_memory
+from nettrain.insight.report import Reporter
+from nettrain.run.folder import RunWriter
+from nettrain.run.reproducibility import seed_everything
 from nettrain.run.summary import RunStatus
-
-if TYPE_CHECKING:
-    from nettrain.engine.build import Parts
 
 # -- the model summary ------------------------------------------------------------------------
 
@@ -111,14 +118,11 @@ def lr_range_test(
     The suggestion is a tenth of the lr at the smoothed loss's minimum (Smith's rule: an order of
     magnitude below where the loss stops falling). Losses stay on the device and are read every
     `read_every` steps, not every step. `autocast`: the run's mixed precision for the forward pass."""
-    import contextlib
-
     growth = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
     lrs: list[float] = []
-    raw: list[float] = []
     pending: list[torch.Tensor] = []
-    smoothed: list[float] = []
-    avg, best, diverged = 0.0, math.inf, False
+    record = _SmoothedLoss(smoothing, diverge, read_every)
+    diverged = False
     model.train()
     for step in range(steps):
         lr = start_lr * growth**step
@@ -134,25 +138,46 @@ def lr_range_test(
         pending.append(loss.detach())
         if len(pending) < read_every and step < steps - 1:
             continue
-        for value in torch.stack(pending).float().tolist():  # one host sync per read_every steps
-            raw.append(value)
-            avg = smoothing * avg + (1 - smoothing) * value if math.isfinite(value) else math.inf
-            current = avg / (1 - smoothing ** len(raw))
-            smoothed.append(current)
-            if not math.isfinite(current) or (len(raw) > read_every and current > diverge * best):
-                diverged = True
-                break
-            best = min(best, current)
+        diverged = record.add(torch.stack(pending).float().tolist())  # one host sync per read_every steps
         pending = []
         if diverged:
             break
-    lrs = lrs[: len(smoothed)]
-    finite = [(loss, lr) for loss, lr in zip(smoothed, lrs) if math.isfinite(loss)]
-    if len(finite) < 2:
-        return LrFind(lrs, smoothed, raw, None, None, None, diverged)
-    _, min_lr = min(finite)
-    drops = [(smoothed[i] - smoothed[i - 1], lrs[i]) for i in range(1, len(smoothed)) if math.isfinite(smoothed[i])]
-    return LrFind(lrs, smoothed, raw, min_lr / 10, min_lr, min(drops)[1] if drops else None, diverged)
+    return record.result(lrs[: len(record.smoothed)], diverged)
+
+
+@dataclass
+class _SmoothedLoss:
+    """The range test's losses as read: raw, and their bias-corrected exponential average."""
+
+    smoothing: float
+    diverge: float
+    read_every: int
+    raw: list[float] = field(default_factory=list)
+    smoothed: list[float] = field(default_factory=list)
+    avg: float = 0.0
+    best: float = math.inf
+
+    def add(self, values: list[float]) -> bool:
+        """Record the losses read; True once the smoothed loss is not finite or above `diverge` x its minimum."""
+        for value in values:
+            self.raw.append(value)
+            self.avg = self.smoothing * self.avg + (1 - self.smoothing) * value if math.isfinite(value) else math.inf
+            current = self.avg / (1 - self.smoothing ** len(self.raw))
+            self.smoothed.append(current)
+            if not math.isfinite(current) or (len(self.raw) > self.read_every and current > self.diverge * self.best):
+                return True
+            self.best = min(self.best, current)
+        return False
+
+    def result(self, lrs: list[float], diverged: bool) -> LrFind:
+        """The suggestion (a tenth of the lr at the smoothed minimum), the minimum and the steepest drop."""
+        smoothed, raw = self.smoothed, self.raw
+        finite = [(loss, lr) for loss, lr in zip(smoothed, lrs) if math.isfinite(loss)]
+        if len(finite) < 2:
+            return LrFind(lrs, smoothed, raw, None, None, None, diverged)
+        _, min_lr = min(finite)
+        drops = [(smoothed[i] - smoothed[i - 1], lrs[i]) for i in range(1, len(smoothed)) if math.isfinite(smoothed[i])]
+        return LrFind(lrs, smoothed, raw, min_lr / 10, min_lr, min(drops)[1] if drops else None, diverged)
 
 
 def forever(make_epoch: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]) -> Iterator[tuple[Any, Any]]:
@@ -162,13 +187,7 @@ def forever(make_epoch: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 
 def plot_lr_find(result: LrFind, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from nettrain.files import atomic_write
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(result.lrs, result.raw[: len(result.lrs)], color="0.8", linewidth=0.8, label="loss")
     ax.plot(result.lrs, result.losses, label="smoothed loss")
@@ -185,7 +204,7 @@ def plot_lr_find(result: LrFind, path: Path) -> None:
     ax.set_title("LR range test")
     ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    save_png(fig, path)
     plt.close(fig)
 
 
@@ -215,8 +234,6 @@ def one_step(
     autocast: Callable[[], Any] | None = None,
 ) -> float:
     """One real training step (forward, backward, update); the loss."""
-    import contextlib
-
     model.train()
     with (autocast or contextlib.nullcontext)():
         loss = loss_fn(model(x), y)
@@ -232,8 +249,6 @@ def one_step(
 def _overrides(drop: tuple[str, ...]) -> list[str]:
     """The command line's overrides (under Hydra), less the keys in `drop`."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         task = list(HydraConfig.get().overrides.task)
     except ValueError:  # not under Hydra (tests call train() directly)
         return []
@@ -248,10 +263,6 @@ def next_command(**settings: Any) -> str:
 
 def run_tool(cfg: Any, output_dir: Path) -> dict[str, Any]:
     """dry_run=true, find=lr or find=batch_size; returns what it found (also in the output folder)."""
-    from nettrain.engine.build import build_parts, resolve_device
-    from nettrain.insight.report import Reporter
-    from nettrain.run.reproducibility import seed_everything
-
     reporter = Reporter(**cfg.console)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -266,8 +277,6 @@ def run_tool(cfg: Any, output_dir: Path) -> dict[str, Any]:
 def dry_run(cfg: Any, parts: Parts, reporter: Any) -> dict[str, Any]:
     """Show the model and the memory estimate, then one forward + backward on a training batch
     as the run would serve it (inputs transformed, the task's loss, the precision); no training."""
-    from omegaconf import OmegaConf
-
     model, est = parts.model, parts.memory
     if reporter.show_config:
         reporter.note(OmegaConf.to_yaml(cfg).rstrip())
@@ -299,8 +308,6 @@ def dry_run(cfg: Any, parts: Parts, reporter: Any) -> dict[str, Any]:
 
 def find_lr(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> dict[str, Any]:
     """Smith's LR range test on a fresh model; lr_find.png and lr_find.json in the output folder."""
-    from nettrain.run.folder import RunWriter
-
     batches = parts.training_batches(cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     s = cfg.lr_find
     reporter.note(
@@ -342,9 +349,6 @@ def find_lr(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> dict[str
 
 def find_batch_size(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> dict[str, Any]:
     """The largest batch the estimate fits into free memory (90% of it), confirmed by one real step."""
-    from nettrain.insight.memory import free_memory
-    from nettrain.run.folder import RunWriter
-
     est, device = parts.memory, parts.device
     free, source = free_memory(device)
     budget = int(0.9 * free)

@@ -1,2 +1,2 @@
 """What a run tells you: gradient monitoring and diagnosis, the memory estimate, the console and
-plots (`report`) and the experiment loggers."""
+plots (`report`, `figures`) and the experiment loggers."""

@@ -28,6 +28,8 @@ from typing import Any, TypeGuard
 import torch
 from torch import nn
 
+from nettrain.insight.figures import pyplot, save_png
+
 RELU_FAMILY = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.ReLU6)
 HEALTHY, VANISHING, EXPLODING, DEAD = "healthy", "vanishing", "exploding", "dead units"
 OVERFITTING = "overfitting"  # the run's verdict (not an epoch's): validation worse from the first epoch
@@ -345,13 +347,7 @@ def plot_gradients(rows: list[dict[str, Any]], path: Path) -> bool:
     )
     if not panels:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from nettrain.files import atomic_write
-
+    plt = pyplot()
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=True, squeeze=False)
     epochs = [r["epoch"] for r in rows]
     for ax, (prefix, title, log) in zip(axes[:, 0], panels):
@@ -369,7 +365,7 @@ def plot_gradients(rows: list[dict[str, Any]], path: Path) -> bool:
     axes[-1, 0].set_xlabel("epoch")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    save_png(fig, path)
     plt.close(fig)
     return True
 

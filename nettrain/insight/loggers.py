@@ -20,39 +20,16 @@ Under distributed training only rank 0 logs (`LoggerGroup(..., enabled=rank == 0
 
 from __future__ import annotations
 
-import importlib.util
 import math
+import netrc
 import os
 import secrets
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-# logger name -> (module that must import, the extra that installs it)
-PACKAGES = {
-    "csv": None,
-    "tensorboard": ("tensorboard", "tensorboard"),
-    "mlflow": ("mlflow", "mlflow"),
-    "wandb": ("wandb", "wandb"),
-}
 SWEEP_PARENT_ENV = "NETTRAIN_MLFLOW_PARENT"  # set by the sweep callback: the sweep's MLflow parent run
-
-
-def problems(names: Iterable[str]) -> list[str]:
-    """Config problems with `loggers`: unknown names, or a logger whose package is missing."""
-    found = []
-    names = list(names)
-    for name in names:
-        if name not in PACKAGES:
-            found.append(f"loggers={names}: unknown logger {name!r}; allowed: {', '.join(PACKAGES)}")
-            continue
-        package = PACKAGES[name]
-        if package and importlib.util.find_spec(package[0]) is None:
-            found.append(
-                f"loggers={names}: {name} needs the {package[0]} package; install it with "
-                f'pip install "nettrain[{package[1]}]"'
-            )
-    return found
 
 
 def _finite(value: Any) -> bool:
@@ -133,10 +110,8 @@ class MlflowLogger(Logger):
         self.last_logged = 0
 
     def start(self, run_dir, config, tags, resume_from):
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=self.uri)
+        entities, tracking = _mlflow()
+        self.client = tracking.MlflowClient(tracking_uri=self.uri)
         if self.run_id is not None:  # resumed: the same run, epochs past those it already holds
             self.client.update_run(self.run_id, status="RUNNING")
             logged = self.client.get_metric_history(self.run_id, "train_loss")
@@ -150,17 +125,15 @@ class MlflowLogger(Logger):
             run_tags["mlflow.parentRunId"] = parent
         run = self.client.create_run(experiment_id, run_name=self.job_name or run_dir.name, tags=run_tags)
         self.run_id = run.info.run_id
-        params = [Param(k[:250], str(v)[:6000]) for k, v in _flat(config).items()]
+        params = [entities.Param(k[:250], str(v)[:6000]) for k, v in _flat(config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def log_epoch(self, epoch, row, model=None):
-        from mlflow.entities import Metric
-
         if epoch <= self.last_logged:
             return
         now = _now_ms()
-        metrics = [Metric(k, v, now, epoch) for k, v in scalars(row).items()]
+        metrics = [_mlflow()[0].Metric(k, v, now, epoch) for k, v in scalars(row).items()]
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
         self.last_logged = epoch
@@ -168,10 +141,8 @@ class MlflowLogger(Logger):
     def finish(self, summary, files, status):
         if self.client is None or self.run_id is None:
             return
-        from mlflow.entities import Metric
-
-        now = _now_ms()
-        final = [Metric(f"final/{k}", float(v), now, 0) for k, v in summary.items() if _finite(v)]
+        now, entities = _now_ms(), _mlflow()[0]
+        final = [entities.Metric(f"final/{k}", float(v), now, 0) for k, v in summary.items() if _finite(v)]
         if final:
             self.client.log_batch(self.run_id, metrics=final)
         self.client.set_tag(self.run_id, "nettrain.status", status)
@@ -194,6 +165,13 @@ class MlflowLogger(Logger):
 
     def load_state_dict(self, state):
         self.run_id = state.get("run_id") or None
+
+
+def _mlflow() -> tuple[Any, Any]:
+    """mlflow.entities and mlflow.tracking: the [mlflow] extra, imported when an MLflow run starts."""
+    from mlflow import entities, tracking
+
+    return entities, tracking
 
 
 def experiment_id_for(client: Any, name: str) -> str:
@@ -219,9 +197,7 @@ def sweep_parent(client: Any, experiment_id: str, sweep_dir: str) -> str:
 
 def start_sweep(uri: str | None, experiment: str, sweep_dir: str) -> str:
     """Create (or find) the sweep's MLflow parent run and pass it to every job through the environment."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = _mlflow()[1].MlflowClient(tracking_uri=uri)
     parent = sweep_parent(client, experiment_id_for(client, experiment), sweep_dir)
     os.environ[SWEEP_PARENT_ENV] = parent
     return parent
@@ -280,7 +256,6 @@ def wandb_key_configured() -> bool:
     """An API key in WANDB_API_KEY or in ~/.netrc (what `wandb login` writes)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    import netrc
 
     try:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
@@ -364,6 +339,4 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)

@@ -29,15 +29,22 @@ workspace and no granule; the measured peak is the increase of the process's pea
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+try:  # Unix
+    import resource
+except ImportError:  # Windows: the peak resident memory is not known
+    resource = None  # type: ignore[assignment]
 
 GRANULE = 512  # bytes: the CUDA caching allocator rounds every block up to this
 PART_NOTES = {
@@ -197,8 +204,6 @@ def estimate(
     data_bytes: what the data held on the device takes (see `data_bytes`). Call before
     torch.compile.
     """
-    import contextlib
-
     device = next(model.parameters()).device
     autocast = autocast or contextlib.nullcontext
     params = [p for p in model.parameters() if p.requires_grad]
@@ -349,11 +354,7 @@ class MemoryCheck:
 def peak_rss_mb() -> float | None:
     """This process's peak resident memory so far, in MiB; None where the system does not say
     (Windows has no `resource` module)."""
-    import sys
-
-    try:
-        import resource
-    except ImportError:
+    if resource is None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux

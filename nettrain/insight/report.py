@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from nettrain.insight.diagnosis import plot_gradients
+from nettrain.insight.figures import pyplot, save_png
 
 if TYPE_CHECKING:
     from nettrain.run.summary import RunSummary
@@ -76,8 +80,6 @@ class Reporter:
         if not self.show_progress:
             yield lambda: None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         with Progress(
             TextColumn(f"epoch {epoch}"),
             BarColumn(),
@@ -211,22 +213,12 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
-def _save(fig, path: Path) -> None:
-    from nettrain.files import atomic_write
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-
-
 def save_plots(rows: list[dict], directory: str | Path, loss_name: str = "loss") -> list[Path]:
     """loss.png (its axis named after the loss, e.g. CrossEntropyLoss), accuracy.png, lr.png and
     grad_means.png (log scale) from the metrics rows."""
     if not rows:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     directory = Path(directory)
     epochs = [r["epoch"] for r in rows]
     written = []
@@ -240,7 +232,7 @@ def save_plots(rows: list[dict], directory: str | Path, loss_name: str = "loss")
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-        _save(fig, directory / name)
+        save_png(fig, directory / name)
         plt.close(fig)
         written.append(directory / name)
 
@@ -264,8 +256,6 @@ def save_plots(rows: list[dict], directory: str | Path, loss_name: str = "loss")
             {k.removeprefix("grad_mean/"): [max(r[k], math.ulp(0.0)) for r in rows] for k in grad_keys},
             log_y=True,
         )
-    from nettrain.insight.diagnosis import plot_gradients
-
     if plot_gradients(rows, directory / "gradients.png"):  # every per-layer statistic over the epochs
         written.append(directory / "gradients.png")
     return written

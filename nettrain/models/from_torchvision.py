@@ -22,17 +22,26 @@ import difflib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 RESNET_FAMILY = ("resnet", "resnext", "wide_resnet")
 
 
-def available() -> list[str]:
-    """The classification architectures torchvision offers, by name."""
+def _models() -> Any:
+    """torchvision.models, imported when a torchvision model is first asked for: torchvision takes
+    about a second to import, and every run imports nettrain.models (MLP, CNN, ResNet)."""
     from torchvision import models
 
+    return models
+
+
+def available() -> list[str]:
+    """The classification architectures torchvision offers, by name."""
+    models = _models()
     return list(models.list_models(module=models))
 
 
@@ -46,8 +55,7 @@ def torchvision_model(
     **kwargs,
 ) -> nn.Module:
     """torchvision's `name` with `num_classes` outputs, adapted to `input_shape` (C, H, W)."""
-    from torchvision import models
-
+    models = _models()
     names = available()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=5)
@@ -126,8 +134,7 @@ def _read_weights(name: str, weights: str, download: bool) -> dict[str, torch.Te
         if not path.is_file():
             raise ValueError(f"model.weights={weights!r}: no such file")
         return read_state_dict(path)
-    from torchvision import models
-
+    models = _models()
     enum = models.get_model_weights(name)
     label = weights.split(".")[-1]  # ResNet18_Weights.IMAGENET1K_V1 or IMAGENET1K_V1
     try:
@@ -151,8 +158,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors, or from torch.save'd tensors (weights_only=True); a
     nettrain checkpoint gives its `model` entry."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -11,21 +11,25 @@ The checkpoints folder holds:
 - last.pt      the newest state (every epoch end, and when a run is interrupted)
 - previous.pt  the state before that (last.pt is moved here before a new one is written)
 - best.pt      the state at the best epoch by early_stopping.monitor
+
+What goes into a checkpoint, and the writer of these files during a run, are
+nettrain/engine/checkpointer.py. This module imports torch only to save or load a file: the
+commands import it before they know whether they need torch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from nettrain.config.renames import upgrade
 from nettrain.errors import CheckpointError
 from nettrain.files import atomic_write, write_text
-from nettrain.run.folder import RunWriter
 
 FORMAT_VERSION = 1
 NAMES = ("last.pt", "previous.pt", "best.pt")
@@ -42,7 +46,7 @@ def _sha256(path: Path) -> str:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """torch.save `state` atomically and durably, then its checksum beside it. The bytes are made
     in memory first, so a full disk is an OSError naming the file, not torch's stream error."""
-    import io
+    import torch
 
     path = Path(path)
     buffer = io.BytesIO()
@@ -78,6 +82,8 @@ def verify_checkpoint(path: str | Path) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", verify: bool = True) -> dict[str, Any]:
     """Load a checkpoint with weights_only=True, after checking its checksum."""
+    import torch
+
     if verify:
         verify_checkpoint(path)
     try:
@@ -146,103 +152,3 @@ def pick(target: str | Path, report=print) -> tuple[Path, dict[str, Any]]:
         path, state = newest_valid(folder, report=lambda line: None)
         report(f"warning: {exc}; using {path.name} (epoch {state['epoch']}) instead")
         return path, state
-
-
-class Checkpointer:
-    """Writes last.pt (keeping the one before as previous.pt) and best.pt through `writer` (nothing
-    on the ranks other than 0); `enabled=False` (checkpoint.enabled=false): nothing at all."""
-
-    def __init__(
-        self, directory: str | Path, config: dict[str, Any], enabled: bool = True, writer: RunWriter | None = None
-    ):
-        self.directory, self.config, self.enabled = Path(directory), config, enabled
-        self.writer = writer or RunWriter(self.directory)
-        self.wrote_last = False  # whether last.pt is this session's (else it is checked before keeping it)
-
-    def save(self, state, position, *, is_best: bool = False) -> None:
-        """Snapshot `state` (a TrainState) at `position` (a state.Position)."""
-        if self.enabled:
-            self.writer.run(self._save, state, position, is_best)
-
-    def _save(self, state, position, is_best: bool) -> None:
-        from nettrain.engine.divergence import finite_state
-
-        if not finite_state(state.model.state_dict().values()):  # never save a diverged state
-            return
-        saved = snapshot(state, position, self.config)
-        last = self.directory / "last.pt"
-        if last.exists() and (self.wrote_last or _is_valid(last)):
-            _link_over(last, self.directory / "previous.pt")  # keep it: at every moment one is valid
-        save_checkpoint(last, saved)
-        self.wrote_last = True
-        if is_best:  # its own file: damage to one never reaches the other
-            save_checkpoint(self.directory / "best.pt", saved)
-
-
-def snapshot(state, position, config: dict[str, Any]) -> dict[str, Any]:
-    """Everything a resumed run needs to continue exactly, as tensors and plain data: every part
-    of the TrainState (by its checkpoint key), the position, the RNG states and the config."""
-    from nettrain.run.reproducibility import capture_rng
-
-    saved = {key: part.state_dict() for key, part in state.checkpointed()}
-    return {
-        "format": FORMAT_VERSION,
-        "epoch": position.epoch,  # epochs completed
-        "progress": {
-            "step_in_epoch": position.step_in_epoch,
-            "order": position.order,
-            "loss_sum": position.loss_sum,
-            "train_time": position.train_time,
-        },
-        **saved,
-        "rng": capture_rng(state.data_generator),
-        "history": list(state.history),
-        "best_weights": position.best_weights,
-        "config": config,
-    }
-
-
-def restore(saved: dict[str, Any], state, device: torch.device):
-    """Load a snapshot into a freshly built TrainState; returns the loop.Position to continue from.
-    An optional part (in `state.extras`) that the checkpoint does not hold keeps its fresh state."""
-    from nettrain.engine.state import Position
-    from nettrain.run.reproducibility import restore_rng
-
-    for key, part in state.checkpointed():
-        if key in saved:
-            part.load_state_dict(saved[key])
-        elif key not in state.extras:
-            raise CheckpointError(f"checkpoint has no {key!r} state")
-    restore_rng(saved["rng"], state.data_generator)
-    state.history[:] = saved["history"]
-    progress = saved["progress"]
-    best = saved["best_weights"]
-    return Position(
-        epoch=saved["epoch"],
-        step_in_epoch=progress["step_in_epoch"],
-        order=progress["order"],
-        loss_sum=None if progress["loss_sum"] is None else progress["loss_sum"].to(device),
-        train_time=progress["train_time"],
-        best_weights=None if best is None else {k: v.to(device) for k, v in best.items()},
-    )
-
-
-def _is_valid(path: Path) -> bool:
-    try:
-        verify_checkpoint(path)
-        return True
-    except CheckpointError:
-        return False
-
-
-def _link_over(source: Path, target: Path) -> None:
-    """Make `target` (and its checksum file) hard links to `source`'s current content, each
-    replaced atomically; the checkpoint first, so a crash in between leaves a mismatch that
-    loading reports, never a silently wrong file."""
-    for suffix in ("", ".sha256"):
-        src, dst = Path(str(source) + suffix), Path(str(target) + suffix)
-        tmp = dst.with_name(f".{dst.name}.link.tmp")
-        if tmp.exists():
-            tmp.unlink()
-        os.link(src, tmp)
-        os.replace(tmp, dst)

@@ -26,11 +26,13 @@ Each run writes only inside its own folder (Hydra's `hydra.run.dir`, or a sweep 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import io
 import json
 import logging
 import os
 import re
+import shutil
 import socket
 import stat
 import time
@@ -38,8 +40,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf.errors import MissingMandatoryValue
+
 from nettrain.errors import RunFolderError, RunFolderLinkError
 from nettrain.files import timestamp, write_json
+from nettrain.run import launch
 
 try:  # Unix
     import fcntl
@@ -412,8 +419,6 @@ class RunLock:
 
 
 def _is_run_file(name: str) -> bool:
-    import fnmatch
-
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_FILES)
 
 
@@ -449,8 +454,6 @@ HYDRA_RECORD = {"config.yaml", "hydra.yaml", "overrides.yaml", "provenance.json"
 def remove_if_unused(run_dir: str | Path) -> bool:
     """Delete a run folder that holds nothing but this command's Hydra record and log (a config
     rejected after Hydra made the folder); True when it was removed. Anything else keeps it."""
-    import shutil
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return False
@@ -484,9 +487,6 @@ def remove_stale_temps(run_dir: str | Path) -> list[Path]:
 
 def hydra_output_subdir() -> Path | None:
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from omegaconf.errors import MissingMandatoryValue
-
         hc = HydraConfig.get()
         output_dir = hc.runtime.output_dir
     except (ValueError, MissingMandatoryValue):  # not running under Hydra (a composed config has no runtime)
@@ -497,9 +497,6 @@ def hydra_output_subdir() -> Path | None:
 def rerun_source() -> Path | None:
     """The --config-dir a re-run composed its primary config from, if any."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from omegaconf.errors import MissingMandatoryValue
-
         sources = HydraConfig.get().runtime.config_sources
     except (ValueError, MissingMandatoryValue):
         return None
@@ -510,9 +507,6 @@ def rerun_source() -> Path | None:
 
 
 def in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -537,10 +531,8 @@ class RunWriter:
     """Writes in `folder`, on rank 0 only (`enabled=None`: whether this process is rank 0, or alone)."""
 
     def __init__(self, folder: str | Path, enabled: bool | None = None):
-        from nettrain.engine import distributed
-
         self.folder = Path(folder)
-        self.enabled = distributed.context().is_main if enabled is None else enabled
+        self.enabled = launch.context().is_main if enabled is None else enabled
 
     def run(self, write: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """`write(*args, **kwargs)`'s result on rank 0; None, and nothing done, on the other ranks."""
@@ -553,12 +545,6 @@ class RunWriter:
     def json(self, name: str | Path, data: Any) -> None:
         """Strict JSON, written atomically (nettrain/files.py)."""
         self.run(write_json, self.path(name), data)
-
-    def plots(self, rows: list[dict], loss_name: str = "loss") -> None:
-        """The run's plots in plots/ (nettrain/insight/report.py), from its metrics rows."""
-        from nettrain.insight.report import save_plots
-
-        self.run(save_plots, rows, self.path("plots"), loss_name=loss_name)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import random
@@ -28,7 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from nettrain.run.folder import RunWriter
+import nettrain
+from nettrain.files import write_json
+from nettrain.run.folder import RunWriter, hydra_output_subdir, rerun_source
 
 CUBLAS_WORKSPACE = ":4096:8"
 
@@ -150,8 +153,6 @@ def _dirty(run: Any) -> bool | None:
 
 def provenance(device: torch.device, data_fingerprint: str, argv: list[str] | None = None) -> dict[str, Any]:
     """Where this run came from: versions, code, device, data and command."""
-    import nettrain
-
     source = Path(nettrain.__file__).resolve().parent
     return {
         "nettrain": nettrain.__version__,
@@ -197,11 +198,6 @@ def write_provenance(device, data_fingerprint: str, writer: RunWriter, resumed: 
 
 
 def _record_provenance(record: dict[str, Any], output_dir: Path, resumed: bool, report) -> None:
-    import json
-
-    from nettrain.files import write_json
-    from nettrain.run.folder import hydra_output_subdir, rerun_source
-
     record_dir = hydra_output_subdir() or output_dir
     write_json(record_dir / "provenance.json", record)
     origin = (output_dir / ".hydra") if resumed else rerun_source()

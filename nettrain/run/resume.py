@@ -5,48 +5,30 @@
 - `resume_argv` turns `nettrain-train resume=RUN_DIR [overrides]` into exactly that re-run,
   pinned to the run's own folder.
 - `load_resume_point` finds the newest valid checkpoint and refuses overrides that would change
-  the run being resumed (`config_changes`, `SAFE_ON_RESUME`).
+  the run being resumed (`config_changes`). The settings that may change are those the schema
+  marks `[resume: may change]` (nettrain/config/schema.py), read by `resume_safe_keys`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, cast
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from nettrain.config.help import resume_safe_keys
 from nettrain.config.renames import renamed, renamed_overrides, upgrade
-from nettrain.config.schema import flatten, matches
-from nettrain.errors import ConfigError
-from nettrain.files import timestamp
-from nettrain.run.summary import FINISHED
-
-# Keys that may change when a run is resumed: they do not change what the run computes so far.
-SAFE_ON_RESUME = (
-    "epochs",
-    "resume",
-    "trust_targets",
-    "device",
-    "threads",
-    "console.",
-    "checkpoint.",
-    "plots",
-    "early_stopping.enabled",
-    "early_stopping.patience",
-    "early_stopping.min_delta",
-    "loggers",
-    "logger.",
-    "lr_find.",
-    "grad_monitor.vanishing_below",
-    "grad_monitor.exploding_above",
-    "grad_monitor.ratio",
-    "grad_monitor.update_ratio_above",
-    "grad_monitor.norm_growth",
-    "grad_monitor.dead_fraction",
-)
+from nettrain.config.schema import TrainConfig, flatten, matches
+from nettrain.errors import ConfigError, RunFolderError, UntrustedTargetError
+from nettrain.files import timestamp, write_text
+from nettrain.run import checkpoint as ckpt
+from nettrain.run.folder import refuse_symlinks
+from nettrain.run.summary import FINISHED, read_summary
 
 
 def run_dir_of(resume: str) -> Path:
@@ -61,10 +43,6 @@ def run_dir_of(resume: str) -> Path:
 
 def schema_defaults() -> dict[str, Any]:
     """Every schema key's default, flattened (the groups' own keys, which the schema leaves open, excepted)."""
-    from omegaconf import MISSING
-
-    from nettrain.config.schema import TrainConfig
-
     defaults = flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
     return {key: value for key, value in defaults.items() if value != MISSING}
 
@@ -77,10 +55,12 @@ def follows_epochs(a: dict, b: dict) -> bool:
     )
 
 
-def config_changes(old: dict, new: dict, safe: tuple[str, ...] = SAFE_ON_RESUME) -> list[str]:
-    """'key: old -> new' for every resolved setting that differs, except the safe ones. A key that
+def config_changes(old: dict, new: dict, safe: tuple[str, ...] | None = None) -> list[str]:
+    """'key: old -> new' for every resolved setting that differs, except the safe ones (by default
+    those the schema marks `[resume: may change]`: resume_safe_keys). A key that
     the old run's config lacks (a setting added to nettrain since) counts as unchanged while it
     keeps its default; a T_max that follows the epochs may change with them."""
+    safe = resume_safe_keys() if safe is None else safe
     a, b = flatten(old), flatten(new)
     defaults = schema_defaults()
     changed = []
@@ -92,15 +72,6 @@ def config_changes(old: dict, new: dict, safe: tuple[str, ...] = SAFE_ON_RESUME)
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             changed.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
     return changed
-
-
-def read_summary(path: Path) -> dict[str, Any]:
-    """A run's summary.json as a dict; {} when it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def finished_already(
@@ -141,10 +112,6 @@ def finished_already(
 def finished_run_config(resume_from: Path, output_dir: Path) -> dict[str, Any] | None:
     """The config a finished run trained with: its checkpoint's (the one given, or the run's newest
     valid one), else its saved .hydra/config.yaml; None when neither can be read."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    from nettrain.run import checkpoint as ckpt
-
     try:
         if resume_from.is_file():
             return ckpt.load_checkpoint(resume_from)["config"]
@@ -171,15 +138,13 @@ def refused_changes(resume_from: Path, old: dict, new: dict) -> list[str]:
     return [
         f"resume={str(resume_from)!r}: these settings differ from the run being resumed "
         f"and would change it: {'; '.join(changes)}. Allowed to change on resume: "
-        + ", ".join(s.rstrip(".") + ("*" if s.endswith(".") else "") for s in SAFE_ON_RESUME)
+        + ", ".join(s.rstrip(".") + ("*" if s.endswith(".") else "") for s in resume_safe_keys())
     ]
 
 
 def load_resume_point(resume_from: Path, output_dir: Path, plain_config: dict, report) -> dict[str, Any]:
     """The newest valid checkpoint to resume (a file, or the best of a run's checkpoints/), after
     checking that the config changes nothing but the settings that are safe to change."""
-    from nettrain.run import checkpoint as ckpt
-
     try:
         if resume_from.is_file():
             path, saved = resume_from, ckpt.load_checkpoint(resume_from)
@@ -251,9 +216,6 @@ def saved_config_problems(config_yaml: Path) -> list[str]:
     would pull in options from the folder), and a `hydra:` section that differs from nettrain's own
     (callbacks, logging, search path, environment: all of it runs or loads something). A file that
     does not parse raises a ConfigError."""
-    import yaml
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         saved = OmegaConf.to_container(OmegaConf.load(config_yaml), resolve=False)
     except yaml.MarkedYAMLError as exc:
@@ -287,8 +249,6 @@ def saved_config_problems(config_yaml: Path) -> list[str]:
 
 def _own_hydra_section() -> dict[str, Any]:
     """conf/train.yaml's `hydra:` section, as make_rerunnable writes it into a run's config.yaml."""
-    from importlib.resources import files
-
     primary = OmegaConf.create(files("nettrain.conf").joinpath("train.yaml").read_text(encoding="utf-8"))
     return cast(dict[str, Any], OmegaConf.to_container(primary.hydra, resolve=False))
 
@@ -297,10 +257,6 @@ def make_rerunnable(config_yaml: Path) -> None:
     """Turn Hydra's saved config.yaml into a primary config of its own: the schema in its defaults
     list, and nettrain's output and logging settings, so that
     `nettrain-train --config-dir RUN_DIR/.hydra --config-name config` re-runs it faithfully."""
-    from importlib.resources import files
-
-    from nettrain.files import write_text
-
     saved = OmegaConf.load(config_yaml)
     if "defaults" in saved:
         return
@@ -333,8 +289,6 @@ def resume_argv(argv: list[str]) -> list[str]:
             file=sys.stderr,
         )
         sys.exit(2)
-    from nettrain.errors import RunFolderError, UntrustedTargetError
-    from nettrain.run.folder import refuse_symlinks
 
     try:  # before anything in the run folder is read (a stat aside) or written: no link in it is followed
         refuse_symlinks(run_dir)

@@ -6,18 +6,25 @@ whether it completed, stopped early, was interrupted, diverged or failed. A fiel
 apply to a status is left out of the file (a failed run has no best epoch), so each status keeps
 the keys it has always had; readers (`nettrain-summarize`, sweeps, resume, exit codes) use them.
 
-This module imports neither torch nor numpy: `nettrain-summarize` reads runs with it quickly.
+No torch here: `nettrain-summarize` reads runs with it quickly, and the commands record a failure
+before they know whether the run needs torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass, field, fields
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
+from nettrain.config.schema import plain
 from nettrain.run.folder import RunWriter
+from nettrain.run.sweep import config_hash
 
 
 class RunStatus(str, Enum):
@@ -144,13 +151,18 @@ def task_figures(task: str, best_row: dict[str, Any], test: dict[str, float]) ->
     return {"best_val_acc": best_row.get("val_acc"), "test_loss": test.get("loss"), "test_acc": test.get("acc")}
 
 
-def write_failure(writer: RunWriter, cfg: Any, error: str, wall_time_s: float = 0.0) -> None:
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's summary.json as a dict; {} when it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_failure(writer: RunWriter, cfg: DictConfig, error: str, wall_time_s: float = 0.0) -> None:
     """summary.json for a run that failed: its status, the error's first line, its config hash.
     A finished run's summary (a resume that failed) is kept; a fault that stops the write is skipped."""
-    from nettrain.config.schema import plain
-    from nettrain.run.resume import read_summary
-    from nettrain.run.sweep import config_hash
-
     if read_summary(writer.path("summary.json")).get("status") in FINISHED:
         return
     failed = RunSummary(RunStatus.FAILED, error, wall_time_s=round(wall_time_s, 3))

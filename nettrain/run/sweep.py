@@ -23,6 +23,7 @@ from typing import Any
 
 from nettrain.config.schema import flatten, matches
 from nettrain.files import write_json
+from nettrain.run.folder import file_lock
 
 # settings that do not change what a run computes
 INCIDENTAL = (
@@ -65,8 +66,6 @@ def _move_results(source: Path, target: Path) -> None:
 @contextlib.contextmanager
 def _locked(sweep_dir: Path):
     """One job at a time claims results, also under parallel launchers (joblib, submitit)."""
-    from nettrain.run.folder import file_lock
-
     with file_lock(sweep_dir / ".claim.lock"):
         yield
 

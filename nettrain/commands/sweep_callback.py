@@ -26,6 +26,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from nettrain.commands.summarize import summarize
+from nettrain.insight.loggers import start_sweep
+
 _last_summary = None  # the SweepSummary of the last multirun that ended in this process
 _last_error: str | None = None  # why the last multirun's summary could not be made
 
@@ -68,8 +71,6 @@ class SweepSummaryCallback(Callback):
         os.environ["PYTHONSAFEPATH"] = "1"
         if "mlflow" in config.get("loggers", []):  # one MLflow parent run per sweep, its jobs nested in it
             try:
-                from nettrain.insight.loggers import start_sweep
-
                 start_sweep(config.logger.mlflow.uri, config.logger.mlflow.experiment, str(config.hydra.sweep.dir))
             except Exception as exc:  # noqa: BLE001 - each job then finds or makes the parent itself
                 print(f"warning: MLflow sweep run not started: {_one_line(exc)}", file=sys.stderr)
@@ -83,8 +84,6 @@ class SweepSummaryCallback(Callback):
         if not self.enabled:
             return
         try:
-            from nettrain.commands.summarize import summarize
-
             sweep_dir = Path(str(config.hydra.sweep.dir))
             _last_summary = summarize(sweep_dir, plot=self.plot)
             for run in _last_summary.not_finished:
