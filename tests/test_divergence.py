@@ -34,9 +34,12 @@ def finite_checkpoints(folder) -> dict[str, int]:
     return epochs
 
 
-def test_divergence_stops_the_run_and_keeps_the_last_finite_checkpoint(run):
+def test_divergence_stops_the_run_and_keeps_the_last_finite_checkpoint(run, capsys):
     summary, out = run(*SMALL, *LATE)
     assert summary["status"] == "diverged"
+    end = capsys.readouterr().out.split(" run diverged ")[-1].splitlines()  # the closing table
+    assert "  epochs      1 of 3" in end and "  test        not run: the run diverged" in end
+    assert f"  run folder  {out.resolve()}" in end and not any("nettrain-eval" in line for line in end)
     assert summary["epochs_run"] == 1
     assert re.search(r"epoch 2, step \d+: the run diverged", summary["error"]) and "lower lr" in summary["error"]
     assert finite_checkpoints(out / "checkpoints") == {"best.pt": 1, "last.pt": 1}

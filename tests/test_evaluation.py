@@ -62,9 +62,9 @@ def test_a_rank_without_samples_contributes_zeros_to_the_sums(task):
 
 def test_the_writer_writes_on_rank_0_and_nothing_on_the_other_ranks(tmp_path, monkeypatch):
     from nettrain.engine.checkpointer import Checkpointer
-    from nettrain.engine.divergence import Diverged, diverged_summary
     from nettrain.insight.report import save_plots
     from nettrain.run.metrics import MetricsWriter
+    from nettrain.run.summary import RunStatus, RunSummary
 
     monkeypatch.chdir(tmp_path)  # a relative run folder, as `--out verify` or `hydra.run.dir=run` give
     rows = [{"epoch": 1, "train_loss": 1.0, "val_loss": 2.0, "lr": 0.1}]
@@ -78,7 +78,7 @@ def test_the_writer_writes_on_rank_0_and_nothing_on_the_other_ranks(tmp_path, mo
         other.run(save_plots, rows, other.path("plots"))
         MetricsWriter(other.path("metrics.csv"), other).write(rows)
         Checkpointer(other.path("checkpoints"), {}, writer=other).save(None, None, is_best=True)
-        summary = diverged_summary(Diverged(2, 3, float("nan")), rows, other, 1.0, {})
+        summary = RunSummary(RunStatus.DIVERGED, error="the training loss became nan", epochs_run=1).write(other)
     assert summary["status"] == "diverged"  # every rank has the summary; rank 0 alone writes it
     assert list(tmp_path.iterdir()) == []
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
 from nettrain.config.schema import is_finite_number
 from nettrain.files import timestamp
-from nettrain.run import metrics
 from nettrain.run.metrics import MetricsWriter, read_metrics
+from nettrain.run.summary import FINISHED, RunStatus
 
 
 def test_read_metrics_gives_back_exactly_the_rows_written(tmp_path):
@@ -26,13 +27,20 @@ def test_read_metrics_gives_back_exactly_the_rows_written(tmp_path):
 
 
 def test_status_names_are_what_summary_json_records():
-    assert (metrics.COMPLETED, metrics.EARLY_STOPPED, metrics.INTERRUPTED, metrics.FAILED) == (
+    """The strings old runs hold: a renamed status would orphan them."""
+    assert [s.value for s in RunStatus] == [
         "completed",
         "early_stopped",
         "interrupted",
+        "diverged",
         "failed",
-    )
-    assert metrics.FINISHED == ("completed", "early_stopped")
+        "dry_run",
+        "lr_find",
+        "batch_size",
+    ]
+    assert FINISHED == ("completed", "early_stopped") and RunStatus("early_stopped").finished
+    assert f"{RunStatus.DIVERGED}" == str(RunStatus.DIVERGED) == "diverged"
+    assert json.dumps({"status": RunStatus.INTERRUPTED}) == '{"status": "interrupted"}'
 
 
 def test_is_finite_number():

@@ -131,8 +131,10 @@ def test_a_regression_run_ends_with_its_test_r2_and_mae_not_an_accuracy(tmp_path
     assert "test_acc" not in summary and "best_val_acc" not in summary
     for key in ("test_r2", "test_mae", "best_val_r2", "best_val_mae"):
         assert isinstance(summary[key], float), key
-        assert key in proc.stdout
-    assert "test_acc" not in proc.stdout
+    end = proc.stdout[proc.stdout.rindex("run completed") :]
+    assert f"test        R² {summary['test_r2']:.4f}, MAE {summary['test_mae']:.4g}, loss" in end
+    assert f"val_r2 {summary['best_val_r2']:.4f}, val_mae {summary['best_val_mae']:.4g}" in end
+    assert "accuracy" not in end and "acc" not in end and "class_names" not in proc.stdout
 
 
 def test_validation_worse_from_the_first_epoch_is_diagnosed_at_the_end(tmp_path):
@@ -144,9 +146,13 @@ def test_validation_worse_from_the_first_epoch_is_diagnosed_at_the_end(tmp_path)
         rows = list(csv.DictReader(f))
     val, train = [float(r["val_loss"]) for r in rows], [float(r["train_loss"]) for r in rows]
     assert all(v > val[0] for v in val[1:]) and train[-1] < train[0]  # the situation itself
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("warning: validation got worse from the first epoch"), proc.stdout[-800:]
-    assert "try a lower lr (now 0.01, try lr=0.001)" in last
+    lines = proc.stdout.strip().splitlines()
+    warning = lines[lines.index(next(line for line in lines if "run completed" in line)) - 1]
+    assert warning.startswith("warning: validation got worse from the first epoch"), proc.stdout[-800:]
+    assert "try a lower lr (now 0.01, try lr=0.001)" in warning
+    assert any(
+        line.split() == ["diagnosis", "overfitting:", "findings", "in", "summary.json", '"diagnosis"'] for line in lines
+    )
     diagnosis = json.loads((run / "summary.json").read_text())["diagnosis"]
     assert diagnosis["verdict"] == "overfitting"
     assert diagnosis["findings"][-1].startswith("overfitting: validation got worse from the first epoch")

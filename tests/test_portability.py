@@ -104,9 +104,9 @@ def test_the_loss_plot_is_labelled_with_the_losss_name(run, monkeypatch):
         return real(rows, folder, *args, **kwargs)
 
     monkeypatch.setattr(report, "save_plots", spy)
-    import nettrain.engine.record as record_module
+    import nettrain.engine.recipe as recipe_module
 
-    monkeypatch.setattr(record_module, "save_plots", spy)
+    monkeypatch.setattr(recipe_module, "save_plots", spy)
     run(*SMALL, "loss._target_=torch.nn.NLLLoss", "~loss.label_smoothing", "plots=true")
     assert titles == ["NLLLoss"]
 

@@ -356,8 +356,8 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_is_bit_identical(straight, tmp
     printed = capfd.readouterr()
     assert "SIGTERM: finishing this step, then saving a checkpoint" in printed.err
     assert "still stopping" not in printed.err
-    assert f"interrupted after {STEPS_PER_EPOCH + 3} steps this session" in printed.out
-    assert f"Resume with:\n  nettrain-train resume={out.resolve()}" in printed.out
+    assert f"status      interrupted after {STEPS_PER_EPOCH + 3} steps this session" in printed.out
+    assert f"next        nettrain-train resume={out.resolve()}   (continues to epoch 4)" in printed.out
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert (state["epoch"], state["progress"]["step_in_epoch"]) == (1, 3)  # right after the signalled step
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
@@ -402,7 +402,7 @@ def test_sigterm_through_the_cli_exits_143_and_resume_matches_an_uninterrupted_r
     )
     assert proc.returncode == 143, proc.stderr
     assert "SIGTERM: finishing this step, then saving a checkpoint" in proc.stderr
-    assert f"Resume with:\n  nettrain-train resume={run}" in proc.stdout
+    assert f"next        nettrain-train resume={run}   (continues to epoch 4)" in proc.stdout
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert (state["epoch"], state["progress"]["step_in_epoch"]) == (1, 3)  # stopped inside epoch 2
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"

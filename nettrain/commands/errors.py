@@ -40,9 +40,8 @@ from nettrain.errors import BadInput, ConfigError, DataError, UntrustedTargetErr
 from nettrain.run import launch
 from nettrain.run.checkpoint import NAMES, verify_checkpoint
 from nettrain.run.folder import RunWriter, in_multirun, refuse_symlinks, remove_if_unused, unsafe_run_dir
-from nettrain.run.metrics import INTERRUPTED
 from nettrain.run.resume import saved_config_problems, saved_hydra_folder
-from nettrain.run.summary import write_failure
+from nettrain.run.summary import RunStatus, write_failure
 
 # options of Hydra's plugin packages, and the nettrain extra that installs each (pyproject.toml)
 PLUGIN_EXTRAS = {
@@ -476,10 +475,10 @@ def exit_for(summary: dict[str, Any]) -> float | None:
     """The end of a run that returned: a diverged run exits 3 (None in a multirun), an interrupted
     one 128 + the signal (a preempted SLURM job hands over to be requeued); a finished run returns
     its best validation loss, the objective a hyperparameter sweeper minimises."""
-    if summary.get("status") == "diverged":  # a non-finite loss: a failed run
+    if summary.get("status") == RunStatus.DIVERGED:  # a non-finite loss: a failed run
         print(f"Error: {summary['error']}", file=sys.stderr)
         return None if in_multirun() else sys.exit(3)
-    if summary.get("status") == INTERRUPTED:
+    if summary.get("status") == RunStatus.INTERRUPTED:
         if summary.get("signal") and summary["signal"] == launch.preemption_signal():
             launch.hand_over(summary["signal"])  # submitit requeues the job; it resumes from the checkpoint
         sys.exit(128 + (summary.get("signal") or signal.SIGINT))

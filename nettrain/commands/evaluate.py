@@ -32,7 +32,8 @@ from nettrain.errors import BadInput, ConfigError, DataError
 from nettrain.files import write_json
 from nettrain.run import checkpoint as ckpt
 from nettrain.run.folder import refuse_target_symlinks
-from nettrain.run.resume import read_summary, run_dir_of
+from nettrain.run.resume import run_dir_of
+from nettrain.run.summary import RunStatus, read_summary
 
 
 def evaluate_checkpoint(
@@ -228,7 +229,7 @@ def diverged_exit(target: str) -> int:
     """0, or 3 when the evaluated run diverged: its checkpoints hold its last finite state, which
     is what was evaluated, but the run failed, and eval says so as training did (exit 3)."""
     summary = read_summary(run_dir_of(target) / "summary.json")
-    if summary.get("status") != "diverged":
+    if summary.get("status") != RunStatus.DIVERGED:
         return 0
     print(
         f"Error: {summary.get('error', 'the run diverged')}. The figures above are of that last finite "

@@ -52,14 +52,15 @@ from nettrain.errors import BadInput, RunFolderLinkError
 from nettrain.files import atomic_write, write_text
 from nettrain.insight.figures import pyplot, ticker
 from nettrain.run.folder import refuse_symlinks
-from nettrain.run.metrics import COMPLETED, EARLY_STOPPED, FAILED, INTERRUPTED, read_metrics
+from nettrain.run.metrics import read_metrics
+from nettrain.run.summary import RunStatus
 
-STATUS_NAMES = {
-    COMPLETED: "ok",
-    EARLY_STOPPED: "early-stopped",
-    FAILED: "failed",
-    INTERRUPTED: "incomplete",  # interrupted: stopped by a signal, resumable
-    "diverged": "diverged",  # a non-finite training loss stopped it: a failure
+STATUS_NAMES: dict[str, str] = {
+    RunStatus.COMPLETED: "ok",
+    RunStatus.EARLY_STOPPED: "early-stopped",
+    RunStatus.FAILED: "failed",
+    RunStatus.INTERRUPTED: "incomplete",  # interrupted: stopped by a signal, resumable
+    RunStatus.DIVERGED: "diverged",  # a non-finite training loss stopped it: a failure
 }
 FINISHED = ("ok", "early-stopped")
 MODES = MONITORED  # monitored metric -> "min" or "max"
@@ -275,12 +276,12 @@ def _read_run(run_dir: Path) -> Run:
         if not isinstance(summary, dict):
             raise Unreadable(f"summary.json holds a {type(summary).__name__}, not an object")
     if summary:
-        raw = str(summary.get("status", COMPLETED))
+        raw = str(summary.get("status", RunStatus.COMPLETED))
         run.status = STATUS_NAMES.get(raw, raw.replace("_", "-"))
         error = str(summary.get("error") or "").strip()
         if error:
             run.error = error.splitlines()[0]
-        elif raw == INTERRUPTED:
+        elif raw == RunStatus.INTERRUPTED:
             signal = f" by signal {summary['signal']}" if summary.get("signal") else ""
             run.error = f"interrupted{signal}; nettrain-train resume=RUN_DIR continues it"
         run.monitor = summary.get("monitor")

@@ -31,7 +31,8 @@ from nettrain.files import timestamp, write_json
 from nettrain.run import launch
 from nettrain.run.checkpoint import load_checkpoint
 from nettrain.run.folder import refuse_symlinks
-from nettrain.run.metrics import INTERRUPTED, read_metrics
+from nettrain.run.metrics import read_metrics
+from nettrain.run.summary import RunStatus
 
 TIMING = ("epoch_time_s", "samples_per_s")
 # the summary's results, classification's and regression's (a key neither run has compares equal)
@@ -148,7 +149,7 @@ def verify_resume(
         total_steps = counter.steps
         stop_after = stop_after or max(1, total_steps // 2)
         first = train(config(), output_dir=workdir / "resumed", stop=make_stop(after_steps=stop_after))
-        resumed_too = first["status"] == INTERRUPTED
+        resumed_too = first["status"] == RunStatus.INTERRUPTED
         if resumed_too:
             train(config(f"resume={workdir / 'resumed'}"), output_dir=workdir / "resumed")
     facts = {"total_steps": total_steps, "stopped_after": stop_after, "resumed": resumed_too}

@@ -3,20 +3,17 @@
 :class:`LossWatch` keeps each step's loss of the current epoch in a buffer on the training device
 (one copy kernel per step, no sync) and is read once, at the epoch's existing sync point, where
 it names the first step whose loss was NaN or infinite. :func:`finite_state` tells whether a
-model's weights are all finite, so that no non-finite checkpoint is ever written.
+model's weights are all finite, so that no non-finite checkpoint is ever written. A diverged run's
+summary is written by the recipe (nettrain/engine/recipe.py), status `diverged`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 
 from nettrain.engine import distributed
-from nettrain.insight.report import save_plots
-from nettrain.run.folder import RunWriter
-from nettrain.run.summary import task_figures
 
 DIVERGED_EXIT = 3  # the exit status of a run stopped by a non-finite loss
 REMEDIES = "lower lr, set regularization.grad_clip (e.g. 1.0), or check the data for NaN or huge values"
@@ -77,34 +74,3 @@ def finite_state(tensors: Iterable[torch.Tensor]) -> bool:
     """Whether every floating-point tensor is free of NaN and infinity (one sync)."""
     checks = [torch.isfinite(t).all() for t in tensors if t.is_floating_point() or t.is_complex()]
     return bool(torch.stack(checks).all()) if checks else True
-
-
-def diverged_summary(
-    exc: Diverged,
-    history: list[dict],
-    writer: RunWriter,
-    elapsed_s: float,
-    extra: dict,
-    plots: bool = True,
-    task: str = "classification",
-) -> dict:
-    """summary.json (strict JSON) and the plots of a run stopped by a non-finite loss, written
-    through `writer` (a run_dir.RunWriter: rank 0's): status `diverged`, the message, the epochs
-    completed and the best finite one; returns the summary (on every rank)."""
-    finite = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
-    best = min(finite, key=lambda r: r["val_loss"], default={})
-    summary = {
-        "status": "diverged",
-        "error": str(exc),
-        "epochs_run": len(history),
-        "stopped_early": False,
-        "best_epoch": best.get("epoch"),
-        "best_val_loss": best.get("val_loss"),
-        **task_figures(task, best, {}),  # no test: the run failed (test figures None)
-        "wall_time_s": round(elapsed_s, 3),
-        **extra,
-    }
-    if history and plots:
-        writer.run(save_plots, history, writer.path("plots"))
-    writer.json("summary.json", summary)
-    return summary

@@ -55,6 +55,12 @@ class FitResult:
     best_value: float
     interrupted: bool = False
 
+    @classmethod
+    def now(cls, early_stopping, epochs_run: int, interrupted: bool = False) -> FitResult:
+        """Where training stands after `epochs_run` epochs, with early stopping's best so far."""
+        stopped_early = early_stopping.should_stop and not interrupted
+        return cls(epochs_run, stopped_early, early_stopping.best_epoch, early_stopping.best, interrupted)
+
 
 Sums = dict[str, torch.Tensor]  # per batch: name -> a 0-d tensor on the device
 
@@ -216,8 +222,8 @@ def record_epoch(state: TrainState, row: dict[str, Any], is_best: bool, out: Run
     state.history.append(row)
     out.metrics.write(state.history)
     out.reporter.epoch(row, is_best)
-    for finding in verdict.findings if verdict else []:
-        out.reporter.warn(f"epoch {row['epoch']}: {finding}")
+    if verdict is not None:
+        out.reporter.diagnosis(row["epoch"], verdict.verdict, verdict.findings)  # findings: one line at most
     if loggers:
         loggers.log_epoch(row, state.model)
 
@@ -270,28 +276,15 @@ def fit(
                     train_time += time.perf_counter() - started
                     loss_sum = distributed.all_reduce_sum(loss_sum.clone())[0]  # the sum over every rank
                     out.checkpointer.save(state, Position(epoch - 1, step, order, loss_sum, train_time, best_weights))
-                    return FitResult(epoch - 1, False, early_stopping.best_epoch, early_stopping.best, True)
-        distributed.all_reduce_sum(loss_sum)  # every rank's shares
-        train_loss = (loss_sum / train_batches.n).item()  # the epoch's one host sync for training
-        if not math.isfinite(train_loss):
-            watch.check(epoch)  # raises Diverged naming the first non-finite step; nothing is saved
+                    return FitResult.now(early_stopping, epoch - 1, interrupted=True)
+        train_loss = epoch_loss(loss_sum, train_batches.n, watch, epoch)  # the epoch's one host sync for training
         train_time += time.perf_counter() - started
 
         # -- validate, record, decide --------------------------------------------------------
         val_started = time.perf_counter()
-        with weights_to_evaluate(state):  # the EMA's, when kept: for validation and best_weights
-            val = evaluate(model, state.loss_fn, val_batches, settings.task, settings.target_std)
-            is_best = early_stopping.update(val[early_stopping.monitor.removeprefix("val_")], epoch)
-            if is_best and settings.restore_best:
-                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            **{f"val_{name}": value for name, value in val.items()},  # val_loss, then val_acc or val_r2, val_mae
-            "lr": schedule.lr,
-            "epoch_time_s": train_time + time.perf_counter() - val_started,
-            "samples_per_s": train_batches.n / train_time,
-        }
+        val, is_best, best_weights = validate(state, val_batches, settings, epoch, best_weights)
+        seconds = train_time + time.perf_counter() - val_started
+        row = epoch_row(epoch, train_loss, val, schedule.lr, seconds, train_batches.n / train_time)
         record_epoch(state, row, is_best, out)
         schedule.after_epoch(row["val_loss"])
         out.checkpointer.save(state, Position(epoch, best_weights=best_weights), is_best=is_best)
@@ -299,9 +292,53 @@ def fit(
             out.reporter.note(early_stopping.reason())
             break
         if stop.signum is not None:
-            return FitResult(epoch, False, early_stopping.best_epoch, early_stopping.best, True)
+            return FitResult.now(early_stopping, epoch, interrupted=True)
 
+    load_final_weights(state, best_weights)
+    return FitResult.now(early_stopping, epoch)
+
+
+def epoch_loss(loss_sum: torch.Tensor, n: int, watch: LossWatch, epoch: int) -> float:
+    """The epoch's mean training loss over every rank's samples (one host sync); a non-finite one
+    raises Diverged naming the first non-finite step (`watch`), and nothing is saved."""
+    distributed.all_reduce_sum(loss_sum)  # every rank's shares
+    train_loss = (loss_sum / n).item()
+    if not math.isfinite(train_loss):
+        watch.check(epoch)
+    return train_loss
+
+
+def epoch_row(
+    epoch: int, train_loss: float, val: dict[str, float], lr: float, seconds: float, samples_per_s: float
+) -> dict[str, Any]:
+    """One epoch's row of metrics.csv, in its column order (the diagnosis and the gradient
+    monitor add their columns after these)."""
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        **{f"val_{name}": value for name, value in val.items()},  # val_loss, then val_acc or val_r2, val_mae
+        "lr": lr,
+        "epoch_time_s": seconds,
+        "samples_per_s": samples_per_s,
+    }
+
+
+def validate(
+    state: TrainState, val_batches, settings: LoopSettings, epoch: int, best_weights: dict | None
+) -> tuple[dict[str, float], bool, dict | None]:
+    """The epoch's validation metrics (with the EMA's weights, when kept), whether the epoch is the
+    best so far (early stopping decides), and the best weights so far (a copy, for restore_best)."""
+    model, early_stopping = state.model, state.early_stopping
+    with weights_to_evaluate(state):  # the EMA's, when kept: for validation and best_weights
+        val = evaluate(model, state.loss_fn, val_batches, settings.task, settings.target_std)
+        is_best = early_stopping.update(val[early_stopping.monitor.removeprefix("val_")], epoch)
+        if is_best and settings.restore_best:
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return val, is_best, best_weights
+
+
+def load_final_weights(state: TrainState, best_weights: dict | None) -> None:
+    """The weights the test uses: the best epoch's (restore_best), or else the averaged ones (EMA)."""
     weights = best_weights if best_weights is not None else getattr(state.extras.get("ema"), "weights", None)
-    if weights is not None:  # the test uses the best weights, or else the averaged ones
-        model.load_state_dict(weights)
-    return FitResult(epoch, early_stopping.should_stop, early_stopping.best_epoch, early_stopping.best)
+    if weights is not None:
+        state.model.load_state_dict(weights)

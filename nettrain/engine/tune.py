@@ -33,6 +33,7 @@ from nettrain.insight.memory import free_memory
 from nettrain.insight.report import Reporter
 from nettrain.run.folder import RunWriter
 from nettrain.run.reproducibility import seed_everything
+from nettrain.run.summary import RunStatus
 
 # -- the model summary ------------------------------------------------------------------------
 
@@ -295,7 +296,7 @@ def dry_run(cfg: Any, parts: Parts, reporter: Any) -> dict[str, Any]:
         f"  {next_command()}"
     )
     return {
-        "status": "dry_run",
+        "status": RunStatus.DRY_RUN,
         "best_val_loss": None,
         "loss": loss_value,
         "loss_fn": type(parts.loss_fn).__name__,
@@ -340,7 +341,7 @@ def find_lr(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> dict[str
             f"{where}\nTrain with:\n  {next_command(lr=f'{result.suggestion:.2g}')}"
         )
     return {
-        "status": "lr_find",
+        "status": RunStatus.LR_FIND,
         "best_val_loss": None,
         **{k: v for k, v in result.to_dict().items() if k not in ("lr", "loss", "raw_loss")},
     }
@@ -356,7 +357,7 @@ def find_batch_size(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> 
     reporter.note(f"free memory: {free / 2**20:,.0f} MiB ({source}); using 90%: {budget / 2**20:,.0f} MiB")
     if best == 0:
         reporter.warn(f"even batch 1 is estimated at {est.at(1) / 2**20:,.1f} MiB: more than fits")
-        return {"status": "batch_size", "best_val_loss": None, "batch_size": None, "free_bytes": free}
+        return {"status": RunStatus.BATCH_SIZE, "best_val_loss": None, "batch_size": None, "free_bytes": free}
     confirmed, peak = _confirm(cfg, parts, best)
     while confirmed is False and best > 1:  # out of memory after all: step down by a quarter
         best = max(1, best * 3 // 4)
@@ -376,7 +377,7 @@ def find_batch_size(cfg: Any, parts: Parts, output_dir: Path, reporter: Any) -> 
         f"{best})"
     )
     found = {
-        "status": "batch_size",
+        "status": RunStatus.BATCH_SIZE,
         "best_val_loss": None,
         "batch_size": best,
         "estimate_bytes": est.at(best),

@@ -1,8 +1,11 @@
 """What a person sees: the console (rich) during a run, and the plots (matplotlib) after it.
 
-On a terminal: the composed config, the model, a transient progress bar per epoch, one row per
-epoch and a closing summary table. Anywhere else (CI, a log file): the same rows as plain lines,
-no progress bar. Every epoch line and warning also goes to the run's log file.
+On a terminal: the run folder, the composed config, the model, a one-line memory estimate, a
+transient progress bar per epoch, one row per epoch and, at the end, one short table: status,
+epochs, best epoch, test figures, wall time, speed, the run folder and the commands to try next.
+Anywhere else (CI, a log file): the same lines, no progress bar. The details (every part of the
+memory estimate, every epoch's diagnosis, every summary key) go to the run's log file and
+summary.json, not to the console.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from nettrain.insight.diagnosis import plot_gradients
 from nettrain.insight.figures import pyplot, save_png
+
+if TYPE_CHECKING:
+    from nettrain.run.summary import RunSummary
 
 log = logging.getLogger("nettrain")
 
@@ -54,16 +60,18 @@ class Reporter:
         self.show_progress = progress == "on" or (progress == "auto" and self.console.is_terminal)
         self.show_config, self.show_model = show_config, show_model
         self._header_done = False
+        self._verdict: str | None = None  # the last diagnosis verdict shown
 
     def start(self, config_yaml: str, model, param_count: int, device: str, output_dir: Path) -> None:
+        """The run folder first, then the config and the model (when shown), the device."""
+        self.console.print(f"run folder: {Path(output_dir).resolve()}", markup=False)
         if self.show_config:
             self.console.rule("config")
             self.console.print(config_yaml.rstrip(), markup=False)
         if self.show_model:
             self.console.rule("model")
             self.console.print(str(model), markup=False)
-            self.console.print(f"parameters: {param_count:,}")
-        self.console.print(f"device: {device}   run dir: {output_dir}", markup=False)
+        self.console.print(f"parameters: {param_count:,}   device: {device}", markup=False)
         log.info("device %s, %d parameters, run dir %s", device, param_count, output_dir)
 
     @contextlib.contextmanager
@@ -105,12 +113,104 @@ class Reporter:
         self.console.print(message, markup=False)
         log.info(message)
 
-    def summary(self, summary: dict) -> None:
-        table = Table(title="summary", show_header=False)
-        for key, value in summary.items():
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-        self.console.print(table)
-        log.info("summary %s", summary)
+    def memory(self, estimate) -> None:
+        """The training-memory estimate (nettrain.insight.memory.MemoryEstimate): its total and
+        parts on one console line; each part with its meaning in the log."""
+        parts = ", ".join(f"{name} {size / 2**20:.2f}" for name, size in estimate.parts.items())
+        self.console.print(
+            f"memory estimate at batch {estimate.batch_size}: {estimate.total / 2**20:.2f} MiB ({parts} MiB)",
+            markup=False,
+        )
+        log.info("training memory estimate at batch %d:\n%s", estimate.batch_size, "\n".join(estimate.lines()))
+
+    def diagnosis(self, epoch: int, verdict: str, findings: list[str]) -> None:
+        """One epoch's gradient diagnosis: every finding to the log; on the console one line, when
+        the verdict differs from the last one shown (a run that stays unhealthy says so once)."""
+        for finding in findings:
+            log.warning("epoch %d: %s", epoch, finding)
+        shown, self._verdict = self._verdict, verdict if findings else None
+        if not findings or verdict == shown:
+            return
+        more = f" (+{len(findings) - 1} more in train.log)" if len(findings) > 1 else ""
+        self.console.print(f"warning: epoch {epoch}: {findings[0]}{more}", style="yellow", markup=False)
+
+    def end(self, summary: RunSummary, epochs: int, run_dir: Path, status_note: str | None = None) -> None:
+        """The end of the run: one short table, whatever the number of epochs (`epochs`: the epochs
+        asked for; `status_note`: what the status says beyond its name). summary.json has the rest."""
+        rows = end_rows(summary, epochs, Path(run_dir).resolve(), status_note)
+        width = max(len(label) for label, _ in rows)
+        self.console.rule(f"run {summary.status}")
+        for label, value in rows:
+            for i, line in enumerate(value.splitlines()):
+                self.console.print(f"  {label if i == 0 else '':<{width}}  {line}", markup=False)
+        log.info("summary %s", summary.to_dict())
+
+
+def end_rows(summary: RunSummary, epochs: int, run_dir: Path, status_note: str | None = None) -> list[tuple[str, str]]:
+    """(label, value) rows of the end-of-run table; a value may span lines (`next`)."""
+    status, best, test = str(summary.status), summary.best_epoch, summary.test
+    rows = [("status", f"{status} {status_note}" if status_note else status)]
+    rows.append(("epochs", f"{summary.epochs_run} of {epochs}" + (" (stopped early)" if summary.stopped_early else "")))
+    if best is not None:
+        best_figures = {k.removeprefix("best_"): v for k, v in summary.figures.items() if k.startswith("best_")}
+        rows.append(("best epoch", f"{best}: " + _figures({"val_loss": summary.best_val_loss, **best_figures})))
+    if "r2" in test:  # regression
+        shown = {"R²": test.get("r2"), "MAE": test.get("mae"), "loss": test.get("loss")}
+    else:
+        shown = {"accuracy": test.get("acc"), "loss": test.get("loss")}
+    rows.append(("test", _figures(shown) if test.get("loss") is not None else "not run: " + _no_test(status)))
+    rows.append(("wall time", _duration(summary.wall_time_s)))
+    if summary.samples_per_s is not None:
+        rows.append(("samples/s", f"{summary.samples_per_s:,.0f} (training, mean over the epochs)"))
+    if summary.diagnosis and summary.diagnosis.get("verdict"):
+        verdict = summary.diagnosis["verdict"]
+        rows.append(("diagnosis", verdict + ("" if verdict == "healthy" else ': findings in summary.json "diagnosis"')))
+    rows.append(("run folder", str(run_dir)))
+    rows.append(("next", "\n".join(next_commands(summary, epochs, run_dir))))
+    rows.append(
+        ("details", "summary.json, metrics.csv, train.log" + (", plots/" if (run_dir / "plots").is_dir() else ""))
+    )
+    return rows
+
+
+def next_commands(summary: RunSummary, epochs: int, run_dir: Path) -> list[str]:
+    """The commands worth trying after this run."""
+    status = str(summary.status)
+    if status == "interrupted":
+        if not any((run_dir / "checkpoints").glob("*.pt")):
+            return ["train again: this run saved no checkpoint to resume from"]
+        return [f"nettrain-train resume={run_dir}   (continues to epoch {epochs})"]
+    if status == "diverged":
+        return ["lower lr, or set regularization.grad_clip=1.0, then train again (the warning above says more)"]
+    commands = [
+        f"nettrain-eval {run_dir}",
+        f"nettrain-predict {run_dir} INPUT...",
+        f"nettrain-export {run_dir} --format onnx",
+    ]
+    if status == "completed":
+        commands.append(f"nettrain-train resume={run_dir} epochs={2 * epochs}   (trains longer)")
+    return commands
+
+
+def _figures(figures: dict[str, Any]) -> str:
+    """`name value, ...`: fractions (accuracy, R²) to 4 decimals, losses and errors to 4 digits."""
+    fractions = ("accuracy", "R²", "val_acc", "val_r2")
+    return ", ".join(
+        f"{name} {value:.4f}" if name in fractions else f"{name} {value:.4g}"
+        for name, value in figures.items()
+        if isinstance(value, (int, float))
+    )
+
+
+def _no_test(status: str) -> str:
+    return "the run diverged" if status == "diverged" else "the run did not reach its end"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def save_plots(rows: list[dict], directory: str | Path, loss_name: str = "loss") -> list[Path]:

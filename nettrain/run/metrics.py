@@ -1,5 +1,5 @@
-"""metrics.csv: one row per epoch, rewritten atomically after each epoch; and the run's status
-names, as summary.json records them.
+"""metrics.csv: one row per epoch, rewritten atomically after each epoch. (How a run ended is
+summary.json's: nettrain.run.summary.RunStatus.)
 
 This module imports neither torch nor numpy, so `nettrain-summarize` can read runs quickly.
 """
@@ -12,13 +12,6 @@ from pathlib import Path
 
 from nettrain.files import write_text
 from nettrain.run.folder import RunWriter
-
-# summary.json's "status": how a run ended
-COMPLETED = "completed"  # ran every epoch it was given
-EARLY_STOPPED = "early_stopped"  # early stopping ended it
-INTERRUPTED = "interrupted"  # stopped by SIGINT/SIGTERM (or a StopRequest); resumable from its checkpoint
-FAILED = "failed"  # an error ended it; summary.json has the error's first line
-FINISHED = (COMPLETED, EARLY_STOPPED)  # nothing left to do: a sweep launched again skips these
 
 
 class MetricsWriter:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from importlib.resources import files
@@ -29,7 +28,7 @@ from nettrain.errors import ConfigError, RunFolderError, UntrustedTargetError
 from nettrain.files import timestamp, write_text
 from nettrain.run import checkpoint as ckpt
 from nettrain.run.folder import refuse_symlinks
-from nettrain.run.metrics import FINISHED
+from nettrain.run.summary import FINISHED, read_summary
 
 
 def run_dir_of(resume: str) -> Path:
@@ -73,15 +72,6 @@ def config_changes(old: dict, new: dict, safe: tuple[str, ...] | None = None) ->
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             changed.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
     return changed
-
-
-def read_summary(path: Path) -> dict[str, Any]:
-    """A run's summary.json as a dict; {} when it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def finished_already(
