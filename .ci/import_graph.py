@@ -38,6 +38,7 @@ LAZY: dict[tuple[str, str], str] = {
     ("nettrain.insight.loggers", "mlflow"): "extra [mlflow], only with loggers=[mlflow]",
     ("nettrain.insight.loggers", "wandb"): "extra [wandb], only with loggers=[wandb]",
     ("nettrain.data.tabular", "pandas"): "extra [tables], only to read a Parquet file",
+    ("nettrain.engine.exporting", "onnxruntime"): "extra [onnx], only to check an export with --format onnx",
     # heavy packages that most runs never need
     ("nettrain.data", "torchvision"): "about 1 s to import; only data=mnist/fashion_mnist/kmnist need it",
     ("nettrain.models.from_torchvision", "torchvision"): "about 1 s; only model=torchvision needs it, and "

@@ -33,6 +33,7 @@ PRELOAD = [
     "hydra",
     "nettrain.commands.train",
     "nettrain.commands.verify_resume",
+    "nettrain.engine.resume_check",
 ]
 
 _context = None

@@ -67,7 +67,7 @@ def _state(weights):
 
 
 def test_verify_resume_calls_identical_nans_identical(tmp_path):
-    from nettrain.commands.verify_resume import compare_runs
+    from nettrain.engine.resume_check import compare_runs
     from nettrain.files import write_json
     from nettrain.run.checkpoint import save_checkpoint
 
@@ -85,7 +85,7 @@ def test_verify_resume_calls_identical_nans_identical(tmp_path):
 
 def test_verify_resume_compares_the_regression_results_too(tmp_path):
     """A resumed regression run whose test R² differs is a difference, as a different test_acc is."""
-    from nettrain.commands.verify_resume import SUMMARY_KEYS, compare_runs
+    from nettrain.engine.resume_check import SUMMARY_KEYS, compare_runs
     from nettrain.run.checkpoint import save_checkpoint
 
     assert {"test_r2", "test_mae", "best_val_r2", "best_val_mae"} <= set(SUMMARY_KEYS)

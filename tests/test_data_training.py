@@ -217,7 +217,8 @@ def _eval_files(run: Path) -> set[str]:
 def test_eval_on_a_folder_of_class_folders_needs_no_train_folder(folder, folder_run, tmp_path, capsys):
     import shutil
 
-    from nettrain.commands.evaluate import evaluate_checkpoint, main
+    from nettrain.commands.evaluate import main
+    from nettrain.engine.evaluation import evaluate_checkpoint
 
     split = evaluate_checkpoint(folder_run)  # the run's test split: FOLDER/test, built with the run's data
     new = tmp_path / "new"
@@ -261,7 +262,7 @@ def test_eval_data_names_what_it_cannot_use(folder, folder_run, tmp_path, capsys
 
 def test_eval_on_a_labelled_table_matches_its_predictions(tmp_path, capsys):
     from nettrain.commands.evaluate import main
-    from nettrain.commands.predict import predict
+    from nettrain.engine.prediction import predict
 
     path = table(tmp_path / "t.csv", n=200)
     train(make_cfg("data=csv", f"data.path={path}", "data.target=label", *FAST), output_dir=tmp_path / "run")
@@ -304,8 +305,8 @@ def test_cifar10_trains_through_torchvision_on_a_tiny_copy(tmp_path, monkeypatch
 
 # -- nettrain-predict ---------------------------------------------------------------------------
 def test_prediction_on_the_saved_test_images_matches_eval(folder, folder_run, tmp_path, capsys):
-    from nettrain.commands.evaluate import evaluate_checkpoint
     from nettrain.commands.predict import main as predict_main
+    from nettrain.engine.evaluation import evaluate_checkpoint
 
     evaluated = evaluate_checkpoint(folder_run)
     out = tmp_path / "pred.csv"
@@ -338,7 +339,7 @@ def test_eval_of_data_that_does_not_fit_the_model_says_so(folder_run, capsys):
 
 def test_prediction_on_a_table_gives_classes_and_regression_values(tmp_path):
     from nettrain.commands.predict import main as predict_main
-    from nettrain.commands.predict import predict
+    from nettrain.engine.prediction import predict
 
     path = table(tmp_path / "r.csv", n=300, task="regression")
     train(

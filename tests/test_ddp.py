@@ -15,7 +15,7 @@ import pytest
 from torchrun import torchrun, workers
 
 from conftest import make_cfg, needs_extra
-from nettrain.commands.verify_resume import compare_runs
+from nettrain.engine.resume_check import compare_runs
 
 pytestmark = pytest.mark.slow
 
@@ -101,8 +101,8 @@ def test_two_processes_compute_what_one_process_computes(straight, tmp_path):
 
 
 def test_checkpoints_move_between_one_and_two_processes(straight, tmp_path):
-    from nettrain.commands.evaluate import evaluate_checkpoint
     from nettrain.commands.train import train
+    from nettrain.engine.evaluation import evaluate_checkpoint
 
     run_dir = tmp_path / "copy"
     shutil.copytree(only_run_dir(straight[1]), run_dir)

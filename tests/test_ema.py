@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from nettrain.commands.evaluate import evaluate_checkpoint
 from nettrain.commands.train import train
 from nettrain.engine.ema import EMA, inference_weights
+from nettrain.engine.evaluation import evaluate_checkpoint
 from nettrain.engine.loop import StopRequest
 from nettrain.run.checkpoint import load_checkpoint
 

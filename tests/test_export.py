@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import make_cfg, needs_extra
-from nettrain.commands import export as export_lib
 from nettrain.commands.export import main as export_main
 from nettrain.commands.train import train
+from nettrain.engine import exporting as export_lib
 from nettrain.errors import ConfigError
 
 
@@ -152,7 +152,7 @@ from PIL import Image
 from hydra.utils import instantiate
 from safetensors.torch import load_model, save_file
 
-from nettrain.commands.export import model_from_sidecar
+from nettrain.engine.exporting import model_from_sidecar
 
 
 def image(file, spec):
@@ -203,9 +203,9 @@ def test_a_fresh_process_rebuilds_the_model_and_its_input_from_the_sidecar_alone
     from probes import python_main
     from safetensors.torch import load_file
 
-    from nettrain.commands.predict import image_inputs, table_inputs
     from nettrain.data.preprocessing import input_transform
     from nettrain.engine.build import build_trained
+    from nettrain.engine.prediction import image_inputs, table_inputs
 
     args = []
     for name, (run_dir, inputs) in exported.items():

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import cli, in_process
-from nettrain.commands.evaluate import evaluate_checkpoint
-from nettrain.commands.export import model_from_sidecar
 from nettrain.config.renames import RENAMED, renamed_overrides, upgrade
+from nettrain.engine.evaluation import evaluate_checkpoint
+from nettrain.engine.exporting import model_from_sidecar
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs-2026-12"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
