@@ -118,7 +118,7 @@ def accept_tiny_cifar(monkeypatch) -> None:
     monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
 
 
-# a user's own model module and a config option naming it, as the README's "your own model" shows
+# a user's own model module and a config option naming it, as docs/how-to/own-model.md shows
 USER_MODEL = textwrap.dedent('''
     """A user's model: a _target_ class taking input_shape and num_classes plus its own keys."""
     import math

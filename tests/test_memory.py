@@ -108,7 +108,7 @@ def test_the_estimate_and_the_measured_peak_are_in_the_summary(run, capsys):
 @pytest.mark.slow
 def test_cpu_estimate_holds_within_the_stated_tolerance(tmp_path):
     """A run whose training memory dwarfs the noise (~60 MiB): the peak RSS rise is 0.5-2.5x the
-    estimate of what training adds (README: Memory)."""
+    estimate of what training adds (docs/explanation/memory.md)."""
     result = cli(
         "data=synthetic",
         "data.num_samples=1300",

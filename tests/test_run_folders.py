@@ -89,7 +89,7 @@ def test_resume_with_fewer_epochs_than_done_is_refused(finished):
 
 @pytest.mark.parametrize("scheduler", ["step", "cosine"])
 def test_train_longer_works_with_step_and_cosine(run, capsys, scheduler):
-    """The README's "train longer" (resume=RUN epochs=N): with cosine, T_max follows the new epochs,
+    """Train longer (resume=RUN epochs=N, docs/how-to/resume.md): with cosine, T_max follows the new epochs,
     so the third epoch still learns (with the old T_max=2 its learning rate would be eta_min = 0)."""
     from nettrain.run.metrics import read_metrics
 
