@@ -25,7 +25,7 @@ def test_the_docs_build_strict_and_show_the_reference_tables_intact(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(REPO / "mkdocs.yml")]
         + ["--site-dir", str(site)],
-        cwd=REPO,  # the snippets extension reads examples/ and conf/ from the repository root
+        cwd=REPO,  # the snippets extension reads the conf/ files it includes from the repository root
         capture_output=True,
         text=True,
         timeout=300,
