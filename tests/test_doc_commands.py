@@ -54,6 +54,7 @@ def test_the_docs_show_commands_and_every_one_is_a_command_the_test_runs():
     assert not refused, "commands in ```bash blocks that the docs test cannot run:\n" + "\n".join(refused)
 
 
+@pytest.mark.docs
 @pytest.mark.parametrize("path", PAGES, ids=[str(p.relative_to(REPO)) for p in PAGES])
 def test_every_command_the_docs_show_runs(path, workdir):
     ran = run_page(commands(path), workdir)
