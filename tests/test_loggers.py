@@ -9,6 +9,7 @@ import pytest
 from conftest import needs_extra
 from nettrain.config.schema import logger_problems as problems
 from nettrain.insight.loggers import LoggerGroup, build_loggers
+from nettrain.run.summary import RunStatus
 
 ROWS = [
     {
@@ -53,14 +54,14 @@ def test_tensorboard_resume_logs_no_epoch_twice(tmp_path):
     for r in ROWS[:2]:
         group.log_epoch(r)
     state = group.state_dict()
-    group.finish({"test_acc": 0.9}, tmp_path, "interrupted")
+    group.finish({"test_acc": 0.9}, tmp_path, RunStatus.INTERRUPTED)
 
     resumed = build_loggers(["tensorboard"], tensorboard={"histograms": False})
     resumed.load_state_dict({**state, "epoch": 1})  # the checkpoint is from before epoch 2 was logged
     resumed.start(tmp_path, {"lr": 1e-3}, {"config_hash": "abc"})
     for r in ROWS:
         resumed.log_epoch(r)
-    resumed.finish({}, tmp_path, "completed")
+    resumed.finish({}, tmp_path, RunStatus.COMPLETED)
     scalars = read_scalars(tmp_path / "tensorboard")
     assert [s for s, _ in scalars["train_loss"]] == [1, 2, 3]
     assert scalars["samples_per_s"][0] == (1, 1000.0)
@@ -78,7 +79,7 @@ def test_tensorboard_histograms_of_weights_and_gradients_once_per_epoch(tmp_path
     group.start(tmp_path, {"lr": 1e-3}, {"config_hash": "abc"})
     for r in ROWS[:2]:
         group.log_epoch(r, model)
-    group.finish({}, tmp_path, "completed")
+    group.finish({}, tmp_path, RunStatus.COMPLETED)
     acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"histograms": 0})
     acc.Reload()
     assert {"weights/weight", "weights/bias", "gradients/weight", "gradients/bias"} <= set(acc.Tags()["histograms"])
@@ -110,7 +111,7 @@ def test_mlflow_store_holds_params_metrics_tags_and_resumes_the_same_run(tmp_pat
     resumed.start(tmp_path, {}, {})
     for r in ROWS:
         resumed.log_epoch(r)
-    resumed.finish({"test_acc": 0.9}, tmp_path, "completed")
+    resumed.finish({"test_acc": 0.9}, tmp_path, RunStatus.COMPLETED)
 
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(state["mlflow.run_id"])
@@ -144,7 +145,7 @@ def test_mlflow_sweep_jobs_nest_under_one_parent_run(tmp_path, monkeypatch):
         group = build_loggers(["mlflow"], mlflow={"uri": uri}, sweep_dir=str(sweep), job_name=job)
         group.start(sweep / job, {"batch_size": int(job)}, {})
         group.log_epoch(ROWS[0])
-        group.finish({}, sweep / job, "completed")
+        group.finish({}, sweep / job, RunStatus.COMPLETED)
         runs.append(group.state_dict()["mlflow.run_id"])
     client = MlflowClient(tracking_uri=uri)
     parents = {client.get_run(r).data.tags["mlflow.parentRunId"] for r in runs}
@@ -160,7 +161,7 @@ def test_wandb_runs_offline_without_a_key(tmp_path, monkeypatch):
     group = build_loggers(["wandb"])
     group.start(tmp_path, {"lr": 1e-3}, {"config_hash": "abc"})
     group.log_epoch(ROWS[0])
-    group.finish({"test_acc": 0.9}, tmp_path, "completed")
+    group.finish({"test_acc": 0.9}, tmp_path, RunStatus.COMPLETED)
     assert group.loggers[0].run.settings.mode == "offline"
     assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
 
@@ -174,12 +175,12 @@ def test_wandb_resume_continues_the_same_offline_run(tmp_path, monkeypatch):
     group.start(tmp_path, {"lr": 1e-3}, {"config_hash": "abc"})
     group.log_epoch(ROWS[0])
     state = group.state_dict()
-    group.finish({}, tmp_path, "interrupted")
+    group.finish({}, tmp_path, RunStatus.INTERRUPTED)
     resumed = build_loggers(["wandb"])
     resumed.load_state_dict(state)  # the run id comes back from the checkpoint
     resumed.start(tmp_path, {"lr": 1e-3}, {"config_hash": "abc"})
     resumed.log_epoch(ROWS[1])
-    resumed.finish({"test_acc": 0.9}, tmp_path, "completed")
+    resumed.finish({"test_acc": 0.9}, tmp_path, RunStatus.COMPLETED)
     run_id = state["wandb.run_id"]
     assert resumed.loggers[0].run_id == run_id and len(run_id) == 8
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))

@@ -41,6 +41,9 @@ def test_status_names_are_what_summary_json_records():
     assert FINISHED == ("completed", "early_stopped") and RunStatus("early_stopped").finished
     assert f"{RunStatus.DIVERGED}" == str(RunStatus.DIVERGED) == "diverged"
     assert json.dumps({"status": RunStatus.INTERRUPTED}) == '{"status": "interrupted"}'
+    # what the loggers report (MLflow FINISHED / KILLED / FAILED; W&B exit code 0 / 0 / 1)
+    assert [s.value for s in RunStatus if s.finished] == ["completed", "early_stopped"]
+    assert [s.value for s in RunStatus if s.ended] == ["completed", "early_stopped", "interrupted"]
 
 
 def test_is_finite_number():

@@ -283,7 +283,7 @@ def record(
     if cfg.plots and history:
         writer.run(save_plots, history, writer.path("plots"), loss_name=type(run.state.loss_fn).__name__)
     content = summary.write(writer)
-    run.state.extras["loggers"].finish(content, writer.folder, content["status"])
+    run.state.extras["loggers"].finish(content, writer.folder, summary.status)
     if summary.status != RunStatus.DIVERGED and (finding := worse_from_the_start(history)):
         reporter.warn(finding)  # the run's own diagnosis: what to change
     reporter.end(summary, cfg.epochs, writer.folder, note)

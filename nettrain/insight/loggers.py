@@ -51,7 +51,8 @@ class Logger:
 
     def log_epoch(self, epoch: int, row: dict[str, Any], model: Any = None) -> None: ...
 
-    def finish(self, summary: dict[str, Any], files: list[Path], status: str) -> None: ...
+    def finish(self, summary: dict[str, Any], files: list[Path], status) -> None:
+        """status: how the run ended (a nettrain.run.summary.RunStatus)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -145,19 +146,15 @@ class MlflowLogger(Logger):
         final = [entities.Metric(f"final/{k}", float(v), now, 0) for k, v in summary.items() if _finite(v)]
         if final:
             self.client.log_batch(self.run_id, metrics=final)
-        self.client.set_tag(self.run_id, "nettrain.status", status)
+        self.client.set_tag(self.run_id, "nettrain.status", str(status))
         for path in files:
             if path.is_dir():
                 self.client.log_artifacts(self.run_id, str(path), path.name)
             elif path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
+        # MLflow's run states: finished; killed (interrupted, resumable); failed (diverged, failed)
         self.client.set_terminated(
-            self.run_id,
-            "FINISHED"
-            if status in ("completed", "early_stopped")
-            else "KILLED"
-            if status == "interrupted"
-            else "FAILED",
+            self.run_id, "FINISHED" if status.finished else "KILLED" if status.ended else "FAILED"
         )
 
     def state_dict(self):
@@ -243,7 +240,7 @@ class WandbLogger(Logger):
         if self.run is None:
             return
         self.run.summary.update({k: v for k, v in summary.items() if _finite(v) or isinstance(v, str)})
-        self.run.finish(exit_code=0 if status in ("completed", "early_stopped", "interrupted") else 1)
+        self.run.finish(exit_code=0 if status.ended else 1)
 
     def state_dict(self):
         return {"run_id": self.run_id or ""}
@@ -286,8 +283,9 @@ class LoggerGroup:
             logger.log_epoch(epoch, row, model)
         self.epoch = epoch
 
-    def finish(self, summary: dict[str, Any], run_dir: Path, status: str) -> None:
-        """The run's end: its summary, status, and the files worth keeping (summary, metrics, plots)."""
+    def finish(self, summary: dict[str, Any], run_dir: Path, status) -> None:
+        """The run's end: its summary, its status (a RunStatus) and the files worth keeping (summary,
+        metrics, plots)."""
         files = [run_dir / name for name in ("summary.json", "metrics.csv", "plots")]
         for logger in self.loggers:
             logger.finish(summary, files, status)

@@ -52,6 +52,11 @@ class RunStatus(str, Enum):
         """Nothing left to do: a sweep launched again skips the job, a resume has nothing to add."""
         return self in FINISHED
 
+    @property
+    def ended(self) -> bool:
+        """The run reached its end: finished, or interrupted and resumable (not diverged or failed)."""
+        return self in ENDED
+
 
 FINISHED = (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED)
 TRAINED = (*FINISHED, RunStatus.INTERRUPTED, RunStatus.DIVERGED)  # statuses with epochs to report
