@@ -327,6 +327,31 @@ def test_prediction_on_the_saved_test_images_matches_eval(folder, folder_run, tm
     assert all(r["prediction"] == r["top1"] and float(r["probability"]) >= float(r["top2_probability"]) for r in rows)
 
 
+# stdout becomes a pipe whose reader has gone before the command prints (`| head` that stopped)
+CLOSED_READER = """
+import os, sys
+read, write = os.pipe()
+os.close(read)
+os.dup2(write, 1)
+os.close(write)
+sys.stdout = open(1, "w", buffering=1, closefd=False)
+"""
+
+
+def test_a_reader_that_stops_early_ends_the_output_quietly(folder, folder_run, tmp_path):
+    """`nettrain-predict RUN DIR | head`: no BrokenPipeError traceback, exit 0, every row in the file."""
+    import fresh
+
+    out = tmp_path / "pred.csv"
+    entry = ("nettrain.commands.predict:cli", "nettrain-predict")
+    proc = fresh.command(
+        *entry, str(folder_run), str(folder / "test"), "--out", str(out), cwd=tmp_path, setup=CLOSED_READER
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
+    assert len(read_rows(out)) == 21 and f"wrote {out}" in proc.stderr
+
+
 def test_eval_of_data_that_does_not_fit_the_model_says_so(folder_run, capsys):
     from nettrain.commands.evaluate import main
 

@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
+from nettrain.commands import reader_may_stop_early
 from nettrain.config import trust as trust_lib
 from nettrain.errors import BadInput
 from nettrain.files import write_text
@@ -82,9 +83,10 @@ def show_rows(rows: list[dict[str, Any]], checkpoint: Path, out: Path) -> None:
     (whole file names, nothing cut to a width), with the `wrote` line on stderr."""
     console = Console()
     if not console.is_terminal:
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        with reader_may_stop_early():  # `| head`: every row is in the file already
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
         print(f"wrote {out}", file=sys.stderr)
         return
     table = Table(title=f"nettrain-predict: {len(rows)} inputs, {checkpoint}")
