@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,25 @@ ROWS = [
     }
     for e in (1, 2, 3)
 ]
+
+
+@pytest.fixture(scope="module")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow sqlite store with its tables made once: creating them (MLflow's schema migrations)
+    takes seconds, copying the file does not."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow") / "empty.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def mlflow_uri(empty_mlflow_db, tmp_path) -> str:
+    """The URI of a store of this test's own (a copy of the empty store) in tmp_path."""
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(empty_mlflow_db, db)
+    return f"sqlite:///{db}"
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -95,11 +115,11 @@ def test_only_rank_zero_logs(tmp_path):
 
 
 @needs_extra("mlflow", "mlflow")
-def test_mlflow_store_holds_params_metrics_tags_and_resumes_the_same_run(tmp_path, monkeypatch):
+def test_mlflow_store_holds_params_metrics_tags_and_resumes_the_same_run(tmp_path, monkeypatch, mlflow_uri):
     monkeypatch.chdir(tmp_path)  # MLflow puts artifacts in ./mlruns
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     group = build_loggers(["mlflow"], mlflow={"uri": uri, "experiment": "test"})
     group.start(tmp_path, {"lr": 1e-3, "model": {"hidden": [256]}}, {"config_hash": "abc", "git_commit": "123"})
     group.log_epoch(ROWS[0])
@@ -133,12 +153,12 @@ def test_logger_group_without_trackers_is_checkpointable():
 
 
 @needs_extra("mlflow", "mlflow")
-def test_mlflow_sweep_jobs_nest_under_one_parent_run(tmp_path, monkeypatch):
+def test_mlflow_sweep_jobs_nest_under_one_parent_run(tmp_path, monkeypatch, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("NETTRAIN_MLFLOW_PARENT", raising=False)
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     sweep = tmp_path / "multirun"
     runs = []
     for job in ("0", "1"):
@@ -220,7 +240,9 @@ def test_a_run_logs_every_epoch_to_tensorboard_and_resumes_without_duplicates(tm
 
 
 @needs_extra("mlflow", "mlflow")
-def test_a_run_logs_params_metrics_tags_and_artifacts_to_mlflow_and_resumes_the_same_run(tmp_path, monkeypatch):
+def test_a_run_logs_params_metrics_tags_and_artifacts_to_mlflow_and_resumes_the_same_run(
+    tmp_path, monkeypatch, mlflow_uri
+):
     from mlflow.tracking import MlflowClient
 
     from conftest import make_cfg
@@ -228,7 +250,7 @@ def test_a_run_logs_params_metrics_tags_and_artifacts_to_mlflow_and_resumes_the_
     from nettrain.engine.loop import StopRequest
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     out = tmp_path / "run"
     overrides = (*RUN, "epochs=2", "loggers=[csv,mlflow]", f"logger.mlflow.uri={uri}", "plots=true")
     train(make_cfg(*overrides), output_dir=out, stop=StopRequest(after_steps=STEPS_PER_EPOCH + 1))
