@@ -49,21 +49,19 @@ def test_only_a_plain_run_of_nettrains_config_skips_the_mode_probe(args, plain):
     assert mode_is_run(["nettrain-train", *args]) is plain
 
 
-def test_help_takes_at_most_half_the_time_of_importing_torch(tmp_path):
-    """`nettrain-train --help` answers without torch: its whole run, interpreter start included,
-    takes at most half of what `import torch` alone takes, measured side by side (the best of two
-    each, so a busy moment does not decide)."""
+def test_help_runs_without_importing_torch(tmp_path):
+    """`nettrain-train --help` answers without torch, which is why it takes a fraction of `import
+    torch` (the time itself is a benchmark figure: benchmarks/bench.py measures both side by side
+    and checks --help <= 0.5x). A fresh interpreter runs the whole command; at its exit it prints
+    which of torch, torch._dynamo and matplotlib had been imported."""
     import subprocess
-    import time
 
-    help_code = "import sys; sys.argv = ['nettrain-train', '--help']; from nettrain.commands.train import main; main()"
-    timings: dict[str, list[float]] = {"torch": [], "help": []}
-    for _ in range(2):
-        for name, code in (("torch", "import torch"), ("help", help_code)):
-            started = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
-            timings[name].append(time.perf_counter() - started)
-            assert proc.returncode == 0, proc.stderr
+    code = (
+        "import atexit, sys; atexit.register(lambda: print('LOADED', [m for m in ('torch', 'torch._dynamo', "
+        "'matplotlib') if m in sys.modules])); sys.argv = ['nettrain-train', '--help']; "
+        "from nettrain.commands.train import main; main()"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
     assert "model: cnn, mlp" in proc.stdout  # the help page itself
-    torch_s, help_s = min(timings["torch"]), min(timings["help"])
-    assert help_s <= 0.5 * torch_s, f"--help {help_s:.2f} s, import torch {torch_s:.2f} s"
+    assert proc.stdout.rstrip().endswith("LOADED []"), proc.stdout[-300:]
