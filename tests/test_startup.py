@@ -47,21 +47,3 @@ def test_a_plain_run_composes_its_config_once(tmp_path, monkeypatch):
 )
 def test_only_a_plain_run_of_nettrains_config_skips_the_mode_probe(args, plain):
     assert mode_is_run(["nettrain-train", *args]) is plain
-
-
-def test_help_runs_without_importing_torch(tmp_path):
-    """`nettrain-train --help` answers without torch, which is why it takes a fraction of `import
-    torch` (the time itself is a benchmark figure: benchmarks/bench.py measures both side by side
-    and checks --help <= 0.5x). A fresh interpreter runs the whole command; at its exit it prints
-    which of torch, torch._dynamo and matplotlib had been imported."""
-    import subprocess
-
-    code = (
-        "import atexit, sys; atexit.register(lambda: print('LOADED', [m for m in ('torch', 'torch._dynamo', "
-        "'matplotlib') if m in sys.modules])); sys.argv = ['nettrain-train', '--help']; "
-        "from nettrain.commands.train import main; main()"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "model: cnn, mlp" in proc.stdout  # the help page itself
-    assert proc.stdout.rstrip().endswith("LOADED []"), proc.stdout[-300:]
