@@ -125,10 +125,22 @@ for args in json.loads(sys.argv[1]):
 """
 
 
-def loaded_modules(*commands: list[str], cwd: Path) -> tuple[list[dict], str]:
+def report_modules() -> None:
+    """IMPORTS as a console-script function, for a child of the fork server (tests/fresh.py)."""
+    exec(IMPORTS, {"__name__": "__probe__"})
+
+
+def loaded_modules(*commands: list[str], cwd: Path, forked: bool = False) -> tuple[list[dict], str]:
     """Run the commands in turn in one fresh interpreter; after each, its exit code and whether
-    torch and torchvision had been imported (so far); and the stdout."""
-    proc = python_main(IMPORTS, json.dumps(commands), cwd=cwd)
+    torch and torchvision had been imported (so far); and the stdout. forked=True: in a child of
+    the fork server instead, which has torch (never torchvision) imported already: for the
+    torchvision question, without the 5 s of a fresh interpreter's imports."""
+    if forked:
+        import fresh
+
+        proc = fresh.command("probes:report_modules", "probe", json.dumps(commands), cwd=cwd)
+    else:
+        proc = python_main(IMPORTS, json.dumps(commands), cwd=cwd)
     lines = [json.loads(ln.removeprefix("MODULES ")) for ln in proc.stdout.splitlines() if ln.startswith("MODULES ")]
     assert len(lines) == len(commands), proc.stdout + proc.stderr
     return lines, proc.stdout

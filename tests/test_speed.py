@@ -183,6 +183,7 @@ def test_torchvision_is_imported_only_for_a_torchvision_dataset(tmp_path, mnist_
         [*common, f"hydra.run.dir={tmp_path / 'sample'}"],  # the default data, mnist_sample
         [*common, "data=mnist", f"data.root={mnist_root}", f"hydra.run.dir={tmp_path / 'mnist'}"],  # the control
         cwd=tmp_path,
+        forked=True,
     )[0]
     assert sample["code"] in (0, None) and (tmp_path / "sample" / "summary.json").exists()  # it trained
     assert sample["torch"] and not sample["torchvision"]
