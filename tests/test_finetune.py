@@ -16,6 +16,7 @@ from conftest import QUIET, cli, make_cfg
 from nettrain.commands.train import train
 from nettrain.config.schema import problems
 from nettrain.engine.build import build_run
+from nettrain.engine.evaluation import evaluate_checkpoint
 from nettrain.engine.loop import StopRequest
 from nettrain.errors import ConfigError
 from nettrain.models.from_torchvision import cache_path, torchvision_model
@@ -229,6 +230,14 @@ def test_resume_with_freezing_and_groups_is_bit_identical(straight, tmp_path, st
     assert not torch.equal(final["fc1.weight"], before["fc1.weight"])  # unfrozen at epoch 2, it trained
 
 
+def test_a_fine_tuned_run_evaluates_without_its_fine_tuning_keys_reaching_the_model(straight):
+    """model.freeze and unfreeze_at_epoch are nettrain's keys: nettrain-eval rebuilds the model without them."""
+    reference, _ = straight
+    result = evaluate_checkpoint(reference)
+    summary = json.loads((reference / "summary.json").read_text())
+    assert result["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+
+
 def test_a_resume_may_not_change_the_fine_tuning_settings(straight, tmp_path):
     out = tmp_path / "run"
     train(make_cfg(*RESUMED), output_dir=out, stop=StopRequest(after_steps=3))
@@ -297,3 +306,35 @@ def test_help_lists_the_fine_tuning_keys(tmp_path):
     assert "parameter-name prefixes that do not train" in shown
     vision = cli("model=torchvision", "--help", cwd=tmp_path).stdout
     assert "model.pretrained" in vision and "torchvision's DEFAULT weights" in vision
+
+
+@pytest.mark.slow
+def test_two_processes_unfreeze_like_one(tmp_path):
+    """Under torchrun the wrapper is rebuilt at the unfreeze: the unfrozen gradients are averaged
+    over the ranks, so 2 gloo processes train what 1 process trains."""
+    from torchrun import workers
+
+    args = [
+        "data=synthetic",
+        "data.num_samples=400",
+        "epochs=2",
+        "early_stopping.enabled=false",
+        "model.freeze=[fc1]",
+        "model.unfreeze_at_epoch=2",
+        "optimizer=sgd",  # an update linear in the gradient: the ranks' rounding stays small
+        "lr=0.1",
+        "console.show_config=false",
+        "console.show_model=false",
+        "plots=false",
+    ]
+    proc = workers("nettrain-train", *args, f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "epoch 2: the parameters of model.freeze=['fc1'] train from here on" in proc.stdout
+    initial = initial_weights(*args)
+    train(make_cfg(*args), output_dir=tmp_path / "one")
+    one, two = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt")["model"] for r in ("one", "two"))
+    for name in ("fc1.weight", "fc2.weight"):
+        assert torch.allclose(one[name], two[name], rtol=1e-5, atol=1e-7), name  # trained: moved by ~1e-3
+        assert not torch.allclose(one[name], initial[name], rtol=1e-5, atol=1e-7), name
+    for a, b in zip(losses(tmp_path / "one"), losses(tmp_path / "two")):
+        assert [float(v) for v in b] == pytest.approx([float(v) for v in a], rel=1e-5)
