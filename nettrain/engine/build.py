@@ -150,8 +150,6 @@ def build_model_for(
 # model keys nettrain reads itself, not passed to the model's _target_: sync_bn (the distributed
 # wrapper, build_parts), freeze and unfreeze_at_epoch (nettrain/engine/finetune.py)
 WRAPPER_KEYS = ("sync_bn", "freeze", "unfreeze_at_epoch")
-# optimizer keys nettrain reads itself (the parameter groups, nettrain/engine/finetune.py), not passed to its _target_
-OPTIMIZER_KEYS = ("param_groups", "decay_norm_and_bias")
 
 
 def model_node(cfg: DictConfig) -> dict[str, Any]:
@@ -319,7 +317,7 @@ def build_optimizer(
     groups of optimizer.param_groups and decay_norm_and_bias (nettrain/engine/finetune.py), fused
     on CUDA where torch has kernels; `capturable`: ready for the CUDA graph step (capturable flag,
     learning rate a device tensor)."""
-    node = plain(cfg.optimizer)
+    node = plain(cfg.optimizer)  # without the keys nettrain reads itself, which make the groups:
     lrs = node.pop("param_groups", None) or {}
     decay_all = node.pop("decay_norm_and_bias", finetune.DECAYS_EVERYTHING)  # absent: a config saved before the key
     groups = finetune.param_groups(model, lrs, node.get("weight_decay") or 0.0, decay_all)

@@ -150,9 +150,7 @@ class LoopSettings:
     augment: Callable | None = None  # per-batch training augmentation (nettrain/data/augment.py), or None
     task: str = "classification"  # the validation metrics: classification (acc) | regression (r2, mae)
     target_std: float = 1.0  # regression: the target's std, to report MAE in its own units
-    unfreeze: Callable[[int], str | None] | None = (
-        None  # at each epoch's start (model.unfreeze_at_epoch); a note or None
-    )
+    unfreeze: Callable[[int], str | None] | None = None  # model.unfreeze_at_epoch: called as each epoch starts
 
 
 @dataclass
