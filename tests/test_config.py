@@ -10,7 +10,7 @@ from omegaconf.errors import ValidationError
 
 from conftest import CONF, make_cfg
 from nettrain.config.schema import problems, validate
-from nettrain.engine.build import instantiate as _instantiate
+from nettrain.engine.build import build_optimizer
 from nettrain.errors import ConfigError
 from nettrain.optim.schedulers import LRSchedule, build_schedule
 
@@ -87,7 +87,7 @@ def test_every_option_composes_and_builds(option, mnist_root, tmp_path, monkeypa
     transform = input_transform(data.meta, x, torch.device("cpu"))  # uint8 images: normalised per batch
     out = model(transform(x) if transform else x)
     assert out.shape == (4, data.num_classes)
-    optimizer = _instantiate(cfg.optimizer, "optimizer", model.parameters(), _partial_=True)
+    optimizer = build_optimizer(cfg, model, torch.device("cpu"))
     assert isinstance(optimizer, torch.optim.Optimizer)
     assert optimizer.param_groups[0]["lr"] == cfg.lr
     schedule = build_schedule(optimizer, OmegaConf.to_container(cfg.scheduler, resolve=True), 10, cfg.epochs)
@@ -202,6 +202,6 @@ def test_a_valid_config_has_no_problems():
 def test_unknown_keyword_is_a_config_error_naming_the_group():
     cfg = make_cfg("+optimizer.bogus=1")
     with pytest.raises(ConfigError) as info:
-        _instantiate(cfg.optimizer, "optimizer", torch.nn.Linear(2, 2).parameters(), _partial_=True)
+        build_optimizer(cfg, torch.nn.Linear(2, 2), torch.device("cpu"))
     assert "optimizer: could not build torch.optim.Adam" in str(info.value)
     assert "bogus" in str(info.value)

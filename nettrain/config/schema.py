@@ -441,6 +441,43 @@ def _check_model(c: Checks) -> None:
     )
     if conv:
         c.need("model.hidden", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
+    _check_fine_tuning(c)
+
+
+def _prefix(v: Any) -> bool:
+    """A parameter-name prefix: a non-empty string (fc1, layer4.1, features.)."""
+    return isinstance(v, str) and v.strip(".") != "" and v.strip() == v
+
+
+def _check_fine_tuning(c: Checks) -> None:
+    """model.freeze, model.unfreeze_at_epoch, model.pretrained, optimizer.param_groups and
+    optimizer.decay_norm_and_bias (nettrain/engine/finetune.py). Whether each prefix names a
+    parameter is known once the model is built."""
+    c.need(
+        "model.freeze",
+        lambda v: not isinstance(v, (str, dict)) and all(_prefix(p) for p in v),
+        "must be a list of parameter-name prefixes, e.g. [fc1] or [layer1,layer2]",
+    )
+    c.need(
+        "model.unfreeze_at_epoch",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2,
+        "must be null (frozen for the whole run) or an epoch >= 2 (the frozen parameters train from it on)",
+    )
+    if c.get("model.unfreeze_at_epoch") is not None and not c.get("model.freeze"):
+        c.problem(
+            f"model.unfreeze_at_epoch={_fmt(c.get('model.unfreeze_at_epoch'))}: there is nothing to unfreeze; "
+            "give model.freeze=[prefixes] too, or leave it null"
+        )
+    c.need("model.pretrained", lambda v: isinstance(v, bool), "allowed: true, false")
+    c.need(
+        "optimizer.param_groups",
+        lambda v: (
+            isinstance(v, (dict, DictConfig))
+            and all(_prefix(k) and is_finite_number(lr) and lr > 0 for k, lr in v.items())
+        ),
+        "must be a mapping of parameter-name prefix to learning rate > 0, e.g. {layer4: 1e-4} or {}",
+    )
+    c.need("optimizer.decay_norm_and_bias", lambda v: isinstance(v, bool), "allowed: true, false")
 
 
 def _check_optimization(c: Checks) -> None:

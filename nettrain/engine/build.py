@@ -33,7 +33,7 @@ from nettrain.data import Batches, DataSplits, Split
 from nettrain.data.augment import Augment
 from nettrain.data.preprocessing import PreprocessingRecord, input_transform
 from nettrain.data.tabular import EmbeddedInputs
-from nettrain.engine import cuda_graph, distributed
+from nettrain.engine import cuda_graph, distributed, finetune
 from nettrain.engine.accumulate import Accumulation, optimizer_steps
 from nettrain.engine.distributed import resolve_device
 from nettrain.engine.early_stopping import EarlyStopping
@@ -147,8 +147,9 @@ def build_model_for(
     return make(shape).to(device)
 
 
-# model keys nettrain reads itself, not passed to the model's _target_
-WRAPPER_KEYS = ("sync_bn",)  # read by the distributed wrapper (build_run), not the model
+# model keys nettrain reads itself, not passed to the model's _target_: sync_bn (the distributed
+# wrapper, build_parts), freeze and unfreeze_at_epoch (nettrain/engine/finetune.py)
+WRAPPER_KEYS = ("sync_bn", "freeze", "unfreeze_at_epoch")
 
 
 def model_node(cfg: DictConfig) -> dict[str, Any]:
@@ -312,12 +313,18 @@ def check_loss_fits(loss_fn: torch.nn.Module, target: str, task: str, num_classe
 def build_optimizer(
     cfg: DictConfig, model: torch.nn.Module, device: torch.device, capturable: bool = False
 ) -> torch.optim.Optimizer:
-    """The optimizer option over the model's parameters, fused on CUDA where torch has kernels;
-    `capturable`: ready for the CUDA graph step (capturable flag, learning rate a device tensor)."""
-    kwargs = fused_kwargs(cfg.optimizer._target_, device, cfg.trainer.fused_optimizer)
+    """The optimizer option over the model's parameters (all of them, frozen ones too), in the
+    groups of optimizer.param_groups and decay_norm_and_bias (nettrain/engine/finetune.py), fused
+    on CUDA where torch has kernels; `capturable`: ready for the CUDA graph step (capturable flag,
+    learning rate a device tensor)."""
+    node = plain(cfg.optimizer)  # without the keys nettrain reads itself, which make the groups:
+    lrs = node.pop("param_groups", None) or {}
+    decay_all = node.pop("decay_norm_and_bias", finetune.DECAYS_EVERYTHING)  # absent: a config saved before the key
+    groups = finetune.param_groups(model, lrs, node.get("weight_decay") or 0.0, decay_all)
+    kwargs = fused_kwargs(node["_target_"], device, cfg.trainer.fused_optimizer)
     if capturable:
-        kwargs.update(capture.optimizer_kwargs(cfg.optimizer._target_))
-    optimizer = instantiate(cfg.optimizer, "optimizer", model.parameters(), _partial_=True, **kwargs)
+        kwargs.update(capture.optimizer_kwargs(node["_target_"]))
+    optimizer = instantiate(node, "optimizer", groups, _partial_=True, **kwargs)
     if capturable:
         cuda_graph.tensor_lr(optimizer, device)
     return optimizer
@@ -389,6 +396,7 @@ class Run:
     eval_batch_size: int | None = None  # validation and test batches; None = batch_size
     step: Any = None  # the step the loop used (nettrain.engine.cuda_graph.StepChoice; set by train.py)
     memory: Any = None  # the training-memory estimate (nettrain.insight.memory.MemoryEstimate), made before compiling
+    unfreeze: Any = None  # model.unfreeze_at_epoch: the loop's call at each epoch's start (finetune.Unfreeze), or None
 
     def batches(self, split: Split) -> Batches:
         """Unshuffled batches of another split (the test split), served like the others."""
@@ -413,6 +421,7 @@ class Parts:
     precision: Any  # nettrain.engine.precision.Precision
     graph: Any  # the trainer.cuda_graph plan (nettrain.config.graph_plan.Plan)
     memory: Any  # the training-memory estimate at batch_size (nettrain.insight.memory.MemoryEstimate)
+    frozen: list[torch.nn.Parameter]  # model.freeze's parameters (requires_grad off), for model.unfreeze_at_epoch
 
     def training_batches(self, batch_size: int, generator: torch.Generator) -> Batches:
         """Shuffled training batches of `batch_size`, transformed as the model takes them."""
@@ -446,6 +455,7 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
         model = model.to(memory_format=torch.channels_last)
         for split in (data.train, data.val, data.test):
             split.x = split.x.contiguous(memory_format=torch.channels_last)
+    frozen = finetune.freeze(model, list(cfg.model.get("freeze") or []))  # before the optimizer and the estimate
     transform = input_transform(data.meta, data.train.x, device)  # uint8 images: normalised per batch
     graph = graph_plan(cfg, device, len(data.train), eager_only=_eager_only(cfg, transform is not None))
     loss_fn = build_loss(cfg, data.task)
@@ -453,7 +463,7 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
     optimizer = build_optimizer(cfg, model, device, capturable=graph.capture)
     precision = Precision(cfg.trainer.precision, device)
     memory = memory_estimate(cfg, model, optimizer, loss_fn, data, loader, precision, transform)
-    return Parts(device, data, loader, transform, model, loss_fn, optimizer, precision, graph, memory)
+    return Parts(device, data, loader, transform, model, loss_fn, optimizer, precision, graph, memory, frozen)
 
 
 def build_run(cfg: DictConfig, device: torch.device) -> Run:
@@ -488,6 +498,8 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         state.extras["accumulation"] = Accumulation(model, steps, len(data.train), cfg.batch_size)
     if cfg.trainer.ema_decay:  # last: the average starts from the model as it will train
         state.extras["ema"] = EMA(model, cfg.trainer.ema_decay)
+    at_epoch = cfg.model.get("unfreeze_at_epoch")
+    unfreeze = finetune.Unfreeze(state, parts.frozen, at_epoch, list(cfg.model.freeze)) if at_epoch else None
     return Run(
         device,
         data,
@@ -500,6 +512,7 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         graph,
         eval_batch_size,
         memory=parts.memory,
+        unfreeze=unfreeze,
     )
 
 
@@ -515,6 +528,8 @@ def _eager_only(cfg: DictConfig, per_batch_transform: bool) -> list[str]:
         reasons.append("trainer.accumulate_steps > 1: the optimizer steps once per group, not once per replay")
     if cfg.trainer.ema_decay:
         reasons.append("trainer.ema_decay: the EMA update runs outside the captured step")
+    if cfg.model.get("unfreeze_at_epoch"):
+        reasons.append("model.unfreeze_at_epoch: the parameters the step trains change at that epoch")
     return reasons
 
 

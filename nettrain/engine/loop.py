@@ -150,6 +150,7 @@ class LoopSettings:
     augment: Callable | None = None  # per-batch training augmentation (nettrain/data/augment.py), or None
     task: str = "classification"  # the validation metrics: classification (acc) | regression (r2, mae)
     target_std: float = 1.0  # regression: the target's std, to report MAE in its own units
+    unfreeze: Callable[[int], str | None] | None = None  # model.unfreeze_at_epoch: called as each epoch starts
 
 
 @dataclass
@@ -167,7 +168,6 @@ def train_step(state: TrainState, settings: LoopSettings) -> Callable[..., torch
     step, schedule. Returns step(x, y, weight=1.0) -> the batch's loss sum (detached, on the
     device); `weight` scales the loss for backward (a rank's share of a global batch)."""
     model, optimizer, precision, schedule = state.model, state.optimizer, state.precision, state.schedule
-    forward = state.train_model  # under DDP the wrapper, whose backward averages the gradients over ranks
     loss_fn, grad_monitor = state.loss_fn, state.grad_monitor
     accumulation, ema = state.extras.get("accumulation"), state.extras.get("ema")
     l1_params: list[torch.Tensor] = [p for p in model.parameters() if p.dim() > 1]  # weight matrices, conv kernels
@@ -186,7 +186,7 @@ def train_step(state: TrainState, settings: LoopSettings) -> Callable[..., torch
         if settings.augment is not None:
             x, y = settings.augment(x, y)  # flips, crops, mixup/cutmix (soft targets), from the data generator
         with precision.autocast():
-            loss = loss_fn(forward(x), y)  # forward + data loss
+            loss = loss_fn(state.train_model(x), y)  # forward + data loss (under DDP through its wrapper)
         batch_loss_sum = loss.detach() * len(y)
         if weight != 1.0:
             loss = loss * weight
@@ -261,6 +261,8 @@ def fit(
     epoch = start.epoch
     for epoch in range(start.epoch + 1, settings.epochs + 1):
         # -- train (from the saved position when resuming mid-epoch) --------------------------
+        if settings.unfreeze is not None and (note := settings.unfreeze(epoch)):
+            out.reporter.note(note)  # model.unfreeze_at_epoch: the frozen parameters train from here on
         order, step, loss_sum, train_time = epoch_start(start, epoch, train_batches, state.device)
         watch.start_epoch(step)
         model.train()

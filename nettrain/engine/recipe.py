@@ -172,6 +172,7 @@ def train_epochs(
         augment=run.augment,
         task=run.data.task,
         target_std=run.data.meta.get("target_std", 1.0),
+        unfreeze=run.unfreeze,
     )
     out = RunOutputs(
         checkpointer=Checkpointer(writer.path("checkpoints"), config, cfg.checkpoint.enabled, writer),

@@ -12,7 +12,7 @@ The architecture is built with the data's class count. The input is adapted wher
 `weights` is a local file (`.pt`/`.pth`, loaded with weights_only=True, or `.safetensors`), or a
 torchvision weights name (`DEFAULT`, `IMAGENET1K_V1`, ...) read from torchvision's cache
 (`$TORCH_HOME/hub/checkpoints`). Nothing is downloaded unless `download=True`; offline without
-the file, the error says where to put it. Tensors whose shape does not fit (the 1000-class head)
+the file, the error says where to put it. `pretrained=True` is `weights="DEFAULT"`. Tensors whose shape does not fit (the 1000-class head)
 are left at their fresh initialisation, and the run says which.
 """
 
@@ -52,9 +52,17 @@ def torchvision_model(
     weights: str | None = None,
     small_input: bool = False,
     download: bool = False,
+    pretrained: bool = False,
     **kwargs,
 ) -> nn.Module:
-    """torchvision's `name` with `num_classes` outputs, adapted to `input_shape` (C, H, W)."""
+    """torchvision's `name` with `num_classes` outputs, adapted to `input_shape` (C, H, W);
+    `pretrained=True` is `weights="DEFAULT"`, torchvision's recommended weights for `name`."""
+    if pretrained and weights:
+        raise ValueError(
+            f"model.pretrained=true and model.weights={weights!r}: choose one; pretrained=true is weights=DEFAULT"
+        )
+    key = "model.pretrained=true" if pretrained else None
+    weights = "DEFAULT" if pretrained else weights
     models = _models()
     names = available()
     if name not in names:
@@ -74,7 +82,7 @@ def torchvision_model(
     if channels != 3:
         _set_input_channels(model, channels)
     if weights:
-        state = _read_weights(name, weights, download)
+        state = _read_weights(name, weights, download, key)
         skipped = load_matching(model, state)
         if skipped:
             print(
@@ -128,7 +136,9 @@ def cache_path(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def _read_weights(name: str, weights: str, download: bool) -> dict[str, torch.Tensor]:
+def _read_weights(name: str, weights: str, download: bool, key: str | None = None) -> dict[str, torch.Tensor]:
+    """The weights' tensors; `key` is the setting that asked for them, for the messages (model.weights=...)."""
+    key = key or f"model.weights={weights!r}"
     path = Path(weights).expanduser()
     if path.suffix in (".pt", ".pth", ".safetensors", ".bin") or path.exists():
         if not path.is_file():
@@ -146,11 +156,18 @@ def _read_weights(name: str, weights: str, download: bool) -> dict[str, torch.Te
     if not cached.is_file():
         if not download:
             raise ValueError(
-                f"model.weights={weights!r}: {name}'s weights are not in torchvision's cache ({cached}) and "
+                f"{key}: {name}'s weights ({entry}) are not in torchvision's cache: no file {cached}; "
                 f"downloading is off. Offline: fetch {entry.url} elsewhere and copy it to {cached}, or give "
                 "model.weights=/path/to/file.pth; online: add model.download=true"
             )
-        torch.hub.download_url_to_file(entry.url, str(cached), progress=False)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(entry.url, str(cached), progress=False)
+        except OSError as exc:  # no network (URLError is one), or the cache folder not writable
+            raise ValueError(
+                f"{key}: {name}'s weights could not be downloaded from {entry.url} ({exc}); without a network, "
+                f"fetch the file elsewhere and copy it to {cached}"
+            ) from None
     return read_state_dict(cached)
 
 
