@@ -140,6 +140,8 @@ def introduce(cfg: DictConfig, run: Run, output_dir: Path, reporter: Reporter) -
         f"data: {data.name}, train {len(data.train)} / val {len(data.val)} / "
         f"test {len(data.test)}, input {list(data.input_shape)}; {describe(data.meta)}"
     )
+    if (weights := state.extras.get("class_weights")) and (line := weights.describe(data.meta.get("class_names"))):
+        reporter.note(line)  # loss.class_weights, data.sampler=balanced
     return MemoryCheck(run.memory, PeakMemory(run.device).start())
 
 
@@ -224,6 +226,7 @@ def ended_summary(
         best_val_loss=best_row.get("val_loss"),
         figures=task_figures(run.data.task, best_row, test),  # test_loss; accuracy, or regression's R² and MAE
         class_names=run.data.meta.get("class_names"),
+        class_weights=class_weights.summary() if (class_weights := run.state.extras.get("class_weights")) else None,
         epochs_run=result.epochs_run,
         stopped_early=result.stopped_early,
         monitor=cfg.early_stopping.monitor,
