@@ -51,6 +51,7 @@ CASES = [
         "loss.weight=[1, 2]: torch takes the class weights as a tensor; give them as loss.class_weights",
     ),
     (["data.sampler=oversample"], "data.sampler='oversample': allowed: shuffle, balanced"),
+    (["loss.class_weights=balanced", "+loss.reduction=sum"], "loss.reduction='sum': loss.class_weights averages"),
     (["hydra.run.dir="], "hydra.run.dir is empty"),
     (["hydra.run.dir=/"], "a run needs a folder of its own"),
 ]

@@ -18,7 +18,7 @@ from conftest import make_cfg
 from nettrain.commands.train import train
 from nettrain.config.schema import validate
 from nettrain.data import Batches, Split
-from nettrain.data.balance import balanced_weights, class_counts, loss_weights, sample_weights
+from nettrain.engine.balance import balanced_weights, class_counts, loss_name, loss_weights, sample_weights
 from nettrain.engine.build import build_data, build_loss, build_trained
 from nettrain.engine.evaluation import evaluate_checkpoint
 from nettrain.engine.interrupt import StopRequest
@@ -110,13 +110,21 @@ def test_the_rare_class_is_found_far_more_often_with_balanced_weights_or_the_sam
     assert sampled >= plain + 0.5, (plain, sampled)
 
 
-def test_eval_weighs_the_loss_as_training_did(runs):
+def test_the_weighted_loss_is_the_mean_over_samples_and_eval_weighs_it_as_training_did(table, runs):
+    """A split's loss is mean_i w_(y_i) * loss_i over all its samples, whatever its batches (torch's
+    own weighted reduction divides each batch by its weight sum, which the batches would change)."""
     summary, out, _ = runs["weights"]
     result = evaluate_checkpoint(out)  # best.pt on the test split: the weights the summary's test used
     assert result["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
-    assert result["test_loss"] != pytest.approx(runs["weights"][0]["best_val_loss"])  # not just any loss
+    data, _ = build_data(make_cfg(*table))
+    trained = build_trained(load_checkpoint(out / "checkpoints" / "best.pt"), str(out))
+    with torch.no_grad():
+        each = torch.nn.functional.cross_entropy(trained.model(data.test.x), data.test.y, reduction="none")
+    weight = torch.tensor(summary["class_weights"]["loss"])[data.test.y]
+    assert len(data.test) % 32 and result["samples"] == len(data.test)  # a last batch smaller than the others
+    assert result["test_loss"] == pytest.approx((weight * each).mean().item(), rel=1e-5)
     unweighted = evaluate_checkpoint(out, overrides=["loss.class_weights=null"])
-    assert unweighted["test_loss"] != pytest.approx(result["test_loss"], rel=1e-3)
+    assert unweighted["test_loss"] == pytest.approx(each.mean().item(), rel=1e-5)
 
 
 def test_the_sampler_draws_every_class_about_equally_and_every_rank_the_same_order():
@@ -124,20 +132,20 @@ def test_the_sampler_draws_every_class_about_equally_and_every_rank_the_same_ord
     split = Split(torch.arange(1000, dtype=torch.float32).unsqueeze(1), y)
     weights = sample_weights(y, balanced_weights(class_counts(y, 2)))
 
-    def batches(rank: int = 0, world_size: int = 1) -> Batches:
+    def batches(rank: int = 0, world_size: int = 1, in_memory: bool = True) -> Batches:
         generator = torch.Generator().manual_seed(0)
-        return Batches(
-            split, 100, torch.device("cpu"), True, generator, rank=rank, world_size=world_size, sample_weights=weights
-        )
+        place = {"rank": rank, "world_size": world_size, "in_memory": in_memory}
+        return Batches(split, 100, torch.device("cpu"), True, generator, sample_weights=weights, **place)
 
     order = batches().order()
     assert len(order) == 1000 and len(order.unique()) < 1000  # drawn with replacement
     assert 0.4 < y[order].float().mean().item() < 0.6  # the rare class: about half the draws, not 5%
     one = [x for x, _ in batches()]
     ranks = [[x for x, _ in batches(rank, 2)] for rank in (0, 1)]
-    assert all(
-        torch.equal(torch.cat([a, b]), whole) for a, b, whole in zip(*ranks, one)
-    )  # each rank a share of one order
+    loaded = [x for x, _ in batches(in_memory=False)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == len(loaded) == 10
+    assert all(torch.equal(torch.cat([a, b]), whole) for a, b, whole in zip(*ranks, one))  # shares of one order
+    assert all(torch.equal(a, b) for a, b in zip(loaded, one))  # through a DataLoader too
 
 
 def imbalanced_folder(root: Path) -> Path:
@@ -193,7 +201,19 @@ def test_soft_targets_and_label_smoothing_weigh_each_class_term():
     smoothed = soft * 0.9 + 0.1 / 3
     expected = -(torch.tensor(weight) * smoothed * logits.log_softmax(dim=1)).sum(dim=1).mean()
     assert loss_fn(logits, soft).item() == pytest.approx(expected.item(), rel=1e-6)
-    assert build_loss(make_cfg(), weight=weight).weight.tolist() == weight
+    labels = torch.tensor([1, 2])
+    expected = (torch.tensor(weight) * -(smoothed_one_hot(labels) * logits.log_softmax(dim=1))).sum(dim=1).mean()
+    assert loss_fn(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)  # mean over the samples
+    torchs = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor(weight), label_smoothing=0.1)
+    assert loss_fn(logits, labels).item() != pytest.approx(torchs.item(), rel=1e-3)  # not divided by the weights' sum
+    assert (
+        loss_name(loss_fn) == "CrossEntropyLoss, class-weighted"
+        and loss_name(build_loss(make_cfg())) == "CrossEntropyLoss"
+    )
+
+
+def smoothed_one_hot(labels: torch.Tensor, classes: int = 3, smoothing: float = 0.1) -> torch.Tensor:
+    return torch.nn.functional.one_hot(labels, classes) * (1 - smoothing) + smoothing / classes
 
 
 def test_class_weights_and_the_sampler_are_refused_where_they_cannot_apply(tmp_path):

@@ -37,7 +37,7 @@ MONITORED = {"val_loss": "min", "val_acc": "max", "val_r2": "max", "val_mae": "m
 AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data.augment (nettrain/data/augment.py)
 MIXES = ("none", "mixup", "cutmix")  # data.mix
 SOFT_TARGET_LOSSES = ("torch.nn.CrossEntropyLoss",)  # losses that take class probabilities as targets
-SAMPLERS = ("shuffle", "balanced")  # data.sampler (nettrain/data/balance.py)
+SAMPLERS = ("shuffle", "balanced")  # data.sampler (nettrain/engine/balance.py)
 MAX_SEED = 2**32 - 1  # NumPy's seed range
 MAX_BATCH_SIZE = 2**16  # larger is no sensible batch for these datasets (and a typo more often than not)
 # samples a data option splits into train/val/(test), for the empty-split check before loading
@@ -567,7 +567,7 @@ def _check_tools(c: Checks) -> None:
 
 
 def _check_imbalance(c: Checks) -> None:
-    """loss.class_weights and data.sampler (nettrain/data/balance.py): classification only; a
+    """loss.class_weights and data.sampler (nettrain/engine/balance.py): classification only; a
     list of weights must be finite numbers > 0 (its length is checked against the data's classes
     when the data is built); torch's own `loss.weight` takes a tensor, which a setting cannot give."""
     weights, sampler = c.get("loss.class_weights"), c.get("data.sampler")
@@ -580,6 +580,11 @@ def _check_imbalance(c: Checks) -> None:
         "allowed: null, balanced, or [w0, w1, ...]: one weight per class, each a finite number > 0",
     )
     c.choice("data.sampler", SAMPLERS)
+    if weights is not None and c.get("loss.reduction") not in (None, "mean"):
+        c.problem(
+            f"loss.reduction={_fmt(c.get('loss.reduction'))}: loss.class_weights averages the weighted loss over "
+            "the samples; allowed with it: mean"
+        )
     if c.get("data.task") == "regression":
         for key, value in (("loss.class_weights", weights), ("data.sampler", sampler)):
             if value is not None and value != "shuffle":

@@ -275,7 +275,7 @@ class Batches:
     Under torchrun/SLURM (`world_size` > 1) each batch of `batch_size` is the global batch: this
     rank gets its contiguous share of it (:func:`share_of`), and `n` counts every rank's.
 
-    `sample_weights` (one per sample; data.sampler=balanced, nettrain/data/balance.py): each pass
+    `sample_weights` (one per sample; data.sampler=balanced, nettrain/engine/balance.py): each pass
     draws its order from `generator` with replacement, sample i with probability proportional to
     its weight, instead of a permutation. Every rank draws the same global order from its
     identically seeded generator and takes its share of it, as with a permutation; the order is the

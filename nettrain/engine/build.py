@@ -31,11 +31,18 @@ from nettrain.config import usermodules
 from nettrain.config.schema import MONITORED, TrainConfig, plain, validate
 from nettrain.data import Batches, DataSplits, Split
 from nettrain.data.augment import Augment
-from nettrain.data.balance import ClassWeights, balanced_weights, class_counts, loss_weights, sample_weights
 from nettrain.data.preprocessing import PreprocessingRecord, input_transform
 from nettrain.data.tabular import EmbeddedInputs
 from nettrain.engine import cuda_graph, distributed
 from nettrain.engine.accumulate import Accumulation, optimizer_steps
+from nettrain.engine.balance import (
+    ClassWeightedLoss,
+    ClassWeights,
+    balanced_weights,
+    class_counts,
+    loss_weights,
+    sample_weights,
+)
 from nettrain.engine.distributed import resolve_device
 from nettrain.engine.early_stopping import EarlyStopping
 from nettrain.engine.ema import EMA, inference_weights
@@ -275,7 +282,8 @@ LOSS_KEYS = ("class_weights",)  # loss keys nettrain reads itself, not passed to
 def build_loss(cfg: DictConfig, task: str = "classification", weight: list[float] | None = None) -> torch.nn.Module:
     """The `loss` option (on the CPU); for regression data (data.task=regression) the default
     cross-entropy becomes mean squared error. `weight`: the per-class weights loss.class_weights
-    stands for (build_class_weights), given to the loss as its `weight` tensor."""
+    stands for (build_class_weights): the loss is built with them as its `weight` tensor and
+    reduction='none', and averaged over the samples (ClassWeightedLoss)."""
     if task == "regression" and cfg.loss._target_ == CROSS_ENTROPY:
         return torch.nn.MSELoss()
     node = plain(cfg.loss)
@@ -286,17 +294,18 @@ def build_loss(cfg: DictConfig, task: str = "classification", weight: list[float
     target = node.get("_target_")
     with building("loss", target, node=node):
         try:
-            return hydra_instantiate(node, weight=torch.tensor(weight, dtype=torch.float32))
+            weighted = hydra_instantiate(node, weight=torch.tensor(weight, dtype=torch.float32), reduction="none")
         except (InstantiationException, TypeError) as exc:
-            if "weight" not in str(exc.__cause__ or exc):
+            if not any(word in str(exc.__cause__ or exc) for word in ("weight", "reduction")):
                 raise
             raise ConfigError(
                 [
-                    f"loss.class_weights={_shown(cfg.loss.get('class_weights'))}: loss._target_={target} takes no per-class "
-                    "`weight`; allowed: a loss that does (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss, "
-                    "torch.nn.MultiMarginLoss), or loss.class_weights=null"
+                    f"loss.class_weights={_shown(cfg.loss.get('class_weights'))}: loss._target_={target} does not "
+                    "take a per-class `weight` (with reduction='none'); allowed: a loss that does "
+                    "(torch.nn.CrossEntropyLoss, torch.nn.NLLLoss, torch.nn.MultiMarginLoss), or loss.class_weights=null"
                 ]
             ) from None
+    return ClassWeightedLoss(weighted)
 
 
 def _shown(value: Any) -> str:

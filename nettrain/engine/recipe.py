@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from nettrain.config.schema import plain
 from nettrain.data.preprocessing import describe
 from nettrain.engine import distributed
+from nettrain.engine.balance import loss_name
 from nettrain.engine.build import Run, build_diagnosis, build_loggers, build_run
 from nettrain.engine.checkpointer import Checkpointer, restore
 from nettrain.engine.cuda_graph import StepChoice
@@ -284,7 +285,7 @@ def record(
     (`note`: what the status says beyond its name); return the summary (every rank)."""
     history = run.state.history
     if cfg.plots and history:
-        writer.run(save_plots, history, writer.path("plots"), loss_name=type(run.state.loss_fn).__name__)
+        writer.run(save_plots, history, writer.path("plots"), loss_name=loss_name(run.state.loss_fn))
     content = summary.write(writer)
     run.state.extras["loggers"].finish(content, writer.folder, summary.status)
     if summary.status != RunStatus.DIVERGED and (finding := worse_from_the_start(history)):

@@ -3,9 +3,10 @@ sampler's per-sample weights.
 
 Balanced weights are scikit-learn's `compute_class_weight('balanced')`: w_c = n / (k * n_c) for
 n training samples of k classes, n_c of class c, so that every class weighs as much in total.
-`loss.class_weights=balanced` gives them to the loss as its `weight`; `data.sampler=balanced`
-draws each training sample with probability w_c / n (with replacement), so each epoch draws every
-class about equally often. Both count the training split alone, never validation or test.
+`loss.class_weights=balanced` gives them to the loss (:class:`ClassWeightedLoss`);
+`data.sampler=balanced` draws each training sample with probability w_c / n (with replacement),
+so each epoch draws every class about equally often. Both count the training split alone, never
+validation or test.
 
 :class:`ClassWeights` keeps the counts and the weights in use in every checkpoint (`class_weights`),
 so `nettrain-eval` weighs the loss as training did without reading the training split again, and
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from nettrain.errors import ConfigError
 
@@ -68,6 +70,32 @@ def loss_weights(setting: Any, counts: Sequence[int], class_names: Sequence[str]
 def sample_weights(labels: torch.Tensor, class_weights: Sequence[float]) -> torch.Tensor:
     """Each sample's weight for the sampler: its class's weight (float64, on the CPU)."""
     return torch.tensor(class_weights, dtype=torch.float64)[labels.cpu()]
+
+
+class ClassWeightedLoss(nn.Module):
+    """A loss built with per-class `weight`s and reduction='none', averaged over the samples: a
+    batch's loss is mean_i w_(y_i) * loss_i, where torch's own reduction would divide by the sum of
+    the weights. So `loss x batch size` is the batch's weighted sum, and sums over batches and
+    processes give the same figure for any batch size and any number of processes (evaluation
+    adds such sums; DDP averages such means). Soft targets (mixup, cutmix) already reduce so in
+    torch. With balanced weights the training split's mean weight is 1: the loss keeps its scale."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    @property
+    def name(self) -> str:
+        """The weighted loss's name, for the loss plot and the console."""
+        return f"{type(self.loss).__name__}, class-weighted"
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(out, target).mean()
+
+
+def loss_name(loss: nn.Module) -> str:
+    """The loss's name, as the plot and the console show it (a class-weighted loss says so)."""
+    return loss.name if isinstance(loss, ClassWeightedLoss) else type(loss).__name__
 
 
 @dataclass
