@@ -16,7 +16,7 @@ from made_data import image_folder
 
 from conftest import make_cfg
 from nettrain.commands.train import train
-from nettrain.config.schema import validate
+from nettrain.config.schema import plain, validate
 from nettrain.data import Batches, Split
 from nettrain.engine.balance import balanced_weights, class_counts, loss_name, loss_weights, sample_weights
 from nettrain.engine.build import build_data, build_loss, build_trained
@@ -24,6 +24,7 @@ from nettrain.engine.evaluation import evaluate_checkpoint
 from nettrain.engine.interrupt import StopRequest
 from nettrain.errors import ConfigError
 from nettrain.run.checkpoint import load_checkpoint
+from nettrain.run.resume import config_changes
 
 RARE = 0.05  # the rare class's share of the table
 TABLE = ["epochs=3", "batch_size=32", "early_stopping.enabled=false", "data.test_fraction=0.3"]
@@ -238,3 +239,14 @@ def test_class_weights_and_the_sampler_are_refused_where_they_cannot_apply(tmp_p
     with pytest.raises(ConfigError, match=r"class 'b' has no sample in the training split.*in order: a, b, c"):
         loss_weights("balanced", [5, 0, 3], ["a", "b", "c"])
     assert loss_weights([1, 2.5, 1], [5, 0, 3]) == [1.0, 2.5, 1.0]  # given weights need no sample of each class
+
+
+def test_neither_setting_may_change_on_resume_and_runs_saved_before_the_sampler_resume():
+    old = plain(make_cfg("data=synthetic"))
+    del old["data"]["sampler"], old["loss"]["class_weights"]  # a run saved before these settings
+    assert config_changes(old, plain(make_cfg("data=synthetic"))) == []
+    changed = plain(make_cfg("data=synthetic", "data.sampler=balanced", "loss.class_weights=balanced"))
+    assert config_changes(old, changed) == [
+        "data.sampler: '<unset>' -> 'balanced'",
+        "loss.class_weights: '<unset>' -> 'balanced'",
+    ]

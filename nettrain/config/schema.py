@@ -38,6 +38,9 @@ AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data.augment (nettrain/data/
 MIXES = ("none", "mixup", "cutmix")  # data.mix
 SOFT_TARGET_LOSSES = ("torch.nn.CrossEntropyLoss",)  # losses that take class probabilities as targets
 SAMPLERS = ("shuffle", "balanced")  # data.sampler (nettrain/engine/balance.py)
+# keys of the group options (conf/<group>/*.yaml) added since runs were saved, each with the value
+# that does what those runs did: resuming a run saved without one is no change while it keeps it
+ADDED_OPTION_KEYS = {"data.sampler": "shuffle"}
 MAX_SEED = 2**32 - 1  # NumPy's seed range
 MAX_BATCH_SIZE = 2**16  # larger is no sensible batch for these datasets (and a typo more often than not)
 # samples a data option splits into train/val/(test), for the empty-split check before loading
