@@ -45,6 +45,13 @@ CASES = [
     (["batch_size=100000000"], "batch_size=100000000: must be an integer in 1..65536"),
     (["data.val_fraction=0.0001"], "data.val_fraction=0.0001: leaves the validation split empty"),
     (["data.test_fraction=0.001"], "data.test_fraction=0.001: leaves the test split empty"),
+    (["loss.class_weights=[1,0]"], "loss.class_weights=[1, 0]: allowed: null, balanced, or [w0, w1, ...]"),
+    (
+        ["+loss.weight=[1,2]"],
+        "loss.weight=[1, 2]: torch takes the class weights as a tensor; give them as loss.class_weights",
+    ),
+    (["data.sampler=oversample"], "data.sampler='oversample': allowed: shuffle, balanced"),
+    (["loss.class_weights=balanced", "+loss.reduction=sum"], "loss.reduction='sum': loss.class_weights averages"),
     (["hydra.run.dir="], "hydra.run.dir is empty"),
     (["hydra.run.dir=/"], "a run needs a folder of its own"),
 ]

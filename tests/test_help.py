@@ -119,3 +119,13 @@ def test_every_schema_field_and_option_file_is_documented():
             k for k in keys if k not in comments and not (path.parent.name == "regularization" and k in regularization)
         ]
         assert not bare, f"{path}: no comment on {bare}"
+
+
+def test_help_lists_the_class_imbalance_settings():
+    page = help_page("data=csv", "data.path=t.csv", "data.target=y", "loss.class_weights=balanced")
+    value, meaning = row(page, "loss")
+    assert "class_weights: balanced" in value and "loss.class_weights: the loss's per-class weight" in meaning
+    assert row(page, "data.sampler") == (
+        "shuffle",
+        "shuffle (a permutation each epoch) | balanced (drawn with replacement, each class about equally often)",
+    )

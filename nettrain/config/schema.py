@@ -37,6 +37,10 @@ MONITORED = {"val_loss": "min", "val_acc": "max", "val_r2": "max", "val_mae": "m
 AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data.augment (nettrain/data/augment.py)
 MIXES = ("none", "mixup", "cutmix")  # data.mix
 SOFT_TARGET_LOSSES = ("torch.nn.CrossEntropyLoss",)  # losses that take class probabilities as targets
+SAMPLERS = ("shuffle", "balanced")  # data.sampler (nettrain/engine/balance.py)
+# keys of the group options (conf/<group>/*.yaml) added since runs were saved, each with the value
+# that does what those runs did: resuming a run saved without one is no change while it keeps it
+ADDED_OPTION_KEYS = {"data.sampler": "shuffle"}
 MAX_SEED = 2**32 - 1  # NumPy's seed range
 MAX_BATCH_SIZE = 2**16  # larger is no sensible batch for these datasets (and a typo more often than not)
 # samples a data option splits into train/val/(test), for the empty-split check before loading
@@ -175,7 +179,7 @@ class DistributedConfig:
 
 
 def _cross_entropy() -> dict:
-    return {"_target_": "torch.nn.CrossEntropyLoss", "label_smoothing": 0.0}
+    return {"_target_": "torch.nn.CrossEntropyLoss", "label_smoothing": 0.0, "class_weights": None}
 
 
 @dataclass
@@ -197,7 +201,9 @@ class TrainConfig:
     optimizer: Any = MISSING  # group: conf/optimizer/
     scheduler: Any = MISSING  # group: conf/scheduler/
     data: Any = MISSING  # group: conf/data/
-    loss: Any = field(default_factory=_cross_entropy)  # any `_target_` loss module, e.g. loss.label_smoothing=0.1
+    loss: Any = field(
+        default_factory=_cross_entropy
+    )  # any `_target_` loss module, e.g. loss.label_smoothing=0.1; loss.class_weights: the loss's per-class weight, null | balanced (n / (classes x count), from the training split) | [w0, w1, ...]
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     grad_monitor: GradMonitorConfig = field(default_factory=GradMonitorConfig)
@@ -356,6 +362,7 @@ def problems(cfg: Any) -> list[str]:
         _check_monitors,
         _check_graph,
         _check_tools,
+        _check_imbalance,
     ):
         section(checks)
     return checks.found
@@ -597,3 +604,34 @@ def _check_tools(c: Checks) -> None:
     c.need("lr_find.steps", lambda v: v >= 10, "must be an integer >= 10")
     c.need("lr_find.smoothing", lambda v: 0 <= v < 1, "must be in [0, 1)")
     c.need("lr_find.diverge", lambda v: v > 1, "must be a number > 1")
+
+
+def _check_imbalance(c: Checks) -> None:
+    """loss.class_weights and data.sampler (nettrain/engine/balance.py): classification only; a
+    list of weights must be finite numbers > 0 (its length is checked against the data's classes
+    when the data is built); torch's own `loss.weight` takes a tensor, which a setting cannot give."""
+    weights, sampler = c.get("loss.class_weights"), c.get("data.sampler")
+    c.need(
+        "loss.class_weights",
+        lambda v: (
+            v == "balanced"
+            or (not isinstance(v, str) and len(v) >= 1 and all(is_finite_number(w) and w > 0 for w in v))
+        ),
+        "allowed: null, balanced, or [w0, w1, ...]: one weight per class, each a finite number > 0",
+    )
+    c.choice("data.sampler", SAMPLERS)
+    if weights is not None and c.get("loss.reduction") not in (None, "mean"):
+        c.problem(
+            f"loss.reduction={_fmt(c.get('loss.reduction'))}: loss.class_weights averages the weighted loss over "
+            "the samples; allowed with it: mean"
+        )
+    if c.get("data.task") == "regression":
+        for key, value in (("loss.class_weights", weights), ("data.sampler", sampler)):
+            if value is not None and value != "shuffle":
+                c.problem(f"{key}={_fmt(value)}: weighs classes, and data.task='regression' has none")
+    torch_weight, target = c.get("loss.weight"), c.get("loss._target_")
+    if str(target).startswith("torch.nn.") and isinstance(torch_weight, Iterable) and not isinstance(torch_weight, str):
+        c.problem(
+            f"loss.weight={_fmt(torch_weight)}: torch takes the class weights as a tensor; "
+            f"give them as loss.class_weights={_fmt(torch_weight)} (or loss.class_weights=balanced)"
+        )

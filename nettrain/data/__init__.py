@@ -274,6 +274,12 @@ class Batches:
     the same permutation as its sampler, `num_workers` workers, and pinned memory on CUDA.
     Under torchrun/SLURM (`world_size` > 1) each batch of `batch_size` is the global batch: this
     rank gets its contiguous share of it (:func:`share_of`), and `n` counts every rank's.
+
+    `sample_weights` (one per sample; data.sampler=balanced, nettrain/engine/balance.py): each pass
+    draws its order from `generator` with replacement, sample i with probability proportional to
+    its weight, instead of a permutation. Every rank draws the same global order from its
+    identically seeded generator and takes its share of it, as with a permutation; the order is the
+    saved position a mid-epoch resume continues from.
     """
 
     def __init__(
@@ -289,9 +295,13 @@ class Batches:
         world_size: int = 1,
         drop_unshareable: bool = False,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        sample_weights: torch.Tensor | None = None,
     ):
         if shuffle and generator is None:
             raise ValueError("shuffle=True needs a torch.Generator for the data order")
+        if sample_weights is not None and not (shuffle and len(sample_weights) == len(split)):
+            raise ValueError("sample_weights needs shuffle=True and one weight per sample of the split")
+        self.sample_weights = sample_weights
         self.batch_size, self.device, self.shuffle, self.generator = batch_size, device, shuffle, generator
         self.in_memory, self.num_workers, self.transform = in_memory, num_workers, transform
         self.rank, self.world_size = rank, world_size
@@ -308,8 +318,14 @@ class Batches:
         return math.ceil(self.n / self.batch_size)
 
     def order(self) -> torch.Tensor | None:
-        """This pass's sample order (CPU), or None for the natural order."""
-        return torch.randperm(self.n + self.dropped, generator=self.generator) if self.shuffle else None
+        """This pass's sample order (CPU), or None for the natural order: a permutation, or with
+        `sample_weights` a weighted draw with replacement of as many samples."""
+        if not self.shuffle:
+            return None
+        if self.sample_weights is not None:
+            draws = self.n + self.dropped
+            return torch.multinomial(self.sample_weights, draws, replacement=True, generator=self.generator)
+        return torch.randperm(self.n + self.dropped, generator=self.generator)
 
     def loss_weight(self, step: int, share: int) -> float:
         """The factor on this rank's mean loss at `step` that makes the averaged gradient the

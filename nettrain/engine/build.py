@@ -35,6 +35,14 @@ from nettrain.data.preprocessing import PreprocessingRecord, input_transform
 from nettrain.data.tabular import EmbeddedInputs
 from nettrain.engine import cuda_graph, distributed, finetune
 from nettrain.engine.accumulate import Accumulation, optimizer_steps
+from nettrain.engine.balance import (
+    ClassWeightedLoss,
+    ClassWeights,
+    balanced_weights,
+    class_counts,
+    loss_weights,
+    sample_weights,
+)
 from nettrain.engine.distributed import resolve_device
 from nettrain.engine.early_stopping import EarlyStopping
 from nettrain.engine.ema import EMA, inference_weights
@@ -97,6 +105,7 @@ def fused_kwargs(target: str, device: torch.device, setting: str = "auto") -> di
 
 # data keys nettrain reads itself (the image options' augmentation), not passed to the data's _target_
 AUGMENT_KEYS = ("augment", "crop_padding", "mix", "mix_alpha")
+SAMPLER_KEY = "sampler"  # data.sampler: the training order (build_class_weights), read by nettrain
 IMAGE_FOLDER = "nettrain.data.image_folder.image_folder"
 
 
@@ -104,7 +113,7 @@ def build_data(cfg: DictConfig) -> tuple[DataSplits, dict[str, Any]]:
     """The data splits, and the loader settings nettrain reads itself (in_memory, num_workers)."""
     data_node = plain(cfg.data)
     loader = {"in_memory": data_node.pop("in_memory", True), "num_workers": data_node.pop("num_workers", 0)}
-    for key in AUGMENT_KEYS:
+    for key in (*AUGMENT_KEYS, SAMPLER_KEY):
         data_node.pop(key, None)
     if data_node.get("_target_") == IMAGE_FOLDER:  # in_memory=false: its files are decoded per batch
         data_node["in_memory"] = loader["in_memory"]
@@ -268,14 +277,80 @@ def use_channels_last(setting: str, device: torch.device, model: torch.nn.Module
 
 
 CROSS_ENTROPY = "torch.nn.CrossEntropyLoss"
+LOSS_KEYS = ("class_weights",)  # loss keys nettrain reads itself, not passed to the loss's _target_
 
 
-def build_loss(cfg: DictConfig, task: str = "classification") -> torch.nn.Module:
-    """The `loss` option; for regression data (data.task=regression) the default cross-entropy
-    becomes mean squared error."""
+def build_loss(cfg: DictConfig, task: str = "classification", weight: list[float] | None = None) -> torch.nn.Module:
+    """The `loss` option (on the CPU); for regression data (data.task=regression) the default
+    cross-entropy becomes mean squared error. `weight`: the per-class weights loss.class_weights
+    stands for (build_class_weights): the loss is built with them as its `weight` tensor and
+    reduction='none', and averaged over the samples (ClassWeightedLoss)."""
     if task == "regression" and cfg.loss._target_ == CROSS_ENTROPY:
         return torch.nn.MSELoss()
-    return instantiate(cfg.loss, "loss")
+    node = plain(cfg.loss)
+    for key in LOSS_KEYS:
+        node.pop(key, None)
+    if weight is None:
+        return instantiate(node, "loss")
+    target = node.get("_target_")
+    with building("loss", target, node=node):
+        try:
+            weighted = hydra_instantiate(node, weight=torch.tensor(weight, dtype=torch.float32), reduction="none")
+        except (InstantiationException, TypeError) as exc:
+            if not any(word in str(exc.__cause__ or exc) for word in ("weight", "reduction")):
+                raise
+            raise ConfigError(
+                [
+                    f"loss.class_weights={_shown(cfg.loss.get('class_weights'))}: loss._target_={target} does not "
+                    "take a per-class `weight` (with reduction='none'); allowed: a loss that does "
+                    "(torch.nn.CrossEntropyLoss, torch.nn.NLLLoss, torch.nn.MultiMarginLoss), or loss.class_weights=null"
+                ]
+            ) from None
+    return ClassWeightedLoss(weighted)
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as the command line gives it: `balanced`, `[1.0, 3.0]`."""
+    return str(list(value)) if OmegaConf.is_list(value) or isinstance(value, list) else str(value)
+
+
+def build_class_weights(cfg: DictConfig, data: DataSplits) -> ClassWeights | None:
+    """The training split's class counts and the class weights the run uses: the loss's
+    (loss.class_weights) and the sampler's (data.sampler=balanced); None for regression, which
+    has no classes (the config checks refuse either setting there)."""
+    setting, sampler = cfg.loss.get("class_weights"), cfg.data.get(SAMPLER_KEY, "shuffle")
+    if data.task != "classification":
+        given = [f"loss.class_weights={_shown(setting)}"] if setting is not None else []
+        given += ["data.sampler=balanced"] if sampler == "balanced" else []
+        if given:
+            raise ConfigError([f"{key}: weighs classes, and data {data.name!r} is {data.task} data" for key in given])
+        return None
+    counts = class_counts(data.train.y, data.num_classes)
+    return ClassWeights(
+        train_counts=counts,
+        loss=loss_weights(setting, counts, data.meta.get("class_names")),
+        sampler=balanced_weights(counts) if sampler == "balanced" else None,
+    )
+
+
+def trained_loss(cfg: DictConfig, state: dict[str, Any], task: str) -> torch.nn.Module:
+    """The loss a checkpoint's run trained with (`state`: the checkpoint), for evaluating it: the
+    class weights of loss.class_weights come from the training split's counts the checkpoint keeps."""
+    setting = cfg.loss.get("class_weights") if task == "classification" else None
+    if setting is None:
+        return build_loss(cfg, task)
+    counts = (state.get("class_weights") or {}).get("train_counts")
+    if counts is not None:
+        names = (state.get("preprocessing") or {}).get("class_names")
+        return build_loss(cfg, task, loss_weights(setting, counts, names))
+    if isinstance(setting, str):
+        raise ConfigError(
+            [
+                "loss.class_weights='balanced': the checkpoint keeps no class counts of its training split "
+                "(an older nettrain wrote it); give the weights as a list, or loss.class_weights=null"
+            ]
+        )
+    return build_loss(cfg, task, [float(w) for w in setting])
 
 
 FITTING_LOSSES = {
@@ -422,9 +497,12 @@ class Parts:
     graph: Any  # the trainer.cuda_graph plan (nettrain.config.graph_plan.Plan)
     memory: Any  # the training-memory estimate at batch_size (nettrain.insight.memory.MemoryEstimate)
     frozen: list[torch.nn.Parameter]  # model.freeze's parameters (requires_grad off), for model.unfreeze_at_epoch
+    class_weights: ClassWeights | None = None  # the training split's class counts and the weights in use
 
     def training_batches(self, batch_size: int, generator: torch.Generator) -> Batches:
-        """Shuffled training batches of `batch_size`, transformed as the model takes them."""
+        """Shuffled training batches of `batch_size`, transformed as the model takes them; drawn
+        with replacement by class weight under data.sampler=balanced."""
+        sampler = self.class_weights.sampler if self.class_weights is not None else None
         return Batches(
             self.data.train,
             batch_size,
@@ -433,6 +511,7 @@ class Parts:
             generator=generator,
             drop_unshareable=True,
             transform=self.transform,
+            sample_weights=sample_weights(self.data.train.y, sampler) if sampler is not None else None,
             **self.loader,
         )
 
@@ -458,12 +537,16 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
     frozen = finetune.freeze(model, list(cfg.model.get("freeze") or []))  # before the optimizer and the estimate
     transform = input_transform(data.meta, data.train.x, device)  # uint8 images: normalised per batch
     graph = graph_plan(cfg, device, len(data.train), eager_only=_eager_only(cfg, transform is not None))
-    loss_fn = build_loss(cfg, data.task)
+    class_weights = build_class_weights(cfg, data)
+    loss_fn = build_loss(cfg, data.task, class_weights.loss if class_weights is not None else None)
     check_loss_fits(loss_fn, cfg.loss._target_, data.task, data.num_classes, data.train.y[:2])
+    loss_fn = loss_fn.to(device)  # its class weights, if any, beside the model's outputs
     optimizer = build_optimizer(cfg, model, device, capturable=graph.capture)
     precision = Precision(cfg.trainer.precision, device)
     memory = memory_estimate(cfg, model, optimizer, loss_fn, data, loader, precision, transform)
-    return Parts(device, data, loader, transform, model, loss_fn, optimizer, precision, graph, memory, frozen)
+    return Parts(
+        device, data, loader, transform, model, loss_fn, optimizer, precision, graph, memory, frozen, class_weights
+    )
 
 
 def build_run(cfg: DictConfig, device: torch.device) -> Run:
@@ -494,6 +577,8 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         data.val, eval_batch_size, device, transform=input_transform(data.meta, data.val.x, device), **parts.loader
     )
     state.extras["model_io"] = ModelInputs(list(data.input_shape), data.num_classes)
+    if parts.class_weights is not None:  # nettrain-eval weighs the loss as training did
+        state.extras["class_weights"] = parts.class_weights
     if steps > 1:
         state.extras["accumulation"] = Accumulation(model, steps, len(data.train), cfg.batch_size)
     if cfg.trainer.ema_decay:  # last: the average starts from the model as it will train

@@ -14,7 +14,7 @@ from nettrain.data import Batches, Split
 from nettrain.data.image_folder import IMAGE_EXTENSIONS, SPLITS, ImageFiles, list_images
 from nettrain.data.preprocessing import input_transform
 from nettrain.data.tabular import encode_rows
-from nettrain.engine.build import build_data, build_loss, build_trained
+from nettrain.engine.build import build_data, build_trained, trained_loss
 from nettrain.engine.loop import evaluate
 from nettrain.engine.prediction import table_records
 from nettrain.errors import ConfigError, DataError
@@ -50,7 +50,8 @@ def evaluate_checkpoint(
     transform = input_transform(prep, chosen.x, device)  # uint8 images: normalised per batch, as in training
     batches = Batches(chosen, cfg.batch_size, device, transform=transform, **loader)
     task = prep.get("task", "classification")
-    metrics = evaluate(trained.model, build_loss(cfg, task), batches, task, prep.get("target_std", 1.0))
+    loss_fn = trained_loss(cfg, state, task).to(device)  # weighted by class as in training, if it was
+    metrics = evaluate(trained.model, loss_fn, batches, task, prep.get("target_std", 1.0))
     result = {
         "checkpoint": str(path),
         "epoch": state["epoch"],

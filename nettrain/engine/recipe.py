@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from nettrain.config.schema import plain
 from nettrain.data.preprocessing import describe
 from nettrain.engine import distributed
+from nettrain.engine.balance import loss_name
 from nettrain.engine.build import Run, build_diagnosis, build_loggers, build_run
 from nettrain.engine.checkpointer import Checkpointer, restore
 from nettrain.engine.cuda_graph import StepChoice
@@ -140,6 +141,8 @@ def introduce(cfg: DictConfig, run: Run, output_dir: Path, reporter: Reporter) -
         f"data: {data.name}, train {len(data.train)} / val {len(data.val)} / "
         f"test {len(data.test)}, input {list(data.input_shape)}; {describe(data.meta)}"
     )
+    if (weights := state.extras.get("class_weights")) and (line := weights.describe(data.meta.get("class_names"))):
+        reporter.note(line)  # loss.class_weights, data.sampler=balanced
     return MemoryCheck(run.memory, PeakMemory(run.device).start())
 
 
@@ -225,6 +228,7 @@ def ended_summary(
         best_val_loss=best_row.get("val_loss"),
         figures=task_figures(run.data.task, best_row, test),  # test_loss; accuracy, or regression's R² and MAE
         class_names=run.data.meta.get("class_names"),
+        class_weights=class_weights.summary() if (class_weights := run.state.extras.get("class_weights")) else None,
         epochs_run=result.epochs_run,
         stopped_early=result.stopped_early,
         monitor=cfg.early_stopping.monitor,
@@ -282,7 +286,7 @@ def record(
     (`note`: what the status says beyond its name); return the summary (every rank)."""
     history = run.state.history
     if cfg.plots and history:
-        writer.run(save_plots, history, writer.path("plots"), loss_name=type(run.state.loss_fn).__name__)
+        writer.run(save_plots, history, writer.path("plots"), loss_name=loss_name(run.state.loss_fn))
     content = summary.write(writer)
     run.state.extras["loggers"].finish(content, writer.folder, summary.status)
     if summary.status != RunStatus.DIVERGED and (finding := worse_from_the_start(history)):

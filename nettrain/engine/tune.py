@@ -26,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from torch import nn
 
+from nettrain.engine.balance import loss_name
 from nettrain.engine.build import Parts, build_parts
 from nettrain.engine.distributed import resolve_device
 from nettrain.insight.figures import pyplot, save_png
@@ -291,7 +292,7 @@ def dry_run(cfg: Any, parts: Parts, reporter: Any) -> dict[str, Any]:
     finite = all(bool(p.grad.isfinite().all()) for p in model.parameters() if p.grad is not None)
     loss_value = float(loss.detach())
     reporter.note(
-        f"one forward + backward on a batch of {len(y)}: loss {loss_value:.4f} ({type(parts.loss_fn).__name__}), "
+        f"one forward + backward on a batch of {len(y)}: loss {loss_value:.4f} ({loss_name(parts.loss_fn)}), "
         f"gradients {'finite' if finite else 'NOT finite'}. Dry run done: nothing trained, nothing saved. Train with:\n"
         f"  {next_command()}"
     )
@@ -299,7 +300,7 @@ def dry_run(cfg: Any, parts: Parts, reporter: Any) -> dict[str, Any]:
         "status": RunStatus.DRY_RUN,
         "best_val_loss": None,
         "loss": loss_value,
-        "loss_fn": type(parts.loss_fn).__name__,
+        "loss_fn": loss_name(parts.loss_fn),
         "gradients_finite": finite,
         "param_count": sum(r[3] for r in rows),
         "memory_estimate": est.to_dict(),

@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nettrain.config.help import resume_safe_keys
 from nettrain.config.renames import renamed, renamed_overrides, upgrade
-from nettrain.config.schema import TrainConfig, flatten, matches
+from nettrain.config.schema import ADDED_OPTION_KEYS, TrainConfig, flatten, matches
 from nettrain.errors import ConfigError, RunFolderError, UntrustedTargetError
 from nettrain.files import timestamp, write_text
 from nettrain.run import checkpoint as ckpt
@@ -42,9 +42,10 @@ def run_dir_of(resume: str) -> Path:
 
 
 def schema_defaults() -> dict[str, Any]:
-    """Every schema key's default, flattened (the groups' own keys, which the schema leaves open, excepted)."""
+    """Every schema key's default, flattened (the groups' own keys, which the schema leaves open, excepted),
+    and the group keys added since runs were saved (ADDED_OPTION_KEYS)."""
     defaults = flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
-    return {key: value for key, value in defaults.items() if value != MISSING}
+    return {**{key: value for key, value in defaults.items() if value != MISSING}, **ADDED_OPTION_KEYS}
 
 
 def follows_epochs(a: dict, b: dict) -> bool:

@@ -91,6 +91,7 @@ class RunSummary:
     best_val_loss: float | None = _key(_TRAINED)
     figures: dict[str, float | None] = _key(_TRAINED, {}, spread=True)  # task_figures: best_val_*, test_*
     class_names: list[str] | None = _key(_ENDED)
+    class_weights: dict[str, Any] | None = _key(_ENDED)  # train_counts, and the loss's and sampler's weights
     epochs_run: int | None = _key(_TRAINED)
     stopped_early: bool | None = _key(_TRAINED)
     monitor: str | None = _key(_ENDED)  # what early stopping and best_epoch follow (val_loss, val_acc, ...)
