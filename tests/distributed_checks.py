@@ -7,8 +7,11 @@ from __future__ import annotations
 import signal
 
 import torch
+from pytest import approx as pytest_approx
+from torchmetrics.functional.classification import multiclass_f1_score
 
 from nettrain.engine import distributed as dist_lib
+from nettrain.engine.metrics import Measures
 from nettrain.run import launch
 
 
@@ -50,6 +53,23 @@ def main() -> None:
         stop.signum,
     )
     report("ok shared stop")
+
+    # metrics=[...] (torchmetrics) over the group: the same figures and confusion matrix whether the
+    # ranks share the samples 5/4 or rank 1 has none (a split smaller than the world size)
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(9, 3, generator=g), torch.arange(9) % 3
+    names = ["f1_macro", "auroc", "average_precision", "top2_acc"]
+    results = []
+    for mine in (slice(0, 5) if env.rank == 0 else slice(5, 9), slice(0, 9) if env.rank == 0 else slice(0, 0)):
+        measures = Measures(names, "classification", 3, torch.device("cpu"), confusion=True)
+        if len(y[mine]):
+            measures.update(logits[mine], y[mine])
+        results.append((measures.compute(), measures.confusion_matrix))
+    (split, split_matrix), (alone, alone_matrix) = results
+    expected = multiclass_f1_score(logits, y, num_classes=3, average="macro").item()  # no sync: the whole set
+    assert split == pytest_approx(alone) and split["f1_macro"] == pytest_approx(expected), (split, alone, expected)
+    assert split_matrix == alone_matrix and sum(map(sum, split_matrix)) == 9, (split_matrix, alone_matrix)
+    report("ok metrics")
     dist_lib.shutdown()
     assert not launch.context().distributed
 

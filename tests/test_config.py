@@ -147,7 +147,8 @@ def test_validation_reports_every_problem_at_once():
             "  - model.activation='swish': allowed: relu, gelu, tanh, sigmoid, leaky_relu, silu",
             "  - regularization.dropout=1.5: must be a probability in [0, 1)",
             "  - scheduler.warmup_ratio=2: must be a fraction in [0, 1); 0 = no warmup",
-            "  - early_stopping.monitor='train_loss': allowed: val_loss, val_acc, val_r2, val_mae",
+            "  - early_stopping.monitor='train_loss': not reported for data.task='classification'; "
+            "allowed: val_loss, val_acc, or val_NAME with NAME in metrics",
         ]
     )
 

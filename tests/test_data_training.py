@@ -211,7 +211,8 @@ def test_csv_settings_are_validated(tmp_path):
 
 # -- nettrain-eval --data: any labelled folder or table, read with the saved preprocessing ----------
 def _eval_files(run: Path) -> set[str]:
-    return {p.name for p in (run / "eval").glob("*.json")}
+    """The evaluation results in RUN/eval/ (the per-class reports beside them left out)."""
+    return {p.name for p in (run / "eval").glob("*.json") if not p.name.endswith("-report.json")}
 
 
 def test_eval_on_a_folder_of_class_folders_needs_no_train_folder(folder, folder_run, tmp_path, capsys):
@@ -230,9 +231,13 @@ def test_eval_on_a_folder_of_class_folders_needs_no_train_folder(folder, folder_
     assert written.startswith("best-new-") and result["data"] == str(new.resolve()) and result["samples"] == 21
     assert result["data_acc"] == pytest.approx(split["test_acc"], abs=1e-6)
     assert result["data_loss"] == pytest.approx(split["test_loss"], rel=1e-5)
+    report = json.loads(Path(result["report"]).read_text())  # per class, by the model's class names
+    assert [row["class"] for row in report["per_class"]] == ["circle", "square", "stripe"]
+    assert [row["support"] for row in report["per_class"]] == [7, 7, 7]
     shutil.rmtree(new / "stripe")  # a subset of the model's classes
     subset = evaluate_checkpoint(folder_run, data=new)
     assert subset["samples"] == 14 and 0.0 <= subset["data_acc"] <= 1.0
+    assert [row["support"] for row in json.loads(Path(subset["report"]).read_text())["per_class"]] == [7, 7, 0]
 
 
 def test_eval_data_names_what_it_cannot_use(folder, folder_run, tmp_path, capsys):

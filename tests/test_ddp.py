@@ -63,6 +63,7 @@ def test_two_processes_leave_one_run_dir_and_print_once(straight):
         ".hydra",
         ".nettrain.lock",  # rank 0's lock on the run folder (one writer per folder)
         "checkpoints",
+        "eval",  # test-report.json: the per-class report of the test
         "metrics.csv",
         "summary.json",
         "train.log",
@@ -77,8 +78,10 @@ def test_two_processes_leave_one_run_dir_and_print_once(straight):
     assert {"best.pt", "last.pt"} <= saved and not any(name.startswith(".") for name in saved), saved
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["world_size"], summary["backend"], summary["status"]) == (2, "gloo", "completed")
-    epoch_lines = [line for line in proc.stdout.splitlines() if line.lstrip().startswith(("1 ", "2 "))]
+    epochs, report = proc.stdout.split("per class, test split")  # the report's rows start with the digit classes
+    epoch_lines = [line for line in epochs.splitlines() if line.lstrip().startswith(("1 ", "2 "))]
     assert len(epoch_lines) == 2, proc.stdout  # one line per epoch: only rank 0 prints
+    assert report.count("  macro ") == 1, proc.stdout  # and one per-class table
     assert proc.stdout.count("run folder:") == proc.stdout.count("  run folder  ") == 1  # rank 0 alone prints
 
 

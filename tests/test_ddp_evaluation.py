@@ -1,5 +1,6 @@
 """Evaluation and writing under torchrun: 2 gloo processes validate and test as one process does
-(classification and regression), and only rank 0 writes in the run folder, a diverged run too.
+(classification and regression, the metrics=[...] of torchmetrics and the per-class report
+included), and only rank 0 writes in the run folder, a diverged run too.
 
 The 2-process runs start their workers as torchrun would (tests/torchrun.py `workers`)."""
 
@@ -31,10 +32,11 @@ def test_two_processes_validate_and_test_as_one_process_does(task, tmp_path):
 
     if task == "regression":
         overrides = [*REGRESSION, f"data.path={table(tmp_path / 'r.csv', n=300, task='regression')}", *BASE]
-        metrics = ("loss", "r2", "mae")
+        overrides.append("metrics=[rmse]")
+        metrics = ("loss", "r2", "mae", "rmse")
     else:
-        overrides = [*CLASSIFICATION, *BASE]
-        metrics = ("loss", "acc")
+        overrides = [*CLASSIFICATION, *BASE, "metrics=[f1_macro,precision_weighted,auroc,average_precision,top3_acc]"]
+        metrics = ("loss", "acc", "f1_macro", "precision_weighted", "auroc", "average_precision", "top3_acc")
     one = train(make_cfg(*overrides, "plots=false"), output_dir=tmp_path / "one")
     proc = workers("nettrain-train", *overrides, f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -48,6 +50,12 @@ def test_two_processes_validate_and_test_as_one_process_does(task, tmp_path):
     for key in (f"test_{m}" for m in metrics):
         assert two[key] == pytest.approx(one[key], rel=1e-5), (key, one[key], two[key])
     assert (two["best_epoch"], two["best_val_loss"]) == (one["best_epoch"], pytest.approx(one["best_val_loss"], 1e-5))
+    if task == "classification":  # the per-class report: the confusion matrix over both ranks' shares
+        report_one, report_two = (
+            json.loads((tmp_path / r / "eval" / "test-report.json").read_text()) for r in ("one", "two")
+        )
+        assert report_two["confusion_matrix"] == report_one["confusion_matrix"]
+        assert report_two["samples"] == sum(map(sum, report_two["confusion_matrix"])) == 40
 
 
 # In each worker: every atomic write (a temporary file, then os.replace) is recorded in a file per

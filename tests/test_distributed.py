@@ -201,14 +201,15 @@ def test_multirun_under_a_launcher_is_refused_by_every_rank(capsys, monkeypatch)
     launch.refuse_multirun(None, ["nettrain-train", "-m"])  # one process: Hydra's multirun as usual
 
 
-def test_two_gloo_processes_share_the_run_dir_sums_and_the_stop_decision(tmp_path):
+def test_two_gloo_processes_share_the_run_dir_sums_the_stop_decision_and_the_metrics(tmp_path):
     proc = workers("distributed_checks.py", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split("\n")[:4] == [
+    assert proc.stdout.split("\n")[:5] == [
         "ok run dir",
         "ok all-reduce",
         "ok broadcast",
         "ok shared stop",
+        "ok metrics",
     ], proc.stdout
 
 

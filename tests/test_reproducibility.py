@@ -508,6 +508,7 @@ def test_a_fresh_run_in_a_used_folder_sets_the_old_results_aside(straight, tmp_p
     train(make_cfg(*BASE), output_dir=out, stop=StopRequest(after_steps=3))  # a new run, interrupted
     (aside,) = out.glob("previous-*")
     assert rows(aside) == rows(straight) and (aside / "checkpoints" / "best.pt").is_file()
+    assert (aside / "eval" / "test-report.json").is_file() and not (out / "eval").exists()  # the old test's report
     train(make_cfg(*BASE, f"resume={out}"), output_dir=out)  # resumes the new run, not the old one
     assert_same_run(straight, out)
 

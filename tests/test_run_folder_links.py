@@ -221,6 +221,11 @@ def test_a_sweep_launched_again_into_a_folder_with_a_link_is_refused_before_hydr
 # -- nettrain-eval, -predict, -export ---------------------------------------------------------------
 
 
+def no_eval_result(run: Path) -> bool:
+    """RUN/eval/ holds the run's own per-class test report alone: nettrain-eval wrote nothing there."""
+    return [p.name for p in (run / "eval").iterdir()] == ["test-report.json"]
+
+
 @pytest.mark.parametrize("given", ["run", "checkpoint"])
 def test_eval_refuses_a_symlinked_eval_folder(run, tmp_path, capsys, given):
     from nettrain.commands.evaluate import main
@@ -250,7 +255,7 @@ def test_eval_refuses_a_symlinked_checkpoint(run, tmp_path, capsys, given):
     assert main([str(target)]) == 2
     refused(capsys.readouterr().err, "checkpoints/best.pt", elsewhere)
     assert elsewhere.read_bytes() == kept
-    assert snapshot(run) == before and not (run / "eval").exists()
+    assert snapshot(run) == before and no_eval_result(run)
 
 
 def test_eval_refuses_a_symlinked_checkpoints_folder_given_as_a_path_through_it(run, tmp_path, capsys):
@@ -262,7 +267,7 @@ def test_eval_refuses_a_symlinked_checkpoints_folder_given_as_a_path_through_it(
     before = snapshot(run)
     assert main([str(run / "checkpoints" / "best.pt")]) == 2
     refused(capsys.readouterr().err, "checkpoints/", elsewhere)
-    assert snapshot(run) == before and not (tmp_path / "eval").exists() and not (run / "eval").exists()
+    assert snapshot(run) == before and not (tmp_path / "eval").exists() and no_eval_result(run)
 
 
 def test_predict_refuses_a_symlinked_predict_folder(run, rows, tmp_path, capsys):
@@ -300,7 +305,7 @@ def test_a_checkpoint_outside_a_run_is_read_only_as_the_file_itself(run, tmp_pat
     assert eval_main([str(loose / "model.pt")]) == 2
     err = capsys.readouterr().err
     assert f"{loose / 'model.pt'} is a symlink (-> {run / 'checkpoints' / 'best.pt'})" in err and "Traceback" not in err
-    assert not (loose / "eval").exists() and not (run / "eval").exists()
+    assert not (loose / "eval").exists() and no_eval_result(run)
 
     (loose / "model.pt").unlink()
     shutil.copy(run / "checkpoints" / "best.pt", loose / "model.pt")

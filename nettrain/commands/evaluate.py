@@ -7,7 +7,10 @@ top. Without --data the run's own data is built from its config and one split ev
 --data the checkpoint's saved preprocessing alone reads PATH: a folder of class folders
 (<class>/*.png, any subset of the model's classes) for an image model, a table with the feature
 columns and the target column for a table model; no train/ folder, no data set. The result is
-printed and written to RUN_DIR/eval/<checkpoint>-<split>.json (--data: <checkpoint>-<name>-<hash>.json).
+printed and written to RUN_DIR/eval/<checkpoint>-<split>.json (--data: <checkpoint>-<name>-<hash>.json),
+with the run's `metrics=[...]` (or `metrics=[...]` given here); a classifier's per-class report
+(precision, recall, F1, support per class, and the confusion matrix) is printed and written beside
+it as <...>-report.json, and drawn as <...>-confusion_matrix.png unless plots=false.
 
     nettrain-eval outputs/2026-01-01/12-00-00-000000                # best.pt on the test split
     nettrain-eval outputs/.../checkpoints/last.pt --split val
@@ -17,7 +20,9 @@ printed and written to RUN_DIR/eval/<checkpoint>-<split>.json (--data: <checkpoi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
@@ -25,6 +30,7 @@ from rich.table import Table
 
 from nettrain.config import trust as trust_lib
 from nettrain.errors import BadInput
+from nettrain.insight.class_report import report_lines
 from nettrain.run.resume import run_dir_of
 from nettrain.run.summary import RunStatus, read_summary
 
@@ -64,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=title, show_header=False)
     for key, value in result.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if "report" in result:  # a classifier's per-class report, written beside the result
+        report = json.loads(Path(result["report"]).read_text(encoding="utf-8"))
+        console.print(f"per class ({result['report']}):", markup=False, highlight=False)
+        for line in report_lines(report):
+            console.print("  " + line, markup=False, highlight=False)
     return diverged_exit(args.target)
 
 

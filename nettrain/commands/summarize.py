@@ -8,9 +8,9 @@ Each run dir gives one row: the swept values (the override keys whose values dif
 runs, read from each run's .hydra/overrides.yaml), the status (ok, early-stopped, failed with the
 error's first line, or incomplete: interrupted (resumable), or no summary.json at all: killed or
 still running), best epoch, best val loss and accuracy, test accuracy (regression: best val R² and
-MAE, test R² and MAE), epochs run, wall time and samples/s. The best finished row by the monitored
-metric (summary.json's "monitor": val_loss and val_mae lower is better, val_acc and val_r2 higher)
-is marked. Folders of dry runs and finders (dry_run=true, find=...) train nothing: they are left
+MAE, test R² and MAE), the best val and test figures of the runs' `metrics=[...]` (F1, AUROC, ...),
+epochs run, wall time and samples/s. The best finished row by the monitored metric (summary.json's
+"monitor": losses and errors lower is better, val_acc, val_r2, F1 and the like higher) is marked. Folders of dry runs and finders (dry_run=true, find=...) train nothing: they are left
 out, and counted. Runs on different data sets (their saved config's data section, loading and
 split settings aside) are never ranked together: a `data set` column names each one's, each data
 set's best is marked, and a warning says so. Written, atomically, into the output folder (`--out`; by
@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from nettrain.config.schema import MONITORED, is_finite_number
+from nettrain.config.schema import is_finite_number, metric_mode
 from nettrain.errors import BadInput, RunFolderLinkError
 from nettrain.files import atomic_write, write_text
 from nettrain.insight.figures import pyplot, ticker
@@ -63,10 +63,10 @@ STATUS_NAMES: dict[str, str] = {
     RunStatus.DIVERGED: "diverged",  # a non-finite training loss stopped it: a failure
 }
 FINISHED = ("ok", "early-stopped")
-MODES = MONITORED  # monitored metric -> "min" or "max"
 METRICS = ["best_epoch", "best_val_loss", "best_val_acc", "test_acc", "epochs_run", "wall_time_s", "samples_per_s"]
 REGRESSION_METRICS = ["best_val_r2", "best_val_mae", "test_r2", "test_mae"]  # shown when a run is a regression
 CLASSIFICATION_ONLY = ("best_val_acc", "test_acc")  # left out when every run is a regression
+EXTRA_PREFIXES = ("best_val_", "test_")  # a run's metrics=[...]: best_val_NAME and test_NAME columns after these
 # data keys that load, split, augment or encode a data set but do not make it another one: runs
 # that differ only in these are compared (and ranked) together
 NOT_THE_DATA_SET = (
@@ -185,7 +185,7 @@ class Run:
     status: str = "incomplete"  # ok | early-stopped | failed | incomplete
     error: str | None = None
     monitor: str | None = None
-    values: dict[str, Any] = field(default_factory=dict)  # METRICS and REGRESSION_METRICS keys
+    values: dict[str, Any] = field(default_factory=dict)  # METRICS, REGRESSION_METRICS and metrics=[...] keys
     curve: list[tuple[float, float]] = field(default_factory=list)  # (epoch, val_loss)
     tool: str | None = None  # dry_run=true or find=...: a folder that trained nothing
     data: dict[str, Any] | None = None  # the data set (the data section's identifying keys); None: unknown
@@ -286,6 +286,7 @@ def _read_run(run_dir: Path) -> Run:
             run.error = f"interrupted{signal}; nettrain-train resume=RUN_DIR continues it"
         run.monitor = summary.get("monitor")
     run.values = {key: summary.get(key) for key in METRICS + REGRESSION_METRICS}
+    run.values |= {key: value for key, value in summary.items() if is_extra(key)}
     if metrics:
         _fill_from_metrics(run, metrics)
     return run
@@ -293,16 +294,18 @@ def _read_run(run_dir: Path) -> Run:
 
 def _fill_from_metrics(run: Run, metrics: list[dict[str, float]]) -> None:
     """What the summary lacks, from the epochs in metrics.csv: a failed or incomplete run's best
-    epoch so far, and the best epoch's validation figures a summary does not hold (val_mae)."""
+    epoch so far, and the best epoch's validation figures a summary does not hold (val_mae, and
+    those of metrics=[...] while the run is incomplete)."""
     monitor = run.monitor or "val_loss"
     scored = [r for r in metrics if is_finite_number(r.get(monitor))]
     run.values["epochs_run"] = run.values["epochs_run"] if run.values["epochs_run"] is not None else len(metrics)
     if scored and run.values["best_epoch"] is None:
-        pick = min if MODES.get(monitor, "min") == "min" else max
+        pick = min if metric_mode(monitor) == "min" else max
         run.values["best_epoch"] = int(pick(scored, key=lambda r: r[monitor])["epoch"])
     best = next((r for r in metrics if r["epoch"] == run.values["best_epoch"]), None)
-    for key in ("best_val_loss", "best_val_acc", "best_val_r2", "best_val_mae"):
-        if best is not None and run.values[key] is None:
+    extra = [f"best_{key}" for key in (best or {}) if is_extra(f"best_{key}")]
+    for key in ("best_val_loss", "best_val_acc", "best_val_r2", "best_val_mae", *extra):
+        if best is not None and run.values.get(key) is None:
             run.values[key] = best.get(key[len("best_") :])
     if run.values["samples_per_s"] is None:
         speeds = [r["samples_per_s"] for r in metrics if is_finite_number(r.get("samples_per_s"))]
@@ -325,7 +328,7 @@ class SweepSummary:
 
     @property
     def mode(self) -> str:
-        return MODES.get(self.monitor, "min")
+        return metric_mode(self.monitor)
 
     @property
     def bests(self) -> list[int]:
@@ -335,18 +338,18 @@ class SweepSummary:
     @property
     def metrics(self) -> list[str]:
         """The figures shown: METRICS, with R² and MAE when a run is a regression (and without
-        the accuracies when every run is)."""
+        the accuracies when every run is), and the metrics=[...] figures any run has."""
+        extra = list(dict.fromkeys(key for run in self.runs for key in run.values if is_extra(key)))
+        extra.sort(key=lambda key: key.startswith("test_"))  # best val figures first, then the test's
         regression = [
             run
             for run in self.runs
             if (run.data or {}).get("task") == "regression"
             or any(run.values.get(k) is not None for k in REGRESSION_METRICS)
         ]
-        if not regression:
-            return list(METRICS)
         shown = [k for k in METRICS if k not in CLASSIFICATION_ONLY or len(regression) < len(self.runs)]
         at = shown.index("epochs_run")
-        return shown[:at] + REGRESSION_METRICS + shown[at:]
+        return shown[:at] + (REGRESSION_METRICS if regression else []) + extra + shown[at:]
 
     @property
     def counts(self) -> Counter:
@@ -384,7 +387,7 @@ def pick_best(runs: Sequence[Run], monitor: str) -> int | None:
     ]
     if not scored:
         return None
-    sign = 1 if MODES.get(monitor, "min") == "min" else -1
+    sign = 1 if metric_mode(monitor) == "min" else -1
     return min(scored, key=lambda item: (sign * item[1], item[0]))[0]
 
 
@@ -432,7 +435,7 @@ def collect(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> S
 
 def _monitor(runs: Sequence[Run]) -> str:
     """The runs' monitored metric (the most common; val_loss when none says)."""
-    monitors = Counter(run.monitor for run in runs if run.monitor in MODES)
+    monitors = Counter(run.monitor for run in runs if isinstance(run.monitor, str) and run.monitor.startswith("val_"))
     return monitors.most_common(1)[0][0] if monitors else "val_loss"
 
 
@@ -509,10 +512,21 @@ _HEADERS = {
 }
 
 
+def is_extra(key: str) -> bool:
+    """A summary's figure of a metric in `metrics=[...]` (best_val_f1_macro, test_auroc), not one of
+    the columns every run has (test_loss is not shown)."""
+    return key.startswith(EXTRA_PREFIXES) and key not in (*METRICS, *REGRESSION_METRICS, "test_loss")
+
+
+def column_title(key: str) -> str:
+    """A column's title: best_val_f1_macro -> best val_f1_macro, test_auroc -> test auroc."""
+    return _HEADERS.get(key) or key.replace("best_val_", "best val_", 1).replace("test_", "test ", 1)
+
+
 def _cell(key: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-" if value is None else str(value)
-    fmt = _CELL_FORMATS[key]
+    fmt = _CELL_FORMATS.get(key) or ("{:.4g}" if metric_mode(key) == "min" else "{:.4f}")
     try:
         return fmt.format(int(value) if fmt == "{:d}" else value)
     except (TypeError, ValueError):
@@ -527,7 +541,7 @@ def table_rows(summary: SweepSummary, status_width: int = 70) -> tuple[list[str]
     """Header and display cells (as in the console and summary.md); a best row's first cell is '*'
     (each data set's best when the runs differ in data, with a data column)."""
     data = ["data set"] if summary.best_by_data else []
-    header = ["best", "job", *data, *summary.swept, "status", *(_HEADERS[k] for k in summary.metrics)]
+    header = ["best", "job", *data, *summary.swept, "status", *(column_title(k) for k in summary.metrics)]
     rows = []
     for i, run in enumerate(summary.runs):
         rows.append(
@@ -602,7 +616,7 @@ def to_markdown(summary: SweepSummary, plot_name: str | None = "summary.png") ->
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    numeric = {_HEADERS[k] for k in summary.metrics}
+    numeric = {column_title(k) for k in summary.metrics}
     align = ["---:" if h in numeric else "---" for h in header]
     text = [
         f"# Sweep summary: {summary.out_dir}",
@@ -637,7 +651,7 @@ def print_table(summary: SweepSummary, console=None) -> None:
             needed = sum(max(len(h), *(len(r[i]) for r in rows)) + 3 for i, h in enumerate(header)) + 1
             console = Console(highlight=False, width=max(80, needed))
     table = Table(title=f"sweep summary: {summary.out_dir}", caption=_headline(summary))
-    numeric = {_HEADERS[k] for k in summary.metrics}
+    numeric = {column_title(k) for k in summary.metrics}
     for name in header:
         table.add_column(name, justify="right" if name in numeric else "left", no_wrap=name != "status")
     for i, (run, cells) in enumerate(zip(summary.runs, rows)):

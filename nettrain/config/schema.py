@@ -33,7 +33,22 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu")
 NORMS = ("none", "batchnorm", "layernorm")
 INITS = ("default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform")
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST")
-MONITORED = {"val_loss": "min", "val_acc": "max", "val_r2": "max", "val_mae": "min"}
+# metrics=[...]: the names each data.task computes (nettrain/engine/metrics.py); `topK_acc` takes
+# any K >= 1. The loop's own sums give loss and acc (classification), r2 and mae (regression).
+AVERAGES = ("macro", "micro", "weighted")
+TASK_METRICS = {
+    "classification": (
+        "acc",
+        "topK_acc",
+        *(f"{name}_{average}" for name in ("f1", "precision", "recall") for average in AVERAGES),
+        "auroc",
+        "average_precision",
+    ),
+    "regression": ("mae", "rmse", "r2"),
+}
+BUILT_IN_METRICS = {"classification": ("loss", "acc"), "regression": ("loss", "r2", "mae")}  # always reported
+LOWER_IS_BETTER = ("loss", "mae", "rmse")
+TOP_K = re.compile(r"^top([1-9][0-9]*)_acc$")
 AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data.augment (nettrain/data/augment.py)
 MIXES = ("none", "mixup", "cutmix")  # data.mix
 SOFT_TARGET_LOSSES = ("torch.nn.CrossEntropyLoss",)  # losses that take class probabilities as targets
@@ -70,7 +85,7 @@ class EarlyStoppingConfig:
     """Stop when the monitored metric has not improved for `patience` epochs."""
 
     enabled: bool = True  # stop early; false: run all `epochs` [resume: may change]
-    monitor: str = "val_loss"  # val_loss | val_acc (higher is better) | regression: val_r2 (higher), val_mae
+    monitor: str = "val_loss"  # val_loss | val_acc | regression: val_r2, val_mae | val_NAME of any NAME in `metrics`; its direction (min or max) is the metric's
     patience: int = 3  # epochs without improvement before stopping (the tutorial's 3) [resume: may change]
     min_delta: float = 0.0  # an improvement must beat the best by more than this [resume: may change]
     restore_best: bool = True  # load the best epoch's weights when training ends
@@ -223,6 +238,9 @@ class TrainConfig:
     dry_run: bool = False  # build, show the model and memory estimate, one forward + backward; no training
     find: str | None = None  # lr (LR range test) | batch_size (largest that fits): run it instead of training
     lr_find: LrFindConfig = field(default_factory=LrFindConfig)  # [resume: may change]
+    metrics: list[str] = field(
+        default_factory=list
+    )  # more metrics for validation (val_NAME) and test (test_NAME), e.g. [f1_macro,auroc]: classification: acc, topK_acc (top5_acc), f1|precision|recall_macro|micro|weighted, auroc, average_precision; regression: mae, rmse, r2
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -308,11 +326,48 @@ def _check_data_options(c: Checks) -> None:
             f"data.mix={_fmt(c.get('data.mix'))}: gives soft targets (class probabilities), which loss._target_="
             f"{_fmt(loss)} does not take; allowed: {', '.join(SOFT_TARGET_LOSSES)}, or data.mix=none"
         )
-    monitor, task = c.get("early_stopping.monitor"), c.get("data.task") or "classification"
-    wrong = {"classification": ("val_r2", "val_mae"), "regression": ("val_acc",)}
-    if monitor in wrong.get(task, ()):
-        allowed = "val_loss, val_r2, val_mae" if task == "regression" else "val_loss, val_acc"
-        c.problem(f"early_stopping.monitor={_fmt(monitor)}: not reported for data.task={task!r}; allowed: {allowed}")
+
+
+def metric_mode(monitor: str) -> str:
+    """The direction of a reported metric (`val_f1_macro`, `best_val_loss`, `test_rmse`, `mae`):
+    min for a loss or an error, max for every other."""
+    name = monitor.removeprefix("best_").removeprefix("val_").removeprefix("test_")
+    return "min" if name in LOWER_IS_BETTER else "max"
+
+
+def known_metric(name: Any, task: str) -> bool:
+    """`name` is one of `task`'s metrics (TASK_METRICS, topK_acc with K a number)."""
+    if not isinstance(name, str):
+        return False
+    return name in TASK_METRICS.get(task, ()) or (task == "classification" and bool(TOP_K.match(name)))
+
+
+def computed_metrics(names: Iterable[str], task: str) -> list[str]:
+    """The names of `names` that the loop's own sums do not give: what torchmetrics computes."""
+    return [name for name in dict.fromkeys(names) if name not in BUILT_IN_METRICS.get(task, ())]
+
+
+def _check_metrics(c: Checks) -> None:
+    """`metrics` against data.task, and early_stopping.monitor against what the run reports."""
+    task = c.get("data.task") or "classification"
+    if task not in TASK_METRICS:  # data.task's own check names it
+        return
+    names = c.get("metrics") or []
+    unknown = [name for name in names if not known_metric(name, task)]
+    if unknown:
+        c.problem(
+            f"metrics={_fmt(list(names), 120)}: {', '.join(map(_fmt, unknown))} not computed for "
+            f"data.task={task!r}; allowed: {', '.join(TASK_METRICS.get(task, ()))} (K a number, e.g. top5_acc)"
+        )
+    monitor = c.get("early_stopping.monitor")
+    reported = [f"val_{name}" for name in dict.fromkeys([*BUILT_IN_METRICS.get(task, ()), *names])]
+    if monitor is not None and monitor not in reported:
+        computable = isinstance(monitor, str) and known_metric(monitor.removeprefix("val_"), task)
+        hint = f" (add it: metrics=[{monitor.removeprefix('val_')}])" if computable else ""
+        c.problem(
+            f"early_stopping.monitor={_fmt(monitor)}: not reported for data.task={task!r}{hint}; "
+            f"allowed: {', '.join(reported)}, or val_NAME with NAME in metrics"
+        )
 
 
 class Checks:
@@ -536,9 +591,9 @@ def _check_data(c: Checks) -> None:
 
 
 def _check_monitors(c: Checks) -> None:
-    """Early stopping and the gradient monitor."""
+    """The metrics, early stopping and the gradient monitor."""
     finite = is_finite_number
-    c.choice("early_stopping.monitor", tuple(MONITORED))
+    _check_metrics(c)
     c.need("early_stopping.patience", lambda v: v >= 1, "must be an integer >= 1")
     c.need("early_stopping.min_delta", lambda v: finite(v) and v >= 0, "must be a number >= 0")
     c.need("grad_monitor.every_n_steps", lambda v: v >= 1, "must be an integer >= 1 (1 = every step)")

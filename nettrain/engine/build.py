@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from nettrain.config import graph_plan as capture
 from nettrain.config import trust as trust_lib
 from nettrain.config import usermodules
-from nettrain.config.schema import MONITORED, TrainConfig, plain, validate
+from nettrain.config.schema import TrainConfig, metric_mode, plain, validate
 from nettrain.data import Batches, DataSplits, Split
 from nettrain.data.augment import Augment
 from nettrain.data.preprocessing import PreprocessingRecord, input_transform
@@ -441,7 +441,11 @@ def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_
 def build_early_stopping(cfg: DictConfig):
     es = cfg.early_stopping
     return EarlyStopping(
-        monitor=es.monitor, mode=MONITORED[es.monitor], patience=es.patience, min_delta=es.min_delta, enabled=es.enabled
+        monitor=es.monitor,
+        mode=metric_mode(es.monitor),
+        patience=es.patience,
+        min_delta=es.min_delta,
+        enabled=es.enabled,
     )
 
 

@@ -1,5 +1,7 @@
 """Saved weights evaluated on a split of their run's data, or on any labelled images or table
-(nettrain-eval's work); the result is written to RUN_DIR/eval/."""
+(nettrain-eval's work); the result is written to RUN_DIR/eval/, with the `metrics=[...]` of the
+run's config (or of the overrides) and, for a classifier, the per-class report beside it
+(<result>-report.json; its confusion matrix as <result>-confusion_matrix.png when `plots` is on)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from nettrain.data.preprocessing import input_transform
 from nettrain.data.tabular import encode_rows
 from nettrain.engine.build import build_data, build_trained, trained_loss
 from nettrain.engine.loop import evaluate
+from nettrain.engine.metrics import Measures
 from nettrain.engine.prediction import table_records
 from nettrain.errors import ConfigError, DataError
 from nettrain.files import write_json
+from nettrain.insight.class_report import class_report, plot_confusion_matrix
 from nettrain.run import checkpoint as ckpt
 from nettrain.run.folder import refuse_target_symlinks
 
@@ -49,16 +53,25 @@ def evaluate_checkpoint(
         name, out = "data", f"{path.stem}-{Path(where).name}-{hashlib.sha256(where.encode()).hexdigest()[:8]}.json"
     transform = input_transform(prep, chosen.x, device)  # uint8 images: normalised per batch, as in training
     batches = Batches(chosen, cfg.batch_size, device, transform=transform, **loader)
-    task = prep.get("task", "classification")
+    task, target_std = prep.get("task", "classification"), prep.get("target_std", 1.0)
     loss_fn = trained_loss(cfg, state, task).to(device)  # weighted by class as in training, if it was
-    metrics = evaluate(trained.model, loss_fn, batches, task, prep.get("target_std", 1.0))
+    measures = Measures(cfg.metrics, task, prep["num_classes"], device, target_std, confusion=True)
+    metrics = evaluate(trained.model, loss_fn, batches, task, target_std, measures)
+    report = None
+    if measures.confusion_matrix is not None:  # a classifier: the per-class report beside the result
+        report = class_report(measures.confusion_matrix, prep.get("class_names"))
+        stem = out.removesuffix(".json")
+        write_json(run_dir / "eval" / f"{stem}-report.json", {"checkpoint": str(path), "split": name, **report})
+        if cfg.plots:
+            plot_confusion_matrix(report, run_dir / "eval" / f"{stem}-confusion_matrix.png", f"{name} of {path.stem}")
     result = {
         "checkpoint": str(path),
         "epoch": state["epoch"],
         "split": name,
         **({"data": where} if data is not None else {}),
         "samples": batches.n,
-        **{f"{name}_{key}": value for key, value in metrics.items()},  # loss, then acc or r2, mae
+        **{f"{name}_{key}": value for key, value in metrics.items()},  # loss, acc or r2, mae; metrics=[...]
+        **({"report": str(run_dir / "eval" / f"{out.removesuffix('.json')}-report.json")} if report else {}),
         "device": str(device),
         "overrides": overrides,
     }

@@ -13,7 +13,9 @@ the step reached, the partial loss sum and every RNG state (see checkpoint.snaps
 same figures on 1 or N processes: each rank sums on the device what its task's metrics need over
 its share of every batch; one all-reduce adds every rank's sums, one host sync reads them, and the
 task's `finish` turns the totals into the metrics. A new metric is one change to its task in
-`TASKS`: the sums it needs per batch and its formula from the totals.
+`TASKS`: the sums it needs per batch and its formula from the totals. The metrics these sums do
+not give (F1, AUROC, top-k, RMSE: `metrics=[...]`) are torchmetrics' (nettrain/engine/metrics.py),
+added to the same pass when a run asks for them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch import nn
 from nettrain.engine import distributed
 from nettrain.engine.divergence import LossWatch
 from nettrain.engine.interrupt import StopRequest
+from nettrain.engine.metrics import Measures
 from nettrain.engine.state import Position, TrainState
 from nettrain.run import launch
 
@@ -112,25 +115,37 @@ TASKS = {
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loss_fn: nn.Module, batches, task: str = "classification", target_std: float = 1.0
+    model: nn.Module,
+    loss_fn: nn.Module,
+    batches,
+    task: str = "classification",
+    target_std: float = 1.0,
+    measures: Measures | None = None,
 ) -> dict[str, float]:
     """The task's metrics over every batch of `batches` (every rank's share under torchrun), in
     eval mode (dropout off, BatchNorm running statistics: rank 0's, on every rank):
-    {"loss", "acc"} for classification, {"loss", "r2", "mae"} for regression."""
+    {"loss", "acc"} for classification, {"loss", "r2", "mae"} for regression, then the
+    `measures` of `metrics=[...]` (nettrain/engine/metrics.py) when given, by name."""
     measure = TASKS[task]
     model.eval()
     distributed.broadcast_buffers(model)
     device = next(model.parameters()).device
     sums = {name: torch.zeros((), device=device) for name in measure.names}  # zeros on a rank without samples
+    extra = measures if measures else None
     for x, y in batches:  # this rank's share of the split
         out = model(x)
         batch = measure.sums(out, y, loss_fn(out, y))
         for name in measure.names:
             sums[name] += batch[name]
+        if extra is not None:
+            extra.update(out, y)
     stacked = torch.stack(list(sums.values()))
     distributed.all_reduce_sum(stacked)  # every rank's sums, in one call
     total = dict(zip(measure.names, stacked.tolist()))  # the pass's one host sync
-    return measure.finish(total, batches.n, target_std)
+    figures = measure.finish(total, batches.n, target_std)
+    if extra is not None:
+        figures |= extra.compute()  # torchmetrics gathers every rank's states
+    return figures
 
 
 def l1_penalty(params: list[torch.Tensor]) -> torch.Tensor:
@@ -151,6 +166,7 @@ class LoopSettings:
     task: str = "classification"  # the validation metrics: classification (acc) | regression (r2, mae)
     target_std: float = 1.0  # regression: the target's std, to report MAE in its own units
     unfreeze: Callable[[int], str | None] | None = None  # model.unfreeze_at_epoch: called as each epoch starts
+    measures: Measures | None = None  # the validation's metrics=[...] beyond the task's own (torchmetrics)
 
 
 @dataclass
@@ -318,7 +334,7 @@ def epoch_row(
     return {
         "epoch": epoch,
         "train_loss": train_loss,
-        **{f"val_{name}": value for name, value in val.items()},  # val_loss, then val_acc or val_r2, val_mae
+        **{f"val_{name}": value for name, value in val.items()},  # val_loss, val_acc or val_r2, val_mae; metrics=[...]
         "lr": lr,
         "epoch_time_s": seconds,
         "samples_per_s": samples_per_s,
@@ -332,7 +348,7 @@ def validate(
     best so far (early stopping decides), and the best weights so far (a copy, for restore_best)."""
     model, early_stopping = state.model, state.early_stopping
     with weights_to_evaluate(state):  # the EMA's, when kept: for validation and best_weights
-        val = evaluate(model, state.loss_fn, val_batches, settings.task, settings.target_std)
+        val = evaluate(model, state.loss_fn, val_batches, settings.task, settings.target_std, settings.measures)
         is_best = early_stopping.update(val[early_stopping.monitor.removeprefix("val_")], epoch)
         if is_best and settings.restore_best:
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}

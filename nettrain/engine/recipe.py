@@ -8,9 +8,9 @@ order they run.
 - build: the data, the model, the optimizer and the rest (nettrain/engine/build.py), shown on the
   console; the checkpoint's state restored, or an earlier run's results set aside
 - fit: the loop (nettrain/engine/loop.py), writing checkpoints, metrics.csv and the console rows
-- test: the best weights on the test split
-- record: summary.json (one RunSummary, nettrain/run/summary.py), the plots, the loggers' end and
-  the console's closing table
+- test: the best weights on the test split, with the confusion matrix of a classification
+- record: summary.json (one RunSummary, nettrain/run/summary.py), the per-class report
+  (eval/test-report.json), the plots, the loggers' end and the console's closing table
 
 Every rank of a distributed run follows it; only rank 0 writes (RunWriter) and prints (Reporter).
 """
@@ -38,8 +38,10 @@ from nettrain.engine.distributed import resolve_device
 from nettrain.engine.divergence import Diverged
 from nettrain.engine.interrupt import StopRequest, stop_on_signals
 from nettrain.engine.loop import FitResult, LoopSettings, Position, RunOutputs, evaluate, fit
+from nettrain.engine.metrics import Measures
 from nettrain.engine.tune import run_tool
 from nettrain.errors import ConfigError
+from nettrain.insight.class_report import class_report, plot_confusion_matrix, report_lines
 from nettrain.insight.diagnosis import worse_from_the_start
 from nettrain.insight.memory import MemoryCheck, PeakMemory, peak_rss_mb
 from nettrain.insight.report import Reporter, save_plots
@@ -59,6 +61,8 @@ from nettrain.run.summary import (
     write_failure,
 )
 from nettrain.run.sweep import config_hash
+
+REPORT = "eval/test-report.json"  # the per-class report of a classification run's test
 
 
 def train_run(
@@ -89,10 +93,10 @@ def train_run(
             except Diverged as exc:  # the checkpoints keep the last finite state
                 reporter.warn(str(exc))
                 return record(cfg, run, diverged_summary(cfg, run, exc, started), writer, reporter)
-            test = test_best(run, result)  # 4. test
+            test, report = test_best(cfg, run, result)  # 4. test
             summary = ended_summary(cfg, run, result, test, provenance, memory, started, stop)
             note = interrupted_note(stop.steps, cfg.checkpoint.enabled) if result.interrupted else None
-            return record(cfg, run, summary, writer, reporter, note)  # 5. record
+            return record(cfg, run, summary, writer, reporter, note, report)  # 5. record
 
 
 # -- 1. resume --------------------------------------------------------------------------------------
@@ -176,6 +180,7 @@ def train_epochs(
         task=run.data.task,
         target_std=run.data.meta.get("target_std", 1.0),
         unfreeze=run.unfreeze,
+        measures=measures(cfg, run),
     )
     out = RunOutputs(
         checkpointer=Checkpointer(writer.path("checkpoints"), config, cfg.checkpoint.enabled, writer),
@@ -188,13 +193,24 @@ def train_epochs(
 # -- 4. test ----------------------------------------------------------------------------------------
 
 
-def test_best(run: Run, result: FitResult) -> dict[str, float]:
+def measures(cfg: DictConfig, run: Run, confusion: bool = False) -> Measures:
+    """The metrics=[...] beyond the task's own, on the run's device (with the confusion matrix)."""
+    data = run.data
+    target_std = data.meta.get("target_std", 1.0)
+    return Measures(cfg.metrics, data.task, data.num_classes, run.device, target_std, confusion=confusion)
+
+
+def test_best(cfg: DictConfig, run: Run, result: FitResult) -> tuple[dict[str, float], dict[str, Any] | None]:
     """The weights fit ended with (the best epoch's, or the averaged ones) on the test split, on
-    every rank; nothing for a run interrupted before its end."""
+    every rank, and a classification's per-class report; nothing for a run interrupted before its end."""
     if result.interrupted:
-        return {}
+        return {}, None
     target_std = run.data.meta.get("target_std", 1.0)
-    return evaluate(run.state.model, run.state.loss_fn, run.batches(run.data.test), run.data.task, target_std)
+    test_measures = measures(cfg, run, confusion=True)
+    batches = run.batches(run.data.test)
+    test = evaluate(run.state.model, run.state.loss_fn, batches, run.data.task, target_std, test_measures)
+    matrix = test_measures.confusion_matrix
+    return test, (class_report(matrix, run.data.meta.get("class_names")) if matrix is not None else None)
 
 
 # -- 5. record --------------------------------------------------------------------------------------
@@ -226,7 +242,7 @@ def ended_summary(
         status,
         best_epoch=result.best_epoch,
         best_val_loss=best_row.get("val_loss"),
-        figures=task_figures(run.data.task, best_row, test),  # test_loss; accuracy, or regression's R² and MAE
+        figures=task_figures(run.data.task, best_row, test, cfg.metrics),  # acc, or R² and MAE; metrics=[...]
         class_names=run.data.meta.get("class_names"),
         class_weights=class_weights.summary() if (class_weights := run.state.extras.get("class_weights")) else None,
         epochs_run=result.epochs_run,
@@ -269,7 +285,7 @@ def diverged_summary(cfg: DictConfig, run: Run, exc: Diverged, started: float) -
         error=str(exc),
         best_epoch=best.get("epoch"),
         best_val_loss=best.get("val_loss"),
-        figures=task_figures(run.data.task, best, {}),
+        figures=task_figures(run.data.task, best, {}, cfg.metrics),
         epochs_run=len(history),
         stopped_early=False,
         wall_time_s=round(time.perf_counter() - started, 3),
@@ -280,13 +296,25 @@ def diverged_summary(cfg: DictConfig, run: Run, exc: Diverged, started: float) -
 
 
 def record(
-    cfg: DictConfig, run: Run, summary: RunSummary, writer: RunWriter, reporter: Reporter, note: str | None = None
+    cfg: DictConfig,
+    run: Run,
+    summary: RunSummary,
+    writer: RunWriter,
+    reporter: Reporter,
+    note: str | None = None,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the plots and summary.json (rank 0), end the loggers, and print the closing table
-    (`note`: what the status says beyond its name); return the summary (every rank)."""
+    """Write the plots, the per-class `report` of the test (when there is one) and summary.json
+    (rank 0), end the loggers, and print the report's table and the closing table (`note`: what
+    the status says beyond its name); return the summary (every rank)."""
     history = run.state.history
     if cfg.plots and history:
         writer.run(save_plots, history, writer.path("plots"), loss_name=loss_name(run.state.loss_fn))
+    if report is not None:
+        writer.json(REPORT, {"split": "test", **report})
+        if cfg.plots:
+            writer.run(plot_confusion_matrix, report, writer.path("plots") / "confusion_matrix.png", "test split")
+        reporter.class_report(report_lines(report), f"per class, test split ({REPORT})")
     content = summary.write(writer)
     run.state.extras["loggers"].finish(content, writer.folder, summary.status)
     if summary.status != RunStatus.DIVERGED and (finding := worse_from_the_start(history)):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from nettrain.config.schema import metric_mode
 from nettrain.insight.diagnosis import plot_gradients
 from nettrain.insight.figures import pyplot, save_png
 
@@ -41,6 +42,18 @@ _COLUMNS = [
     ("epoch_time_s", "time_s", "{:>6.2f}"),
     ("samples_per_s", "samples/s", "{:>9.0f}"),
 ]
+
+
+STATIC = {key for key, _, _ in _COLUMNS}
+
+
+def columns_of(row: dict) -> list[tuple[str, str, str]]:
+    """The console's columns for `row`: the task's metrics, with each further val_NAME of
+    `metrics=[...]` (headed by its name, 4 decimals) after them, before the lr."""
+    columns = [c for c in _COLUMNS if c[0] in row]
+    extra = [(key, key, f"{{:>{max(len(key), 7)}.4f}}") for key in row if key.startswith("val_") and key not in STATIC]
+    at = next((i for i, c in enumerate(columns) if c[0] == "lr"), len(columns))
+    return columns[:at] + extra + columns[at:]
 
 
 class Reporter:
@@ -92,7 +105,7 @@ class Reporter:
             yield lambda: bar.advance(task)
 
     def epoch(self, row: dict, is_best: bool) -> None:
-        columns = [c for c in _COLUMNS if c[0] in row]  # the task's metrics
+        columns = columns_of(row)  # the task's metrics, and metrics=[...]
         if not self._header_done:
             header = "  ".join(
                 f"{title:>{len(fmt.format(0 if key == 'epoch' else 0.0))}}" for key, title, fmt in columns
@@ -134,6 +147,12 @@ class Reporter:
         more = f" (+{len(findings) - 1} more in train.log)" if len(findings) > 1 else ""
         self.console.print(f"warning: epoch {epoch}: {findings[0]}{more}", style="yellow", markup=False)
 
+    def class_report(self, lines: list[str], title: str) -> None:
+        """The per-class table of a classification test (nettrain/insight/class_report.py), under `title`."""
+        self.console.print(title + ":", markup=False)
+        for line in lines:
+            self.console.print("  " + line, markup=False)
+
     def end(self, summary: RunSummary, epochs: int, run_dir: Path, status_note: str | None = None) -> None:
         """The end of the run: one short table, whatever the number of epochs (`epochs`: the epochs
         asked for; `status_note`: what the status says beyond its name). summary.json has the rest."""
@@ -154,10 +173,11 @@ def end_rows(summary: RunSummary, epochs: int, run_dir: Path, status_note: str |
     if best is not None:
         best_figures = {k.removeprefix("best_"): v for k, v in summary.figures.items() if k.startswith("best_")}
         rows.append(("best epoch", f"{best}: " + _figures({"val_loss": summary.best_val_loss, **best_figures})))
+    extra = {name: value for name, value in test.items() if name not in ("loss", "acc", "r2", "mae")}  # metrics=[...]
     if "r2" in test:  # regression
-        shown = {"R²": test.get("r2"), "MAE": test.get("mae"), "loss": test.get("loss")}
+        shown = {"R²": test.get("r2"), "MAE": test.get("mae"), **extra, "loss": test.get("loss")}
     else:
-        shown = {"accuracy": test.get("acc"), "loss": test.get("loss")}
+        shown = {"accuracy": test.get("acc"), **extra, "loss": test.get("loss")}
     rows.append(("test", _figures(shown) if test.get("loss") is not None else "not run: " + _no_test(status)))
     rows.append(("wall time", _duration(summary.wall_time_s)))
     if summary.samples_per_s is not None:
@@ -168,7 +188,11 @@ def end_rows(summary: RunSummary, epochs: int, run_dir: Path, status_note: str |
     rows.append(("run folder", str(run_dir)))
     rows.append(("next", "\n".join(next_commands(summary, epochs, run_dir))))
     rows.append(
-        ("details", "summary.json, metrics.csv, train.log" + (", plots/" if (run_dir / "plots").is_dir() else ""))
+        (
+            "details",
+            "summary.json, metrics.csv, train.log"
+            + "".join(f", {name}/" for name in ("eval", "plots") if (run_dir / name).is_dir()),
+        )
     )
     return rows
 
@@ -193,10 +217,10 @@ def next_commands(summary: RunSummary, epochs: int, run_dir: Path) -> list[str]:
 
 
 def _figures(figures: dict[str, Any]) -> str:
-    """`name value, ...`: fractions (accuracy, R²) to 4 decimals, losses and errors to 4 digits."""
-    fractions = ("accuracy", "R²", "val_acc", "val_r2")
+    """`name value, ...`: fractions (accuracy, R², F1, AUROC) to 4 decimals, losses and errors
+    (loss, MAE, RMSE) to 4 digits."""
     return ", ".join(
-        f"{name} {value:.4f}" if name in fractions else f"{name} {value:.4g}"
+        f"{name} {value:.4g}" if metric_mode(name.lower()) == "min" else f"{name} {value:.4f}"
         for name, value in figures.items()
         if isinstance(value, (int, float))
     )

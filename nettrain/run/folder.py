@@ -514,7 +514,9 @@ def set_aside_old_results(output_dir: Path, reporter) -> None:
     """A fresh run in a folder that holds an earlier run's results (a failed sweep job run again,
     a reused hydra.run.dir) moves them to previous-<time>/ first: nothing is lost, and resume can
     never pick up the other run's checkpoints."""
-    old = [name for name in ("checkpoints", "metrics.csv", "plots", "summary.json") if (output_dir / name).exists()]
+    old = [
+        name for name in ("checkpoints", "eval", "metrics.csv", "plots", "summary.json") if (output_dir / name).exists()
+    ]
     if not old:
         return
     aside = output_dir / f"previous-{timestamp()}"

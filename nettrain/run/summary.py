@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from nettrain.config.schema import plain
+from nettrain.config.schema import computed_metrics, plain
 from nettrain.run.folder import RunWriter
 from nettrain.run.sweep import config_hash
 
@@ -89,7 +90,9 @@ class RunSummary:
     error: str | None = _key(_FAULT)  # the error's first line
     best_epoch: int | None = _key(_TRAINED)
     best_val_loss: float | None = _key(_TRAINED)
-    figures: dict[str, float | None] = _key(_TRAINED, {}, spread=True)  # task_figures: best_val_*, test_*
+    figures: dict[str, float | None] = _key(
+        _TRAINED, {}, spread=True
+    )  # task_figures: best_val_*, test_* (metrics=[...] too)
     class_names: list[str] | None = _key(_ENDED)
     class_weights: dict[str, Any] | None = _key(_ENDED)  # train_counts, and the loss's and sampler's weights
     epochs_run: int | None = _key(_TRAINED)
@@ -143,18 +146,26 @@ class RunSummary:
         return {k.removeprefix("test_"): v for k, v in self.figures.items() if k.startswith("test_")}
 
 
-def task_figures(task: str, best_row: dict[str, Any], test: dict[str, float]) -> dict[str, Any]:
+def task_figures(
+    task: str, best_row: dict[str, Any], test: dict[str, float], metrics: Iterable[str] = ()
+) -> dict[str, Any]:
     """The best epoch's figures beside its val_loss, and the test's: accuracy for classification;
-    R² and MAE for regression, which has no accuracy (no `test_acc None` in its summary)."""
+    R² and MAE for regression, which has no accuracy (no `test_acc None` in its summary); then
+    best_val_NAME and test_NAME of each NAME of `metrics` the task does not report already."""
     if task == "regression":
-        return {
+        figures = {
             "best_val_r2": best_row.get("val_r2"),
             "best_val_mae": best_row.get("val_mae"),
             "test_loss": test.get("loss"),
             "test_r2": test.get("r2"),
             "test_mae": test.get("mae"),
         }
-    return {"best_val_acc": best_row.get("val_acc"), "test_loss": test.get("loss"), "test_acc": test.get("acc")}
+    else:
+        figures = {"best_val_acc": best_row.get("val_acc"), "test_loss": test.get("loss"), "test_acc": test.get("acc")}
+    extra = computed_metrics(metrics, task)
+    return (
+        figures | {f"best_val_{m}": best_row.get(f"val_{m}") for m in extra} | {f"test_{m}": test.get(m) for m in extra}
+    )
 
 
 def read_summary(path: Path) -> dict[str, Any]:
