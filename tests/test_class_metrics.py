@@ -98,6 +98,19 @@ def test_macro_f1_over_the_classes_present_as_scikit_learn_averages():
     assert report["macro"]["precision"] == pytest.approx(figures["precision_macro"], abs=1e-6)
 
 
+def test_auroc_and_average_precision_average_over_the_classes_that_occur():
+    logits, y = predictions(n=45, classes=4, never_predicted=None)
+    keep = y != 2  # class 2 never occurs: it has no ROC curve, and is not counted as 0
+    logits, y = logits[keep], y[keep]
+    figures, _ = evaluated(logits, y, ["auroc", "average_precision"])
+    true, probs = y.numpy(), logits.softmax(dim=1).double().numpy()
+    present = [0, 1, 3]
+    auroc = np.mean([sklearn_metrics.roc_auc_score(true == c, probs[:, c]) for c in present])
+    ap = np.mean([sklearn_metrics.average_precision_score(true == c, probs[:, c]) for c in present])
+    assert figures["auroc"] == pytest.approx(auroc, abs=1e-6)
+    assert figures["average_precision"] == pytest.approx(ap, abs=1e-6)
+
+
 def test_the_per_class_report_is_scikit_learns_with_the_class_names():
     logits, y = predictions(n=50, classes=3, never_predicted=2)
     _, matrix = evaluated(logits, y, [])

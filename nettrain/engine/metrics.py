@@ -15,6 +15,7 @@ checks them before anything is built.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 
@@ -35,6 +36,24 @@ from nettrain.config.schema import TOP_K, computed_metrics
 from nettrain.errors import ConfigError
 
 SCORES = {"f1": MulticlassF1Score, "precision": MulticlassPrecision, "recall": MulticlassRecall}
+PER_CLASS = {"auroc": MulticlassAUROC, "average_precision": MulticlassAveragePrecision}
+
+
+class Support(Metric):
+    """How many samples of each class there are (summed over the processes)."""
+
+    counts: torch.Tensor
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.add_state("counts", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, probs: torch.Tensor, y: torch.Tensor) -> None:
+        self.counts += torch.bincount(y, minlength=self.num_classes)
+
+    def compute(self) -> torch.Tensor:
+        return self.counts
 
 
 def build_metric(name: str, task: str, num_classes: int, names: list[str]) -> Metric:
@@ -50,10 +69,8 @@ def build_metric(name: str, task: str, num_classes: int, names: list[str]) -> Me
                 [f"metrics={names}: {name} ranks the top {k} of {n} classes; allowed: top1_acc..top{n}_acc"]
             )
         return MulticlassAccuracy(n, top_k=k, average="micro", validate_args=False)
-    if name == "auroc":  # each class against the rest, averaged
-        return MulticlassAUROC(n, average="macro", validate_args=False)
-    if name == "average_precision":
-        return MulticlassAveragePrecision(n, average="macro", validate_args=False)
+    if name in PER_CLASS:  # each class against the rest; averaged over the classes present by Measures
+        return PER_CLASS[name](n, average="none", validate_args=False)
     score, average = name.rsplit("_", 1)
     return SCORES[score](n, average=average, validate_args=False)
 
@@ -76,6 +93,7 @@ class Measures:
         self.metrics = {
             name: build_metric(name, task, num_classes, names).to(device) for name in computed_metrics(names, task)
         }
+        self.support = Support(num_classes).to(device) if set(self.metrics) & set(PER_CLASS) else None
         self.confusion = None
         if confusion and task == "classification":
             self.confusion = MulticlassConfusionMatrix(num_classes, validate_args=False).to(device)
@@ -88,7 +106,7 @@ class Measures:
         return bool(self.metrics) or self.confusion is not None
 
     def _all(self) -> list[Metric]:
-        return [*self.metrics.values(), *([self.confusion] if self.confusion is not None else [])]
+        return [*self.metrics.values(), *(m for m in (self.support, self.confusion) if m is not None)]
 
     def reset(self) -> None:
         for metric in self._all():
@@ -116,12 +134,24 @@ class Measures:
                         torch.empty(0, self.num_classes, device=metric.device),
                         torch.empty(0, dtype=torch.long, device=metric.device),
                     )
-        with warnings.catch_warnings():  # torchmetrics warns of a compute before any update (such a rank)
-            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
-            figures = {name: float(metric.compute()) for name, metric in self.metrics.items()}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")  # such a rank
+            warnings.filterwarnings(
+                "ignore", message="No positive samples in targets"
+            )  # a class absent: left out below
+            present = self.support.compute() > 0 if self.support is not None else None
+            figures = {name: self._value(name, metric.compute(), present) for name, metric in self.metrics.items()}
             if self.confusion is not None:
                 self.confusion_matrix = self.confusion.compute().tolist()
         if self.task == "regression":
             figures = {name: value * self.target_std for name, value in figures.items()}  # rmse in the target's units
         self.reset()
         return figures
+
+    @staticmethod
+    def _value(name: str, value: torch.Tensor, present: torch.Tensor | None) -> float:
+        """A metric's figure; AUROC and average precision: the mean over the classes that occur
+        (one without samples has no curve; nan when no class occurs)."""
+        if name in PER_CLASS and present is not None:
+            return float(value[present].mean()) if bool(present.any()) else math.nan
+        return float(value)
