@@ -44,6 +44,8 @@ LAZY: dict[tuple[str, str], str] = {
     ("nettrain.models.from_torchvision", "torchvision"): "about 1 s; only model=torchvision needs it, and "
     "every run imports nettrain.models",
     ("nettrain.insight.figures", "matplotlib"): "about 0.5 s; plots=false runs and the finders draw nothing",
+    ("nettrain.engine.metrics", "torchmetrics"): "seconds to import (it loads scipy); only runs with metrics=[...] "
+    "need it",
     # torch-free layers: the commands import config/ and run/ before they know whether torch is needed
     ("nettrain.config.trust", "torch"): "only to judge a torch.* target in a config read from a file",
     ("nettrain.run.checkpoint", "torch"): "only to save or load a checkpoint file",

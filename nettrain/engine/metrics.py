@@ -4,10 +4,14 @@ confusion matrix behind the per-class report.
 `evaluate` (nettrain/engine/loop.py) keeps its fast path: loss and accuracy (classification),
 R² and MAE (regression) from sums on the device. A :class:`Measures` adds what those sums cannot
 give: top-k accuracy, F1, precision and recall (macro, micro, weighted), AUROC and average
-precision, RMSE, and, for the test, the confusion matrix. It is updated with every batch of a
-rank's share and computed once per pass; torchmetrics gathers every rank's states over the
-process group (a sum of counts for the scores and the matrix, every rank's probabilities for
-AUROC and average precision), so N processes give the figures one process gives.
+precision, RMSE (torchmetrics), and for the test the confusion matrix (counts on the device). It
+is updated with every batch of a rank's share and computed once per pass: torchmetrics gathers
+every rank's states over the process group (counts for the scores, every sample's probabilities
+for AUROC and average precision) and one all-reduce adds the confusion counts, so N processes
+give the figures one process gives.
+
+torchmetrics is imported only by a run that lists metrics: its import loads scipy and takes
+seconds, and the confusion matrix every classification test gives needs none of it.
 
 The names and what each task allows are in nettrain/config/schema.py (TASK_METRICS), which
 checks them before anything is built.
@@ -18,49 +22,26 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import torch
-from torchmetrics import Metric
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassAUROC,
-    MulticlassAveragePrecision,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
-from torchmetrics.regression import MeanSquaredError
 
 from nettrain.config.schema import TOP_K, computed_metrics
+from nettrain.engine import distributed
 from nettrain.errors import ConfigError
 
-SCORES = {"f1": MulticlassF1Score, "precision": MulticlassPrecision, "recall": MulticlassRecall}
-PER_CLASS = {"auroc": MulticlassAUROC, "average_precision": MulticlassAveragePrecision}
+SCORES = {"f1": "MulticlassF1Score", "precision": "MulticlassPrecision", "recall": "MulticlassRecall"}
+PER_CLASS = {"auroc": "MulticlassAUROC", "average_precision": "MulticlassAveragePrecision"}
 
 
-class Support(Metric):
-    """How many samples of each class there are (summed over the processes)."""
-
-    counts: torch.Tensor
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.add_state("counts", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, probs: torch.Tensor, y: torch.Tensor) -> None:
-        self.counts += torch.bincount(y, minlength=self.num_classes)
-
-    def compute(self) -> torch.Tensor:
-        return self.counts
-
-
-def build_metric(name: str, task: str, num_classes: int, names: list[str]) -> Metric:
+def build_metric(name: str, task: str, num_classes: int, names: list[str]) -> Any:
     """The torchmetrics metric for `name` (checked against `task` up front); a top-k accuracy
     with k above the class count is a ConfigError naming `names` (the `metrics` list)."""
+    import torchmetrics.classification as tmc  # about 1 s to import (scipy); only runs with metrics=[...]
+    import torchmetrics.regression as tmr
+
     if task == "regression":  # rmse: the root of the mean squared error, scaled to the target's units by Measures
-        return MeanSquaredError(squared=False)
+        return tmr.MeanSquaredError(squared=False)
     n = num_classes  # validate_args=False: the inputs are the model's, no per-batch checks (and host syncs)
     if top := TOP_K.match(name):
         k = int(top.group(1))
@@ -68,11 +49,11 @@ def build_metric(name: str, task: str, num_classes: int, names: list[str]) -> Me
             raise ConfigError(
                 [f"metrics={names}: {name} ranks the top {k} of {n} classes; allowed: top1_acc..top{n}_acc"]
             )
-        return MulticlassAccuracy(n, top_k=k, average="micro", validate_args=False)
+        return tmc.MulticlassAccuracy(n, top_k=k, average="micro", validate_args=False)
     if name in PER_CLASS:  # each class against the rest; averaged over the classes present by Measures
-        return PER_CLASS[name](n, average="none", validate_args=False)
+        return getattr(tmc, PER_CLASS[name])(n, average="none", validate_args=False)
     score, average = name.rsplit("_", 1)
-    return SCORES[score](n, average=average, validate_args=False)
+    return getattr(tmc, SCORES[score])(n, average=average, validate_args=False)
 
 
 class Measures:
@@ -89,69 +70,77 @@ class Measures:
         confusion: bool = False,
     ):
         names = list(names)
-        self.task, self.target_std, self.num_classes = task, target_std, num_classes
+        self.task, self.target_std, self.num_classes, self.device = task, target_std, num_classes, device
         self.metrics = {
             name: build_metric(name, task, num_classes, names).to(device) for name in computed_metrics(names, task)
         }
-        self.support = Support(num_classes).to(device) if set(self.metrics) & set(PER_CLASS) else None
-        self.confusion = None
-        if confusion and task == "classification":
-            self.confusion = MulticlassConfusionMatrix(num_classes, validate_args=False).to(device)
-        self.confusion_matrix: list[list[int]] | None = (
-            None  # the last pass's, every rank's samples: rows true, columns predicted
-        )
+        classification = task == "classification"
+        # counts on the device, added over the ranks: true x predicted, and each class's samples
+        self.confusion = classification and confusion
+        self.per_class = bool(set(self.metrics) & set(PER_CLASS))
+        self.counts = torch.zeros(0, dtype=torch.long, device=device)
+        self.confusion_matrix: list[list[int]] | None = None  # the last pass's: rows true, columns predicted
         self.updated = False
+        self.reset()
 
     def __bool__(self) -> bool:
-        return bool(self.metrics) or self.confusion is not None
-
-    def _all(self) -> list[Metric]:
-        return [*self.metrics.values(), *(m for m in (self.support, self.confusion) if m is not None)]
+        return bool(self.metrics) or self.confusion
 
     def reset(self) -> None:
-        for metric in self._all():
+        for metric in self.metrics.values():
             metric.reset()
+        c = self.num_classes
+        size = c * c if self.confusion else c if self.per_class else 0
+        self.counts = torch.zeros(size, dtype=torch.long, device=self.device)
         self.updated = False
 
     def update(self, out: torch.Tensor, y: torch.Tensor) -> None:
         """Add one batch: the model's outputs (logits, or standardised values) and the targets."""
         if self.task == "classification":
-            probs = out.float().softmax(dim=1)
-            for metric in self._all():
-                metric.update(probs, y)
+            c = self.num_classes
+            if self.confusion:
+                self.counts += torch.bincount(y * c + out.argmax(dim=1), minlength=c * c)
+            elif self.per_class:
+                self.counts += torch.bincount(y, minlength=c)
+            if self.metrics:
+                probs = out.float().softmax(dim=1)
+                for metric in self.metrics.values():
+                    metric.update(probs, y)
         else:
             for metric in self.metrics.values():
                 metric.update(out.float(), y.float())
         self.updated = True
 
     def compute(self) -> dict[str, float]:
-        """The pass's figures over every rank's samples (a collective: every rank calls it), by name;
-        the confusion matrix in `confusion_matrix`."""
+        """The pass's figures over every rank's samples (a collective: every rank calls it), by
+        name; the confusion matrix in `confusion_matrix`."""
         if not self.updated:  # a rank without samples: stored probabilities need their shape to be gathered
-            for metric in self._all():
+            for metric in self.metrics.values():
                 if any(isinstance(getattr(metric, state), list) for state in metric._defaults):
-                    metric.update(
-                        torch.empty(0, self.num_classes, device=metric.device),
-                        torch.empty(0, dtype=torch.long, device=metric.device),
-                    )
+                    empty = torch.empty(0, self.num_classes, device=self.device)
+                    metric.update(empty, torch.empty(0, dtype=torch.long, device=self.device))
+        if self.counts.numel():
+            distributed.all_reduce_sum(self.counts)  # every rank's counts, in one call
+        c = self.num_classes
+        support = self.counts.view(c, c).sum(dim=1) if self.confusion else self.counts
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")  # such a rank
             warnings.filterwarnings(
                 "ignore", message="No positive samples in targets"
             )  # a class absent: left out below
-            present = self.support.compute() > 0 if self.support is not None else None
-            figures = {name: self._value(name, metric.compute(), present) for name, metric in self.metrics.items()}
-            if self.confusion is not None:
-                self.confusion_matrix = self.confusion.compute().tolist()
+            figures = {name: self._value(name, metric.compute(), support) for name, metric in self.metrics.items()}
+        if self.confusion:
+            self.confusion_matrix = self.counts.view(c, c).tolist()
         if self.task == "regression":
             figures = {name: value * self.target_std for name, value in figures.items()}  # rmse in the target's units
         self.reset()
         return figures
 
     @staticmethod
-    def _value(name: str, value: torch.Tensor, present: torch.Tensor | None) -> float:
+    def _value(name: str, value: torch.Tensor, support: torch.Tensor) -> float:
         """A metric's figure; AUROC and average precision: the mean over the classes that occur
         (one without samples has no curve; nan when no class occurs)."""
-        if name in PER_CLASS and present is not None:
-            return float(value[present].mean()) if bool(present.any()) else math.nan
-        return float(value)
+        if name not in PER_CLASS:
+            return float(value)
+        present = support > 0
+        return float(value[present].mean()) if bool(present.any()) else math.nan
