@@ -273,6 +273,9 @@ def test_a_resumed_run_with_metrics_is_the_uninterrupted_one(reported, tmp_path)
     _, straight, _ = reported
     out = tmp_path / "run"
     train(make_cfg(*RUN), output_dir=out, stop=StopRequest(after_steps=11))  # in epoch 2 (8 steps an epoch)
+    with pytest.raises(ConfigError) as info:  # other metrics would change metrics.csv's columns mid-run
+        train(make_cfg(*RUN, "metrics=[f1_macro]", f"resume={out}"), output_dir=out)
+    assert "metrics: ['f1_macro', 'auroc'] -> ['f1_macro']" in str(info.value)
     resumed = train(make_cfg(*RUN, f"resume={out}"), output_dir=out)
     timing = ("epoch_time_s", "samples_per_s")
     assert [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(out)] == [
