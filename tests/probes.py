@@ -121,7 +121,8 @@ for args in json.loads(sys.argv[1]):
     except SystemExit as exc:
         code = exc.code
     print("MODULES " + json.dumps({"code": code, "torch": "torch" in sys.modules,
-                                   "torchvision": "torchvision" in sys.modules}))
+                                   "torchvision": "torchvision" in sys.modules,
+                                   "torchmetrics": "torchmetrics" in sys.modules}))
 """
 
 
@@ -132,7 +133,7 @@ def report_modules() -> None:
 
 def loaded_modules(*commands: list[str], cwd: Path, forked: bool = False) -> tuple[list[dict], str]:
     """Run the commands in turn in one fresh interpreter; after each, its exit code and whether
-    torch and torchvision had been imported (so far); and the stdout. forked=True: in a child of
+    torch, torchvision and torchmetrics had been imported (so far); and the stdout. forked=True: in a child of
     the fork server instead, which has torch (never torchvision) imported already: for the
     torchvision question, without the 5 s of a fresh interpreter's imports."""
     if forked:

@@ -177,19 +177,23 @@ def test_help_does_not_import_torch(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchvision_is_imported_only_for_a_torchvision_dataset(tmp_path, mnist_root):
+def test_torchvision_and_torchmetrics_are_imported_only_when_a_run_needs_them(tmp_path, mnist_root):
+    """The default run imports neither torchvision (only a torchvision dataset or model needs it)
+    nor torchmetrics (only metrics=[...] beyond the loop's own loss and accuracy): each costs
+    seconds of start-up."""
     common = [*QUIET, "epochs=1", "device=cpu", "checkpoint.enabled=false"]
     sample, mnist = loaded_modules(
         [*common, f"hydra.run.dir={tmp_path / 'sample'}"],  # the default data, mnist_sample
-        [*common, "data=mnist", f"data.root={mnist_root}", f"hydra.run.dir={tmp_path / 'mnist'}"],  # the control
+        # the control: a torchvision dataset, and a metric torchmetrics computes
+        [*common, "data=mnist", f"data.root={mnist_root}", "metrics=[f1_macro]", f"hydra.run.dir={tmp_path / 'mnist'}"],
         cwd=tmp_path,
         forked=True,
     )[0]
     assert sample["code"] in (0, None) and (tmp_path / "sample" / "summary.json").exists()  # it trained
-    assert sample["torch"] and not sample["torchvision"]
-    # the control: choosing a torchvision dataset does import it, and the check sees it
+    assert sample["torch"] and not sample["torchvision"] and not sample["torchmetrics"]
+    # the control: the check sees both imports when the run needs them
     assert mnist["code"] in (0, None) and (tmp_path / "mnist" / "summary.json").exists()
-    assert mnist["torchvision"]
+    assert mnist["torchvision"] and mnist["torchmetrics"]
 
 
 # -- memory: the data set is held once ---------------------------------------------------------
