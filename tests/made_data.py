@@ -72,6 +72,44 @@ def table(path: Path, n: int = 300, seed: int = 0, task: str = "classification",
     return path
 
 
+LABELS = ("red", "round", "large")  # multilabel_table's label columns
+
+
+def multilabel_table(path: Path, n: int = 300, seed: int = 0) -> Path:
+    """A CSV with three numeric columns, a noise column and three 0/1 label columns, each decided
+    by one feature's sign (red: x > 0, round: y > 0, large: z > 0), so any number of labels hold."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["x", "y", "z", "noise", *LABELS])
+        for _ in range(n):
+            x, y, z = rng.normal(size=3)
+            writer.writerow([f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", f"{rng.normal():.4f}", int(x > 0), int(y > 0), int(z > 0)])
+    return path
+
+
+def multilabel_images(root: Path, n: int = 60, size: int = 12, seed: int = 0) -> Path:
+    """ROOT/train/NNN.png and ROOT/labels.csv (file, left, right): a bright block on the left
+    half, the right half, both or neither of each noisy grayscale image, one label per half."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        left, right = i % 2, (i // 2) % 2
+        img = rng.integers(0, 70, size=(size, size), dtype=np.uint8)
+        half = size // 2
+        if left:
+            img[:, :half] = 220
+        if right:
+            img[:, half:] = 220
+        write_png(root / "train" / f"{i:03d}.png", img)
+        rows.append([f"train/{i:03d}.png", left, right])
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "left", "right"])
+        writer.writerows(rows)
+    return root
+
+
 def tiny_cifar(root: Path, name: str = "CIFAR10", per_batch: int = 20, seed: int = 0) -> Path:
     """A CIFAR in torchvision's on-disk layout (pickled dicts of uint8 rows), from random arrays
     with a class-dependent bright stripe so that it can be learned. The checksums torchvision

@@ -45,8 +45,36 @@ TASK_METRICS = {
         "average_precision",
     ),
     "regression": ("mae", "rmse", "r2"),
+    # acc: the share of right 0/1 label decisions (logit > 0); the scores threshold each label's sigmoid at 0.5
+    "multilabel": (
+        "acc",
+        *(f"{name}_{average}" for name in ("f1", "precision", "recall") for average in AVERAGES),
+        "auroc",
+        "average_precision",
+    ),
 }
-BUILT_IN_METRICS = {"classification": ("loss", "acc"), "regression": ("loss", "r2", "mae")}  # always reported
+BUILT_IN_METRICS = {
+    "classification": ("loss", "acc"),
+    "regression": ("loss", "r2", "mae"),
+    "multilabel": ("loss", "acc"),
+}  # always reported
+TASKS = ("classification", "regression", "multilabel")  # data.task
+# the loss each task takes, and the torch losses that do (nettrain/engine/build.py probes any other)
+FITTING_LOSSES = {
+    "classification": (
+        "N x C logits and class labels",
+        ("torch.nn.CrossEntropyLoss", "torch.nn.NLLLoss", "torch.nn.MultiMarginLoss"),
+    ),
+    "regression": (
+        "N x 1 outputs and real-valued targets",
+        ("torch.nn.MSELoss", "torch.nn.L1Loss", "torch.nn.SmoothL1Loss", "torch.nn.HuberLoss"),
+    ),
+    "multilabel": (
+        "N x L logits and one 0/1 target per label",
+        ("torch.nn.BCEWithLogitsLoss", "torch.nn.MultiLabelSoftMarginLoss"),
+    ),
+}
+LOSS_OPTIONS = {"torch.nn.CrossEntropyLoss": "cross_entropy", "torch.nn.BCEWithLogitsLoss": "bce_with_logits"}
 LOWER_IS_BETTER = ("loss", "mae", "rmse")
 TOP_K = re.compile(r"^top([1-9][0-9]*)_acc$")
 AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data.augment (nettrain/data/augment.py)
@@ -55,7 +83,12 @@ SOFT_TARGET_LOSSES = ("torch.nn.CrossEntropyLoss",)  # losses that take class pr
 SAMPLERS = ("shuffle", "balanced")  # data.sampler (nettrain/engine/balance.py)
 # keys of the group options (conf/<group>/*.yaml) added since runs were saved, each with the value
 # that does what those runs did: resuming a run saved without one is no change while it keeps it
-ADDED_OPTION_KEYS = {"data.sampler": "shuffle"}
+ADDED_OPTION_KEYS = {
+    "data.sampler": "shuffle",
+    "loss.class_weights": None,  # conf/loss/cross_entropy.yaml
+    "data.task": "classification",  # conf/data/image_folder.yaml
+    "data.labels_file": None,
+}
 MAX_SEED = 2**32 - 1  # NumPy's seed range
 MAX_BATCH_SIZE = 2**16  # larger is no sensible batch for these datasets (and a typo more often than not)
 # samples a data option splits into train/val/(test), for the empty-split check before loading
@@ -193,10 +226,6 @@ class DistributedConfig:
     stop_check_every: int = 10  # steps between the processes' check for a stop signal (one CPU message)
 
 
-def _cross_entropy() -> dict:
-    return {"_target_": "torch.nn.CrossEntropyLoss", "label_smoothing": 0.0, "class_weights": None}
-
-
 @dataclass
 class TrainConfig:
     """The run config: conf/train.yaml's defaults list composes the groups into it."""
@@ -216,9 +245,7 @@ class TrainConfig:
     optimizer: Any = MISSING  # group: conf/optimizer/
     scheduler: Any = MISSING  # group: conf/scheduler/
     data: Any = MISSING  # group: conf/data/
-    loss: Any = field(
-        default_factory=_cross_entropy
-    )  # any `_target_` loss module, e.g. loss.label_smoothing=0.1; loss.class_weights: the loss's per-class weight, null | balanced (n / (classes x count), from the training split) | [w0, w1, ...]
+    loss: Any = MISSING  # group: conf/loss/ (any `_target_` loss module): cross_entropy | bce_with_logits (data.task=multilabel) | mse
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     grad_monitor: GradMonitorConfig = field(default_factory=GradMonitorConfig)
@@ -240,7 +267,7 @@ class TrainConfig:
     lr_find: LrFindConfig = field(default_factory=LrFindConfig)  # [resume: may change]
     metrics: list[str] = field(
         default_factory=list
-    )  # more metrics for validation (val_NAME) and test (test_NAME), e.g. [f1_macro,auroc]: classification: acc, topK_acc (top5_acc), f1|precision|recall_macro|micro|weighted, auroc, average_precision; regression: mae, rmse, r2
+    )  # more metrics for validation (val_NAME) and test (test_NAME), e.g. [f1_macro,auroc]: classification: acc, topK_acc (top5_acc), f1|precision|recall_macro|micro|weighted, auroc, average_precision; regression: mae, rmse, r2; multilabel: acc, f1|precision|recall_macro|micro|weighted, auroc, average_precision
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -311,7 +338,7 @@ def _check_data_options(c: Checks) -> None:
     c.need("data.mix_alpha", lambda v: is_finite_number(v) and v > 0, "must be a number > 0")
     c.need("data.crop_padding", positive_int, "must be an integer >= 1 (pixels)")
     c.choice("data.on_bad_file", ("fail", "skip"))
-    c.choice("data.task", ("classification", "regression"))
+    c.choice("data.task", TASKS)
     c.choice("data.categorical", ("onehot", "embed"))
     c.choice("data.impute", ("none", "mean"))
     c.need("data.channels", lambda v: v in (1, 3), "must be null (the images' own), 1 (grayscale) or 3 (RGB)")
@@ -321,6 +348,8 @@ def _check_data_options(c: Checks) -> None:
         "must be null (the images' own), an integer N >= 1 or [H, W]",
     )
     loss = c.get("loss._target_")
+    if c.get("data.task") == "multilabel":
+        return  # mix: _check_multilabel
     if c.get("data.mix") in ("mixup", "cutmix") and loss not in SOFT_TARGET_LOSSES:
         c.problem(
             f"data.mix={_fmt(c.get('data.mix'))}: gives soft targets (class probabilities), which loss._target_="
@@ -418,6 +447,7 @@ def problems(cfg: Any) -> list[str]:
         _check_graph,
         _check_tools,
         _check_imbalance,
+        _check_multilabel,
     ):
         section(checks)
     return checks.found
@@ -675,6 +705,8 @@ def _check_imbalance(c: Checks) -> None:
         "allowed: null, balanced, or [w0, w1, ...]: one weight per class, each a finite number > 0",
     )
     c.choice("data.sampler", SAMPLERS)
+    if c.get("data.task") == "multilabel":
+        return  # _check_multilabel
     if weights is not None and c.get("loss.reduction") not in (None, "mean"):
         c.problem(
             f"loss.reduction={_fmt(c.get('loss.reduction'))}: loss.class_weights averages the weighted loss over "
@@ -689,4 +721,50 @@ def _check_imbalance(c: Checks) -> None:
         c.problem(
             f"loss.weight={_fmt(torch_weight)}: torch takes the class weights as a tensor; "
             f"give them as loss.class_weights={_fmt(torch_weight)} (or loss.class_weights=balanced)"
+        )
+
+
+def _check_multilabel(c: Checks) -> None:
+    """data.task and the loss, both ways (a cross-entropy loss would take 0/1 label rows as class
+    probabilities and train the wrong model silently), and, for multilabel data, the settings that
+    apply to single-label classes only: class weights, the balanced sampler, label smoothing, mixup."""
+    task, loss = c.get("data.task") or "classification", c.get("loss._target_")
+    if task not in FITTING_LOSSES or not isinstance(loss, str):
+        return
+    takes, fitting = FITTING_LOSSES[task]
+    other = [t for t, (_, losses) in FITTING_LOSSES.items() if t != task and loss in losses and loss not in fitting]
+    if other and not (task == "regression" and loss == "torch.nn.CrossEntropyLoss"):  # becomes MSE for regression
+        allowed = ", ".join(f"{name} (loss={LOSS_OPTIONS[name]})" if name in LOSS_OPTIONS else name for name in fitting)
+        c.problem(f"loss={loss}: does not fit {task} data, whose loss takes {takes}; allowed: {allowed}")
+    if task != "multilabel":
+        if c.get("data.labels_file") is not None:
+            c.problem(
+                f"data.labels_file={_fmt(c.get('data.labels_file'))}: gives several 0/1 labels per image, "
+                f"for data.task=multilabel; data.task={task!r} allowed: null (labels from the class folders)"
+            )
+        target = c.get("data.target")
+        if not isinstance(target, str) and isinstance(target, Iterable) and c.get("data.path") is not None:
+            c.problem(
+                f"data.target={_fmt(list(target))}: several target columns are for data.task=multilabel; "
+                f"data.task={task!r} allowed: one column"
+            )
+        return
+    single = "applies to single-label classes; data.task='multilabel' allowed"
+    for key, off in (("loss.class_weights", None), ("loss.label_smoothing", 0), ("data.sampler", "shuffle")):
+        value = c.get(key)
+        if value is not None and value != off:
+            shown = "null" if off is None else _fmt(off)
+            c.problem(f"{key}={_fmt(value)}: {single}: {shown}")
+    if c.get("data.mix") not in (None, "none"):
+        c.problem(f"data.mix={_fmt(c.get('data.mix'))}: mixes one-hot class targets; {single}: 'none'")
+    if c.get("data._target_") == "nettrain.data.image_folder.image_folder" and c.get("data.labels_file") is None:
+        c.problem(
+            "data.labels_file=None: data.task=multilabel reads each image's labels from a labels file; "
+            "allowed: a CSV path (a `file` column, then one 0/1 column per label), relative to data.root or absolute"
+        )
+    target = c.get("data.target")
+    if isinstance(target, str) and target != MISSING:
+        c.problem(
+            f"data.target={_fmt(target)}: data.task=multilabel takes a list of 0/1 label columns; "
+            "allowed: [COLUMN, COLUMN, ...], e.g. 'data.target=[a,b,c]'"
         )

@@ -12,7 +12,9 @@ file, the column and the first such row, with either `impute` setting: it is not
 
 `task: classification` (class names: the target's distinct values) or `task: regression`
 (the target is standardised with train statistics; the loss is MSE of the standardised target,
-and R² and MAE are reported in the target's own units).
+and R² and MAE are reported in the target's own units), or `task: multilabel`: `target` is a
+list of columns, each holding 0 or 1 for every row (a sample may have any number of labels);
+the column names are the label names (`class_names`), and y is float32 (N, labels).
 
 All the statistics and categories go to `DataSplits.meta`, so that `nettrain-predict`
 encodes new rows exactly as the training rows were (:func:`encode_rows`).
@@ -35,7 +37,7 @@ from nettrain.errors import DataError
 
 MISSING = {"", "na", "n/a", "nan", "null", "none"}
 MISSING_CATEGORY = "<missing>"
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "multilabel")
 
 
 def _is_missing(value: Any) -> bool:
@@ -185,9 +187,35 @@ def _check_missing(header: list[str], table: list[list[Any]], used: list[str], i
         )
 
 
+def label_columns(path: str, header: list[str], table: list[list[Any]], target: Any) -> torch.Tensor:
+    """data.task=multilabel: the 0/1 label columns `target` (a list of at least 2 names) as float32
+    (N, labels); a column that is not in the file, or a cell that is not 0 or 1, is a DataError."""
+    columns = [target] if isinstance(target, str) else list(target)
+    if len(columns) < 2 or len(set(columns)) != len(columns) or not all(isinstance(c, str) for c in columns):
+        raise DataError(
+            f"data.target={columns}: data.task=multilabel takes a list of 2 or more distinct 0/1 columns, "
+            "e.g. 'data.target=[a,b,c]'"
+        )
+    unknown = [c for c in columns if c not in header]
+    if unknown:
+        raise DataError(f"data.target: {unknown} are not columns of {path}; allowed: {header}")
+    rows = []
+    for r, row in enumerate(table):
+        values = [_number(row[header.index(c)]) for c in columns]
+        bad = [(c, row[header.index(c)]) for c, v in zip(columns, values) if v not in (0.0, 1.0)]
+        if bad:
+            column, value = bad[0]
+            raise DataError(
+                f"data.target: column {column!r} = {str(value).strip()!r} in row {r + 1} (line {r + 2} of the "
+                "file); data.task=multilabel allowed: 0 or 1 in every row"
+            )
+        rows.append(values)
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 def csv(
     path: str = "???",
-    target: str = "???",
+    target: Any = "???",
     features: list[str] | None = None,
     task: str = "classification",
     categorical: str = "onehot",
@@ -196,8 +224,13 @@ def csv(
     test_fraction: float = 0.1,
     split_seed: int = 0,
 ) -> DataSplits:
-    """A table as DataSplits: x float32 (N, F), y int64 class indices or float32 (N, 1) values."""
+    """A table as DataSplits: x float32 (N, F), y int64 class indices, float32 (N, 1) values or
+    float32 (N, labels) 0/1 labels (task=multilabel, `target` a list of columns)."""
     header, table = read_table(path)
+    if task == "multilabel":
+        return _multilabel_csv(
+            path, header, table, target, features, categorical, impute, val_fraction, test_fraction, split_seed
+        )
     if target not in header:
         raise DataError(f"data.target={target!r}: no such column in {path}; allowed: {header}")
     features = [c for c in header if c != target] if features is None else list(features)
@@ -206,8 +239,7 @@ def csv(
         raise DataError(
             f"data.features: {unknown} are not feature columns of {path}; allowed: {[c for c in header if c != target]}"
         )
-    if len(table) < 10:
-        raise DataError(f"data.path={str(path)!r}: {len(table)} rows; at least 10 are needed to split")
+    _check_rows(path, table)
     target_values = [row[header.index(target)] for row in table]
     if any(_is_missing(v) for v in target_values):
         rows_missing = [i + 1 for i, v in enumerate(target_values) if _is_missing(v)]
@@ -215,14 +247,7 @@ def csv(
     _check_missing(header, table, features, impute)
     _check_finite(path, header, table, features + ([target] if task == "regression" else []))
     val_idx, test_idx, train_idx = _split_indices(len(table), [val_fraction, test_fraction], split_seed)
-    train_list = train_idx.tolist()
-    specs = [_column_spec(name, [row[header.index(name)] for row in table], train_list, impute) for name in features]
-    for spec in specs:
-        if spec["type"] == "numeric" and not (math.isfinite(spec["mean"]) and math.isfinite(spec["std"])):
-            raise DataError(
-                f"data.path={str(path)!r}: column {spec['name']!r} has values too large to standardise (its train "
-                "mean or standard deviation overflows a float); rescale the column"
-            )
+    specs = _feature_specs(path, header, table, features, train_idx.tolist(), impute)
     meta: dict[str, Any] = {
         "kind": "table",
         "task": task,
@@ -261,6 +286,69 @@ def csv(
         meta["cardinalities"] = [len(s["categories"]) + 1 for s in specs if s["type"] == "categorical"]
     train, val, test = (Split(x[idx], y[idx]) for idx in (train_idx, val_idx, test_idx))
     return DataSplits("csv", train, val, test, num_classes=num_classes, meta=meta)
+
+
+def _check_rows(path: str, table: list[list[Any]]) -> None:
+    if len(table) < 10:
+        raise DataError(f"data.path={str(path)!r}: {len(table)} rows; at least 10 are needed to split")
+
+
+def _feature_specs(
+    path: str, header: list[str], table: list[list[Any]], features: list[str], train_list: list[int], impute: str
+) -> list[dict[str, Any]]:
+    """Each feature column's encoding, from the train rows (numeric statistics or categories)."""
+    specs = [_column_spec(name, [row[header.index(name)] for row in table], train_list, impute) for name in features]
+    for spec in specs:
+        if spec["type"] == "numeric" and not (math.isfinite(spec["mean"]) and math.isfinite(spec["std"])):
+            raise DataError(
+                f"data.path={str(path)!r}: column {spec['name']!r} has values too large to standardise (its train "
+                "mean or standard deviation overflows a float); rescale the column"
+            )
+    return specs
+
+
+def _multilabel_csv(
+    path: str,
+    header: list[str],
+    table: list[list[Any]],
+    target: Any,
+    features: list[str] | None,
+    categorical: str,
+    impute: str,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+) -> DataSplits:
+    """data.task=multilabel: the feature columns encoded as for classification, y the 0/1 label
+    columns `target` (float32 (N, labels)); the labels' names are the columns'."""
+    _check_rows(path, table)
+    y = label_columns(path, header, table, target)
+    labels = [target] if isinstance(target, str) else [str(c) for c in target]
+    features = [c for c in header if c not in labels] if features is None else list(features)
+    unknown = [c for c in features if c not in header or c in labels]
+    if unknown:
+        raise DataError(
+            f"data.features: {unknown} are not feature columns of {path}; "
+            f"allowed: {[c for c in header if c not in labels]}"
+        )
+    _check_missing(header, table, features, impute)
+    _check_finite(path, header, table, features)
+    val_idx, test_idx, train_idx = _split_indices(len(table), [val_fraction, test_fraction], split_seed)
+    specs = _feature_specs(path, header, table, features, train_idx.tolist(), impute)
+    meta: dict[str, Any] = {
+        "kind": "table",
+        "task": "multilabel",
+        "target": labels,
+        "features": specs,
+        "categorical": categorical,
+        "impute": impute,
+        "class_names": labels,  # the label names
+    }
+    if categorical == "embed":
+        meta["cardinalities"] = [len(s["categories"]) + 1 for s in specs if s["type"] == "categorical"]
+    x = encode_rows([dict(zip(header, row)) for row in table], meta)
+    train, val, test = (Split(x[idx], y[idx]) for idx in (train_idx, val_idx, test_idx))
+    return DataSplits("csv", train, val, test, num_classes=len(labels), meta=meta)
 
 
 class EmbeddedInputs(nn.Module):

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from nettrain.config import graph_plan as capture
 from nettrain.config import trust as trust_lib
 from nettrain.config import usermodules
-from nettrain.config.schema import TrainConfig, metric_mode, plain, validate
+from nettrain.config.schema import FITTING_LOSSES, TASKS, TrainConfig, metric_mode, plain, validate
 from nettrain.data import Batches, DataSplits, Split
 from nettrain.data.augment import Augment
 from nettrain.data.preprocessing import PreprocessingRecord, input_transform
@@ -249,8 +249,8 @@ def saved_preprocessing(state: dict[str, Any], source: str) -> dict[str, Any]:
             "is not known; train the model again"
         )
     task = record.get("task", "classification")
-    if task not in ("classification", "regression"):
-        raise CheckpointError(f"{source}: preprocessing.task={task!r}; allowed: classification, regression")
+    if task not in TASKS:
+        raise CheckpointError(f"{source}: preprocessing.task={task!r}; allowed: {', '.join(TASKS)}")
     return {**record, **(state.get("model_io") or {})}
 
 
@@ -353,23 +353,12 @@ def trained_loss(cfg: DictConfig, state: dict[str, Any], task: str) -> torch.nn.
     return build_loss(cfg, task, [float(w) for w in setting])
 
 
-FITTING_LOSSES = {
-    "classification": (
-        "N x C logits and class labels",
-        "torch.nn.CrossEntropyLoss, torch.nn.NLLLoss, torch.nn.MultiMarginLoss",
-    ),
-    "regression": (
-        "N x 1 outputs and real-valued targets",
-        "torch.nn.MSELoss, torch.nn.L1Loss, torch.nn.SmoothL1Loss, torch.nn.HuberLoss",
-    ),
-}
-
-
 def check_loss_fits(loss_fn: torch.nn.Module, target: str, task: str, num_classes: int, labels: torch.Tensor) -> None:
     """Evaluation, the metrics and the loss plot assume the task's kind of loss: probe the loss on
     two samples' worth of model output and the data's own labels, backward included, before any
     training; a loss that does not take them is a ConfigError naming it and what fits."""
-    takes, fitting = FITTING_LOSSES.get(task, FITTING_LOSSES["classification"])
+    takes, losses = FITTING_LOSSES.get(task, FITTING_LOSSES["classification"])
+    fitting = ", ".join(losses)
     out = torch.zeros(len(labels), max(num_classes, 1), requires_grad=True)
     try:
         with warnings.catch_warnings():

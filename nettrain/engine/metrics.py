@@ -4,7 +4,9 @@ confusion matrix behind the per-class report.
 `evaluate` (nettrain/engine/loop.py) keeps its fast path: loss and accuracy (classification),
 R² and MAE (regression) from sums on the device. A :class:`Measures` adds what those sums cannot
 give: top-k accuracy, F1, precision and recall (macro, micro, weighted), AUROC and average
-precision, RMSE (torchmetrics), and for the test the confusion matrix (counts on the device). It
+precision, RMSE (torchmetrics), and for the test the confusion matrix (counts on the device). For
+multi-label data (data.task=multilabel) the scores are torchmetrics' multilabel ones on each
+label's sigmoid (a label is predicted above 0.5), and the confusion counts are each label's 2x2. It
 is updated with every batch of a rank's share and computed once per pass: torchmetrics gathers
 every rank's states over the process group (counts for the scores, every sample's probabilities
 for AUROC and average precision) and one all-reduce adds the confusion counts, so N processes
@@ -32,6 +34,9 @@ from nettrain.errors import ConfigError
 
 SCORES = {"f1": "MulticlassF1Score", "precision": "MulticlassPrecision", "recall": "MulticlassRecall"}
 PER_CLASS = {"auroc": "MulticlassAUROC", "average_precision": "MulticlassAveragePrecision"}
+# data.task=multilabel: each label's sigmoid, thresholded at 0.5 for the scores (torchmetrics' default)
+LABEL_SCORES = {"f1": "MultilabelF1Score", "precision": "MultilabelPrecision", "recall": "MultilabelRecall"}
+PER_LABEL = {"auroc": "MultilabelAUROC", "average_precision": "MultilabelAveragePrecision"}
 
 
 def build_metric(name: str, task: str, num_classes: int, names: list[str]) -> Any:
@@ -43,6 +48,11 @@ def build_metric(name: str, task: str, num_classes: int, names: list[str]) -> An
     if task == "regression":  # rmse: the root of the mean squared error, scaled to the target's units by Measures
         return tmr.MeanSquaredError(squared=False)
     n = num_classes  # validate_args=False: the inputs are the model's, no per-batch checks (and host syncs)
+    if task == "multilabel":  # each label against its absence; AUROC and AP averaged over the labels by Measures
+        if name in PER_LABEL:
+            return getattr(tmc, PER_LABEL[name])(n, average="none", validate_args=False)
+        score, average = name.rsplit("_", 1)
+        return getattr(tmc, LABEL_SCORES[score])(n, average=average, validate_args=False)
     if top := TOP_K.match(name):
         k = int(top.group(1))
         if k > n:
@@ -74,12 +84,13 @@ class Measures:
         self.metrics = {
             name: build_metric(name, task, num_classes, names).to(device) for name in computed_metrics(names, task)
         }
-        classification = task == "classification"
-        # counts on the device, added over the ranks: true x predicted, and each class's samples
-        self.confusion = classification and confusion
+        # counts on the device, added over the ranks: true x predicted, and each class's samples;
+        # multilabel: each label's true positives, false positives, false negatives, true negatives
+        self.confusion = task in ("classification", "multilabel") and confusion
         self.per_class = bool(set(self.metrics) & set(PER_CLASS))
         self.counts = torch.zeros(0, dtype=torch.long, device=device)
-        self.confusion_matrix: list[list[int]] | None = None  # the last pass's: rows true, columns predicted
+        # the last pass's: rows true, columns predicted; multilabel: per label [[tn, fp], [fn, tp]]
+        self.confusion_matrix: list[list[int]] | list[list[list[int]]] | None = None
         self.updated = False
         self.reset()
 
@@ -90,7 +101,10 @@ class Measures:
         for metric in self.metrics.values():
             metric.reset()
         c = self.num_classes
-        size = c * c if self.confusion else c if self.per_class else 0
+        if self.task == "multilabel":
+            size = 4 * c if self.confusion or self.per_class else 0
+        else:
+            size = c * c if self.confusion else c if self.per_class else 0
         self.counts = torch.zeros(size, dtype=torch.long, device=self.device)
         self.updated = False
 
@@ -106,6 +120,15 @@ class Measures:
                 probs = out.float().softmax(dim=1)
                 for metric in self.metrics.values():
                     metric.update(probs, y)
+        elif self.task == "multilabel":
+            if self.counts.numel():
+                predicted, true = out > 0, y > 0.5  # logit > 0: sigmoid > 0.5
+                both = torch.stack([predicted & true, predicted & ~true, ~predicted & true, ~predicted & ~true])
+                self.counts += both.sum(dim=1).flatten()  # (4, labels): tp, fp, fn, tn
+            if self.metrics:
+                probs, target = out.float().sigmoid(), y.long()
+                for metric in self.metrics.values():
+                    metric.update(probs, target)
         else:
             for metric in self.metrics.values():
                 metric.update(out.float(), y.float())
@@ -118,18 +141,25 @@ class Measures:
             for metric in self.metrics.values():
                 if any(isinstance(getattr(metric, state), list) for state in metric._defaults):
                     empty = torch.empty(0, self.num_classes, device=self.device)
-                    metric.update(empty, torch.empty(0, dtype=torch.long, device=self.device))
+                    shape = (0, self.num_classes) if self.task == "multilabel" else (0,)
+                    metric.update(empty, torch.empty(shape, dtype=torch.long, device=self.device))
         if self.counts.numel():
             distributed.all_reduce_sum(self.counts)  # every rank's counts, in one call
         c = self.num_classes
-        support = self.counts.view(c, c).sum(dim=1) if self.confusion else self.counts
+        if self.task == "multilabel":  # a label's curve needs samples with and without it
+            tp, fp, fn, tn = self.counts.view(4, c) if self.counts.numel() else torch.zeros(4, c, dtype=torch.long)
+            present = ((tp + fn) > 0) & ((fp + tn) > 0)
+        else:
+            present = (self.counts.view(c, c).sum(dim=1) if self.confusion else self.counts) > 0
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")  # such a rank
             warnings.filterwarnings(
                 "ignore", message="No positive samples in targets"
             )  # a class absent: left out below
-            figures = {name: self._value(name, metric.compute(), support) for name, metric in self.metrics.items()}
-        if self.confusion:
+            figures = {name: self._value(name, metric.compute(), present) for name, metric in self.metrics.items()}
+        if self.confusion and self.task == "multilabel":
+            self.confusion_matrix = [[[n, p], [m, t]] for t, p, m, n in self.counts.view(4, c).t().tolist()]
+        elif self.confusion:
             self.confusion_matrix = self.counts.view(c, c).tolist()
         if self.task == "regression":
             figures = {name: value * self.target_std for name, value in figures.items()}  # rmse in the target's units
@@ -137,10 +167,10 @@ class Measures:
         return figures
 
     @staticmethod
-    def _value(name: str, value: torch.Tensor, support: torch.Tensor) -> float:
+    def _value(name: str, value: torch.Tensor, present: torch.Tensor) -> float:
         """A metric's figure; AUROC and average precision: the mean over the classes that occur
-        (one without samples has no curve; nan when no class occurs)."""
+        (one without samples has no curve; nan when no class occurs), for multilabel data over the
+        labels that some samples have and some lack."""
         if name not in PER_CLASS:
             return float(value)
-        present = support > 0
         return float(value[present].mean()) if bool(present.any()) else math.nan
