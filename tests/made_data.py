@@ -84,7 +84,9 @@ def multilabel_table(path: Path, n: int = 300, seed: int = 0) -> Path:
         writer.writerow(["x", "y", "z", "noise", *LABELS])
         for _ in range(n):
             x, y, z = rng.normal(size=3)
-            writer.writerow([f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", f"{rng.normal():.4f}", int(x > 0), int(y > 0), int(z > 0)])
+            writer.writerow(
+                [f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", f"{rng.normal():.4f}", int(x > 0), int(y > 0), int(z > 0)]
+            )
     return path
 
 

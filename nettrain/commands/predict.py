@@ -10,7 +10,13 @@ categories, class names) is applied, so the data set itself is not needed. One r
     input, prediction, probability, top1, top1_probability, ..., topK, topK_probability
 
 `input` is the file path or, for a table or a tensor file, FILE:ROW (row 1 is the first row); `prediction`
-is the class name (the value, for regression; then there are no probability columns).
+is the class name (the value, for regression; then there are no probability columns). A multi-label
+model (data.task=multilabel) gives instead
+
+    input, prediction, LABEL, LABEL_probability, ... (one pair per label)
+
+with each label's probability (its sigmoid), its 0/1 decision (probability above --threshold,
+default 0.5), and `prediction` the labels decided 1, joined by ';'.
 Written to --out, by default RUN_DIR/predict/<checkpoint>-<time>.csv; the first rows are printed.
 
     nettrain-predict outputs/2026-01-01/12-00-00-000000 new_images/ --top-k 3
@@ -58,17 +64,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="the CSV to write (default: RUN_DIR/predict/<checkpoint>-<time>.csv)")
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per input (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu (default) | auto | cuda | cuda:N | mps")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="multi-label models: a label is predicted when its probability is above this, 0 < t < 1 (default 0.5)",
+    )
     trust_lib.add_trust_flag(parser)
     args = parser.parse_args(argv)
 
     if args.top_k < 1:
         print(f"Error: --top-k={args.top_k}: must be an integer >= 1", file=sys.stderr)
         return 2
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        print(f"Error: --threshold={args.threshold:g}: must be a number in (0, 1), e.g. 0.5", file=sys.stderr)
+        return 2
     try:
         refuse_target_symlinks(args.target, None if args.out else "predict")  # before anything is read
         from nettrain.engine import prediction  # torch: once the arguments are read
 
-        path, rows = prediction.predict(args.target, args.inputs, args.top_k, args.device, trust=args.trust)
+        path, rows = prediction.predict(
+            args.target, args.inputs, args.top_k, args.device, trust=args.trust, threshold=args.threshold
+        )
     except (BadInput, OmegaConfBaseException) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

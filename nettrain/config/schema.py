@@ -733,7 +733,8 @@ def _check_multilabel(c: Checks) -> None:
         return
     takes, fitting = FITTING_LOSSES[task]
     other = [t for t, (_, losses) in FITTING_LOSSES.items() if t != task and loss in losses and loss not in fitting]
-    if other and not (task == "regression" and loss == "torch.nn.CrossEntropyLoss"):  # becomes MSE for regression
+    wrong_loss = bool(other) and not (task == "regression" and loss == "torch.nn.CrossEntropyLoss")  # becomes MSE
+    if wrong_loss:
         allowed = ", ".join(f"{name} (loss={LOSS_OPTIONS[name]})" if name in LOSS_OPTIONS else name for name in fitting)
         c.problem(f"loss={loss}: does not fit {task} data, whose loss takes {takes}; allowed: {allowed}")
     if task != "multilabel":
@@ -750,7 +751,8 @@ def _check_multilabel(c: Checks) -> None:
             )
         return
     single = "applies to single-label classes; data.task='multilabel' allowed"
-    for key, off in (("loss.class_weights", None), ("loss.label_smoothing", 0), ("data.sampler", "shuffle")):
+    loss_keys = () if wrong_loss else (("loss.class_weights", None), ("loss.label_smoothing", 0))  # the loss's own
+    for key, off in (*loss_keys, ("data.sampler", "shuffle")):
         value = c.get(key)
         if value is not None and value != off:
             shown = "null" if off is None else _fmt(off)

@@ -14,10 +14,18 @@ With `data.in_memory=false` (a folder too big to decode into memory) nothing is 
 or cached: each split holds its file list (ImageFiles), the DataLoader's `num_workers` workers
 decode each batch's files in the run's sample order, and the mean and std come from a seeded
 sample of 2,000 train images.
+
+Multi-label images (`task: multilabel`) name their labels in a CSV, `labels_file` (relative to
+ROOT, or absolute): a header `file,<label>,<label>,...`, then one row per image with its path
+relative to ROOT and a 0 or 1 under each label. The path's first folder picks the split (`val/`,
+`test/`; any other path is a training image, e.g. `train/0001.png`), missing splits are cut from
+train as above, and the files the CSV does not list are not read. The label columns are the
+label names; y is float32 (N, labels).
 """
 
 from __future__ import annotations
 
+import csv as csv_module
 import hashlib
 import json
 import os
@@ -95,7 +103,7 @@ class Folder:
             raise DataError(
                 f"data.root={str(root)!r}: train/ needs at least 2 class folders; found {self.classes or 'none'}"
             )
-        self.files: dict[str, list[tuple[str, int]]] = {}
+        self.files: dict[str, list[tuple[str, Any]]] = {}  # (relative path, class index or 0/1 labels)
         for split in SPLITS:
             folder = root / split
             if not folder.is_dir():
@@ -132,6 +140,46 @@ class Folder:
                 st = os.stat(self.root / rel)
                 h.update(f"{split}\0{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()[:24]
+
+
+class LabelledFolder(Folder):
+    """The file list of a labels file (task: multilabel): per split, (relative path, 0/1 labels) pairs;
+    `classes` holds the label names."""
+
+    def __init__(self, root: Path, labels_file: str):
+        self.root = root
+        path = Path(os.path.expanduser(str(labels_file)))
+        path = path if path.is_absolute() else root / path
+        self.labels_path = path
+        where = f"data.labels_file={str(labels_file)!r}"
+        if not path.is_file():
+            raise DataError(f"{where}: no such file ({path}); allowed: a CSV relative to data.root, or absolute")
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            table = [row for row in csv_module.reader(f) if row]
+        header = [c.strip() for c in (table[0] if table else [])]
+        if len(header) < 3 or header[0] != "file" or len(set(header)) != len(header):
+            raise DataError(
+                f"{where}: header {header}; allowed: file,<label>,<label>,... (a `file` column, then 2 or "
+                "more distinct label names)"
+            )
+        self.classes = header[1:]
+        self.files = {}
+        for line, row in enumerate(table[1:], start=2):
+            rel = row[0].strip() if row else ""
+            values = [v.strip() for v in row[1:]]
+            if len(row) != len(header) or any(v not in ("0", "1") for v in values):
+                raise DataError(
+                    f"{where}: line {line} {row}; allowed: a file path, then 0 or 1 for each of {self.classes}"
+                )
+            if not (root / rel).is_file() or Path(rel).suffix.lower() not in IMAGE_EXTENSIONS:
+                raise DataError(
+                    f"{where}: line {line}: {rel!r} is not an image file under data.root={str(root)!r} "
+                    f"({', '.join(IMAGE_EXTENSIONS)})"
+                )
+            split = Path(rel).parts[0] if Path(rel).parts[0] in ("val", "test") else "train"
+            self.files.setdefault(split, []).append((Path(rel).as_posix(), tuple(int(v) for v in values)))
+        if not self.files.get("train"):
+            raise DataError(f"{where}: lists no training images (paths outside val/ and test/)")
 
 
 def _probe_folder(
@@ -302,12 +350,17 @@ def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def image_meta(
-    class_names: list[str], channels: int, size: list[int], mean: list[float], std: list[float]
+    class_names: list[str],
+    channels: int,
+    size: list[int],
+    mean: list[float],
+    std: list[float],
+    task: str = "classification",
 ) -> dict[str, Any]:
     """The preprocessing a classifier of these images needs, as plain data for the checkpoint."""
     return {
         "kind": "image",
-        "task": "classification",
+        "task": task,
         "class_names": list(class_names),
         "channels": channels,
         "image_size": list(size),
@@ -327,16 +380,26 @@ def image_folder(
     cache: bool = True,
     cache_dir: str | None = None,
     in_memory: bool = True,
+    task: str = "classification",
+    labels_file: str | None = None,
 ) -> DataSplits:
     """Classes from ROOT/train/<class>/, decoded to uint8 (N, C, H, W); see the module docstring.
     in_memory=False (data.in_memory): nothing is decoded up front or cached; the DataLoader's
-    workers decode each batch's files (ImageFiles), and mean/std come from a sample of train."""
+    workers decode each batch's files (ImageFiles), and mean/std come from a sample of train.
+    task=multilabel: the images and their 0/1 labels listed in `labels_file` (LabelledFolder)."""
     if on_bad_file not in ("skip", "fail"):
         raise DataError(f"data.on_bad_file={on_bad_file!r}: allowed: skip, fail")
+    if (task == "multilabel") != (labels_file is not None):
+        raise DataError(
+            f"data.task={task!r} with data.labels_file={labels_file!r}: allowed: task=multilabel with a labels "
+            "file, or task=classification with class folders"
+        )
     root_path = Path(os.path.expanduser(str(root)))
-    folder = Folder(root_path)
+    folder = Folder(root_path) if labels_file is None else LabelledFolder(root_path, labels_file)
     notes: list[str] = []
     settings = {"image_size": list(_as_size(image_size) or []), "channels": channels, "on_bad_file": on_bad_file}
+    if isinstance(folder, LabelledFolder):
+        settings["labels_file"] = str(folder.labels_path.resolve())
     decoded = None
     cache_path = None
     if not in_memory:
@@ -358,6 +421,10 @@ def image_folder(
             atomic_write(cache_path, lambda tmp: torch.save(decoded, tmp))
             notes.append(f"image cache: built {cache_path}")
     parts = decoded["splits"]
+    if task == "multilabel":  # 0/1 per label, as the loss takes them: float32 (N, labels)
+        width = len(folder.classes)
+        for part in parts.values():
+            part["y"] = part["y"].reshape(len(part["x"]), width).to(torch.float32)
     train = Split(parts["train"]["x"], parts["train"]["y"])
     cut = [f for split, f in (("val", val_fraction), ("test", test_fraction)) if split not in parts]
     pieces = _split_indices(len(train), cut, split_seed)
@@ -373,7 +440,7 @@ def image_folder(
     if len(train) == 0:
         raise DataError(f"data.root={str(root_path)!r}: no training images left after the val/test cut")
     mean, std = channel_stats(train.x if in_memory else _stats_sample(train.x, split_seed))
-    meta = image_meta(folder.classes, decoded["channels"], decoded["size"], mean, std)
+    meta = image_meta(folder.classes, decoded["channels"], decoded["size"], mean, std, task)
     return DataSplits(
         "image_folder", train, taken["val"], taken["test"], num_classes=len(folder.classes), meta=meta, notes=notes
     )

@@ -15,7 +15,7 @@ import torch
 from nettrain.data import Batches, Split
 from nettrain.data.image_folder import IMAGE_EXTENSIONS, SPLITS, ImageFiles, list_images
 from nettrain.data.preprocessing import input_transform
-from nettrain.data.tabular import encode_rows
+from nettrain.data.tabular import encode_rows, label_columns
 from nettrain.engine.build import build_data, build_trained, trained_loss
 from nettrain.engine.loop import evaluate
 from nettrain.engine.metrics import Measures
@@ -114,6 +114,11 @@ def labelled_split(path: Path, prep: dict[str, Any]):
     if not path.exists():
         raise DataError(f"--data {path}: no such file or folder; allowed: {LABELLED[kind]}")
     if kind == "image":
+        if prep.get("task") == "multilabel":
+            raise DataError(
+                f"--data {path}: a multi-label image model is evaluated on its run's own splits "
+                "(nettrain-eval RUN --split test|val, or overrides such as data.root=DIR data.labels_file=FILE)"
+            )
         return image_split(path, prep)
     return table_split(path, prep)
 
@@ -151,6 +156,13 @@ def table_split(path: Path, prep: dict[str, Any]):
         x = encode_rows(records, prep)
     except DataError as exc:
         raise DataError(f"--data {path}: {exc}") from None
+    if prep.get("task") == "multilabel":  # target: the label columns
+        header = list(records[0]) if records else list(target)
+        try:
+            y = label_columns(str(path), header, [[r[c] for c in header] for r in records], target)
+        except DataError as exc:
+            raise DataError(f"--data {path}: {exc}") from None
+        return Split(x, y)
     values = [str(r[target]).strip() for r in records]
     if prep.get("task") == "regression":
         try:

@@ -162,6 +162,13 @@ def output_spec(prep: dict[str, Any]) -> dict[str, Any]:
             "target_mean": prep["target_mean"],
             "target_std": prep["target_std"],
         }
+    if prep.get("task") == "multilabel":
+        return {
+            "shape": ["N", prep["num_classes"]],
+            "meaning": "logits, one per label in class_names order: sigmoid gives each label's probability; "
+            "a label is predicted when it is above 0.5 (its logit above 0), the cut the run's metrics used",
+            "class_names": prep.get("class_names"),
+        }
     return {
         "shape": ["N", prep["num_classes"]],
         "meaning": "logits, one per class in class_names order: softmax gives the probabilities, argmax the class",

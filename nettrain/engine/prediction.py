@@ -64,7 +64,8 @@ def table_records(path: Path, prep: dict[str, Any], with_target: bool = False) -
     """The rows of a table as {column: value}; a DataError when it lacks a feature column the
     model was trained on (or, `with_target`, the target column)."""
     header, rows = read_table(path)
-    needed = [s["name"] for s in prep["features"]] + ([prep["target"]] if with_target else [])
+    target = prep["target"] if isinstance(prep["target"], list) else [prep["target"]]  # multilabel: the label columns
+    needed = [s["name"] for s in prep["features"]] + (target if with_target else [])
     missing = [name for name in needed if name not in header]
     if missing:
         what = "column(s)" if with_target else "feature column(s)"
@@ -120,11 +121,19 @@ def predict(
     device_name: str = "cpu",
     batch_size: int = 256,
     trust: bool = False,
+    threshold: float | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
-    """(checkpoint path, one result row per input)."""
+    """(checkpoint path, one result row per input). `threshold`: a multi-label model's cut on each
+    label's probability (None: 0.5); a PredictError for a model of another task."""
     path, state = pick(target, report=lambda line: print(line, file=sys.stderr))
     trained = build_trained(state, str(path), device=device_name, trust=trust)  # the stored config is checked first
     model, prep, device = trained.model, trained.preprocessing, trained.device
+    task = prep.get("task", "classification")
+    if threshold is not None and task != "multilabel":
+        raise PredictError(
+            f"--threshold={threshold:g}: cuts each label's probability of a multi-label model "
+            f"(data.task=multilabel); {path} is a {task} model"
+        )
     images, tables = expand_inputs(inputs)
     names: list[str] = [str(p) for p in images]
     blocks = [image_inputs(images, prep)] if images else []
@@ -140,11 +149,19 @@ def predict(
             chunk = chunk.to(device)
             outputs.append(model(transform(chunk) if transform else chunk).float().cpu())
     out = torch.cat(outputs)
-    return path, result_rows(names, out, prep, top_k)
+    return path, result_rows(names, out, prep, top_k, DEFAULT_THRESHOLD if threshold is None else threshold)
 
 
-def result_rows(names: list[str], out, prep: dict[str, Any], top_k: int) -> list[dict[str, Any]]:
-    """input, prediction, probability and the top-k columns (regression: input, prediction)."""
+DEFAULT_THRESHOLD = 0.5  # a multi-label model's cut: the one its metrics and label accuracy use
+
+
+def result_rows(
+    names: list[str], out, prep: dict[str, Any], top_k: int, threshold: float = DEFAULT_THRESHOLD
+) -> list[dict[str, Any]]:
+    """input, prediction, probability and the top-k columns (regression: input, prediction;
+    multi-label: label_rows)."""
+    if prep.get("task") == "multilabel":
+        return label_rows(names, out, prep, threshold)
     if prep.get("task") == "regression":
         values = (out.squeeze(1) * prep["target_std"] + prep["target_mean"]).tolist()
         return [{"input": n, "prediction": round(v, 6)} for n, v in zip(names, values)]
@@ -158,5 +175,23 @@ def result_rows(names: list[str], out, prep: dict[str, Any], top_k: int) -> list
         for j in range(k):
             row[f"top{j + 1}"] = classes[idx[j]]
             row[f"top{j + 1}_probability"] = round(ps[j], 6)
+        rows.append(row)
+    return rows
+
+
+def label_rows(names: list[str], out, prep: dict[str, Any], threshold: float) -> list[dict[str, Any]]:
+    """A multi-label model's rows: input; prediction, the labels whose probability (the sigmoid of
+    its logit) is above `threshold`, joined by ';' (empty: none); then for each label its 0/1
+    decision (column LABEL) and its probability (LABEL_probability)."""
+    labels = [str(name) for name in prep.get("class_names") or range(out.shape[1])]
+    rows = []
+    for name, ps in zip(names, out.sigmoid().tolist()):
+        row: dict[str, Any] = {
+            "input": name,
+            "prediction": ";".join(lab for lab, p in zip(labels, ps) if p > threshold),
+        }
+        for label, p in zip(labels, ps):
+            row[label] = int(p > threshold)
+            row[f"{label}_probability"] = round(p, 6)
         rows.append(row)
     return rows
