@@ -345,6 +345,10 @@ def sample_files(workdir: Path, digits: Path) -> Path:
     - table.csv: 200 rows, columns a, b, colour, noise and `label` (high | low): data=csv data.target=label
     - regression.csv: the same columns with `value` instead of `label`: data.task=regression data.target=value
     - new_rows.csv: 5 rows of a, b, colour, noise, for nettrain-predict on a table run
+    - tags.csv: 200 rows, columns x, y, z, noise and the 0/1 labels red, round, large:
+      data.task=multilabel 'data.target=[red,round,large]'
+    - tagged/train/*.png and tagged/labels.csv (file, left, right): 12x12 grayscale, 40 images:
+      data=image_folder data.root=tagged data.task=multilabel data.labels_file=labels.csv
     - images/train/<circle|square|stripe>/*.png: 16x16 RGB, 12 per class: data=image_folder data.root=images
     - new_images/*.png: 4 such images, for nettrain-predict on an image_folder run
     - digits/*.png: 4 MNIST digits (28x28 grayscale, from `digits`: digits_file), for nettrain-predict
@@ -355,7 +359,7 @@ def sample_files(workdir: Path, digits: Path) -> Path:
     import csv
 
     import numpy as np
-    from made_data import class_image, image_folder, table, tiny_cifar, write_png
+    from made_data import class_image, image_folder, multilabel_images, multilabel_table, table, tiny_cifar, write_png
 
     from conftest import write_mnist_raw
 
@@ -366,6 +370,8 @@ def sample_files(workdir: Path, digits: Path) -> Path:
         rows = list(csv.reader(f))
     with open(workdir / "new_rows.csv", "w", newline="") as f:
         csv.writer(f).writerows(row[:-1] for row in rows[:6])
+    multilabel_table(workdir / "tags.csv", n=200)
+    multilabel_images(workdir / "tagged", n=40)
     image_folder(workdir / "images", per_class=12, size=16, channels=3)
     rng = np.random.default_rng(1)
     for i in range(4):

@@ -25,8 +25,11 @@ OPTIONS = sorted(
 
 def test_the_glob_finds_every_group():
     groups = {o.split("/")[0] for o in OPTIONS}
-    assert groups == {"model", "optimizer", "scheduler", "regularization", "data"}
+    assert groups == {"model", "optimizer", "scheduler", "regularization", "data", "loss"}
     named = {
+        "loss/cross_entropy",
+        "loss/bce_with_logits",
+        "loss/mse",
         "model/mlp",
         "model/cnn",
         "optimizer/sgd",
@@ -67,6 +70,19 @@ def data_files(name: str, mnist_root, tmp_path, monkeypatch) -> list[str]:
     return []
 
 
+def loss_data(option: str, tmp_path) -> list[str] | None:
+    """Overrides giving a loss option for another task than classification data of its task."""
+    import made_data
+
+    if option == "loss/mse":
+        path = made_data.table(tmp_path / "r.csv", n=40, task="regression")
+        return ["data=csv", f"data.path={path}", "data.target=value", "data.task=regression"]
+    if option == "loss/bce_with_logits":
+        path = made_data.multilabel_table(tmp_path / "m.csv", n=40)
+        return ["data=csv", f"data.path={path}", f"data.target=[{','.join(made_data.LABELS)}]", "data.task=multilabel"]
+    return None
+
+
 @pytest.mark.parametrize("option", OPTIONS)
 def test_every_option_composes_and_builds(option, mnist_root, tmp_path, monkeypatch):
     from nettrain.data.preprocessing import input_transform
@@ -76,6 +92,8 @@ def test_every_option_composes_and_builds(option, mnist_root, tmp_path, monkeypa
     overrides = [f"{group}={name}"]
     if group == "data":
         overrides += data_files(name, mnist_root, tmp_path, monkeypatch)
+    elif (task_data := loss_data(option, tmp_path)) is not None:  # a loss for another task: its data
+        overrides += task_data
     else:
         overrides += ["data=synthetic", "data.num_samples=200"]
     cfg = make_cfg(*overrides)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from made_data import table
+from made_data import LABELS, multilabel_table, table
 from torchrun import workers
 
 from conftest import make_cfg
@@ -21,16 +21,21 @@ pytestmark = pytest.mark.slow
 BASE = ["epochs=3", "early_stopping.enabled=false", "console.show_config=false", "console.show_model=false"]
 CLASSIFICATION = ["data=synthetic", "data.num_samples=400"]
 REGRESSION = ["data=csv", "data.target=value", "data.task=regression", "batch_size=32", "lr=1e-2"]
+MULTILABEL = ["data=csv", f"data.target=[{','.join(LABELS)}]", "data.task=multilabel", "loss=bce_with_logits"]
+MULTILABEL += ["batch_size=32", "lr=1e-2", "metrics=[f1_micro,f1_macro,recall_micro,auroc,average_precision]"]
 # epoch 1 trains normally; the step scheduler then multiplies lr by 1e9: epoch 2 diverges
 DIVERGING = ["data=synthetic", "data.num_samples=300", "model.hidden=[16]", "batch_size=32", "optimizer=sgd"]
 DIVERGING += ["lr=0.05", "epochs=3", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=1e9"]
 
 
-@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("task", ["classification", "regression", "multilabel"])
 def test_two_processes_validate_and_test_as_one_process_does(task, tmp_path):
     from nettrain.commands.train import train
 
-    if task == "regression":
+    if task == "multilabel":
+        overrides = [*MULTILABEL, f"data.path={multilabel_table(tmp_path / 'm.csv', n=300)}", *BASE]
+        metrics = ("loss", "acc", "f1_micro", "f1_macro", "recall_micro", "auroc", "average_precision")
+    elif task == "regression":
         overrides = [*REGRESSION, f"data.path={table(tmp_path / 'r.csv', n=300, task='regression')}", *BASE]
         overrides.append("metrics=[rmse]")
         metrics = ("loss", "r2", "mae", "rmse")
@@ -50,6 +55,11 @@ def test_two_processes_validate_and_test_as_one_process_does(task, tmp_path):
     for key in (f"test_{m}" for m in metrics):
         assert two[key] == pytest.approx(one[key], rel=1e-5), (key, one[key], two[key])
     assert (two["best_epoch"], two["best_val_loss"]) == (one["best_epoch"], pytest.approx(one["best_val_loss"], 1e-5))
+    if task == "multilabel":  # the per-label report: each label's counts over both ranks' shares
+        report_one, report_two = (
+            json.loads((tmp_path / r / "eval" / "test-report.json").read_text()) for r in ("one", "two")
+        )
+        assert report_two["label_confusion"] == report_one["label_confusion"] and report_two["samples"] == 30
     if task == "classification":  # the per-class report: the confusion matrix over both ranks' shares
         report_one, report_two = (
             json.loads((tmp_path / r / "eval" / "test-report.json").read_text()) for r in ("one", "two")

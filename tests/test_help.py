@@ -123,8 +123,10 @@ def test_every_schema_field_and_option_file_is_documented():
 
 def test_help_lists_the_class_imbalance_settings():
     page = help_page("data=csv", "data.path=t.csv", "data.target=y", "loss.class_weights=balanced")
-    value, meaning = row(page, "loss")
-    assert "class_weights: balanced" in value and "loss.class_weights: the loss's per-class weight" in meaning
+    assert row(page, "loss.class_weights") == (
+        "balanced",
+        "the loss's per-class weight: null | balanced (n / (classes x count), from the training split) | [w0, w1, ...]",
+    )
     assert row(page, "data.sampler") == (
         "shuffle",
         "shuffle (a permutation each epoch) | balanced (drawn with replacement, each class about equally often)",

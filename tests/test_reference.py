@@ -139,12 +139,12 @@ def table_rows(page: str) -> dict[str, tuple[str, str]]:
 
 def test_the_reference_has_every_setting_option_and_key_with_its_meaning(generated):
     rows = table_rows(generated)
-    groups = {"model", "optimizer", "scheduler", "data", "regularization"}
+    groups = {"model", "optimizer", "scheduler", "data", "regularization", "loss"}
     settings = [
         k for k in flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig))) if k.split(".")[0] not in groups
     ]
     assert "lr_find.diverge" in settings and "logger.wandb.mode" in settings
-    missing = [k for k in settings if k not in rows and k.split(".")[0] not in rows]  # loss: one row, a dict
+    missing = [k for k in settings if k not in rows and k.split(".")[0] not in rows]
     assert not missing, f"settings missing from the reference: {missing}"
     assert rows["early_stopping.patience"] == (
         "3",
