@@ -55,7 +55,10 @@ SOFT_TARGET_LOSSES = ("torch.nn.CrossEntropyLoss",)  # losses that take class pr
 SAMPLERS = ("shuffle", "balanced")  # data.sampler (nettrain/engine/balance.py)
 POLICIES = ("none", "randaugment", "trivialaugment")  # augment.policy (nettrain/data/augment.py)
 # data options whose inputs are no images: augment=... (torchvision's image transforms) is refused for them
-NOT_IMAGES = {"nettrain.data.tabular.csv": "a table", "nettrain.data.synthetic": "random tensors"}
+NOT_IMAGES = {
+    "nettrain.data.tabular.csv": "data=csv gives a table",
+    "nettrain.data.synthetic": "data=synthetic gives random tensors",
+}
 # keys of the group options (conf/<group>/*.yaml) added since runs were saved, each with the value
 # that does what those runs did: resuming a run saved without one is no change while it keeps it
 ADDED_OPTION_KEYS = {"data.sampler": "shuffle"}
@@ -756,10 +759,7 @@ def _check_augment(c: Checks) -> None:
     kind = NOT_IMAGES.get(c.get("data._target_"))
     if kind is not None:
         shown = ", ".join(f"augment.{key}={_fmt(value)}" for key, value in active.items())
-        c.problem(
-            f"{shown}: image transforms, and data={c.get('hydra.runtime.choices.data') or c.get('data._target_')} "
-            f"gives {kind}; allowed for image data only: augment=none"
-        )
+        c.problem(f"{shown}: image transforms, and {kind}; allowed for image data only: augment=none")
     if active.get("flip") and c.get("data.augment") in ("flip", "flip_crop"):
         c.problem(
             f"augment.flip=True and data.augment={_fmt(c.get('data.augment'))}: both flip the images; "
