@@ -41,6 +41,7 @@ LAZY: dict[tuple[str, str], str] = {
     ("nettrain.engine.exporting", "onnxruntime"): "extra [onnx], only to check an export with --format onnx",
     # heavy packages that most runs never need
     ("nettrain.data", "torchvision"): "about 1 s to import; only data=mnist/fashion_mnist/kmnist need it",
+    ("nettrain.data.augment", "torchvision"): "about 1 s; only runs with augment=... (its image transforms) need it",
     ("nettrain.models.from_torchvision", "torchvision"): "about 1 s; only model=torchvision needs it, and "
     "every run imports nettrain.models",
     ("nettrain.insight.figures", "matplotlib"): "about 0.5 s; plots=false runs and the finders draw nothing",

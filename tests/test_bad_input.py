@@ -52,6 +52,10 @@ CASES = [
     ),
     (["data.sampler=oversample"], "data.sampler='oversample': allowed: shuffle, balanced"),
     (["loss.class_weights=balanced", "+loss.reduction=sum"], "loss.reduction='sum': loss.class_weights averages"),
+    (["profile=true", "profiler.steps=0"], "profiler.steps=0: must be an integer in 1..10000"),
+    (["profile=true", "find=lr"], "profile=True and find='lr': choose one (profile=true profiles a fresh run)"),
+    (["augment.policy=autoaugment"], "augment.policy='autoaugment': allowed: none, randaugment, trivialaugment"),
+    (["augment=standard"], "image transforms, and data=synthetic gives random tensors; allowed for image data only"),
     (["hydra.run.dir="], "hydra.run.dir is empty"),
     (["hydra.run.dir=/"], "a run needs a folder of its own"),
 ]

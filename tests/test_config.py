@@ -25,7 +25,7 @@ OPTIONS = sorted(
 
 def test_the_glob_finds_every_group():
     groups = {o.split("/")[0] for o in OPTIONS}
-    assert groups == {"model", "optimizer", "scheduler", "regularization", "data", "loss"}
+    assert groups == {"model", "optimizer", "scheduler", "regularization", "augment", "data", "loss"}
     named = {
         "loss/cross_entropy",
         "loss/bce_with_logits",
@@ -86,7 +86,7 @@ def loss_data(option: str, tmp_path) -> list[str] | None:
 @pytest.mark.parametrize("option", OPTIONS)
 def test_every_option_composes_and_builds(option, mnist_root, tmp_path, monkeypatch):
     from nettrain.data.preprocessing import input_transform
-    from nettrain.engine.build import build_data, build_model
+    from nettrain.engine.build import build_augment, build_data, build_model
 
     group, name = option.split("/", 1)
     overrides = [f"{group}={name}"]
@@ -94,6 +94,8 @@ def test_every_option_composes_and_builds(option, mnist_root, tmp_path, monkeypa
         overrides += data_files(name, mnist_root, tmp_path, monkeypatch)
     elif (task_data := loss_data(option, tmp_path)) is not None:  # a loss for another task: its data
         overrides += task_data
+    elif group == "augment":  # image transforms: image data
+        overrides += ["data=image_folder", *data_files("image_folder", mnist_root, tmp_path, monkeypatch)]
     else:
         overrides += ["data=synthetic", "data.num_samples=200"]
     cfg = make_cfg(*overrides)
@@ -111,6 +113,10 @@ def test_every_option_composes_and_builds(option, mnist_root, tmp_path, monkeypa
     schedule = build_schedule(optimizer, OmegaConf.to_container(cfg.scheduler, resolve=True), 10, cfg.epochs)
     assert isinstance(schedule, LRSchedule)
     assert (schedule.main is None) == (cfg.scheduler._target_ is None)
+    augment = build_augment(cfg, data, torch.Generator().manual_seed(0))
+    if augment is not None:  # the training batches' augmentation keeps their shape
+        x = transform(x) if transform else x
+        assert augment(x, data.train.y[:4])[0].shape == x.shape
 
 
 def test_top_level_keys_reach_their_users():

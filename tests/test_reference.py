@@ -35,6 +35,7 @@ SAFE_BEFORE_THE_MARKS = {
     "loggers",
     "logger.",
     "lr_find.",
+    "profiler.",
     "grad_monitor.vanishing_below",
     "grad_monitor.exploding_above",
     "grad_monitor.ratio",

@@ -10,7 +10,7 @@ error's first line, or incomplete: interrupted (resumable), or no summary.json a
 still running), best epoch, best val loss and accuracy, test accuracy (regression: best val R² and
 MAE, test R² and MAE), the best val and test figures of the runs' `metrics=[...]` (F1, AUROC, ...),
 epochs run, wall time and samples/s. The best finished row by the monitored metric (summary.json's
-"monitor": losses and errors lower is better, val_acc, val_r2, F1 and the like higher) is marked. Folders of dry runs and finders (dry_run=true, find=...) train nothing: they are left
+"monitor": losses and errors lower is better, val_acc, val_r2, F1 and the like higher) is marked. Folders of dry runs, finders and profiles (dry_run=true, find=..., profile=true) train nothing: they are left
 out, and counted. Runs on different data sets (their saved config's data section, loading and
 split settings aside) are never ranked together: a `data set` column names each one's, each data
 set's best is marked, and a warning says so. Written, atomically, into the output folder (`--out`; by
@@ -187,7 +187,7 @@ class Run:
     monitor: str | None = None
     values: dict[str, Any] = field(default_factory=dict)  # METRICS, REGRESSION_METRICS and metrics=[...] keys
     curve: list[tuple[float, float]] = field(default_factory=list)  # (epoch, val_loss)
-    tool: str | None = None  # dry_run=true or find=...: a folder that trained nothing
+    tool: str | None = None  # dry_run=true, find=... or profile=true: a folder that trained nothing
     data: dict[str, Any] | None = None  # the data set (the data section's identifying keys); None: unknown
     data_label: str | None = None  # its short name in the table (set when runs differ in data)
 
@@ -243,11 +243,15 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
 
 
 def _tool(config: dict[str, Any], overrides: dict[str, Any]) -> str | None:
-    """'dry_run=true' or 'find=lr' for a folder a dry run or a finder wrote, else None."""
+    """'dry_run=true', 'find=lr' or 'profile=true' for a folder a dry run, a finder or the
+    profiler wrote, else None."""
     dry_run = config.get("dry_run", overrides.get("dry_run"))
     find = config.get("find", overrides.get("find"))
     if find:
         return f"find={find}"
+    profiled = config.get("profile", overrides.get("profile"))
+    if profiled is True or str(profiled).lower() == "true":
+        return "profile=true"
     return "dry_run=true" if dry_run is True or str(dry_run).lower() == "true" else None
 
 

@@ -81,6 +81,12 @@ AUGMENTS = ("none", "flip", "crop", "flip_crop")  # data.augment (nettrain/data/
 MIXES = ("none", "mixup", "cutmix")  # data.mix
 SOFT_TARGET_LOSSES = ("torch.nn.CrossEntropyLoss",)  # losses that take class probabilities as targets
 SAMPLERS = ("shuffle", "balanced")  # data.sampler (nettrain/engine/balance.py)
+POLICIES = ("none", "randaugment", "trivialaugment")  # augment.policy (nettrain/data/augment.py)
+# data options whose inputs are no images: augment=... (torchvision's image transforms) is refused for them
+NOT_IMAGES = {
+    "nettrain.data.tabular.csv": "data=csv gives a table",
+    "nettrain.data.synthetic": "data=synthetic gives random tensors",
+}
 # keys of the group options (conf/<group>/*.yaml) added since runs were saved, each with the value
 # that does what those runs did: resuming a run saved without one is no change while it keeps it
 ADDED_OPTION_KEYS = {
@@ -190,6 +196,30 @@ class LrFindConfig:
 
 
 @dataclass
+class ProfilerConfig:
+    """profile=true: how many steps to measure (nettrain/engine/profiling.py)."""
+
+    warmup: int = 3  # profile=true: steps run first and not measured (allocations, lazy initialisation, autotuning)
+    steps: int = 10  # profile=true: steps measured under torch.profiler, after the warmup
+
+
+@dataclass
+class AugmentConfig:
+    """Image augmentation with torchvision.transforms.v2, per sample on the training device, drawn
+    from the data generator (nettrain/data/augment.py); group conf/augment/: none | standard."""
+
+    resized_crop: float | None = (
+        None  # RandomResizedCrop: a crop of this share of the area up to all of it (aspect 3/4 to 4/3), resized back to the image's size; null = off
+    )
+    flip: bool = False  # RandomHorizontalFlip (p = 0.5); data.augment=flip does the same per batch: use one of them
+    color_jitter: float | None = (
+        None  # ColorJitter: brightness, contrast and saturation each by a factor in [1 - this, 1 + this]; null = off
+    )
+    policy: str = "none"  # none | randaugment (RandAugment: 2 operations at magnitude 9) | trivialaugment (TrivialAugmentWide: one at a random magnitude)
+    erasing: float = 0.0  # RandomErasing: probability that a rectangle of each image is set to the mean (0 = off)
+
+
+@dataclass
 class CheckpointConfig:
     """Checkpoints to resume from and to evaluate."""
 
@@ -247,6 +277,7 @@ class TrainConfig:
     data: Any = MISSING  # group: conf/data/
     loss: Any = MISSING  # group: conf/loss/ (any `_target_` loss module): cross_entropy | bce_with_logits (data.task=multilabel) | mse
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # group: conf/augment/ (none | standard)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     grad_monitor: GradMonitorConfig = field(default_factory=GradMonitorConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # [resume: may change]
@@ -265,6 +296,8 @@ class TrainConfig:
     dry_run: bool = False  # build, show the model and memory estimate, one forward + backward; no training
     find: str | None = None  # lr (LR range test) | batch_size (largest that fits): run it instead of training
     lr_find: LrFindConfig = field(default_factory=LrFindConfig)  # [resume: may change]
+    profile: bool = False  # time a few training steps phase by phase (profile/trace.json, profile/summary.json, advice on the console); no training
+    profiler: ProfilerConfig = field(default_factory=ProfilerConfig)  # [resume: may change]
     metrics: list[str] = field(
         default_factory=list
     )  # more metrics for validation (val_NAME) and test (test_NAME), e.g. [f1_macro,auroc]: classification: acc, topK_acc (top5_acc), f1|precision|recall_macro|micro|weighted, auroc, average_precision; regression: mae, rmse, r2; multilabel: acc, f1|precision|recall_macro|micro|weighted, auroc, average_precision
@@ -448,6 +481,8 @@ def problems(cfg: Any) -> list[str]:
         _check_tools,
         _check_imbalance,
         _check_multilabel,
+        _check_profile,
+        _check_augment,
     ):
         section(checks)
     return checks.found
@@ -770,3 +805,53 @@ def _check_multilabel(c: Checks) -> None:
             f"data.target={_fmt(target)}: data.task=multilabel takes a list of 0/1 label columns; "
             "allowed: [COLUMN, COLUMN, ...], e.g. 'data.target=[a,b,c]'"
         )
+
+
+def _check_profile(c: Checks) -> None:
+    """profile=true and its steps: a mode of its own, like dry_run and the finders."""
+
+    def count(least: int):
+        return lambda v: isinstance(v, int) and not isinstance(v, bool) and least <= v <= 10_000
+
+    c.need("profiler.warmup", count(1), "must be an integer in 1..10000 (the first steps pay one-off costs)")
+    c.need("profiler.steps", count(1), "must be an integer in 1..10000")
+    if not c.get("profile"):
+        return
+    for other, value in (("dry_run", c.get("dry_run")), ("find", c.get("find")), ("resume", c.get("resume"))):
+        if value:
+            c.problem(f"profile=True and {other}={_fmt(value)}: choose one (profile=true profiles a fresh run)")
+
+
+def _check_augment(c: Checks) -> None:
+    """augment.* (torchvision's image transforms): ranges, and image data only."""
+    c.need(
+        "augment.resized_crop",
+        lambda v: is_finite_number(v) and 0 < v <= 1,
+        "must be null (off) or the smallest share of the area kept, in (0, 1]",
+    )
+    c.need("augment.flip", lambda v: isinstance(v, bool), "allowed: true, false")
+    c.need("augment.color_jitter", lambda v: is_finite_number(v) and 0 < v < 1, "must be null (off) or in (0, 1)")
+    c.choice("augment.policy", POLICIES)
+    c.need("augment.erasing", lambda v: is_finite_number(v) and 0 <= v <= 1, "must be a probability in [0, 1]")
+    active = image_augment_settings(c.get("augment") or {})
+    if not active:
+        return
+    kind = NOT_IMAGES.get(c.get("data._target_"))
+    if kind is not None:
+        shown = ", ".join(f"augment.{key}={_fmt(value)}" for key, value in active.items())
+        c.problem(f"{shown}: image transforms, and {kind}; allowed for image data only: augment=none")
+    if active.get("flip") and c.get("data.augment") in ("flip", "flip_crop"):
+        c.problem(
+            f"augment.flip=True and data.augment={_fmt(c.get('data.augment'))}: both flip the images; "
+            "choose one (data.augment=crop keeps the crop)"
+        )
+
+
+def image_augment_settings(node: Any) -> dict[str, Any]:
+    """The augment.* settings that are on (a section of the config, or a plain dict)."""
+    defaults = AugmentConfig()
+    return {
+        key: node[key]
+        for key in ("resized_crop", "flip", "color_jitter", "policy", "erasing")
+        if key in node and node[key] != getattr(defaults, key)
+    }

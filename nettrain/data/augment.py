@@ -9,9 +9,20 @@ probabilities.
 Every random draw comes from the run's data generator (CPU, checkpointed with the sample order),
 never from torch's global RNG: a resumed run draws the same flips, crops and mixes as an
 uninterrupted one. The draws are small CPU tensors copied to the device: no host sync per step.
+
+`augment=...` (conf/augment/, :class:`ImageAugment`): torchvision.transforms.v2's
+RandomResizedCrop, RandomHorizontalFlip, ColorJitter, RandAugment or TrivialAugmentWide and
+RandomErasing, each image of the batch with its own draws, on the batch's device. The v2
+transforms draw from torch's global RNG; each batch draws one seed from the data generator and
+runs them under a forked global RNG seeded with it, so these draws too are the generator's, and
+the global RNG (dropout) is as if they had not run. torchvision is imported only by runs that ask
+for them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -110,3 +121,86 @@ def sample_beta(alpha: float, generator: torch.Generator, tries: int = 16) -> to
     if alpha < 1:
         gamma = gamma * torch.rand(2, generator=generator, dtype=torch.float64) ** (1.0 / alpha)
     return (gamma[0] / gamma.sum()).to(torch.float32)
+
+
+SEED_RANGE = 2**62  # the per-batch seed of the v2 transforms, drawn from the data generator
+
+
+class ImageAugment:
+    """`augment(x, y) -> (x, y)`: torchvision.transforms.v2 on each image of one normalised
+    training batch x (N, C, H, W), on its device; y passes through.
+
+    The images are taken back to pixels in [0, 1] (x * std + mean, the data's normalisation) for
+    the crop, flip, colour and policy transforms, which expect that range, and normalised again;
+    RandomErasing then sets its rectangles to 0, the mean. Each setting off (None, False, "none",
+    0) leaves its transform out."""
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        image_size: Sequence[int],
+        resized_crop: float | None = None,
+        flip: bool = False,
+        color_jitter: float | None = None,
+        policy: str = "none",
+        erasing: float = 0.0,
+        generator: torch.Generator | None = None,
+    ):
+        from torchvision.transforms import v2  # only runs with augment=... import torchvision
+
+        pixels: list[Any] = []
+        if resized_crop is not None:
+            pixels.append(v2.RandomResizedCrop(tuple(image_size), scale=(resized_crop, 1.0), antialias=True))
+        if flip:
+            pixels.append(v2.RandomHorizontalFlip())
+        if color_jitter is not None:
+            pixels.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+        policies: dict[str, Callable[[], Any]] = {
+            "randaugment": v2.RandAugment,
+            "trivialaugment": v2.TrivialAugmentWide,
+        }
+        if policy != "none":
+            if policy not in policies:
+                raise ValueError(f"augment.policy={policy!r}: allowed: none, {', '.join(policies)}")
+            pixels.append(policies[policy]())
+        self.pixels = v2.Compose(pixels) if pixels else None
+        self.erasing = v2.RandomErasing(p=erasing, value=0.0) if erasing > 0 else None
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    @property
+    def active(self) -> bool:
+        return self.pixels is not None or self.erasing is not None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seed = int(torch.randint(SEED_RANGE, (), generator=self.generator))  # a CPU draw: no host sync
+        cuda = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the global RNG as it was, afterwards
+            torch.manual_seed(seed)
+            if self.pixels is not None:
+                mean, std = self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)
+                pixels = (x * std + mean).clamp_(0.0, 1.0)
+                x = (torch.stack([self.pixels(image) for image in pixels]) - mean) / std
+            if self.erasing is not None:
+                x = torch.stack([self.erasing(image) for image in x])
+        return x, y
+
+
+class Chain:
+    """Augmentations applied one after the other: `chain(x, y) -> (x, y)`."""
+
+    def __init__(self, *augments: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]):
+        self.augments = augments
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for augment in self.augments:
+            x, y = augment(x, y)
+        return x, y
+
+
+def chained(*augments: Any) -> Any:
+    """The augmentations given (None for one that is off) as one call: None when all are off."""
+    on = [augment for augment in augments if augment is not None]
+    return None if not on else on[0] if len(on) == 1 else Chain(*on)

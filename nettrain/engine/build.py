@@ -28,9 +28,17 @@ from omegaconf import DictConfig, OmegaConf
 from nettrain.config import graph_plan as capture
 from nettrain.config import trust as trust_lib
 from nettrain.config import usermodules
-from nettrain.config.schema import FITTING_LOSSES, TASKS, TrainConfig, metric_mode, plain, validate
+from nettrain.config.schema import (
+    FITTING_LOSSES,
+    TASKS,
+    TrainConfig,
+    image_augment_settings,
+    metric_mode,
+    plain,
+    validate,
+)
 from nettrain.data import Batches, DataSplits, Split
-from nettrain.data.augment import Augment
+from nettrain.data.augment import Augment, ImageAugment, chained
 from nettrain.data.preprocessing import PreprocessingRecord, input_transform
 from nettrain.data.tabular import EmbeddedInputs
 from nettrain.engine import cuda_graph, distributed, finetune
@@ -121,13 +129,31 @@ def build_data(cfg: DictConfig) -> tuple[DataSplits, dict[str, Any]]:
 
 
 def build_augment(cfg: DictConfig, data: DataSplits, generator: torch.Generator):
-    """The data option's on-device augmentation (nettrain/data/augment.py) drawing from the data
-    generator, or None when it has none or all of it is off."""
+    """The training batches' on-device augmentation (nettrain/data/augment.py) drawing from the
+    data generator: augment=... (torchvision's transforms, per image), then the data option's
+    flips, crops and mixes; None when all of it is off."""
+    image = build_image_augment(cfg, data, generator)
     settings = {key: cfg.data[key] for key in AUGMENT_KEYS if key in cfg.data}
+    augment = Augment(**settings, num_classes=data.num_classes, generator=generator) if settings else None
+    return chained(image, augment if augment is not None and augment.active else None)
+
+
+def build_image_augment(cfg: DictConfig, data: DataSplits, generator: torch.Generator) -> ImageAugment | None:
+    """augment=... (conf/augment/) for image data, or None when off; for data that is no images
+    (a kind other than image, or no [C, H, W] inputs) a ConfigError."""
+    settings = image_augment_settings(cfg.get("augment") or {})
     if not settings:
         return None
-    augment = Augment(**settings, num_classes=data.num_classes, generator=generator)
-    return augment if augment.active else None
+    meta = data.meta
+    if meta.get("kind") != "image" or len(data.input_shape) != 3 or "mean" not in meta:
+        shown = ", ".join(f"augment.{key}={value!r}" for key, value in settings.items())
+        raise ConfigError(
+            [
+                f"{shown}: image transforms, and data {data.name!r} gives {meta.get('kind')} inputs of shape "
+                f"{list(data.input_shape)}; allowed for image data only: augment=none"
+            ]
+        )
+    return ImageAugment(meta["mean"], meta["std"], data.input_shape[1:], **plain(cfg.augment), generator=generator)
 
 
 def build_model(cfg: DictConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
@@ -597,7 +623,10 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
 def _eager_only(cfg: DictConfig, per_batch_transform: bool) -> list[str]:
     """Settings whose work runs outside a captured CUDA-graph step, each with its reason."""
     reasons = []
-    if per_batch_transform or cfg.data.get("augment", "none") not in (None, "none") or cfg.data.get("mix", None):
+    augmented = cfg.data.get("augment", "none") not in (None, "none") or image_augment_settings(
+        cfg.get("augment") or {}
+    )
+    if per_batch_transform or augmented or cfg.data.get("mix", None):
         reasons.append(
             "the data option transforms each batch (uint8 images normalised per batch, or augmentation): "
             "the graph gathers its batch from the device tensors as they are"

@@ -39,6 +39,7 @@ from nettrain.engine.divergence import Diverged
 from nettrain.engine.interrupt import StopRequest, stop_on_signals
 from nettrain.engine.loop import FitResult, LoopSettings, Position, RunOutputs, evaluate, fit
 from nettrain.engine.metrics import Measures
+from nettrain.engine.profiling import profile_run
 from nettrain.engine.tune import run_tool
 from nettrain.errors import ConfigError
 from nettrain.insight.class_report import class_report, plot_confusion_matrix, report_lines
@@ -80,6 +81,8 @@ def train_run(
         with stop_on_signals(stop), process_settings(cfg.threads, cfg.deterministic):  # the run's own settings
             if cfg.dry_run or cfg.find:  # a dry run or a finder: build, measure, suggest; train nothing
                 return run_tool(cfg, output_dir)
+            if cfg.profile:  # a few steps timed phase by phase (nettrain/engine/profiling.py); train nothing
+                return profile_run(cfg, output_dir)
             device = device or resolve_device(cfg.device)
             seed_everything(cfg.seed)
             reporter = Reporter(**cfg.console, rank=launch.context().rank)

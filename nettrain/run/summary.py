@@ -41,6 +41,7 @@ class RunStatus(str, Enum):
     DRY_RUN = "dry_run"
     LR_FIND = "lr_find"
     BATCH_SIZE = "batch_size"
+    PROFILE = "profile"  # profile=true (nettrain/engine/profiling.py): profile/summary.json instead
 
     def __str__(self) -> str:
         return self.value
