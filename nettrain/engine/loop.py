@@ -167,6 +167,7 @@ class LoopSettings:
     target_std: float = 1.0  # regression: the target's std, to report MAE in its own units
     unfreeze: Callable[[int], str | None] | None = None  # model.unfreeze_at_epoch: called as each epoch starts
     measures: Measures | None = None  # the validation's metrics=[...] beyond the task's own (torchmetrics)
+    callbacks: Any = None  # callbacks=[...] (nettrain/engine/callbacks.py); None: the loop calls nothing
 
 
 @dataclass
@@ -274,13 +275,15 @@ def fit(
     step_fn = (settings.make_step or train_step)(state, settings)
     best_weights = start.best_weights
     watch = LossWatch(len(train_batches), state.device)  # each step's loss, on the device, read once per epoch
-    epoch = start.epoch
+    epoch, hooks = start.epoch, settings.callbacks
     for epoch in range(start.epoch + 1, settings.epochs + 1):
         # -- train (from the saved position when resuming mid-epoch) --------------------------
         if settings.unfreeze is not None and (note := settings.unfreeze(epoch)):
             out.reporter.note(note)  # model.unfreeze_at_epoch: the frozen parameters train from here on
         order, step, loss_sum, train_time = epoch_start(start, epoch, train_batches, state.device)
         watch.start_epoch(step)
+        if hooks:
+            hooks.epoch_start(epoch, step)
         model.train()
         started = time.perf_counter()
         with out.reporter.progress(len(train_batches), epoch, done=step) as advance:
@@ -289,6 +292,8 @@ def fit(
                 watch.record(step, batch_loss)
                 loss_sum += batch_loss
                 step += 1
+                if hooks:
+                    hooks.step_end(epoch, step, batch_loss, len(y))
                 advance()
                 if stop.tick() and step < len(train_batches):  # interrupted mid-epoch: save and leave
                     train_time += time.perf_counter() - started
@@ -304,6 +309,8 @@ def fit(
         seconds = train_time + time.perf_counter() - val_started
         row = epoch_row(epoch, train_loss, val, schedule.lr, seconds, train_batches.n / train_time)
         record_epoch(state, row, is_best, out)
+        if hooks:
+            hooks.validation_end(epoch)
         schedule.after_epoch(row["val_loss"])
         out.checkpointer.save(state, Position(epoch, best_weights=best_weights), is_best=is_best)
         if early_stopping.should_stop:
