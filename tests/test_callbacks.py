@@ -124,7 +124,7 @@ def test_a_run_without_callbacks_calls_nothing(tmp_path, monkeypatch):
     real_fit = recipe.fit
 
     def spy(state, train_batches, val_batches, settings, out, **kwargs):
-        seen.append((settings.callbacks, out.checkpointer.after_save))
+        seen.append((out.callbacks, out.checkpointer.after_save))
         return real_fit(state, train_batches, val_batches, settings, out, **kwargs)
 
     def refuse(*args, **kwargs):

@@ -185,12 +185,12 @@ def train_epochs(
         target_std=run.data.meta.get("target_std", 1.0),
         unfreeze=run.unfreeze,
         measures=measures(cfg, run),
-        callbacks=hooks,
     )
     out = RunOutputs(
         checkpointer=Checkpointer(writer.path("checkpoints"), config, cfg.checkpoint.enabled, writer),
         metrics=MetricsWriter(writer.path("metrics.csv"), writer),
         reporter=reporter,
+        callbacks=hooks,
     )
     if hooks:  # callbacks=[...]: on_fit_start and on_fit_end around the loop; on_checkpoint as each is written
         out.checkpointer.after_save = hooks.checkpoint
