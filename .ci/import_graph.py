@@ -51,6 +51,9 @@ LAZY: dict[tuple[str, str], str] = {
     ("nettrain.config.trust", "torch"): "only to judge a torch.* target in a config read from a file",
     ("nettrain.run.checkpoint", "torch"): "only to save or load a checkpoint file",
     ("nettrain.run.launch", "torch.distributed"): "only for the rendezvous store under torchrun or SLURM",
+    # the package's own Python API: `from nettrain import fit` stays torch- and Hydra-free at import
+    ("nettrain", "nettrain.commands.api"): "nettrain.fit runs the command layer when called; an entry point "
+    "above commands/ like a console script, so it is no edge of the graph (entry_points)",
 }
 
 
@@ -303,11 +306,22 @@ def stale(every: list[Import], lazy: dict[tuple[str, str], str]) -> list[tuple[s
     ]
 
 
+def entry_points(edges: dict[str, set[str]], lazy: dict[tuple[str, str], str], package: str) -> None:
+    """Drop from `edges` the imports LAZY lists for the package itself (`nettrain.fit`): functions
+    of the package's __init__ that run a command's code when called. Modules below import the
+    package (its __version__), so such an import would be a cycle and an import up the layers, yet
+    it never runs while anything is imported: an entry point, on top of the graph like a console script."""
+    for module, target in lazy:
+        if module == package:
+            edges.get(package, set()).discard(target)
+
+
 def problems(root: Path, lazy: dict[tuple[str, str], str], layers: tuple[tuple[str, ...], ...] = LAYERS) -> list[str]:
     """Each cycle, each import up the layers, each function-level import without a reason and
     each reason without its import, as one line; empty when the check passes."""
     edges, every = graph(root)
     package = root.name
+    entry_points(edges, lazy, package)
     lines = [
         f"import cycle: {' -> '.join(loop)}"
         + (f" (one cycle of several through {', '.join(members)})" if len(members) > len(loop) - 1 else "")
@@ -337,6 +351,7 @@ def counts(root: Path) -> dict[str, int]:
     """Modules, edges, cycles and function-level import statements (all, and of the package's own)."""
     edges, every = graph(root)
     package = root.name
+    entry_points(edges, LAZY, package)
     statements = {(imp.module, imp.line) for imp in every if imp.function}
     own = {(imp.module, imp.line) for imp in every if imp.function and imp.target.split(".")[0] == package}
     boundary = {key for key in statements if key[0].startswith(f"{package}.commands")}

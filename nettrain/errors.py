@@ -32,6 +32,12 @@ class UntrustedTargetError(ConfigError):
         self.args = (f"Refused: a config read from a file names code nettrain does not run unasked:\n{lines}",)
 
 
+class CallbackError(Exception):
+    """A hook of the user's callbacks (`callbacks=[...]`) raised: not bad input but the user's code
+    failing, so a fault (exit 1); str() names the callback's class and the hook, and `__cause__`
+    is what it raised."""
+
+
 class RunFolderError(BadInput, RuntimeError):
     """A run folder that cannot or must not be written; the message says which and why."""
 

@@ -179,3 +179,21 @@ def test_importing_the_commands_imports_neither_torch_nor_matplotlib(extra):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"torch": False, "torchvision": False, "matplotlib": False, "numpy": False}
     assert len(commands) >= 8  # the six scripts, their error handling and start-up, the sweep callback
+
+
+def test_an_api_function_of_the_package_itself_is_an_entry_point_not_an_edge(tmp_path):
+    """`nettrain.fit` imports the command layer when called: listed in LAZY, it is left out of the
+    graph (modules below import the package for its __version__); unlisted, it is reported."""
+    root = package(
+        tmp_path,
+        {
+            "__init__.py": "__version__ = '1'\n\ndef fit():\n    from pkg.commands.api import fit\n    return fit()\n",
+            "commands/__init__.py": "",
+            "commands/api.py": "import pkg\n\ndef fit():\n    return pkg.__version__\n",
+        },
+    )
+    layers = (("pkg.commands",), ("pkg",))
+    assert check.problems(root, {("pkg", "pkg.commands.api"): "the API"}, layers) == []
+    found = check.problems(root, {}, layers)
+    assert found[0] == "import cycle: pkg -> pkg.commands.api -> pkg"
+    assert "layers: pkg imports pkg.commands.api" in found[1]

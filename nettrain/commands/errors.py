@@ -36,7 +36,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 import nettrain
 from nettrain.config import trust
 from nettrain.config.schema import TrainConfig, flatten, problems
-from nettrain.errors import BadInput, ConfigError, DataError, UntrustedTargetError
+from nettrain.errors import BadInput, CallbackError, ConfigError, DataError, UntrustedTargetError
 from nettrain.run import launch
 from nettrain.run.checkpoint import NAMES, verify_checkpoint
 from nettrain.run.folder import RunWriter, in_multirun, refuse_symlinks, remove_if_unused, unsafe_run_dir
@@ -448,7 +448,7 @@ def failed_run(exc: Exception, cfg: Any) -> None:
     """End a run that raised `exc` (inside its `except`): bad input (a BadInput: an invalid config,
     an unusable run folder, data or a checkpoint that cannot be read) is one message and exit 2,
     and a rejected config leaves no folder behind; a fault
-    writing a file is one line naming it and the checkpoints kept, exit 1. In a multirun the
+    writing a file, or a callback's hook that raised, is one line naming it and the checkpoints kept, exit 1. In a multirun the
     failure is recorded in the job's summary.json and None returned, so the sweep goes on (not
     NaN: the Optuna sweeper fails on NaN; None marks the trial failed). Anything else propagates."""
     full_error, multirun = os.environ.get("HYDRA_FULL_ERROR") == "1", in_multirun()
@@ -462,6 +462,11 @@ def failed_run(exc: Exception, cfg: Any) -> None:
         if isinstance(exc, ConfigError) and not cfg.resume:
             remove_if_unused(HydraConfig.get().runtime.output_dir)  # a rejected config leaves no empty folder
         sys.exit(2)
+    if isinstance(exc, CallbackError) and not (full_error or multirun):  # the user's hook raised: one line
+        kept, run_dir = kept_checkpoints(), HydraConfig.get().runtime.output_dir
+        again = "" if kept.startswith("; no checkpoint") else f"; continue it with nettrain-train resume={run_dir}"
+        print(f"Error: {exc}{kept}{again}", file=sys.stderr)
+        sys.exit(1)
     if isinstance(exc, OSError) and not (full_error or multirun):  # one line naming the file, and what is kept
         print(f"Error: {exc}{kept_checkpoints()}", file=sys.stderr)
         sys.exit(1)

@@ -298,6 +298,10 @@ class TrainConfig:
     lr_find: LrFindConfig = field(default_factory=LrFindConfig)  # [resume: may change]
     profile: bool = False  # time a few training steps phase by phase (profile/trace.json, profile/summary.json, advice on the console); no training
     profiler: ProfilerConfig = field(default_factory=ProfilerConfig)  # [resume: may change]
+    callbacks: list[Any] = field(
+        default_factory=list
+    )  # your own code in the loop: [{_target_: mymodule.MyCallback, ...}], each a class with any of on_fit_start, on_epoch_start, on_step_end, on_validation_end, on_checkpoint, on_fit_end [resume: may change]
+    callbacks_every_n_steps: int = 50  # on_step_end runs every n-th step of the run (a callback's own every_n_steps wins; 1 = every step) [resume: may change]
     metrics: list[str] = field(
         default_factory=list
     )  # more metrics for validation (val_NAME) and test (test_NAME), e.g. [f1_macro,auroc]: classification: acc, topK_acc (top5_acc), f1|precision|recall_macro|micro|weighted, auroc, average_precision; regression: mae, rmse, r2; multilabel: acc, f1|precision|recall_macro|micro|weighted, auroc, average_precision
@@ -710,8 +714,25 @@ def logger_problems(names: Iterable[str]) -> list[str]:
     return found
 
 
+def _check_callbacks(c: Checks) -> None:
+    """callbacks: a list of `_target_` mappings (what each one builds is checked when it is built);
+    callbacks_every_n_steps: an interval."""
+    c.need("callbacks_every_n_steps", lambda v: v >= 1, "must be an integer >= 1 (1 = every step)")
+    nodes = c.get("callbacks")
+    if nodes is None:
+        return
+    for i, node in enumerate(nodes):
+        target = node.get("_target_") if isinstance(node, (dict, DictConfig)) else None
+        if not isinstance(target, str) or not target:
+            c.problem(
+                f"callbacks[{i}]={_fmt(node)}: each callback is a mapping with a _target_, "
+                "e.g. callbacks='[{_target_: mycallbacks.PrintLoss, every: 10}]'"
+            )
+
+
 def _check_tools(c: Checks) -> None:
-    """The loggers (unknown, or their package missing), dry_run and the finders."""
+    """The loggers (unknown, or their package missing), the callbacks, dry_run and the finders."""
+    _check_callbacks(c)
     c.choice("logger.wandb.mode", ("auto", "online", "offline"))
     c.found += logger_problems(c.get("loggers") or [])
     c.choice("find", ("lr", "batch_size"))

@@ -20,6 +20,7 @@ checked, before anything is built, in two steps:
    - `optimizer`: conf/optimizer/'s, or any `torch.optim` optimizer class;
    - `scheduler`: conf/scheduler/'s, or any `torch.optim.lr_scheduler` scheduler class;
    - `loss`: a `torch.nn` loss class;
+   - `callbacks`: nothing (nettrain ships none): a user's callback from a file needs trust;
    - `hydra.callbacks.*`: the callbacks conf/train.yaml sets; `hydra.launcher`, `hydra.sweeper`:
      Hydra's own and its plugins' (:data:`HYDRA_PLUGINS`); `hydra.sweeper.sampler`: Optuna's
      samplers; Hydra's logging: the handlers and formatter in :data:`LOGGING_HANDLERS`.
@@ -469,6 +470,8 @@ def _what_slot_takes(key: str) -> str:
     }
     if slot in takes:
         return f"from a file, {slot} takes only {takes[slot]}"
+    if re.fullmatch(r"callbacks\[\d+\]", slot):
+        return "nettrain ships no callbacks: from a file, callbacks build only what you allow"
     if re.fullmatch(r"hydra\.callbacks\.[^.]+", slot):
         return "from a file, hydra.callbacks takes only the callbacks conf/train.yaml sets"
     if "_logging." in slot:
@@ -507,4 +510,6 @@ def trusted_from_overrides(overrides: Iterable[str]) -> list[str]:
             found.extend(str(v) for v in (value if isinstance(value, list) else [value]))
         elif key.endswith("_target_") and isinstance(value, str):
             found.append(value)
+        elif isinstance(value, (dict, list)):  # callbacks='[{_target_: mymod.Cb}]': the targets inside
+            found.extend(str(v) for k, v in targets(value) if k.endswith("_target_") and isinstance(v, str))
     return found

@@ -255,7 +255,8 @@ def build_trained(
     in `overrides`, `trust` for --trust) before anything is built or resolved. `device`: a name
     (`cpu`, `auto`, `cuda:1`) or a torch.device; None: the config's `device`."""
     overrides = list(overrides)
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"], OmegaConf.from_dotlist(overrides))
+    stored = {k: v for k, v in state["config"].items() if k != "callbacks"}  # never built here: not checked
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), stored, OmegaConf.from_dotlist(overrides))
     assert isinstance(cfg, DictConfig)  # merged onto the schema: a mapping
     trust_lib.check(cfg, source, trust_lib.trusted_from_overrides(overrides), trust_all=trust)
     validate(cfg)

@@ -30,6 +30,7 @@ class Checkpointer:
         self.directory, self.config, self.enabled = Path(directory), config, enabled
         self.writer = writer or RunWriter(self.directory)
         self.wrote_last = False  # whether last.pt is this session's (else it is checked before keeping it)
+        self.after_save: Any = None  # called as after_save(position, last.pt) once a checkpoint is written
 
     def save(self, state, position, *, is_best: bool = False) -> None:
         """Snapshot `state` (a TrainState) at `position` (a state.Position)."""
@@ -47,6 +48,8 @@ class Checkpointer:
         self.wrote_last = True
         if is_best:  # its own file: damage to one never reaches the other
             save_checkpoint(self.directory / "best.pt", saved)
+        if self.after_save is not None:  # the callbacks' on_checkpoint
+            self.after_save(position, last)
 
 
 def snapshot(state, position, config: dict[str, Any]) -> dict[str, Any]:

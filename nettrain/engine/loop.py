@@ -183,6 +183,7 @@ class RunOutputs:
     checkpointer: Any  # nettrain.run.checkpoint.Checkpointer
     metrics: Any  # nettrain.run.metrics.MetricsWriter
     reporter: Any  # nettrain.insight.report.Reporter
+    callbacks: Any = None  # callbacks=[...] (nettrain/engine/callbacks.Callbacks); None: the loop calls nothing
 
 
 def train_step(state: TrainState, settings: LoopSettings) -> Callable[..., torch.Tensor]:
@@ -248,12 +249,18 @@ def record_epoch(state: TrainState, row: dict[str, Any], is_best: bool, out: Run
         out.reporter.diagnosis(row["epoch"], verdict.verdict, verdict.findings)  # findings: one line at most
     if loggers:
         loggers.log_epoch(row, state.model)
+    if out.callbacks:
+        out.callbacks.validation_end(row["epoch"])
 
 
-def epoch_start(start: Position, epoch: int, train_batches, device: torch.device):
+def epoch_start(start: Position, epoch: int, train_batches, device: torch.device, hooks=None):
     """Where `epoch` starts: its batch order, first step, loss sum so far and training time so far
-    (the saved position's when resuming mid-epoch, else a fresh order from step 0)."""
-    if epoch != start.epoch + 1 or start.order is None:
+    (the saved position's when resuming mid-epoch, else a fresh order from step 0); the callbacks'
+    on_epoch_start (`hooks`) is called first."""
+    resuming = epoch == start.epoch + 1 and start.order is not None
+    if hooks:
+        hooks.epoch_start(epoch, start.step_in_epoch if resuming else 0)
+    if not resuming:
         return train_batches.order(), 0, torch.zeros((), device=device), 0.0
     loss_sum = torch.zeros((), device=device)
     if start.loss_sum is not None and launch.context().is_main:
@@ -272,20 +279,19 @@ def fit(
 ) -> FitResult:
     """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs.
 
-    `settings.make_step(state, settings)` builds the per-batch update, `step(*batch) -> loss sum`: the
-    eager `train_step`, or the CUDA graph step (nettrain.engine.cuda_graph), which is captured here,
-    after a resume has restored the state and before the first epoch's clock starts."""
+    `settings.make_step(state, settings)` builds the per-batch update `step(*batch) -> loss sum`: eager `train_step` or
+    the CUDA graph step (nettrain.engine.cuda_graph), captured here after a resume, before the first epoch's clock."""
     model, early_stopping, schedule = state.model, state.early_stopping, state.schedule
     start, stop = start or Position(), stop or StopRequest()
     step_fn = (settings.make_step or train_step)(state, settings)
     best_weights = start.best_weights
     watch = LossWatch(len(train_batches), state.device)  # each step's loss, on the device, read once per epoch
-    epoch = start.epoch
+    epoch, hooks = start.epoch, out.callbacks
     for epoch in range(start.epoch + 1, settings.epochs + 1):
         # -- train (from the saved position when resuming mid-epoch) --------------------------
         if settings.unfreeze is not None and (note := settings.unfreeze(epoch)):
             out.reporter.note(note)  # model.unfreeze_at_epoch: the frozen parameters train from here on
-        order, step, loss_sum, train_time = epoch_start(start, epoch, train_batches, state.device)
+        order, step, loss_sum, train_time = epoch_start(start, epoch, train_batches, state.device, hooks)
         watch.start_epoch(step)
         model.train()
         started = time.perf_counter()
@@ -295,6 +301,8 @@ def fit(
                 watch.record(step, batch_loss)
                 loss_sum += batch_loss
                 step += 1
+                if hooks:
+                    hooks.step_end(epoch, step, batch_loss, len(y))
                 advance()
                 if stop.tick() and step < len(train_batches):  # interrupted mid-epoch: save and leave
                     train_time += time.perf_counter() - started

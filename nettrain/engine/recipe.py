@@ -32,6 +32,7 @@ from nettrain.data.preprocessing import describe
 from nettrain.engine import distributed
 from nettrain.engine.balance import loss_name
 from nettrain.engine.build import Run, build_diagnosis, build_loggers, build_run
+from nettrain.engine.callbacks import build_callbacks
 from nettrain.engine.checkpointer import Checkpointer, restore
 from nettrain.engine.cuda_graph import StepChoice
 from nettrain.engine.distributed import resolve_device
@@ -173,6 +174,9 @@ def train_epochs(
     tags = {"config_hash": config_hash(config), "git_commit": (provenance.get("git") or {}).get("commit")}
     run.state.extras["loggers"].start(writer.folder, config, tags)
     run.step = StepChoice(cfg.trainer.cuda_graph, run.graph, run.train_batches, reporter.note)
+    hooks = build_callbacks(
+        cfg.callbacks, cfg.callbacks_every_n_steps, run.state, writer.folder, len(run.train_batches), stop
+    )
     settings = LoopSettings(
         epochs=cfg.epochs,
         l1=cfg.regularization.l1,
@@ -189,8 +193,16 @@ def train_epochs(
         checkpointer=Checkpointer(writer.path("checkpoints"), config, cfg.checkpoint.enabled, writer),
         metrics=MetricsWriter(writer.path("metrics.csv"), writer),
         reporter=reporter,
+        callbacks=hooks,
     )
-    return fit(run.state, run.train_batches, run.val_batches, settings, out, start=start, stop=stop)
+    if hooks:  # callbacks=[...]: on_fit_start and on_fit_end around the loop; on_checkpoint as each is written
+        out.checkpointer.after_save = hooks.checkpoint
+        hooks.fit_start(start.epoch if start else 0, start.step_in_epoch if start else 0)
+    result = fit(run.state, run.train_batches, run.val_batches, settings, out, start=start, stop=stop)
+    if hooks is not None:
+        hooks.fit_end(result.epochs_run)
+        hooks.raise_failure()  # a hook raised: the loop has stopped and saved; the run ends here
+    return result
 
 
 # -- 4. test ----------------------------------------------------------------------------------------
