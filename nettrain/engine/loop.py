@@ -4,7 +4,9 @@
 points: the gradient monitor after backward, the schedule after each step and epoch, early
 stopping, the checkpointer, the metrics writer and the reporter after each epoch, and the stop
 request (a signal, or a test) after each step. Losses and accuracy accumulate on the device and
-are read once per epoch: no host sync per step.
+are read once per epoch: no host sync per step. The step-level keys (trainer.max_steps, max_time,
+val_every_n_steps, checkpoint.every_n_steps: nettrain/engine/steps.py) add a validation, a
+checkpoint or the budget's end after an optimizer step inside the epoch, only when they are set.
 
 A run can stop mid-epoch and resume bit for bit: the checkpoint carries the epoch's sample order,
 the step reached, the partial loss sum and every RNG state (see checkpoint.snapshot/restore).
@@ -24,7 +26,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,6 +37,7 @@ from nettrain.engine.divergence import LossWatch
 from nettrain.engine.interrupt import StopRequest
 from nettrain.engine.metrics import Measures
 from nettrain.engine.state import Position, TrainState
+from nettrain.engine.steps import Steps, StepSettings, StepValidations
 from nettrain.run import launch
 
 __all__ = [
@@ -57,12 +60,15 @@ class FitResult:
     best_epoch: int
     best_value: float
     interrupted: bool = False
+    ended_by: str | None = None  # the budget that ended the run: "max_steps=N" or "max_time=HH:MM:SS"
+    best_step: int | None = None  # the optimizer steps done at the best validation
 
     @classmethod
-    def now(cls, early_stopping, epochs_run: int, interrupted: bool = False) -> FitResult:
+    def now(cls, early_stopping, epochs_run: int, interrupted: bool = False, ended_by: str | None = None) -> FitResult:
         """Where training stands after `epochs_run` epochs, with early stopping's best so far."""
         stopped_early = early_stopping.should_stop and not interrupted
-        return cls(epochs_run, stopped_early, early_stopping.best_epoch, early_stopping.best, interrupted)
+        best = early_stopping.best_epoch, early_stopping.best
+        return cls(epochs_run, stopped_early, *best, interrupted, ended_by, early_stopping.best_step)
 
 
 Sums = dict[str, torch.Tensor]  # per batch: name -> a 0-d tensor on the device
@@ -167,6 +173,9 @@ class LoopSettings:
     target_std: float = 1.0  # regression: the target's std, to report MAE in its own units
     unfreeze: Callable[[int], str | None] | None = None  # model.unfreeze_at_epoch: called as each epoch starts
     measures: Measures | None = None  # the validation's metrics=[...] beyond the task's own (torchmetrics)
+    steps: StepSettings = field(
+        default_factory=StepSettings
+    )  # max_steps, max_time, validation and checkpoints by steps
 
 
 @dataclass
@@ -236,12 +245,55 @@ def record_epoch(state: TrainState, row: dict[str, Any], is_best: bool, out: Run
     diagnosis, loggers = state.extras.get("diagnosis"), state.extras.get("loggers")  # per-epoch side concerns
     verdict = diagnosis.end_epoch(row, state.history) if diagnosis else None  # adds its statistics
     state.history.append(row)
-    out.metrics.write(state.history)
+    out.metrics.write(metrics_rows(state))
     out.reporter.epoch(row, is_best)
     if verdict is not None:
         out.reporter.diagnosis(row["epoch"], verdict.verdict, verdict.findings)  # findings: one line at most
     if loggers:
         loggers.log_epoch(row, state.model)
+
+
+def metrics_rows(state: TrainState) -> list[dict[str, Any]]:
+    """metrics.csv's rows: the epochs', and the validations inside them in step order, if any."""
+    inside = state.extras.get("step_validations")
+    if inside is None:
+        return state.history
+    return sorted([*state.history, *inside.rows], key=lambda row: row["step"])
+
+
+def loss_so_far(loss_sum: torch.Tensor, step: int, train_batches) -> float:
+    """The epoch's mean training loss over its first `step` batches, every rank's (one host sync)."""
+    samples = min(step * train_batches.batch_size, train_batches.n)
+    return (distributed.all_reduce_sum(loss_sum.clone())[0] / samples).item()
+
+
+def validate_in_epoch(
+    state: TrainState,
+    val_batches,
+    settings: LoopSettings,
+    out: RunOutputs,
+    at: tuple[int, int, float],
+    best_weights: dict | None,
+) -> tuple[bool, dict | None]:
+    """A validation inside an epoch (trainer.val_every_n_steps), `at` = (epoch, the run's optimizer
+    steps, the epoch's mean training loss so far): its row into metrics.csv beside the epochs' and
+    one console line; early stopping counts it. Returns whether it is the best so far, and the best weights."""
+    epoch, step, train_loss = at
+    val, is_best, best_weights = validate(state, val_batches, settings, epoch, best_weights, step)
+    row = {"epoch": epoch, "step": step, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
+    state.extras.setdefault("step_validations", StepValidations()).rows.append(row | {"lr": state.schedule.lr})
+    out.metrics.write(metrics_rows(state))
+    figures = ", ".join(f"{name} {value:.4f}" for name, value in row.items() if name.startswith("val_"))
+    out.reporter.note(f"step {step} (epoch {epoch}): {figures}" + ("  *best" if is_best else ""))
+    state.model.train()  # evaluation left it in eval mode
+    return is_best, best_weights
+
+
+def position_in_epoch(epoch: int, step: int, order, loss_sum: torch.Tensor, train_time: float, best_weights, steps):
+    """Where a run stands after `step` steps of `epoch`, for a checkpoint that resumes exactly: the
+    epoch's order, its loss sum over every rank, its training time, the run's step count and time."""
+    loss_sum = distributed.all_reduce_sum(loss_sum.clone())[0]  # the sum over every rank
+    return steps.mark(Position(epoch - 1, step, order, loss_sum, train_time, best_weights))
 
 
 def epoch_start(start: Position, epoch: int, train_batches, device: torch.device):
@@ -264,7 +316,8 @@ def fit(
     start: Position | None = None,
     stop: StopRequest | None = None,
 ) -> FitResult:
-    """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs.
+    """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs, or
+    until settings.steps' budget (max_steps, max_time: `stop.clock` measures it) is spent.
 
     `settings.make_step(state, settings)` builds the per-batch update, `step(*batch) -> loss sum`: the
     eager `train_step`, or the CUDA graph step (nettrain.engine.cuda_graph), which is captured here,
@@ -274,8 +327,11 @@ def fit(
     step_fn = (settings.make_step or train_step)(state, settings)
     best_weights = start.best_weights
     watch = LossWatch(len(train_batches), state.device)  # each step's loss, on the device, read once per epoch
-    epoch = start.epoch
+    steps = Steps(settings.steps, len(train_batches), start, state.history, stop.clock)  # optimizer steps, time
+    done = start.epoch  # epochs completed
     for epoch in range(start.epoch + 1, settings.epochs + 1):
+        if steps.out_of_budget():  # max_steps or max_time spent at the end of the last epoch (or before a resume)
+            break
         # -- train (from the saved position when resuming mid-epoch) --------------------------
         if settings.unfreeze is not None and (note := settings.unfreeze(epoch)):
             out.reporter.note(note)  # model.unfreeze_at_epoch: the frozen parameters train from here on
@@ -290,30 +346,54 @@ def fit(
                 loss_sum += batch_loss
                 step += 1
                 advance()
+                step_level = steps.after_batch(step)  # an optimizer step closed, and a step-level key is set
                 if stop.tick() and step < len(train_batches):  # interrupted mid-epoch: save and leave
                     train_time += time.perf_counter() - started
-                    loss_sum = distributed.all_reduce_sum(loss_sum.clone())[0]  # the sum over every rank
-                    out.checkpointer.save(state, Position(epoch - 1, step, order, loss_sum, train_time, best_weights))
+                    out.checkpointer.save(
+                        state, position_in_epoch(epoch, step, order, loss_sum, train_time, best_weights, steps)
+                    )
                     return FitResult.now(early_stopping, epoch - 1, interrupted=True)
+                if not (step_level and step < len(train_batches)):  # the epoch's end validates and saves
+                    continue
+                # -- inside the epoch: validate, checkpoint, end on the budget (by optimizer steps) --
+                is_best = False
+                if steps.validate_now():
+                    val_started = time.perf_counter()
+                    at = (epoch, steps.done, loss_so_far(loss_sum, step, train_batches))
+                    is_best, best_weights = validate_in_epoch(state, val_batches, settings, out, at, best_weights)
+                    started += time.perf_counter() - val_started  # validating is not training time
+                leave = steps.out_of_budget() or early_stopping.should_stop
+                if leave or is_best or steps.checkpoint_now():
+                    seconds = train_time + time.perf_counter() - started
+                    position = position_in_epoch(epoch, step, order, loss_sum, seconds, best_weights, steps)
+                    out.checkpointer.save(state, position, is_best=is_best)
+                if leave:
+                    break
+        if step < len(train_batches):  # left mid-epoch: the budget is spent, or early stopping
+            break
         train_loss = epoch_loss(loss_sum, train_batches.n, watch, epoch)  # the epoch's one host sync for training
         train_time += time.perf_counter() - started
 
         # -- validate, record, decide --------------------------------------------------------
         val_started = time.perf_counter()
-        val, is_best, best_weights = validate(state, val_batches, settings, epoch, best_weights)
+        val, is_best, best_weights = validate(state, val_batches, settings, epoch, best_weights, steps.done)
         seconds = train_time + time.perf_counter() - val_started
-        row = epoch_row(epoch, train_loss, val, schedule.lr, seconds, train_batches.n / train_time)
+        row = epoch_row(epoch, train_loss, val, schedule.lr, seconds, train_batches.n / train_time, steps.row_step())
         record_epoch(state, row, is_best, out)
         schedule.after_epoch(row["val_loss"])
-        out.checkpointer.save(state, Position(epoch, best_weights=best_weights), is_best=is_best)
+        out.checkpointer.save(state, steps.mark(Position(epoch, best_weights=best_weights)), is_best=is_best)
+        done = epoch
         if early_stopping.should_stop:
-            out.reporter.note(early_stopping.reason())
             break
         if stop.signum is not None:
             return FitResult.now(early_stopping, epoch, interrupted=True)
 
+    if early_stopping.should_stop:
+        out.reporter.note(early_stopping.reason("validations" if settings.steps.val_every else "epochs"))
+    elif steps.ended_by is not None:
+        out.reporter.note(f"stopped: {steps.ended_by} reached; resume with a larger budget to train on")
     load_final_weights(state, best_weights)
-    return FitResult.now(early_stopping, epoch)
+    return FitResult.now(early_stopping, done, ended_by=steps.ended_by)
 
 
 def epoch_loss(loss_sum: torch.Tensor, n: int, watch: LossWatch, epoch: int) -> float:
@@ -327,12 +407,20 @@ def epoch_loss(loss_sum: torch.Tensor, n: int, watch: LossWatch, epoch: int) -> 
 
 
 def epoch_row(
-    epoch: int, train_loss: float, val: dict[str, float], lr: float, seconds: float, samples_per_s: float
+    epoch: int,
+    train_loss: float,
+    val: dict[str, float],
+    lr: float,
+    seconds: float,
+    samples_per_s: float,
+    step: int | None = None,
 ) -> dict[str, Any]:
     """One epoch's row of metrics.csv, in its column order (the diagnosis and the gradient
-    monitor add their columns after these)."""
+    monitor add their columns after these); `step`: the run's optimizer steps, a column only
+    when validations inside epochs need it (trainer.val_every_n_steps)."""
     return {
         "epoch": epoch,
+        **({"step": step} if step is not None else {}),
         "train_loss": train_loss,
         **{f"val_{name}": value for name, value in val.items()},  # val_loss, val_acc or val_r2, val_mae; metrics=[...]
         "lr": lr,
@@ -342,14 +430,20 @@ def epoch_row(
 
 
 def validate(
-    state: TrainState, val_batches, settings: LoopSettings, epoch: int, best_weights: dict | None
+    state: TrainState,
+    val_batches,
+    settings: LoopSettings,
+    epoch: int,
+    best_weights: dict | None,
+    step: int | None = None,
 ) -> tuple[dict[str, float], bool, dict | None]:
-    """The epoch's validation metrics (with the EMA's weights, when kept), whether the epoch is the
-    best so far (early stopping decides), and the best weights so far (a copy, for restore_best)."""
+    """The validation metrics (with the EMA's weights, when kept) in `epoch` after `step` optimizer
+    steps, whether they are the best so far (early stopping decides), and the best weights so far
+    (a copy, for restore_best)."""
     model, early_stopping = state.model, state.early_stopping
     with weights_to_evaluate(state):  # the EMA's, when kept: for validation and best_weights
         val = evaluate(model, state.loss_fn, val_batches, settings.task, settings.target_std, settings.measures)
-        is_best = early_stopping.update(val[early_stopping.monitor.removeprefix("val_")], epoch)
+        is_best = early_stopping.update(val[early_stopping.monitor.removeprefix("val_")], epoch, step)
         if is_best and settings.restore_best:
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return val, is_best, best_weights
