@@ -42,12 +42,13 @@ SAFE_BEFORE_THE_MARKS = {
     "grad_monitor.norm_growth",
     "grad_monitor.dead_fraction",
 }
+SAFE_SINCE = {"trainer.max_steps", "trainer.max_time"}  # budgets a resumed run may extend (docs/how-to/long-runs.md)
 COMMITTED = REPO / reference.PAGE
 
 
 def test_the_schema_marks_give_the_settings_that_may_change_on_resume():
     keys = resume_safe_keys()
-    assert set(keys) == SAFE_BEFORE_THE_MARKS and len(keys) == len(SAFE_BEFORE_THE_MARKS)
+    assert set(keys) == SAFE_BEFORE_THE_MARKS | SAFE_SINCE and len(keys) == len(SAFE_BEFORE_THE_MARKS | SAFE_SINCE)
 
 
 def test_a_mark_on_a_field_or_a_section_reads_as_a_key_or_a_whole_section(tmp_path):
@@ -99,7 +100,7 @@ def test_a_resume_allows_the_marked_settings_and_refuses_the_others():
     ]
     message = refused_changes(REPO, old, refused)[0]
     assert "Allowed to change on resume: epochs, device, threads, resume, plots, early_stopping.enabled," in message
-    assert "checkpoint*, console*" in message
+    assert "checkpoint*, trainer.max_steps, trainer.max_time, console*" in message
 
 
 def test_help_marks_the_settings_that_may_change_on_resume():
@@ -148,7 +149,8 @@ def test_the_reference_has_every_setting_option_and_key_with_its_meaning(generat
     assert not missing, f"settings missing from the reference: {missing}"
     assert rows["early_stopping.patience"] == (
         "3",
-        "epochs without improvement before stopping (the tutorial's 3) \\[resume: may change\\]",
+        "validations without improvement before stopping (the tutorial's 3): epochs, unless "
+        "trainer.val\\_every\\_n\\_steps validates inside them too \\[resume: may change\\]",
     )
     assert rows["lr"] == ("0.001", "learning rate; every optimizer option reads it (${lr})")
     for path in sorted(CONF.rglob("*.yaml")):

@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -289,11 +289,62 @@ def validate_in_epoch(
     return is_best, best_weights
 
 
-def position_in_epoch(epoch: int, step: int, order, loss_sum: torch.Tensor, train_time: float, best_weights, steps):
-    """Where a run stands after `step` steps of `epoch`, for a checkpoint that resumes exactly: the
-    epoch's order, its loss sum over every rank, its training time, the run's step count and time."""
-    loss_sum = distributed.all_reduce_sum(loss_sum.clone())[0]  # the sum over every rank
-    return steps.mark(Position(epoch - 1, step, order, loss_sum, train_time, best_weights))
+class InEpoch(NamedTuple):
+    """Where the epoch in progress stands: its number, the steps done in it, its sample order, its
+    training-loss sum so far (on the device, this rank's), its training seconds so far and the best weights."""
+
+    epoch: int
+    step: int
+    order: torch.Tensor | None
+    loss_sum: torch.Tensor
+    train_time: float
+    best_weights: dict | None  # the best validation's weights so far (restore_best)
+
+
+def position_in_epoch(now: InEpoch, steps: Steps) -> Position:
+    """Where a run stands inside an epoch, for a checkpoint that resumes exactly: the epoch's order,
+    its loss sum over every rank, its training time, and the run's step count and time."""
+    loss_sum = distributed.all_reduce_sum(now.loss_sum.clone())[0]  # the sum over every rank
+    return steps.mark(Position(now.epoch - 1, now.step, now.order, loss_sum, now.train_time, now.best_weights))
+
+
+def inside_epoch(
+    state: TrainState,
+    steps: Steps,
+    batches: tuple[Any, Any],
+    settings: LoopSettings,
+    out: RunOutputs,
+    now: InEpoch,
+    interrupted: bool,
+) -> tuple[dict | None, bool, float]:
+    """After a step inside an epoch: an interruption's checkpoint (a signal, or a test's StopRequest),
+    or what the step-level keys ask after an optimizer step (nettrain/engine/steps.py): validate
+    (val_every_n_steps), then checkpoint (every_n_steps; on a new best; before leaving). Returns
+    the best weights, whether to leave the epoch (max_steps or max_time spent, early stopping, an
+    interruption), and the seconds spent validating."""
+    train_batches, val_batches = batches
+    is_best, best_weights, started = False, now.best_weights, time.perf_counter()
+    if not interrupted and steps.validate_now():
+        at = (now.epoch, steps.done, loss_so_far(now.loss_sum, now.step, train_batches))
+        is_best, best_weights = validate_in_epoch(state, val_batches, settings, out, at, best_weights)
+    validating = time.perf_counter() - started
+    leave = interrupted or steps.out_of_budget() or state.early_stopping.should_stop
+    if leave or is_best or steps.checkpoint_now():  # `now.train_time`: up to the validation
+        out.checkpointer.save(state, position_in_epoch(now._replace(best_weights=best_weights), steps), is_best=is_best)
+    return best_weights, leave, validating
+
+
+def fit_ended(state: TrainState, steps: Steps, out: RunOutputs, best_weights: dict | None) -> FitResult:
+    """A run that reached its end: say why when early stopping or a budget ended it, load the final
+    weights (load_final_weights), and sum it up (the epochs completed: one row each in the history)."""
+    early_stopping = state.early_stopping
+    if early_stopping.should_stop:
+        out.reporter.note(early_stopping.reason("validations" if steps.settings.val_every else "epochs"))
+    elif steps.ended_by is not None:
+        out.reporter.note(f"stopped: {steps.ended_by} reached; resume with a larger budget to train on")
+    load_final_weights(state, best_weights)
+    epochs = state.history[-1]["epoch"] if state.history else 0
+    return FitResult.now(early_stopping, epochs, ended_by=steps.ended_by)
 
 
 def epoch_start(start: Position, epoch: int, train_batches, device: torch.device):
@@ -316,19 +367,18 @@ def fit(
     start: Position | None = None,
     stop: StopRequest | None = None,
 ) -> FitResult:
-    """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs, or
-    until settings.steps' budget (max_steps, max_time: `stop.clock` measures it) is spent.
+    """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs or the
+    budget of settings.steps (max_steps; max_time, on `stop.clock`).
 
     `settings.make_step(state, settings)` builds the per-batch update, `step(*batch) -> loss sum`: the
     eager `train_step`, or the CUDA graph step (nettrain.engine.cuda_graph), which is captured here,
     after a resume has restored the state and before the first epoch's clock starts."""
-    model, early_stopping, schedule = state.model, state.early_stopping, state.schedule
-    start, stop = start or Position(), stop or StopRequest()
+    early_stopping, start, stop = state.early_stopping, start or Position(), stop or StopRequest()
     step_fn = (settings.make_step or train_step)(state, settings)
     best_weights = start.best_weights
     watch = LossWatch(len(train_batches), state.device)  # each step's loss, on the device, read once per epoch
     steps = Steps(settings.steps, len(train_batches), start, state.history, stop.clock)  # optimizer steps, time
-    done = start.epoch  # epochs completed
+    batches = train_batches, val_batches
     for epoch in range(start.epoch + 1, settings.epochs + 1):
         if steps.out_of_budget():  # max_steps or max_time spent at the end of the last epoch (or before a resume)
             break
@@ -337,7 +387,7 @@ def fit(
             out.reporter.note(note)  # model.unfreeze_at_epoch: the frozen parameters train from here on
         order, step, loss_sum, train_time = epoch_start(start, epoch, train_batches, state.device)
         watch.start_epoch(step)
-        model.train()
+        state.model.train()
         started = time.perf_counter()
         with out.reporter.progress(len(train_batches), epoch, done=step) as advance:
             for x, y in train_batches.batches(order, first_step=step):
@@ -346,54 +396,50 @@ def fit(
                 loss_sum += batch_loss
                 step += 1
                 advance()
-                step_level = steps.after_batch(step)  # an optimizer step closed, and a step-level key is set
-                if stop.tick() and step < len(train_batches):  # interrupted mid-epoch: save and leave
-                    train_time += time.perf_counter() - started
-                    out.checkpointer.save(
-                        state, position_in_epoch(epoch, step, order, loss_sum, train_time, best_weights, steps)
-                    )
-                    return FitResult.now(early_stopping, epoch - 1, interrupted=True)
-                if not (step_level and step < len(train_batches)):  # the epoch's end validates and saves
-                    continue
-                # -- inside the epoch: validate, checkpoint, end on the budget (by optimizer steps) --
-                is_best = False
-                if steps.validate_now():
-                    val_started = time.perf_counter()
-                    at = (epoch, steps.done, loss_so_far(loss_sum, step, train_batches))
-                    is_best, best_weights = validate_in_epoch(state, val_batches, settings, out, at, best_weights)
-                    started += time.perf_counter() - val_started  # validating is not training time
-                leave = steps.out_of_budget() or early_stopping.should_stop
-                if leave or is_best or steps.checkpoint_now():
+                step_level, interrupted = steps.after_batch(step), stop.tick()  # step_level: a key is due now
+                if (step_level or interrupted) and step < len(train_batches):  # -- inside the epoch --------
                     seconds = train_time + time.perf_counter() - started
-                    position = position_in_epoch(epoch, step, order, loss_sum, seconds, best_weights, steps)
-                    out.checkpointer.save(state, position, is_best=is_best)
-                if leave:
-                    break
+                    now = InEpoch(epoch, step, order, loss_sum, seconds, best_weights)
+                    best_weights, leave, paused = inside_epoch(state, steps, batches, settings, out, now, interrupted)
+                    if interrupted:  # by a signal: saved, now leave
+                        return FitResult.now(early_stopping, epoch - 1, interrupted=True)
+                    started += paused  # validating is not training time
+                    if leave:  # the budget is spent, or early stopping
+                        break
         if step < len(train_batches):  # left mid-epoch: the budget is spent, or early stopping
             break
         train_loss = epoch_loss(loss_sum, train_batches.n, watch, epoch)  # the epoch's one host sync for training
         train_time += time.perf_counter() - started
-
         # -- validate, record, decide --------------------------------------------------------
-        val_started = time.perf_counter()
-        val, is_best, best_weights = validate(state, val_batches, settings, epoch, best_weights, steps.done)
-        seconds = train_time + time.perf_counter() - val_started
-        row = epoch_row(epoch, train_loss, val, schedule.lr, seconds, train_batches.n / train_time, steps.row_step())
-        record_epoch(state, row, is_best, out)
-        schedule.after_epoch(row["val_loss"])
-        out.checkpointer.save(state, steps.mark(Position(epoch, best_weights=best_weights)), is_best=is_best)
-        done = epoch
+        best_weights = end_epoch(state, steps, batches, settings, out, (epoch, train_loss, train_time), best_weights)
         if early_stopping.should_stop:
             break
         if stop.signum is not None:
             return FitResult.now(early_stopping, epoch, interrupted=True)
 
-    if early_stopping.should_stop:
-        out.reporter.note(early_stopping.reason("validations" if settings.steps.val_every else "epochs"))
-    elif steps.ended_by is not None:
-        out.reporter.note(f"stopped: {steps.ended_by} reached; resume with a larger budget to train on")
-    load_final_weights(state, best_weights)
-    return FitResult.now(early_stopping, done, ended_by=steps.ended_by)
+    return fit_ended(state, steps, out, best_weights)  # why it ended, and the weights the test uses
+
+
+def end_epoch(
+    state: TrainState,
+    steps: Steps,
+    batches: tuple[Any, Any],
+    settings: LoopSettings,
+    out: RunOutputs,
+    done: tuple[int, float, float],
+    best_weights: dict | None,
+) -> dict | None:
+    """The end of an epoch, `done` = (epoch, its mean training loss, its training seconds): validate,
+    record its row (metrics.csv, console, loggers), step the schedule, checkpoint. Returns the best weights."""
+    (train_batches, val_batches), (epoch, train_loss, train_time) = batches, done
+    val_started = time.perf_counter()
+    val, is_best, best_weights = validate(state, val_batches, settings, epoch, best_weights, steps.done)
+    seconds = train_time + time.perf_counter() - val_started
+    row = epoch_row(epoch, train_loss, val, state.schedule.lr, seconds, train_batches.n / train_time, steps.row_step())
+    record_epoch(state, row, is_best, out)
+    state.schedule.after_epoch(row["val_loss"])
+    out.checkpointer.save(state, steps.mark(Position(epoch, best_weights=best_weights)), is_best=is_best)
+    return best_weights
 
 
 def epoch_loss(loss_sum: torch.Tensor, n: int, watch: LossWatch, epoch: int) -> float:
