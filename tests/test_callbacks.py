@@ -116,6 +116,24 @@ def test_each_hook_runs_in_order_with_the_right_counts(tmp_path):
     assert sum(e[0] == "step_end" for e in EVENTS) == 5 and sum(e[0] == "counter" for e in EVENTS) == 3
 
 
+class Validations:
+    """Records each validation: the view's epoch and step, and the row it sees."""
+
+    def on_validation_end(self, view):
+        EVENTS.append((view.epoch, view.step, view.metrics.get("step"), view.metrics["val_loss"]))
+
+
+def test_validations_inside_an_epoch_reach_on_validation_end_with_their_own_row(tmp_path):
+    """trainer.val_every_n_steps=2 on 5 steps an epoch: steps 2 and 4, the epoch's end (5), then 6, 8
+    and the end (10); each validation's view shows the row of metrics.csv that validation wrote."""
+    EVENTS.clear()
+    cfg = make_cfg(*SMALL, _callbacks("{_target_: test_callbacks.Validations}"), "trainer.val_every_n_steps=2")
+    train(cfg, output_dir=tmp_path / "run")
+    assert [e[:3] for e in EVENTS] == [(1, 2, 2), (1, 4, 4), (1, 5, 5), (2, 6, 6), (2, 8, 8), (2, 10, 10)]
+    rows = {int(r["step"]): float(r["val_loss"]) for r in _rows(tmp_path / "run")}
+    assert [rows[step] for _, _, step, _ in EVENTS] == [val_loss for *_, val_loss in EVENTS]
+
+
 def test_a_run_without_callbacks_calls_nothing(tmp_path, monkeypatch):
     """The loop gets None and tests it once per point: no Callbacks object, no call per step."""
     from nettrain.engine import callbacks, recipe

@@ -39,12 +39,16 @@ def test_help_shows_every_key_with_its_default_and_meaning(tmp_path):
     page = proc.stdout
     assert row(page, "early_stopping.patience") == (
         "3",
-        "epochs without improvement before stopping (the tutorial's 3) [resume: may change]",
+        "validations without improvement before stopping (the tutorial's 3): epochs, unless "
+        "trainer.val_every_n_steps validates inside them too [resume: may change]",
     )
     assert row(page, "model.hidden") == ("[256]", "hidden layer widths; [] gives a linear classifier")
     assert row(page, "lr") == ("0.001", "learning rate; every optimizer option reads it (${lr})")  # $ survives
     assert row(page, "optimizer.betas") == ("[0.9, 0.999]", "decay rates of the gradient's running mean and square")
-    assert "early_stopping: Stop when the monitored metric has not improved for `patience` epochs." in page
+    assert (
+        "early_stopping: Stop when the monitored metric has not improved for `patience` validations "
+        "(one per epoch by default)." in page
+    )
     assert "model=mlp: nettrain.models.MLP" in page
     for line in ("model: cnn, mlp, resnet, torchvision", "optimizer: adam, adamw, manual_sgd, rmsprop, sgd"):
         assert line in page

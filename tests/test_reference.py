@@ -47,6 +47,8 @@ SAFE_BEFORE_THE_MARKS = {
 SAFE_SINCE = {
     "callbacks",  # they watch the run; what it computed does not depend on them
     "callbacks_every_n_steps",
+    "trainer.max_steps",  # budgets a resumed run may extend (docs/how-to/long-runs.md)
+    "trainer.max_time",
 }
 COMMITTED = REPO / reference.PAGE
 
@@ -106,7 +108,7 @@ def test_a_resume_allows_the_marked_settings_and_refuses_the_others():
     ]
     message = refused_changes(REPO, old, refused)[0]
     assert "Allowed to change on resume: epochs, device, threads, resume, plots, early_stopping.enabled," in message
-    assert "checkpoint*, console*" in message
+    assert "checkpoint*, trainer.max_steps, trainer.max_time, console*" in message
 
 
 def test_help_marks_the_settings_that_may_change_on_resume():
@@ -155,7 +157,8 @@ def test_the_reference_has_every_setting_option_and_key_with_its_meaning(generat
     assert not missing, f"settings missing from the reference: {missing}"
     assert rows["early_stopping.patience"] == (
         "3",
-        "epochs without improvement before stopping (the tutorial's 3) \\[resume: may change\\]",
+        "validations without improvement before stopping (the tutorial's 3): epochs, unless "
+        "trainer.val\\_every\\_n\\_steps validates inside them too \\[resume: may change\\]",
     )
     assert rows["lr"] == ("0.001", "learning rate; every optimizer option reads it (${lr})")
     for path in sorted(CONF.rglob("*.yaml")):

@@ -230,7 +230,10 @@ def test_an_incompatible_resume_is_refused_listing_what_changed(tmp_path):
     assert "model.hidden: [256] -> [128]" in message and "lr: 0.001 -> 0.01" in message
     assert "optimizer.lr: 0.001 -> 0.01" in message
     assert "Allowed to change on resume: epochs, device, threads, resume, plots, early_stopping.enabled," in message
-    assert "checkpoint*, console*, trust_targets, loggers, logger*, lr_find*" in message  # the schema's order
+    assert (
+        "checkpoint*, trainer.max_steps, trainer.max_time, console*, trust_targets, loggers, logger*, lr_find*"
+        in message
+    )  # the schema's order
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
 
 

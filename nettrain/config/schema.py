@@ -99,6 +99,7 @@ MAX_SEED = 2**32 - 1  # NumPy's seed range
 MAX_BATCH_SIZE = 2**16  # larger is no sensible batch for these datasets (and a typo more often than not)
 # samples a data option splits into train/val/(test), for the empty-split check before loading
 DATA_SIZES = {"nettrain.data.mnist_sample": 5000, "nettrain.data.torchvision_dataset": 60000}
+DURATION = re.compile(r"^(?:(\d+):)?(\d+):([0-5]?\d):([0-5]?\d)$")  # trainer.max_time: [DD:]HH:MM:SS
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # loggers: name -> (module that must import, the extra that installs it); nettrain/insight/loggers.py
 LOGGER_PACKAGES = {
@@ -121,11 +122,11 @@ class RegularizationConfig:
 
 @dataclass
 class EarlyStoppingConfig:
-    """Stop when the monitored metric has not improved for `patience` epochs."""
+    """Stop when the monitored metric has not improved for `patience` validations (one per epoch by default)."""
 
     enabled: bool = True  # stop early; false: run all `epochs` [resume: may change]
     monitor: str = "val_loss"  # val_loss | val_acc | regression: val_r2, val_mae | val_NAME of any NAME in `metrics`; its direction (min or max) is the metric's
-    patience: int = 3  # epochs without improvement before stopping (the tutorial's 3) [resume: may change]
+    patience: int = 3  # validations without improvement before stopping (the tutorial's 3): epochs, unless trainer.val_every_n_steps validates inside them too [resume: may change]
     min_delta: float = 0.0  # an improvement must beat the best by more than this [resume: may change]
     restore_best: bool = True  # load the best epoch's weights when training ends
 
@@ -224,11 +225,14 @@ class CheckpointConfig:
     """Checkpoints to resume from and to evaluate."""
 
     enabled: bool = True  # checkpoints/last.pt every epoch and checkpoints/best.pt on improvement
+    every_n_steps: int | None = (
+        None  # also save last.pt after every N optimizer steps inside an epoch (resumes exactly); null = at epoch ends only
+    )
 
 
 @dataclass
 class TrainerConfig:
-    """Speed settings."""
+    """Speed settings, and training by steps and time."""
 
     precision: str = "32"  # 32 | bf16 (autocast) | fp16 (autocast + GradScaler)
     compile: Any = False  # torch.compile the model: false | true (= default) | default | reduce-overhead | max-autotune
@@ -237,6 +241,15 @@ class TrainerConfig:
     fused_optimizer: str = "auto"  # auto (fused kernels on CUDA where the optimizer has them) | on | off
     accumulate_steps: int = 1  # gradient accumulation: batches per optimizer step (effective batch: batch_size x this)
     ema_decay: float | None = None  # EMA of the weights (e.g. 0.999) for validation, best.pt and test; None = off
+    max_steps: int | None = (
+        None  # stop after this many optimizer steps in all (a checkpoint that resumes); null = no limit [resume: may change]
+    )
+    max_time: str | None = (
+        None  # stop once training has run this long, HH:MM:SS or DD:HH:MM:SS (or seconds), resumed sessions included; null = no limit [resume: may change]
+    )
+    val_every_n_steps: int | None = (
+        None  # also validate after every N optimizer steps inside an epoch (metrics.csv gets a step column; early stopping counts each validation); null = at epoch ends only
+    )
 
 
 @dataclass
@@ -550,6 +563,36 @@ def _check_top_level(c: Checks) -> None:
     c.need("trainer.accumulate_steps", lambda v: v >= 1, "must be an integer >= 1 (1 = no accumulation)")
     c.need(
         "trainer.ema_decay", lambda v: finite(v) and 0 < v < 1, "must be null (off) or a number in (0, 1), e.g. 0.999"
+    )
+    _check_steps(c)
+
+
+def duration_seconds(value: Any) -> float | None:
+    """trainer.max_time in seconds: "HH:MM:SS", "DD:HH:MM:SS" or a number of seconds; None when
+    it is none of these (or not above 0)."""
+    text = str(value).strip()
+    if (match := DURATION.match(text)) is not None:
+        days, hours, minutes, seconds = (int(part) if part else 0 for part in match.groups())
+        total = float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    else:
+        try:
+            total = float(text)
+        except ValueError:
+            return None
+    return total if math.isfinite(total) and total > 0 else None
+
+
+def _check_steps(c: Checks) -> None:
+    """trainer.max_steps, trainer.max_time, trainer.val_every_n_steps and checkpoint.every_n_steps
+    (nettrain/engine/steps.py)."""
+    for key in ("trainer.max_steps", "trainer.val_every_n_steps", "checkpoint.every_n_steps"):
+        c.need(
+            key, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "must be null or an integer >= 1"
+        )
+    c.need(
+        "trainer.max_time",
+        lambda v: duration_seconds(v) is not None,
+        "must be null, HH:MM:SS or DD:HH:MM:SS (e.g. 00:30:00), or a number of seconds > 0",
     )
 
 

@@ -56,6 +56,7 @@ from nettrain.engine.early_stopping import EarlyStopping
 from nettrain.engine.ema import EMA, inference_weights
 from nettrain.engine.precision import Precision
 from nettrain.engine.state import TrainState
+from nettrain.engine.steps import StepValidations
 from nettrain.errors import CheckpointError, ConfigError
 from nettrain.insight import loggers
 from nettrain.insight.diagnosis import Diagnostician, Thresholds, TrainingDiagnostics, weight_names
@@ -601,6 +602,8 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         state.extras["class_weights"] = parts.class_weights
     if steps > 1:
         state.extras["accumulation"] = Accumulation(model, steps, len(data.train), cfg.batch_size)
+    if cfg.trainer.val_every_n_steps:  # the rows of the validations inside an epoch, for metrics.csv
+        state.extras["step_validations"] = StepValidations()
     if cfg.trainer.ema_decay:  # last: the average starts from the model as it will train
         state.extras["ema"] = EMA(model, cfg.trainer.ema_decay)
     at_epoch = cfg.model.get("unfreeze_at_epoch")

@@ -103,9 +103,15 @@ class Callbacks:
         if due and self.active:
             self._call("on_step_end", self._view(epoch, loss=batch_loss.item() / batch_size), due)  # the host sync
 
-    def validation_end(self, epoch: int) -> None:
-        self.done = epoch * self.steps_per_epoch
-        self._call("on_validation_end", self._view(epoch))
+    def validation_end(self, epoch: int, step_in_epoch: int | None = None) -> None:
+        """After a validation: at an epoch's end, or `step_in_epoch` steps into it (trainer.val_every_n_steps)."""
+        if step_in_epoch is None:
+            self.done = epoch * self.steps_per_epoch
+            self._call("on_validation_end", self._view(epoch))
+            return
+        self.done = (epoch - 1) * self.steps_per_epoch + step_in_epoch
+        latest = self.state.extras["step_validations"].rows[-1]  # the row this validation wrote
+        self._call("on_validation_end", self._view(epoch, metrics=MappingProxyType(dict(latest))))
 
     def checkpoint(self, position: Any, path: Path) -> None:
         """After a checkpoint is written at `position` (a state.Position: epochs done, steps into the next)."""
@@ -130,11 +136,10 @@ class Callbacks:
             epoch=epoch,
             step=self.done,
             steps_per_epoch=self.steps_per_epoch,
-            metrics=history[-1] if history else MappingProxyType({}),
             history=history,
             model=self.state.model,
             run_dir=self.run_dir,
-            **extra,
+            **({"metrics": history[-1] if history else MappingProxyType({})} | extra),
         )
 
     def _call(self, hook: str, view: RunView, callbacks: Sequence[Any] | None = None) -> None:

@@ -64,6 +64,8 @@ def snapshot(state, position, config: dict[str, Any]) -> dict[str, Any]:
             "order": position.order,
             "loss_sum": position.loss_sum,
             "train_time": position.train_time,
+            "global_step": position.global_step,
+            "elapsed": position.elapsed,
         },
         **saved,
         "rng": capture_rng(state.data_generator),
@@ -92,6 +94,8 @@ def restore(saved: dict[str, Any], state, device: torch.device):
         loss_sum=None if progress["loss_sum"] is None else progress["loss_sum"].to(device),
         train_time=progress["train_time"],
         best_weights=None if best is None else {k: v.to(device) for k, v in best.items()},
+        global_step=progress.get("global_step"),  # None in a checkpoint older than the step count
+        elapsed=progress.get("elapsed"),
     )
 
 

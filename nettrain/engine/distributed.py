@@ -15,6 +15,7 @@ collectives. The rules every rank follows, so that N processes compute what one 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -248,6 +249,7 @@ class SharedStop:
         self.pending: int | None = None  # a signal this rank received, not yet shared
         self.after_steps, self.every = after_steps, every
         self.steps = 0
+        self.clock = time.monotonic  # what trainer.max_time is measured by (the ranks agree on it)
 
     def request(self, signum: int = 0) -> None:
         self.pending = signum

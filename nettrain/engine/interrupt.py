@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 from nettrain.run.launch import preemption_signal
 
@@ -19,10 +20,11 @@ from nettrain.run.launch import preemption_signal
 class StopRequest:
     """Asks the loop to stop after the current step (set by a signal handler, or a test)."""
 
-    def __init__(self, after_steps: int | None = None):
+    def __init__(self, after_steps: int | None = None, clock: Callable[[], float] = time.monotonic):
         self.signum: int | None = None
         self.after_steps = after_steps  # stop on its own after this many steps (verify-resume)
         self.steps = 0
+        self.clock = clock  # what trainer.max_time is measured by (a test gives its own)
 
     def request(self, signum: int = 0) -> None:
         self.signum = signum

@@ -4,7 +4,9 @@
 points: the gradient monitor after backward, the schedule after each step and epoch, early
 stopping, the checkpointer, the metrics writer and the reporter after each epoch, and the stop
 request (a signal, or a test) after each step. Losses and accuracy accumulate on the device and
-are read once per epoch: no host sync per step.
+are read once per epoch: no host sync per step. The step-level keys (trainer.max_steps, max_time,
+val_every_n_steps, checkpoint.every_n_steps: nettrain/engine/steps.py) add a validation, a
+checkpoint or the budget's end after an optimizer step inside the epoch, only when they are set.
 
 A run can stop mid-epoch and resume bit for bit: the checkpoint carries the epoch's sample order,
 the step reached, the partial loss sum and every RNG state (see checkpoint.snapshot/restore).
@@ -24,8 +26,8 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -35,6 +37,7 @@ from nettrain.engine.divergence import LossWatch
 from nettrain.engine.interrupt import StopRequest
 from nettrain.engine.metrics import Measures
 from nettrain.engine.state import Position, TrainState
+from nettrain.engine.steps import Steps, StepSettings, StepValidations
 from nettrain.run import launch
 
 __all__ = [
@@ -57,12 +60,15 @@ class FitResult:
     best_epoch: int
     best_value: float
     interrupted: bool = False
+    ended_by: str | None = None  # the budget that ended the run: "max_steps=N" or "max_time=HH:MM:SS"
+    best_step: int | None = None  # the optimizer steps done at the best validation
 
     @classmethod
-    def now(cls, early_stopping, epochs_run: int, interrupted: bool = False) -> FitResult:
+    def now(cls, early_stopping, epochs_run: int, interrupted: bool = False, ended_by: str | None = None) -> FitResult:
         """Where training stands after `epochs_run` epochs, with early stopping's best so far."""
         stopped_early = early_stopping.should_stop and not interrupted
-        return cls(epochs_run, stopped_early, early_stopping.best_epoch, early_stopping.best, interrupted)
+        best = early_stopping.best_epoch, early_stopping.best
+        return cls(epochs_run, stopped_early, *best, interrupted, ended_by, early_stopping.best_step)
 
 
 Sums = dict[str, torch.Tensor]  # per batch: name -> a 0-d tensor on the device
@@ -74,11 +80,6 @@ def classification_sums(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) 
 
 def classification_finish(total: dict[str, float], n: int, target_std: float) -> dict[str, float]:
     return {"loss": total["loss"] / n, "acc": total["correct"] / n}
-
-
-def multilabel_sums(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> Sums:
-    """Each sample's share of right 0/1 label decisions (logit > 0, i.e. sigmoid > 0.5): "acc"."""
-    return {"loss": loss * len(y), "correct": ((out > 0) == (y > 0.5)).float().mean(dim=1).sum()}
 
 
 def regression_sums(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> Sums:
@@ -115,7 +116,6 @@ class Task:
 TASKS = {
     "classification": Task(("loss", "correct"), classification_sums, classification_finish),  # loss, acc
     "regression": Task(("loss", "abs_err", "sq_err", "y", "y_sq"), regression_sums, regression_finish),  # loss, r2, mae
-    "multilabel": Task(("loss", "correct"), multilabel_sums, classification_finish),  # loss, acc (label decisions)
 }
 
 
@@ -173,6 +173,9 @@ class LoopSettings:
     target_std: float = 1.0  # regression: the target's std, to report MAE in its own units
     unfreeze: Callable[[int], str | None] | None = None  # model.unfreeze_at_epoch: called as each epoch starts
     measures: Measures | None = None  # the validation's metrics=[...] beyond the task's own (torchmetrics)
+    steps: StepSettings = field(
+        default_factory=StepSettings
+    )  # max_steps, max_time, validation and checkpoints by steps
 
 
 @dataclass
@@ -243,7 +246,7 @@ def record_epoch(state: TrainState, row: dict[str, Any], is_best: bool, out: Run
     diagnosis, loggers = state.extras.get("diagnosis"), state.extras.get("loggers")  # per-epoch side concerns
     verdict = diagnosis.end_epoch(row, state.history) if diagnosis else None  # adds its statistics
     state.history.append(row)
-    out.metrics.write(state.history)
+    out.metrics.write(metrics_rows(state))
     out.reporter.epoch(row, is_best)
     if verdict is not None:
         out.reporter.diagnosis(row["epoch"], verdict.verdict, verdict.findings)  # findings: one line at most
@@ -251,6 +254,110 @@ def record_epoch(state: TrainState, row: dict[str, Any], is_best: bool, out: Run
         loggers.log_epoch(row, state.model)
     if out.callbacks:
         out.callbacks.validation_end(row["epoch"])
+
+
+def metrics_rows(state: TrainState) -> list[dict[str, Any]]:
+    """metrics.csv's rows: the epochs', and the validations inside them in step order, if any."""
+    inside = state.extras.get("step_validations")
+    if inside is None:
+        return state.history
+    return sorted([*state.history, *inside.rows], key=lambda row: row["step"])
+
+
+def loss_so_far(loss_sum: torch.Tensor, step: int, train_batches) -> float:
+    """The epoch's mean training loss over its first `step` batches, every rank's (one host sync)."""
+    samples = min(step * train_batches.batch_size, train_batches.n)
+    return (distributed.all_reduce_sum(loss_sum.clone())[0] / samples).item()
+
+
+def validate_in_epoch(
+    state: TrainState,
+    val_batches,
+    settings: LoopSettings,
+    out: RunOutputs,
+    at: tuple[int, int, float],
+    best_weights: dict | None,
+) -> tuple[bool, dict | None]:
+    """A validation inside an epoch (trainer.val_every_n_steps), `at` = (epoch, the run's optimizer
+    steps, the epoch's mean training loss so far): its row into metrics.csv beside the epochs' and
+    one console line; early stopping counts it. Returns whether it is the best so far, and the best weights."""
+    epoch, step, train_loss = at
+    val, is_best, best_weights = validate(state, val_batches, settings, epoch, best_weights, step)
+    row = {"epoch": epoch, "step": step, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
+    state.extras.setdefault("step_validations", StepValidations()).rows.append(row | {"lr": state.schedule.lr})
+    out.metrics.write(metrics_rows(state))
+    figures = ", ".join(f"{name} {value:.4f}" for name, value in row.items() if name.startswith("val_"))
+    out.reporter.note(f"step {step} (epoch {epoch}): {figures}" + ("  *best" if is_best else ""))
+    state.model.train()  # evaluation left it in eval mode
+    return is_best, best_weights
+
+
+class InEpoch(NamedTuple):
+    """Where the epoch in progress stands: its number, the steps done in it, its sample order, its
+    training-loss sum so far (on the device, this rank's), its training seconds so far and the best weights."""
+
+    epoch: int
+    step: int
+    order: torch.Tensor | None
+    loss_sum: torch.Tensor
+    train_time: float
+    best_weights: dict | None  # the best validation's weights so far (restore_best)
+
+
+def position_in_epoch(now: InEpoch, steps: Steps) -> Position:
+    """Where a run stands inside an epoch, for a checkpoint that resumes exactly: the epoch's order,
+    its loss sum over every rank, its training time, and the run's step count and time."""
+    loss_sum = distributed.all_reduce_sum(now.loss_sum.clone())[0]  # the sum over every rank
+    return steps.mark(Position(now.epoch - 1, now.step, now.order, loss_sum, now.train_time, now.best_weights))
+
+
+def inside_epoch(
+    state: TrainState,
+    steps: Steps,
+    batches: tuple[Any, Any],
+    settings: LoopSettings,
+    out: RunOutputs,
+    now: InEpoch,
+    interrupted: bool,
+) -> tuple[dict | None, bool, float]:
+    """After a step inside an epoch: an interruption's checkpoint (a signal, or a test's StopRequest),
+    or what the step-level keys ask after an optimizer step (nettrain/engine/steps.py): validate
+    (val_every_n_steps), then checkpoint (every_n_steps; on a new best; before leaving). Returns
+    the best weights, whether to leave the epoch (max_steps or max_time spent, early stopping, an
+    interruption), and the seconds spent validating."""
+    train_batches, val_batches = batches
+    is_best, best_weights, started = False, now.best_weights, time.perf_counter()
+    if not interrupted and steps.validate_now():
+        at = (now.epoch, steps.done, loss_so_far(now.loss_sum, now.step, train_batches))
+        is_best, best_weights = validate_in_epoch(state, val_batches, settings, out, at, best_weights)
+        if out.callbacks:
+            out.callbacks.validation_end(now.epoch, now.step)
+    validating = time.perf_counter() - started
+    leave = interrupted or steps.out_of_budget() or state.early_stopping.should_stop
+    if leave or is_best or steps.checkpoint_now():  # `now.train_time`: up to the validation
+        out.checkpointer.save(state, position_in_epoch(now._replace(best_weights=best_weights), steps), is_best=is_best)
+    return best_weights, leave, validating
+
+
+def fit_ended(state: TrainState, steps: Steps, out: RunOutputs, best_weights: dict | None) -> FitResult:
+    """A run that reached its end: say why when early stopping or a budget ended it, load the final
+    weights (load_final_weights), and sum it up (the epochs completed: one row each in the history)."""
+    early_stopping = state.early_stopping
+    if early_stopping.should_stop:
+        out.reporter.note(early_stopping.reason("validations" if steps.settings.val_every else "epochs"))
+    elif steps.ended_by is not None:
+        out.reporter.note(f"stopped: {steps.ended_by} reached; resume with a larger budget to train on")
+    load_final_weights(state, best_weights)
+    epochs = state.history[-1]["epoch"] if state.history else 0
+    return FitResult.now(early_stopping, epochs, ended_by=steps.ended_by)
+
+
+def begin_epoch(state: TrainState, settings: LoopSettings, out: RunOutputs, start: Position, epoch: int, train_batches):
+    """An epoch's start: model.unfreeze_at_epoch (the frozen parameters train from here on), the
+    callbacks' on_epoch_start, and where the epoch starts (epoch_start)."""
+    if settings.unfreeze is not None and (note := settings.unfreeze(epoch)):
+        out.reporter.note(note)
+    return epoch_start(start, epoch, train_batches, state.device, out.callbacks)
 
 
 def epoch_start(start: Position, epoch: int, train_batches, device: torch.device, hooks=None):
@@ -277,23 +384,25 @@ def fit(
     start: Position | None = None,
     stop: StopRequest | None = None,
 ) -> FitResult:
-    """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs.
+    """Train `state` from `start` (a fresh run, or a resumed position) up to settings.epochs or the
+    budget of settings.steps (max_steps; max_time, on `stop.clock`).
 
-    `settings.make_step(state, settings)` builds the per-batch update `step(*batch) -> loss sum`: eager `train_step` or
-    the CUDA graph step (nettrain.engine.cuda_graph), captured here after a resume, before the first epoch's clock."""
-    model, early_stopping, schedule = state.model, state.early_stopping, state.schedule
-    start, stop = start or Position(), stop or StopRequest()
+    `settings.make_step(state, settings)` builds the per-batch update, `step(*batch) -> loss sum`: the
+    eager `train_step`, or the CUDA graph step (nettrain.engine.cuda_graph), which is captured here,
+    after a resume has restored the state and before the first epoch's clock starts."""
+    early_stopping, start, stop = state.early_stopping, start or Position(), stop or StopRequest()
     step_fn = (settings.make_step or train_step)(state, settings)
     best_weights = start.best_weights
     watch = LossWatch(len(train_batches), state.device)  # each step's loss, on the device, read once per epoch
-    epoch, hooks = start.epoch, out.callbacks
+    steps = Steps(settings.steps, len(train_batches), start, state.history, stop.clock)  # optimizer steps, time
+    batches = train_batches, val_batches
     for epoch in range(start.epoch + 1, settings.epochs + 1):
+        if steps.out_of_budget():  # max_steps or max_time spent at the end of the last epoch (or before a resume)
+            break
         # -- train (from the saved position when resuming mid-epoch) --------------------------
-        if settings.unfreeze is not None and (note := settings.unfreeze(epoch)):
-            out.reporter.note(note)  # model.unfreeze_at_epoch: the frozen parameters train from here on
-        order, step, loss_sum, train_time = epoch_start(start, epoch, train_batches, state.device, hooks)
+        order, step, loss_sum, train_time = begin_epoch(state, settings, out, start, epoch, train_batches)
         watch.start_epoch(step)
-        model.train()
+        state.model.train()
         started = time.perf_counter()
         with out.reporter.progress(len(train_batches), epoch, done=step) as advance:
             for x, y in train_batches.batches(order, first_step=step):
@@ -301,33 +410,53 @@ def fit(
                 watch.record(step, batch_loss)
                 loss_sum += batch_loss
                 step += 1
-                if hooks:
-                    hooks.step_end(epoch, step, batch_loss, len(y))
+                if out.callbacks:
+                    out.callbacks.step_end(epoch, step, batch_loss, len(y))
                 advance()
-                if stop.tick() and step < len(train_batches):  # interrupted mid-epoch: save and leave
-                    train_time += time.perf_counter() - started
-                    loss_sum = distributed.all_reduce_sum(loss_sum.clone())[0]  # the sum over every rank
-                    out.checkpointer.save(state, Position(epoch - 1, step, order, loss_sum, train_time, best_weights))
-                    return FitResult.now(early_stopping, epoch - 1, interrupted=True)
+                step_level, interrupted = steps.after_batch(step), stop.tick()  # step_level: a key is due now
+                if (step_level or interrupted) and step < len(train_batches):  # -- inside the epoch --------
+                    seconds = train_time + time.perf_counter() - started
+                    now = InEpoch(epoch, step, order, loss_sum, seconds, best_weights)
+                    best_weights, leave, paused = inside_epoch(state, steps, batches, settings, out, now, interrupted)
+                    if interrupted:  # by a signal: saved, now leave
+                        return FitResult.now(early_stopping, epoch - 1, interrupted=True)
+                    started += paused  # validating is not training time
+                    if leave:  # the budget is spent, or early stopping
+                        break
+        if step < len(train_batches):  # left mid-epoch: the budget is spent, or early stopping
+            break
         train_loss = epoch_loss(loss_sum, train_batches.n, watch, epoch)  # the epoch's one host sync for training
         train_time += time.perf_counter() - started
-
         # -- validate, record, decide --------------------------------------------------------
-        val_started = time.perf_counter()
-        val, is_best, best_weights = validate(state, val_batches, settings, epoch, best_weights)
-        seconds = train_time + time.perf_counter() - val_started
-        row = epoch_row(epoch, train_loss, val, schedule.lr, seconds, train_batches.n / train_time)
-        record_epoch(state, row, is_best, out)
-        schedule.after_epoch(row["val_loss"])
-        out.checkpointer.save(state, Position(epoch, best_weights=best_weights), is_best=is_best)
+        best_weights = end_epoch(state, steps, batches, settings, out, (epoch, train_loss, train_time), best_weights)
         if early_stopping.should_stop:
-            out.reporter.note(early_stopping.reason())
             break
         if stop.signum is not None:
             return FitResult.now(early_stopping, epoch, interrupted=True)
 
-    load_final_weights(state, best_weights)
-    return FitResult.now(early_stopping, epoch)
+    return fit_ended(state, steps, out, best_weights)  # why it ended, and the weights the test uses
+
+
+def end_epoch(
+    state: TrainState,
+    steps: Steps,
+    batches: tuple[Any, Any],
+    settings: LoopSettings,
+    out: RunOutputs,
+    done: tuple[int, float, float],
+    best_weights: dict | None,
+) -> dict | None:
+    """The end of an epoch, `done` = (epoch, its mean training loss, its training seconds): validate,
+    record its row (metrics.csv, console, loggers), step the schedule, checkpoint. Returns the best weights."""
+    (train_batches, val_batches), (epoch, train_loss, train_time) = batches, done
+    val_started = time.perf_counter()
+    val, is_best, best_weights = validate(state, val_batches, settings, epoch, best_weights, steps.done)
+    seconds = train_time + time.perf_counter() - val_started
+    row = epoch_row(epoch, train_loss, val, state.schedule.lr, seconds, train_batches.n / train_time, steps.row_step())
+    record_epoch(state, row, is_best, out)
+    state.schedule.after_epoch(row["val_loss"])
+    out.checkpointer.save(state, steps.mark(Position(epoch, best_weights=best_weights)), is_best=is_best)
+    return best_weights
 
 
 def epoch_loss(loss_sum: torch.Tensor, n: int, watch: LossWatch, epoch: int) -> float:
@@ -341,12 +470,20 @@ def epoch_loss(loss_sum: torch.Tensor, n: int, watch: LossWatch, epoch: int) -> 
 
 
 def epoch_row(
-    epoch: int, train_loss: float, val: dict[str, float], lr: float, seconds: float, samples_per_s: float
+    epoch: int,
+    train_loss: float,
+    val: dict[str, float],
+    lr: float,
+    seconds: float,
+    samples_per_s: float,
+    step: int | None = None,
 ) -> dict[str, Any]:
     """One epoch's row of metrics.csv, in its column order (the diagnosis and the gradient
-    monitor add their columns after these)."""
+    monitor add their columns after these); `step`: the run's optimizer steps, a column only
+    when validations inside epochs need it (trainer.val_every_n_steps)."""
     return {
         "epoch": epoch,
+        **({"step": step} if step is not None else {}),
         "train_loss": train_loss,
         **{f"val_{name}": value for name, value in val.items()},  # val_loss, val_acc or val_r2, val_mae; metrics=[...]
         "lr": lr,
@@ -356,14 +493,20 @@ def epoch_row(
 
 
 def validate(
-    state: TrainState, val_batches, settings: LoopSettings, epoch: int, best_weights: dict | None
+    state: TrainState,
+    val_batches,
+    settings: LoopSettings,
+    epoch: int,
+    best_weights: dict | None,
+    step: int | None = None,
 ) -> tuple[dict[str, float], bool, dict | None]:
-    """The epoch's validation metrics (with the EMA's weights, when kept), whether the epoch is the
-    best so far (early stopping decides), and the best weights so far (a copy, for restore_best)."""
+    """The validation metrics (with the EMA's weights, when kept) in `epoch` after `step` optimizer
+    steps, whether they are the best so far (early stopping decides), and the best weights so far
+    (a copy, for restore_best)."""
     model, early_stopping = state.model, state.early_stopping
     with weights_to_evaluate(state):  # the EMA's, when kept: for validation and best_weights
         val = evaluate(model, state.loss_fn, val_batches, settings.task, settings.target_std, settings.measures)
-        is_best = early_stopping.update(val[early_stopping.monitor.removeprefix("val_")], epoch)
+        is_best = early_stopping.update(val[early_stopping.monitor.removeprefix("val_")], epoch, step)
         if is_best and settings.restore_best:
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return val, is_best, best_weights

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nettrain.config.schema import plain
+from nettrain.config.schema import duration_seconds, plain
 from nettrain.data.preprocessing import describe
 from nettrain.engine import distributed
 from nettrain.engine.balance import loss_name
@@ -38,9 +38,10 @@ from nettrain.engine.cuda_graph import StepChoice
 from nettrain.engine.distributed import resolve_device
 from nettrain.engine.divergence import Diverged
 from nettrain.engine.interrupt import StopRequest, stop_on_signals
-from nettrain.engine.loop import FitResult, LoopSettings, Position, RunOutputs, evaluate, fit
+from nettrain.engine.loop import FitResult, LoopSettings, Position, RunOutputs, evaluate, fit, metrics_rows
 from nettrain.engine.metrics import Measures
 from nettrain.engine.profiling import profile_run
+from nettrain.engine.steps import StepSettings
 from nettrain.engine.tune import run_tool
 from nettrain.errors import ConfigError
 from nettrain.insight.class_report import class_report, plot_confusion_matrix, report_lines
@@ -100,6 +101,7 @@ def train_run(
             test, report = test_best(cfg, run, result)  # 4. test
             summary = ended_summary(cfg, run, result, test, provenance, memory, started, stop)
             note = interrupted_note(stop.steps, cfg.checkpoint.enabled) if result.interrupted else None
+            note = f"at {result.ended_by}" if result.ended_by else note  # max_steps or max_time ended it
             return record(cfg, run, summary, writer, reporter, note, report)  # 5. record
 
 
@@ -188,6 +190,7 @@ def train_epochs(
         target_std=run.data.meta.get("target_std", 1.0),
         unfreeze=run.unfreeze,
         measures=measures(cfg, run),
+        steps=step_settings(cfg),
     )
     out = RunOutputs(
         checkpointer=Checkpointer(writer.path("checkpoints"), config, cfg.checkpoint.enabled, writer),
@@ -203,6 +206,18 @@ def train_epochs(
         hooks.fit_end(result.epochs_run)
         hooks.raise_failure()  # a hook raised: the loop has stopped and saved; the run ends here
     return result
+
+
+def step_settings(cfg: DictConfig) -> StepSettings:
+    """trainer.max_steps, max_time and val_every_n_steps, checkpoint.every_n_steps (nettrain/engine/steps.py)."""
+    max_time = cfg.trainer.max_time
+    return StepSettings(
+        max_steps=cfg.trainer.max_steps,
+        max_time=None if max_time is None else duration_seconds(max_time),
+        val_every=cfg.trainer.val_every_n_steps,
+        checkpoint_every=cfg.checkpoint.every_n_steps,
+        accumulate=cfg.trainer.accumulate_steps,
+    )
 
 
 # -- 4. test ----------------------------------------------------------------------------------------
@@ -251,7 +266,10 @@ def ended_summary(
         if result.stopped_early
         else RunStatus.COMPLETED
     )
-    best_row: dict[str, Any] = next((r for r in history if r["epoch"] == result.best_epoch), {})
+    best = result.best_epoch, result.best_step  # the step tells a validation inside an epoch from its end's
+    best_row: dict[str, Any] = next(
+        (r for r in metrics_rows(run.state) if (r["epoch"], r.get("step", result.best_step)) == best), {}
+    )
     rss = peak_rss_mb()
     return RunSummary(
         status,

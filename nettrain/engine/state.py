@@ -6,7 +6,8 @@ part (EMA weights, a logger's run id, ...) is added in one place: put any object
 under `name` and restored on resume, with no change to the loop or to checkpoint.py.
 
 `Position` says where training stands inside the run, so a run stopped mid-epoch resumes
-exactly: the epoch's sample order, the step reached and the partial loss sum.
+exactly: the epoch's sample order, the step reached and the partial loss sum, and the run's
+step count and time so far (trainer.max_steps, trainer.max_time).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class Position:
     loss_sum: torch.Tensor | None = None  # its training-loss sum so far
     train_time: float = 0.0  # its training seconds so far
     best_weights: dict | None = None  # the best epoch's weights, for restore_best
+    global_step: int | None = None  # optimizer steps done in the whole run; None: derive it (an older checkpoint)
+    elapsed: float | None = None  # seconds inside the loop so far (what max_time counts); None: derive it
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""metrics.csv: one row per epoch, rewritten atomically after each epoch. (How a run ended is
+"""metrics.csv: one row per epoch (and per validation inside one, with a `step` column), rewritten atomically after each epoch. (How a run ended is
 summary.json's: nettrain.run.summary.RunStatus.)
 
 This module imports neither torch nor numpy, so `nettrain-summarize` can read runs quickly.
@@ -21,9 +21,11 @@ class MetricsWriter:
         self.writer = writer or RunWriter(self.path.parent)
 
     def write(self, rows: list[dict]) -> None:
-        """Rewrite the file from all rows so far (a resumed run's rows included)."""
+        """Rewrite the file from all rows so far (a resumed run's rows included); the columns are
+        every row's, in the order they first appear (a validation inside an epoch has fewer)."""
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         self.writer.run(write_text, self.path, buffer.getvalue())
