@@ -37,6 +37,7 @@ def test_status_names_are_what_summary_json_records():
         "dry_run",
         "lr_find",
         "batch_size",
+        "profile",
     ]
     assert FINISHED == ("completed", "early_stopped") and RunStatus("early_stopped").finished
     assert f"{RunStatus.DIVERGED}" == str(RunStatus.DIVERGED) == "diverged"

@@ -82,6 +82,11 @@ def classification_finish(total: dict[str, float], n: int, target_std: float) ->
     return {"loss": total["loss"] / n, "acc": total["correct"] / n}
 
 
+def multilabel_sums(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> Sums:
+    """Each sample's share of right 0/1 label decisions (logit > 0, i.e. sigmoid > 0.5): "acc"."""
+    return {"loss": loss * len(y), "correct": ((out > 0) == (y > 0.5)).float().mean(dim=1).sum()}
+
+
 def regression_sums(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> Sums:
     err = out - y
     return {
@@ -116,6 +121,7 @@ class Task:
 TASKS = {
     "classification": Task(("loss", "correct"), classification_sums, classification_finish),  # loss, acc
     "regression": Task(("loss", "abs_err", "sq_err", "y", "y_sq"), regression_sums, regression_finish),  # loss, r2, mae
+    "multilabel": Task(("loss", "correct"), multilabel_sums, classification_finish),  # loss, acc (label decisions)
 }
 
 
