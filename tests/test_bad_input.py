@@ -3,28 +3,10 @@ no traceback, and no run folder left behind."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
-
-from conftest import QUIET
+from runs import run_cli
 
 SMALL = ["data=synthetic", "data.num_samples=300", "epochs=1"]
-
-
-def run_cli(monkeypatch, capsys, cwd, *args: str) -> tuple[int, str]:
-    """`nettrain-train ARGS` in this process (Hydra parses sys.argv); returns (exit code, stderr)."""
-    from nettrain.commands.train import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["nettrain-train", *QUIET, *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
 
 
 CASES = [

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from runs import FixedLogits
 from torch import nn
 
 from conftest import make_cfg
@@ -30,17 +31,6 @@ CLASSIFICATION = ["f1_macro", "f1_micro", "f1_weighted", "precision_macro", "pre
 CLASSIFICATION += ["recall_micro", "auroc", "average_precision", "top2_acc", "acc"]
 
 
-class Fixed(nn.Module):
-    """A 'model' that returns fixed logits, row by row, for inputs that are row indices."""
-
-    def __init__(self, logits: torch.Tensor):
-        super().__init__()
-        self.logits = nn.Parameter(logits, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits[x.long().squeeze(1)]
-
-
 def predictions(n: int = 61, classes: int = 4, never_predicted: int | None = 3, seed: int = 0):
     """Logits and labels where every class occurs, mostly right, and class `never_predicted` is never the argmax."""
     g = torch.Generator().manual_seed(seed)
@@ -56,7 +46,7 @@ def evaluated(logits: torch.Tensor, y: torch.Tensor, names: list[str], batch_siz
     x = torch.arange(len(y)).float().unsqueeze(1)
     measures = Measures(names, "classification", logits.shape[1], torch.device("cpu"), confusion=True)
     batches = Batches(Split(x, y), batch_size, torch.device("cpu"))
-    figures = evaluate(Fixed(logits), nn.CrossEntropyLoss(), batches, "classification", 1.0, measures)
+    figures = evaluate(FixedLogits(logits), nn.CrossEntropyLoss(), batches, "classification", 1.0, measures)
     return figures, measures.confusion_matrix
 
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from made_data import LABELS, multilabel_images, multilabel_table
+from runs import FixedLogits, run_cli
 from torch import nn
 
-from conftest import QUIET, make_cfg
+from conftest import make_cfg
 from nettrain.data import Batches, Split
 from nettrain.engine.loop import StopRequest, evaluate
 from nettrain.engine.metrics import Measures
@@ -82,15 +82,6 @@ def test_a_separable_multilabel_table_learns(straight):
 
 
 # -- the figures against scikit-learn's -------------------------------------------------------------
-class Fixed(nn.Module):
-    """A 'model' that returns fixed logits, row by row, for inputs that are row indices."""
-
-    def __init__(self, logits: torch.Tensor):
-        super().__init__()
-        self.logits = nn.Parameter(logits, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits[x.long().squeeze(1)]
 
 
 def test_the_scores_and_the_report_equal_scikit_learns_on_the_same_predictions():
@@ -103,7 +94,7 @@ def test_the_scores_and_the_report_equal_scikit_learns_on_the_same_predictions()
     names += ["recall_macro", "auroc", "average_precision", "acc"]
     measures = Measures(names, "multilabel", 4, torch.device("cpu"), confusion=True)
     batches = Batches(Split(torch.arange(53).float().unsqueeze(1), y), 8, torch.device("cpu"))
-    figures = evaluate(Fixed(logits), nn.BCEWithLogitsLoss(), batches, "multilabel", 1.0, measures)
+    figures = evaluate(FixedLogits(logits), nn.BCEWithLogitsLoss(), batches, "multilabel", 1.0, measures)
     true, predicted, probs = y.int().numpy(), (logits > 0).int().numpy(), logits.sigmoid().numpy()
     for score, average in [(n.rsplit("_", 1)[0], n.rsplit("_", 1)[1]) for n in names[:7]]:
         function = getattr(metrics, f"{score}_score")
@@ -144,18 +135,6 @@ def test_a_resumed_multilabel_run_is_the_uninterrupted_one(straight, table, tmp_
 
 
 # -- what does not apply ----------------------------------------------------------------------------
-def run_cli(monkeypatch, capsys, cwd, *args: str) -> tuple[int, str]:
-    """`nettrain-train ARGS` in this process; (exit code, stderr)."""
-    from nettrain.commands.train import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["nettrain-train", *QUIET, *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
 
 
 BASE = ["data=csv", "data.path=tags.csv", "data.task=multilabel", TARGET, "epochs=1"]

@@ -4,7 +4,6 @@ checkpoint, nettrain-verify-resume and nettrain-eval."""
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import signal
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from probes import SignalAt, cli_signalled
+from runs import assert_same_run, rows, saved
 from torch import nn
 
 from conftest import cli, make_cfg
@@ -40,23 +40,8 @@ BASE = [
 STEPS_PER_EPOCH = 8  # 480 training samples / 64
 
 
-def rows(run: Path) -> list[dict]:
-    """metrics.csv without the timing columns."""
-    with open(run / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s")} for r in csv.DictReader(f)]
-
-
 def weights(run: Path, name: str = "last.pt") -> dict:
-    return load_checkpoint(run / "checkpoints" / name)["model"]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    assert rows(a) == rows(b)
-    wa, wb = weights(a), weights(b)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, b))
-    for key in ("status", "best_epoch", "best_val_loss", "test_loss", "test_acc", "epochs_run"):
-        assert sa[key] == sb[key], key
+    return saved(run, name)["model"]
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,9 @@ and bad values are refused up front."""
 
 from __future__ import annotations
 
-import csv
-import json
-from pathlib import Path
-
 import pytest
 import torch
+from runs import assert_same_run, rows, saved
 
 from conftest import cli, make_cfg
 from nettrain.commands.train import train
@@ -18,7 +15,6 @@ from nettrain.config.schema import duration_seconds, problems
 from nettrain.engine.interrupt import StopRequest
 from nettrain.engine.state import Position
 from nettrain.engine.steps import Steps, StepSettings
-from nettrain.run.checkpoint import load_checkpoint
 
 # dropout, warmup and a step schedule: every kind of state a resume must carry; 8 steps an epoch
 BASE = [
@@ -57,29 +53,6 @@ def timed(seconds_per_step: float) -> StopRequest:
     stop = StopRequest()
     stop.clock = lambda: seconds_per_step * stop.steps
     return stop
-
-
-def rows(run: Path) -> list[dict]:
-    """metrics.csv without the timing columns."""
-    with open(run / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s")} for r in csv.DictReader(f)]
-
-
-def saved(run: Path, name: str = "last.pt") -> dict:
-    return load_checkpoint(run / "checkpoints" / name)
-
-
-def summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    assert rows(a) == rows(b)
-    wa, wb = saved(a)["model"], saved(b)["model"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    sa, sb = summary(a), summary(b)
-    for key in ("status", "best_epoch", "best_val_loss", "test_loss", "test_acc", "epochs_run"):
-        assert sa[key] == sb[key], key
 
 
 @pytest.fixture(scope="module")
