@@ -30,7 +30,7 @@ from rich.table import Table
 
 from nettrain.config import trust as trust_lib
 from nettrain.errors import BadInput
-from nettrain.insight.class_report import report_lines
+from nettrain.insight.class_report import report_lines, report_unit
 from nettrain.run.resume import run_dir_of
 from nettrain.run.summary import RunStatus, read_summary
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     if "report" in result:  # a classifier's per-class report, written beside the result
         report = json.loads(Path(result["report"]).read_text(encoding="utf-8"))
-        console.print(f"per class ({result['report']}):", markup=False, highlight=False)
+        console.print(f"per {report_unit(report)} ({result['report']}):", markup=False, highlight=False)
         for line in report_lines(report):
             console.print("  " + line, markup=False, highlight=False)
     return diverged_exit(args.target)

@@ -44,7 +44,7 @@ from nettrain.engine.profiling import profile_run
 from nettrain.engine.steps import StepSettings
 from nettrain.engine.tune import run_tool
 from nettrain.errors import ConfigError
-from nettrain.insight.class_report import class_report, plot_confusion_matrix, report_lines
+from nettrain.insight.class_report import class_report, plot_confusion_matrix, report_lines, report_unit
 from nettrain.insight.diagnosis import worse_from_the_start
 from nettrain.insight.memory import MemoryCheck, PeakMemory, peak_rss_mb
 from nettrain.insight.report import Reporter, save_plots
@@ -347,7 +347,7 @@ def record(
         writer.json(REPORT, {"split": "test", **report})
         if cfg.plots:
             writer.run(plot_confusion_matrix, report, writer.path("plots") / "confusion_matrix.png", "test split")
-        reporter.class_report(report_lines(report), f"per class, test split ({REPORT})")
+        reporter.class_report(report_lines(report), f"per {report_unit(report)}, test split ({REPORT})")
     content = summary.write(writer)
     run.state.extras["loggers"].finish(content, writer.folder, summary.status)
     if summary.status != RunStatus.DIVERGED and (finding := worse_from_the_start(history)):

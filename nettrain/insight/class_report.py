@@ -99,6 +99,11 @@ def label_report(matrices: list[list[list[int]]], label_names: list[str] | None 
     }
 
 
+def report_unit(report: dict[str, Any]) -> str:
+    """What a row of the report is: a class, or for multi-label data a label."""
+    return "label" if report.get("task") == "multilabel" else "class"
+
+
 def report_lines(report: dict[str, Any], shown: int = SHOWN) -> list[str]:
     """A compact table: one line per class (at most `shown`: with more classes, those with the
     lowest F1, said so), then the macro average."""
@@ -106,7 +111,7 @@ def report_lines(report: dict[str, Any], shown: int = SHOWN) -> list[str]:
     picked = rows if len(rows) <= shown else sorted(rows, key=lambda r: (r["f1"], r["class"]))[:shown]
     width = max(5, *(len(r["class"]) for r in picked))
     width = min(width, 24)
-    unit = "label" if report.get("task") == "multilabel" else "class"
+    unit = report_unit(report)
     lines = [f"{unit:<{width}}  precision  recall      f1  support"]
     for row in picked:
         name = row["class"] if len(row["class"]) <= width else row["class"][: width - 1] + "…"
