@@ -115,15 +115,18 @@ def test_max_steps_ends_on_a_checkpoint_that_a_larger_budget_continues_exactly(s
     assert first["status"] == "completed" and first["epochs_run"] == 1 and first["test_loss"] is not None
     last = saved(out)
     assert (last["epoch"], last["progress"]["step_in_epoch"], last["progress"]["global_step"]) == (1, 5, 13)
-    assert "stopped: max_steps=13 reached" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "stopped: max_steps=13 reached" in printed
+    assert f"nettrain-train resume={out.resolve()} trainer.max_steps=26   (trains longer)" in printed  # not epochs=
     train(make_cfg(*BASE, "trainer.max_steps=null", f"resume={out}"), output_dir=out)  # may change on resume
     assert_same_run(straight, out)
 
 
-def test_max_time_stops_within_one_step_of_the_budget_and_resumes(straight, tmp_path):
+def test_max_time_stops_within_one_step_of_the_budget_and_resumes(straight, tmp_path, capsys):
     out = tmp_path / "run"
     first = train(make_cfg(*BASE, "trainer.max_time=00:00:05"), output_dir=out, stop=timed(0.5))
     assert first["status"] == "completed"
+    assert f"nettrain-train resume={out.resolve()} trainer.max_time=null" in capsys.readouterr().out
     last = saved(out)  # 0.5 s a step: the budget is spent by step 10, and the run stops right after it
     assert (last["progress"]["global_step"], last["progress"]["elapsed"]) == (10, 5.0)
     assert (last["epoch"], last["progress"]["step_in_epoch"]) == (1, 2)

@@ -186,7 +186,7 @@ def end_rows(summary: RunSummary, epochs: int, run_dir: Path, status_note: str |
         verdict = summary.diagnosis["verdict"]
         rows.append(("diagnosis", verdict + ("" if verdict == "healthy" else ': findings in summary.json "diagnosis"')))
     rows.append(("run folder", str(run_dir)))
-    rows.append(("next", "\n".join(next_commands(summary, epochs, run_dir))))
+    rows.append(("next", "\n".join(next_commands(summary, epochs, run_dir, status_note))))
     rows.append(
         (
             "details",
@@ -197,8 +197,9 @@ def end_rows(summary: RunSummary, epochs: int, run_dir: Path, status_note: str |
     return rows
 
 
-def next_commands(summary: RunSummary, epochs: int, run_dir: Path) -> list[str]:
-    """The commands worth trying after this run."""
+def next_commands(summary: RunSummary, epochs: int, run_dir: Path, status_note: str | None = None) -> list[str]:
+    """The commands worth trying after this run (`status_note` "at max_steps=N" or "at max_time=T":
+    a budget ended it, and a larger one trains longer)."""
     status = str(summary.status)
     if status == "interrupted":
         if not any((run_dir / "checkpoints").glob("*.pt")):
@@ -211,7 +212,12 @@ def next_commands(summary: RunSummary, epochs: int, run_dir: Path) -> list[str]:
         f"nettrain-predict {run_dir} INPUT...",
         f"nettrain-export {run_dir} --format onnx",
     ]
-    if status == "completed":
+    budget = (status_note or "").removeprefix("at ").partition("=")
+    if status == "completed" and budget[0] == "max_steps":
+        commands.append(f"nettrain-train resume={run_dir} trainer.max_steps={2 * int(budget[2])}   (trains longer)")
+    elif status == "completed" and budget[0] == "max_time":
+        commands.append(f"nettrain-train resume={run_dir} trainer.max_time=null   (trains on, to epoch {epochs})")
+    elif status == "completed":
         commands.append(f"nettrain-train resume={run_dir} epochs={2 * epochs}   (trains longer)")
     return commands
 
