@@ -56,7 +56,8 @@ class Steps:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.settings, self.batches, self.clock = settings, batches_per_epoch, clock
-        k = settings.accumulate
+        k = self.accumulate = settings.accumulate
+        self.any_set = settings.any  # read after every batch: computed once
         derived = start.epoch * optimizer_steps(batches_per_epoch, k) + math.ceil(start.step_in_epoch / k)
         self.done = start.global_step if start.global_step is not None else derived  # optimizer steps so far
         # time in the loop before this session: saved, or else the recorded epochs' times
@@ -68,10 +69,10 @@ class Steps:
     def after_batch(self, step: int) -> bool:
         """Count the batch that took the epoch to `step`; True when it closed an optimizer step and
         a step-level key is set (then `validate_now`, `checkpoint_now` and `out_of_budget` say what is due)."""
-        if step % self.settings.accumulate and step != self.batches:
+        if step % self.accumulate and step != self.batches:
             return False  # inside an accumulation group: nothing falls due
         self.done += 1
-        return self.settings.any
+        return self.any_set
 
     def validate_now(self) -> bool:
         every = self.settings.val_every
