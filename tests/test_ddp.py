@@ -141,6 +141,34 @@ def test_a_run_interrupted_on_one_rank_mid_epoch_resumes_under_torchrun_bit_iden
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # the resume wrote nowhere else
 
 
+def test_step_level_keys_under_torchrun_stop_alike_and_resume_to_the_plain_run(straight, tmp_path):
+    """max_steps with max_time set (the ranks agree on the clock each step), validation and
+    checkpoints inside epochs: both ranks stop after the same step, rank 0 writes the rows and the
+    checkpoint, and the run resumed without a budget ends with the plain run's weights, bit for bit."""
+    import torch
+
+    from nettrain.run.checkpoint import load_checkpoint
+    from nettrain.run.metrics import read_metrics as metrics_rows
+
+    run_dir = tmp_path / "run"
+    budget = ["trainer.max_steps=7", "trainer.max_time=01:00:00", "trainer.val_every_n_steps=3"]
+    proc = workers(
+        "nettrain-train", *RUN, *budget, "checkpoint.every_n_steps=2", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("stopped: max_steps=7 reached") == 1, proc.stdout  # printed once, by rank 0
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["progress"]["step_in_epoch"], saved["progress"]["global_step"]) == (1, 2, 7)
+    assert [(r["epoch"], r["step"]) for r in metrics_rows(run_dir)] == [(1, 3), (1, 5), (2, 6)]
+    proc = workers(
+        "nettrain-train", f"resume={run_dir}", "trainer.max_steps=null", "trainer.max_time=null", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    plain = load_checkpoint(only_run_dir(straight[1]) / "checkpoints" / "last.pt")["model"]
+    resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(plain[k], resumed[k]) for k in plain)
+
+
 def test_verify_resume_under_torchrun(tmp_path):
     proc = workers("nettrain-verify-resume", *RUN, "plots=false", "--out", str(tmp_path / "verify"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
