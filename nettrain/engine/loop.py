@@ -195,24 +195,33 @@ class RunOutputs:
     callbacks: Any = None  # callbacks=[...] (nettrain/engine/callbacks.Callbacks); None: the loop calls nothing
 
 
-def train_step(state: TrainState, settings: LoopSettings) -> Callable[..., torch.Tensor]:
-    """The update for one batch: forward, loss, backward, gradient monitor, clipping, optimizer
-    step, schedule. Returns step(x, y, weight=1.0) -> the batch's loss sum (detached, on the
-    device); `weight` scales the loss for backward (a rank's share of a global batch)."""
+def make_update(state: TrainState, grad_clip: float | None) -> Callable[[], None]:
+    """The update after backward, as one call: unscale (fp16), gradient monitor, clipping to
+    `grad_clip`, optimizer step, schedule, EMA (the loop's step and the profiler's share it)."""
     model, optimizer, precision, schedule = state.model, state.optimizer, state.precision, state.schedule
-    loss_fn, grad_monitor = state.loss_fn, state.grad_monitor
-    accumulation, ema = state.extras.get("accumulation"), state.extras.get("ema")
-    l1_params: list[torch.Tensor] = [p for p in model.parameters() if p.dim() > 1]  # weight matrices, conv kernels
+    grad_monitor, ema = state.grad_monitor, state.extras.get("ema")
 
     def update() -> None:
         precision.unscale_(optimizer)  # true gradients (fp16 scales them)
         grad_monitor.accumulate()  # raw gradients, before clipping
-        if settings.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         precision.step(optimizer)  # update
         schedule.after_step()
         if ema is not None:
             ema.update()
+
+    return update
+
+
+def train_step(state: TrainState, settings: LoopSettings) -> Callable[..., torch.Tensor]:
+    """The update for one batch: forward, loss, backward, gradient monitor, clipping, optimizer
+    step, schedule. Returns step(x, y, weight=1.0) -> the batch's loss sum (detached, on the
+    device); `weight` scales the loss for backward (a rank's share of a global batch)."""
+    model, optimizer, precision, loss_fn = state.model, state.optimizer, state.precision, state.loss_fn
+    accumulation = state.extras.get("accumulation")
+    l1_params: list[torch.Tensor] = [p for p in model.parameters() if p.dim() > 1]  # weight matrices, conv kernels
+    update = make_update(state, settings.grad_clip)
 
     def step(x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
         if settings.augment is not None:

@@ -41,7 +41,7 @@ from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
 from nettrain.engine.build import Run, build_run
 from nettrain.engine.distributed import resolve_device
-from nettrain.engine.loop import l1_penalty
+from nettrain.engine.loop import l1_penalty, make_update
 from nettrain.errors import ConfigError
 from nettrain.files import atomic_write
 from nettrain.insight.report import Reporter
@@ -130,14 +130,9 @@ def instrumented_step(run: Run, l1: float = 0.0, grad_clip: float | None = None)
     """One training step as nettrain.engine.loop.train_step takes it, each phase in a range of its
     own that ends by waiting for the device: step(batches) takes its batch from `batches`."""
     state = run.state
-    model, optimizer, precision, schedule_, loss_fn = (
-        state.model,
-        state.optimizer,
-        state.precision,
-        state.schedule,
-        state.loss_fn,
-    )
-    accumulation, ema, augment = state.extras.get("accumulation"), state.extras.get("ema"), run.augment
+    model, optimizer, precision, loss_fn = state.model, state.optimizer, state.precision, state.loss_fn
+    accumulation, augment = state.extras.get("accumulation"), run.augment
+    update = make_update(state, grad_clip)
     l1_params: list[torch.Tensor] = [p for p in model.parameters() if p.dim() > 1]
     wait = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
 
@@ -146,16 +141,6 @@ def instrumented_step(run: Run, l1: float = 0.0, grad_clip: float | None = None)
         with record_function(f"nettrain: {name}"):
             yield
             wait()
-
-    def update() -> None:
-        precision.unscale_(optimizer)
-        state.grad_monitor.accumulate()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        precision.step(optimizer)
-        schedule_.after_step()
-        if ema is not None:
-            ema.update()
 
     def step(batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> None:
         with record_function(STEP):
