@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import configure_log
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 import nettrain
@@ -73,16 +73,19 @@ def _group_options(hydra: Any, group: str) -> list[str]:
 
 
 def _option_keys(hydra: Any, group: str) -> dict[str, set[str]]:
-    """Each option of `group` and the keys of its config (a hint's material: sgd -> momentum, ...)."""
+    """Each option of `group` and the keys of its config (a hint's material: sgd -> momentum, ...).
+
+    Read from each option's file through Hydra's config repository (the same search path as the
+    run's): a group node is typed Any in the schema, so its keys are its file's. Composing the
+    whole run config for each option instead took ~0.4 s an option, 4 s for a typo's message."""
     found = {}
     for option in _group_options(hydra, group):
         try:
-            cfg = hydra.config_loader.load_configuration(
-                config_name="train", overrides=[f"{group}={option}"], run_mode=RunMode.RUN
-            )
+            loaded = hydra.config_loader.repository.load_config(f"{group}/{option}")
         except Exception:  # noqa: BLE001 - only for a hint
             continue
-        found[option] = set(cfg.get(group) or {})
+        if loaded is not None and isinstance(loaded.config, DictConfig):
+            found[option] = {str(key) for key in loaded.config if key != "defaults"}
     return found
 
 
