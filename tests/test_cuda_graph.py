@@ -144,6 +144,7 @@ def test_compile_mode_and_optimizer_kwargs():
     assert optimizer_kwargs("nettrain.optim.ManualSGD") == {}
 
 
+@pytest.mark.slow
 def test_the_decision_does_not_import_torch():
     import subprocess
     import sys

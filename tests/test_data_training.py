@@ -343,6 +343,7 @@ sys.stdout = open(1, "w", buffering=1, closefd=False)
 """
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_ends_the_output_quietly(folder, folder_run, tmp_path):
     """`nettrain-predict RUN DIR | head`: no BrokenPipeError traceback, exit 0, every row in the file."""
     import fresh

@@ -201,6 +201,7 @@ def test_multirun_under_a_launcher_is_refused_by_every_rank(capsys, monkeypatch)
     launch.refuse_multirun(None, ["nettrain-train", "-m"])  # one process: Hydra's multirun as usual
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_share_the_run_dir_sums_the_stop_decision_and_the_metrics(tmp_path):
     proc = workers("distributed_checks.py", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, needs_extra
 
 README_LINES = 300
@@ -19,6 +21,7 @@ def test_the_readme_is_at_most_300_lines():
     assert lines <= README_LINES, f"README.md has {lines} lines, at most {README_LINES}: move the details to docs/"
 
 
+@pytest.mark.slow
 @needs_extra("docs", "mkdocs", "material")
 def test_the_docs_build_strict_and_show_the_reference_tables_intact(tmp_path):
     site = tmp_path / "site"

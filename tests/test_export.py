@@ -199,6 +199,7 @@ for sidecar, inputs, out in zip(args[::3], args[1::3], args[2::3]):
 """
 
 
+@pytest.mark.slow
 def test_a_fresh_process_rebuilds_the_model_and_its_input_from_the_sidecar_alone(exported, tmp_path):
     from probes import python_main
     from safetensors.torch import load_file

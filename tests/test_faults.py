@@ -64,6 +64,7 @@ def test_a_write_fault_ends_with_one_message_and_earlier_checkpoints_intact(monk
     assert summary["status"] == "failed" and os.strerror(code) in summary["error"]
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_ends_with_one_message(tmp_path):
     """ulimit -f: Python ignores SIGXFSZ, so a write past the limit fails with EFBIG."""
     pytest.importorskip("resource")

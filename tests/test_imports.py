@@ -155,6 +155,7 @@ def test_the_commands_import_inside_functions_only_what_imports_torch(tmp_path):
     assert check.heavy_modules(every, set(edges)) == {"pkg.engine.step", "pkg.engine.work"}
 
 
+@pytest.mark.slow
 def test_the_check_runs_from_the_command_line_with_its_counts():
     proc = subprocess.run(
         [sys.executable, str(REPO / ".ci" / "import_graph.py"), "--counts"], capture_output=True, text=True
@@ -165,6 +166,7 @@ def test_the_check_runs_from_the_command_line_with_its_counts():
 
 
 @pytest.mark.parametrize("extra", [[], ["nettrain.config.help", "nettrain.run.resume", "nettrain.run.launch"]])
+@pytest.mark.slow
 def test_importing_the_commands_imports_neither_torch_nor_matplotlib(extra):
     """The six console scripts, the sweep callback, and the config/ and run/ modules they import at
     the top, import no torch: `--help` and a config error answer before torch would load."""

@@ -115,6 +115,7 @@ def test_only_rank_zero_logs(tmp_path):
 
 
 @needs_extra("mlflow", "mlflow")
+@pytest.mark.slow
 def test_mlflow_store_holds_params_metrics_tags_and_resumes_the_same_run(tmp_path, monkeypatch, mlflow_uri):
     monkeypatch.chdir(tmp_path)  # MLflow puts artifacts in ./mlruns
     from mlflow.tracking import MlflowClient
@@ -153,6 +154,7 @@ def test_logger_group_without_trackers_is_checkpointable():
 
 
 @needs_extra("mlflow", "mlflow")
+@pytest.mark.slow
 def test_mlflow_sweep_jobs_nest_under_one_parent_run(tmp_path, monkeypatch, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
@@ -174,6 +176,7 @@ def test_mlflow_sweep_jobs_nest_under_one_parent_run(tmp_path, monkeypatch, mlfl
 
 
 @needs_extra("wandb", "wandb")
+@pytest.mark.slow
 def test_wandb_runs_offline_without_a_key(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
@@ -187,6 +190,7 @@ def test_wandb_runs_offline_without_a_key(tmp_path, monkeypatch):
 
 
 @needs_extra("wandb", "wandb")
+@pytest.mark.slow
 def test_wandb_resume_continues_the_same_offline_run(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -240,6 +244,7 @@ def test_a_run_logs_every_epoch_to_tensorboard_and_resumes_without_duplicates(tm
 
 
 @needs_extra("mlflow", "mlflow")
+@pytest.mark.slow
 def test_a_run_logs_params_metrics_tags_and_artifacts_to_mlflow_and_resumes_the_same_run(
     tmp_path, monkeypatch, mlflow_uri
 ):
@@ -284,6 +289,7 @@ def test_choosing_a_logger_without_its_package_is_a_config_error(tmp_path, monke
 
 
 @needs_extra("mlflow", "mlflow")
+@pytest.mark.slow
 def test_mlflow_without_a_uri_uses_its_default_local_store_in_the_working_directory(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 

@@ -16,6 +16,7 @@ from conftest import QUIET, make_cfg, needs_extra
 SMALL = ["data=synthetic", "data.num_samples=300", "model.hidden=[16]", "epochs=1"]
 
 
+@pytest.mark.slow
 def test_the_entry_points_import_without_unix_only_modules(tmp_path):
     """As on Windows: `resource` and `fcntl` do not exist; the entry points still import and work."""
     code = textwrap.dedent("""
@@ -39,6 +40,7 @@ def test_the_entry_points_import_without_unix_only_modules(tmp_path):
     assert "imported" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_folder_named_nettrain_on_the_path_is_detected(tmp_path):
     (tmp_path / "nettrain").mkdir()  # a checkout folder named like the package
     (tmp_path / "nettrain" / "README.md").write_text("a checkout\n")

@@ -118,6 +118,7 @@ def test_process_wide_settings_apply_during_the_run_and_are_restored_after(tmp_p
     assert summary["torch_threads"] == threads_before
 
 
+@pytest.mark.slow
 def test_a_sequential_sweep_does_not_leak_settings_into_the_next_job(tmp_path, two_threads):
     """-m threads=1,null through Hydra's basic launcher in this process: the second job runs on
     torch's own thread count, and a deterministic job leaves nothing on for the next."""

@@ -22,6 +22,7 @@ from nettrain.run import folder as run_dir
 # -- the run-folder lock --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_lock_on_one_run_folder_is_refused_naming_the_holder(tmp_path):
     with run_dir.RunLock(tmp_path / "run"):
         holder = json.loads((tmp_path / "run" / run_dir.LOCK_NAME).read_text())

@@ -29,6 +29,7 @@ def _train(tmp_path, *overrides):
     return json.loads((out / "summary.json").read_text()), out
 
 
+@pytest.mark.slow
 def test_resnet18_trains_one_epoch_on_32x32_images(tmp_path):
     summary, out = _train(tmp_path, "model=torchvision", "model.name=resnet18", *TINY_IMAGES)
     assert summary["status"] == "completed" and summary["epochs_run"] == 1

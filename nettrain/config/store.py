@@ -13,7 +13,9 @@ from nettrain.config.schema import TrainConfig
 def register_schema() -> None:
     """Make the schema available to conf/train.yaml's defaults list as `nettrain_schema`, and
     the `${nettrain_help:}` resolver its `hydra.help.template` calls (nettrain/config/help.py)."""
-    ConfigStore.instance().store(name="nettrain_schema", node=TrainConfig)
+    store = ConfigStore.instance()
+    if "nettrain_schema.yaml" not in store.repo:  # once a process: building it from the dataclasses takes ~50 ms
+        store.store(name="nettrain_schema", node=TrainConfig)
     help_page.register()
     # conf/hydra/launcher/slurm.yaml: one task per GPU, and one for a CPU-only job
     OmegaConf.register_new_resolver("nettrain.at_least_one", lambda n: max(1, int(n or 0)), replace=True)
