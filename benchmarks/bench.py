@@ -1204,25 +1204,17 @@ def main() -> None:
     try:
         root = build_mnist(work / "datasets", args.train_size, args.test_size)
         print(f"data: {args.train_size:,} + {args.test_size:,} IDX images in {root}", flush=True)
-        if args.paired:
-            side = paired_rounds(args, root, work)
+        if args.paired or args.compare:  # the speed target alone: printed, appended to --out
+            if args.paired:
+                side = paired_rounds(args, root, work)
+            else:
+                kinds = COMPARE + ([BASELINE] if args.baseline else [])
+                side = alternate(args, root, args.batch_size, work, kinds, args.repeats)
+                runs = [x for v in side.values() for x in v]
+                meta["runs"], meta["noisy_starts"] = len(runs), sum(not x["started_quiet"] for x in runs)
             meta["elapsed_min"] = (time.perf_counter() - started) / 60
             meta["load_end"] = os.getloadavg()[0]
-            text = paired_report(args, info, side, meta)
-            print(text)
-            if out:
-                with open(out, "a") as f:
-                    f.write("\n" + text)
-                print(f"appended to {out}")
-            return
-        if args.compare:
-            kinds = COMPARE + ([BASELINE] if args.baseline else [])
-            side = alternate(args, root, args.batch_size, work, kinds, args.repeats)
-            meta["elapsed_min"] = (time.perf_counter() - started) / 60
-            runs = [x for v in side.values() for x in v]
-            meta["runs"], meta["noisy_starts"] = len(runs), sum(not x["started_quiet"] for x in runs)
-            meta["load_end"] = os.getloadavg()[0]
-            text = compare_report(args, info, side, meta)
+            text = (paired_report if args.paired else compare_report)(args, info, side, meta)
             print(text)
             if out:
                 with open(out, "a") as f:
