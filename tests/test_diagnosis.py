@@ -131,15 +131,18 @@ def test_forward_hooks_are_attached_only_for_sampled_steps():
     )
     relu = diag.layers[0][1]
     x, y = torch.randn(16, 1, 2, 2), torch.randint(0, 2, (16,))
-    hooked = []
+    hooked, step_hooked = [], []
     for _ in range(6):
         hooked.append(bool(relu._forward_hooks))
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         steps["n"] += 1
+        diag.follow_sampling()  # as the gradient monitor tells it each time it counts a step
+        step_hooked.append(bool(opt._optimizer_step_pre_hooks) and bool(opt._optimizer_step_post_hooks))
         opt.step()
     assert hooked == [True, False, False, True, False, False]
+    assert step_hooked == hooked  # the optimizer's step hooks too: none on a step not sampled
     assert diag.ratio_steps == 2 and "dead_units/fc1" in diag.end_epoch()
     steps["n"] = 0  # a new epoch starts with a sampled step: end_epoch hooks the activations again
     diag.end_epoch()

@@ -668,8 +668,8 @@ def build_diagnosis(cfg: DictConfig, state: TrainState, hooks: bool = True):
         norm_growth=gm.norm_growth,
         dead_fraction=gm.dead_fraction,
     )
-    if probe.handles:
-        monitor.on_count.append(probe.follow_sampling)  # forward hooks only for the sampled steps
+    if probe.active:
+        monitor.on_count.append(probe.follow_sampling)  # hooks only around the sampled steps
     diagnosis = Diagnostician(probe, weight_names(state.model), thresholds)
     state.extras["diagnosis"] = diagnosis
     return diagnosis

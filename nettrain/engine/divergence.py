@@ -1,8 +1,9 @@
 """Divergence: a non-finite training loss stops the run, found without a host sync per step.
 
-:class:`LossWatch` keeps each step's loss of the current epoch in a buffer on the training device
-(one copy kernel per step, no sync) and is read once, at the epoch's existing sync point, where
-it names the first step whose loss was NaN or infinite. :func:`finite_state` tells whether a
+:class:`LossWatch` adds each step's loss to the epoch's running sum, keeping every step's running
+sum in a buffer on the training device (one add kernel per step, no sync). The sum is read once,
+at the epoch's existing sync point; a non-finite one names the first step whose loss was NaN or
+infinite (a sum stays non-finite from there on). :func:`finite_state` tells whether a
 model's weights are all finite, so that no non-finite checkpoint is ever written. A diverged run's
 summary is written by the recipe (nettrain/engine/recipe.py), status `diverged`.
 """
@@ -31,24 +32,34 @@ class Diverged(RuntimeError):
 
 
 class LossWatch:
-    """Records the per-step losses of one epoch on the device; `first_nonfinite` reads them once."""
+    """The epoch's training-loss sum, step by step, on the device; `first_nonfinite` reads it once.
+
+    `total` is the sum so far (what the epoch's mean loss and a mid-epoch checkpoint are made of).
+    Each step writes `total + its loss` into its own slot, in the order and precision of a running
+    `total += loss`, so the buffer holds every step's running sum for one add per step. A NaN or
+    infinite loss leaves every later sum non-finite, of its own kind (NaN, inf or -inf): the first
+    non-finite slot is the step that diverged."""
 
     def __init__(self, steps_per_epoch: int, device: torch.device | str):
-        self.losses = torch.zeros(max(1, steps_per_epoch), dtype=torch.float32, device=device)
-        self.first_step = 0  # the step the buffer's index 0 stands for (a mid-epoch resume)
-        self.recorded = 0
+        self.sums = torch.zeros(max(1, steps_per_epoch), dtype=torch.float32, device=device)
+        self.start_epoch()
 
-    def start_epoch(self, first_step: int = 0) -> None:
+    def start_epoch(self, first_step: int = 0, loss_sum: torch.Tensor | None = None) -> None:
+        """A new epoch from `first_step` (0-based; > 0 when resuming mid-way), whose steps before it
+        summed to `loss_sum` (the saved sum on a resume; None: zero)."""
         self.first_step, self.recorded = first_step, 0
+        self.total = torch.zeros((), dtype=self.sums.dtype, device=self.sums.device) if loss_sum is None else loss_sum
 
     def record(self, step: int, loss: torch.Tensor) -> None:
-        """`step`: 0-based in the epoch. A device copy, no sync."""
-        self.losses[step - self.first_step].copy_(loss.detach().reshape(()), non_blocking=True)
-        self.recorded = max(self.recorded, step - self.first_step + 1)
+        """`step`: 0-based in the epoch; `loss`: its loss sum (detached). One device add, no sync."""
+        slot = step - self.first_step
+        self.total = torch.add(self.total, loss, out=self.sums[slot])
+        self.recorded = slot + 1
 
     def first_nonfinite(self) -> tuple[int, float] | None:
-        """(0-based step in the epoch, its loss) of the first non-finite loss, else None (one sync)."""
-        seen = self.losses[: self.recorded]
+        """(0-based step in the epoch, its loss's kind: nan, inf or -inf) of the first non-finite
+        loss, else None (one sync)."""
+        seen = self.sums[: self.recorded]
         bad = torch.nonzero(~torch.isfinite(seen))
         if bad.numel() == 0:
             return None

@@ -408,7 +408,7 @@ def fit(
     early_stopping, start, stop = state.early_stopping, start or Position(), stop or StopRequest()
     step_fn = (settings.make_step or train_step)(state, settings)
     best_weights = start.best_weights
-    watch = LossWatch(len(train_batches), state.device)  # each step's loss, on the device, read once per epoch
+    watch = LossWatch(len(train_batches), state.device)  # the epoch's loss sum step by step, on the device
     steps = Steps(settings.steps, len(train_batches), start, state.history, stop.clock)  # optimizer steps, time
     batches = train_batches, val_batches
     for epoch in range(start.epoch + 1, settings.epochs + 1):
@@ -416,14 +416,13 @@ def fit(
             break
         # -- train (from the saved position when resuming mid-epoch) --------------------------
         order, step, loss_sum, train_time = begin_epoch(state, settings, out, start, epoch, train_batches)
-        watch.start_epoch(step)
+        watch.start_epoch(step, loss_sum)
         state.model.train()
         started = time.perf_counter()
         with out.reporter.progress(len(train_batches), epoch, done=step) as advance:
             for x, y in train_batches.batches(order, first_step=step):
                 batch_loss = step_fn(x, y, train_batches.loss_weight(step, len(y)))
-                watch.record(step, batch_loss)
-                loss_sum += batch_loss
+                watch.record(step, batch_loss)  # into the epoch's loss sum, watch.total
                 step += 1
                 if out.callbacks:
                     out.callbacks.step_end(epoch, step, batch_loss, len(y))
@@ -431,7 +430,7 @@ def fit(
                 step_level, interrupted = steps.after_batch(step), stop.tick()  # step_level: a key is due now
                 if (step_level or interrupted) and step < len(train_batches):  # -- inside the epoch --------
                     seconds = train_time + time.perf_counter() - started
-                    now = InEpoch(epoch, step, order, loss_sum, seconds, best_weights)
+                    now = InEpoch(epoch, step, order, watch.total, seconds, best_weights)
                     best_weights, leave, paused = inside_epoch(state, steps, batches, settings, out, now, interrupted)
                     if interrupted:  # by a signal: saved, now leave
                         return FitResult.now(early_stopping, epoch - 1, interrupted=True)
@@ -440,7 +439,7 @@ def fit(
                         break
         if step < len(train_batches):  # left mid-epoch: the budget is spent, or early stopping
             break
-        train_loss = epoch_loss(loss_sum, train_batches.n, watch, epoch)  # the epoch's one host sync for training
+        train_loss = epoch_loss(train_batches.n, watch, epoch)  # the epoch's one host sync for training
         train_time += time.perf_counter() - started
         # -- validate, record, decide --------------------------------------------------------
         best_weights = end_epoch(state, steps, batches, settings, out, (epoch, train_loss, train_time), best_weights)
@@ -474,10 +473,10 @@ def end_epoch(
     return best_weights
 
 
-def epoch_loss(loss_sum: torch.Tensor, n: int, watch: LossWatch, epoch: int) -> float:
+def epoch_loss(n: int, watch: LossWatch, epoch: int) -> float:
     """The epoch's mean training loss over every rank's samples (one host sync); a non-finite one
     raises Diverged naming the first non-finite step (`watch`), and nothing is saved."""
-    distributed.all_reduce_sum(loss_sum)  # every rank's shares
+    loss_sum = distributed.all_reduce_sum(watch.total.clone())[0]  # every rank's shares
     train_loss = (loss_sum / n).item()
     if not math.isfinite(train_loss):
         watch.check(epoch)

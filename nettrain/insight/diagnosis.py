@@ -47,6 +47,13 @@ def _feeding_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
+def _removed(handles: list[Any]) -> list[Any]:
+    """Remove each hook handle; returns the empty list that replaces them."""
+    for handle in handles:
+        handle.remove()
+    return []
+
+
 class TrainingDiagnostics:
     """Update ratios and dead units on sampled steps; attach once, read once per epoch.
 
@@ -81,29 +88,43 @@ class TrainingDiagnostics:
         self._size: torch.Tensor | None = None  # their norms, while a sampled step is under way
         self.layers = _feeding_layers(model) if activations else []
         self.fired: dict[str, torch.Tensor] = {}
-        self.handles: list[Any] = []
+        self.optimizer = optimizer
+        self.active = enabled and bool(self.params)  # False: no hooks ever, empty rows
+        self._step_handles: list[Any] = []
         self._forward_handles: list[Any] = []
         self._hooks = [(act, self._activity(layer)) for layer, act in self.layers]
-        if enabled and self.params:
-            self.handles.append(optimizer.register_step_pre_hook(self._pre_step))
-            self.handles.append(optimizer.register_step_post_hook(self._post_step))
+        if self.active:
             self.follow_sampling()
 
     # -- hooks ------------------------------------------------------------------------------
     def follow_sampling(self) -> None:
-        """Forward hooks only while the next step may be sampled: a module with a hook takes
-        torch's slower call path on every forward, about 3% of a small MLP's step on a CPU.
-        Checked after each optimizer step and each epoch, and by the gradient monitor each time
-        it counts a step (GradientMonitor.on_count: also a step whose update the GradScaler
-        skips). The hook itself still asks in_forward(), so a hook left on for a step that is
-        not sampled records nothing."""
+        """Hooks only around the sampled steps: forward hooks while the next step's forward is
+        sampled (a module with a hook takes torch's slower call path on every forward, about 3%
+        of a small MLP's step on a CPU), and the optimizer's step hooks while the step just
+        counted is (each hooked step costs torch's hook dispatch and two calls, about 0.5% of
+        that step). Called by the gradient monitor each time it counts a step
+        (GradientMonitor.on_count: also a step whose update the GradScaler skips), and after each
+        epoch's reset and a restore (after a hooked optimizer step: the forward hooks). The hooks still ask
+        in_forward() and after_backward(), so one left on for a step that is not sampled records
+        nothing."""
+        if not self.active:
+            return
+        self._follow_forward()
+        step = self.after_backward()
+        if step and not self._step_handles:
+            self._step_handles = [
+                self.optimizer.register_step_pre_hook(self._pre_step),
+                self.optimizer.register_step_post_hook(self._post_step),
+            ]
+        elif not step and self._step_handles:
+            self._step_handles = _removed(self._step_handles)
+
+    def _follow_forward(self) -> None:
         wanted = bool(self._hooks) and self.in_forward()
         if wanted and not self._forward_handles:
             self._forward_handles = [act.register_forward_hook(hook) for act, hook in self._hooks]
         elif not wanted and self._forward_handles:
-            for handle in self._forward_handles:
-                handle.remove()
-            self._forward_handles = []
+            self._forward_handles = _removed(self._forward_handles)
 
     def _pre_step(self, optimizer, args, kwargs) -> None:
         if not self.after_backward():
@@ -126,7 +147,7 @@ class TrainingDiagnostics:
             self._size = None
             if not self._keep_copy:
                 self._before = []
-        self.follow_sampling()
+        self._follow_forward()  # not the step hooks: torch is iterating over them now
 
     def _activity(self, layer: str):
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -153,8 +174,7 @@ class TrainingDiagnostics:
         row: dict[str, float] = {}
         if not self.enabled:
             return row
-        if self.handles:
-            self.follow_sampling()  # the gradient monitor starts a new epoch: its first step is sampled
+        self.follow_sampling()  # the gradient monitor starts a new epoch: its first step is sampled
         parts = []
         if self.ratio_steps:
             parts.append((self.ratio_sums / self.ratio_steps).float())
@@ -173,9 +193,8 @@ class TrainingDiagnostics:
         return row
 
     def remove(self) -> None:
-        for handle in self.handles + self._forward_handles:
-            handle.remove()
-        self.handles, self._forward_handles, self._hooks = [], [], []
+        _removed(self._step_handles + self._forward_handles)
+        self.active, self._step_handles, self._forward_handles, self._hooks = False, [], [], []
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -189,8 +208,7 @@ class TrainingDiagnostics:
         self.ratio_steps = int(state["ratio_steps"])
         # copies: the hook adds to them in place
         self.fired = {k: v.to(self.ratio_sums.device, copy=True) for k, v in state.get("fired", {}).items()}
-        if self.handles:
-            self.follow_sampling()
+        self.follow_sampling()
 
 
 # -- the verdict ------------------------------------------------------------------------------
