@@ -205,3 +205,22 @@ def test_a_fault_while_resuming_a_finished_run_keeps_its_summary(finished, monke
     with pytest.raises(OSError, match="No space left"):
         _resume(finished, "epochs=4")
     assert (finished / "summary.json").read_text() == before
+
+
+@pytest.mark.parametrize("overrides", [(), ("optimizer=sgd", "scheduler=cosine", "model=cnn", "+note='a: b # c'")])
+def test_the_rerunnable_config_is_the_merge_of_the_defaults_the_saved_config_and_nettrains_hydra(tmp_path, overrides):
+    """make_rerunnable puts the defaults list and nettrain's hydra: section around Hydra's saved
+    YAML as text: the file must be exactly what merging the three would print."""
+    from omegaconf import OmegaConf
+
+    from nettrain.run.resume import RERUN_DEFAULTS, _own_hydra_section, make_rerunnable
+
+    saved = OmegaConf.to_yaml(make_cfg(*overrides))
+    path = tmp_path / "config.yaml"
+    path.write_text(saved)
+    make_rerunnable(path)
+    merged = OmegaConf.merge({"defaults": RERUN_DEFAULTS}, OmegaConf.create(saved), {"hydra": _own_hydra_section()})
+    text = path.read_text()
+    assert text.split("\n", 2)[2] == OmegaConf.to_yaml(merged)
+    make_rerunnable(path)  # already a primary config: left as it is
+    assert path.read_text() == text

@@ -15,7 +15,7 @@ import torch
 from nettrain.engine.divergence import finite_state
 from nettrain.engine.state import Position
 from nettrain.errors import CheckpointError
-from nettrain.run.checkpoint import FORMAT_VERSION, save_checkpoint, verify_checkpoint
+from nettrain.run.checkpoint import FORMAT_VERSION, save_checkpoint, serialize, verify_checkpoint
 from nettrain.run.folder import RunWriter
 from nettrain.run.reproducibility import capture_rng, restore_rng
 
@@ -40,7 +40,7 @@ class Checkpointer:
     def _save(self, state, position, is_best: bool) -> None:
         if not finite_state(state.model.state_dict().values()):  # never save a diverged state
             return
-        saved = snapshot(state, position, self.config)
+        saved = serialize(snapshot(state, position, self.config))  # once, also when best.pt gets it too
         last = self.directory / "last.pt"
         if last.exists() and (self.wrote_last or _is_valid(last)):
             _link_over(last, self.directory / "previous.pt")  # keep it: at every moment one is valid

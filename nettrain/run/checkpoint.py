@@ -43,15 +43,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """torch.save `state` atomically and durably, then its checksum beside it. The bytes are made
-    in memory first, so a full disk is an OSError naming the file, not torch's stream error."""
+def serialize(state: dict[str, Any]) -> memoryview:
+    """torch.save `state` into memory: one serialization for each file that holds it."""
     import torch
 
-    path = Path(path)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    data = buffer.getbuffer()
+    return buffer.getbuffer()
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any] | memoryview) -> Path:
+    """torch.save `state` (or its `serialize`d bytes) atomically and durably, then its checksum
+    beside it. The bytes are made in memory first, so a full disk is an OSError naming the file,
+    not torch's stream error."""
+    path = Path(path)
+    data = state if isinstance(state, memoryview) else serialize(state)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

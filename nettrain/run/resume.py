@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -254,19 +256,34 @@ def _own_hydra_section() -> dict[str, Any]:
     return cast(dict[str, Any], OmegaConf.to_container(primary.hydra, resolve=False))
 
 
+@functools.cache
+def _rerun_parts() -> tuple[str, str]:
+    """The YAML make_rerunnable puts before and after the saved config: the defaults list, and
+    nettrain's own `hydra:` section."""
+    return OmegaConf.to_yaml({"defaults": RERUN_DEFAULTS}), OmegaConf.to_yaml({"hydra": _own_hydra_section()})
+
+
 def make_rerunnable(config_yaml: Path) -> None:
     """Turn Hydra's saved config.yaml into a primary config of its own: the schema in its defaults
     list, and nettrain's output and logging settings, so that
-    `nettrain-train --config-dir RUN_DIR/.hydra --config-name config` re-runs it faithfully."""
-    saved = OmegaConf.load(config_yaml)
-    if "defaults" in saved:
+    `nettrain-train --config-dir RUN_DIR/.hydra --config-name config` re-runs it faithfully.
+
+    The file is Hydra's YAML of the composed config, whose top level has neither `defaults` nor
+    `hydra`: the defaults list goes before it and the `hydra:` section after it, as text (the
+    same YAML as merging the three and printing the merge, without parsing the file again)."""
+    text = config_yaml.read_text(encoding="utf-8")
+    if re.search(r"^defaults:", text, re.M):
         return
-    primary = OmegaConf.create(files("nettrain.conf").joinpath("train.yaml").read_text())
-    rerun = OmegaConf.merge({"defaults": ["nettrain_schema", "_self_"]}, saved, {"hydra": primary.hydra})
+    head, tail = _rerun_parts()
+    if re.search(r"^hydra:", text, re.M) or not re.match(r"[A-Za-z_]", text):  # not Hydra's own file
+        merged = OmegaConf.merge({"defaults": RERUN_DEFAULTS}, OmegaConf.create(text), {"hydra": _own_hydra_section()})
+        body = OmegaConf.to_yaml(merged)
+    else:
+        body = head + text + tail
     write_text(
         config_yaml,
         "# The composed config of this run. Re-run it with:\n"
-        f"#   nettrain-train --config-dir {config_yaml.parent} --config-name config\n" + OmegaConf.to_yaml(rerun),
+        f"#   nettrain-train --config-dir {config_yaml.parent} --config-name config\n" + body,
     )
 
 
