@@ -175,6 +175,33 @@ def test_a_skipped_update_before_a_sampled_step_still_hooks_it():
     assert diag.ratio_steps == 2 and "dead_units/fc1" in diag.end_epoch()
 
 
+def test_the_monitor_tells_the_probe_only_when_sampling_changes_and_the_hooks_follow_every_sample():
+    """The gradient monitor calls its listeners on the counts that change what is sampled (3 of
+    every_n_steps), not on every step; the probe's hooks are still on for exactly the sampled steps."""
+    from nettrain.insight.grad_monitor import GradientMonitor
+
+    model = MLP((1, 2, 2), 2, hidden=[4])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = GradientMonitor(model.named_parameters(), every_n_steps=5)
+    diag = TrainingDiagnostics(model, opt, in_forward=monitor.sampling_next, after_backward=monitor.sampled_last)
+    told: list[int] = []
+    monitor.on_count += [diag.follow_sampling, lambda: told.append(monitor.calls)]
+    relu = diag.layers[0][1]
+    x, y = torch.randn(8, 1, 2, 2), torch.randint(0, 2, (8,))
+    forward_hooked, step_hooked = [], []
+    for _ in range(23):
+        forward_hooked.append(bool(relu._forward_hooks))
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        monitor.accumulate()
+        step_hooked.append(bool(opt._optimizer_step_pre_hooks))
+        opt.step()
+        opt.zero_grad()
+    sampled = [step % 5 == 0 for step in range(23)]
+    assert forward_hooked == sampled and step_hooked == sampled
+    assert told == [c for c in range(1, 24) if c % 5 in (0, 1, 2)]
+    assert diag.ratio_steps == monitor.steps == 5
+
+
 def test_the_weight_copy_is_kept_on_a_cpu_and_let_go_elsewhere():
     """On a CPU the copy before a sampled step is reused (a fresh one costs page faults); on any
     other device (here: meta) it is let go after the step, so it is not held while activations peak."""

@@ -43,8 +43,9 @@ class GradientMonitor:
         self.skip_nonfinite = skip_nonfinite
         self.finite_steps = torch.zeros((), dtype=dtype, device=device)  # counted on the device
         self.steps = 0
-        # called when the next step's sampling may have changed: after each counted step (also one
-        # whose update the GradScaler skips), each epoch's reset and a restore (nettrain/insight/diagnosis.py)
+        # called when sampling_next() or sampled_last() may have changed: after a counted step
+        # (also one whose update the GradScaler skips) that changes either, each epoch's reset
+        # and a restore (nettrain/insight/diagnosis.py)
         self.on_count: list[Callable[[], None]] = []
 
     def accumulate(self) -> None:
@@ -58,7 +59,8 @@ class GradientMonitor:
         if not self.enabled:
             return False
         self.calls += 1
-        self._counted()
+        if self.calls % self.every_n_steps < 3 or self.every_n_steps < 3:
+            self._counted()  # sampling_next() turns on at 0, both change at 1, sampled_last() turns off at 2
         if (self.calls - 1) % self.every_n_steps:
             return False
         self.steps += 1
