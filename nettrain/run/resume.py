@@ -275,15 +275,10 @@ def make_rerunnable(config_yaml: Path) -> None:
     if re.search(r"^defaults:", text, re.M):
         return
     head, tail = _rerun_parts()
-    if re.search(r"^hydra:", text, re.M) or not re.match(r"[A-Za-z_]", text):  # not Hydra's own file
-        merged = OmegaConf.merge({"defaults": RERUN_DEFAULTS}, OmegaConf.create(text), {"hydra": _own_hydra_section()})
-        body = OmegaConf.to_yaml(merged)
-    else:
-        body = head + text + tail
     write_text(
         config_yaml,
         "# The composed config of this run. Re-run it with:\n"
-        f"#   nettrain-train --config-dir {config_yaml.parent} --config-name config\n" + body,
+        f"#   nettrain-train --config-dir {config_yaml.parent} --config-name config\n" + head + text + tail,
     )
 
 
