@@ -25,7 +25,13 @@ from nettrain.errors import ConfigError
 from nettrain.insight.class_report import class_report, report_lines
 from nettrain.run.metrics import read_metrics
 
-sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+@pytest.fixture
+def sklearn_metrics():
+    """scikit-learn's metrics, the reference (imported by the tests that compare with it: the rest
+    of this file runs without scikit-learn)."""
+    return pytest.importorskip("sklearn.metrics", reason="scikit-learn is not installed: nothing to compare with")
+
 
 CLASSIFICATION = ["f1_macro", "f1_micro", "f1_weighted", "precision_macro", "precision_weighted", "recall_macro"]
 CLASSIFICATION += ["recall_micro", "auroc", "average_precision", "top2_acc", "acc"]
@@ -50,7 +56,7 @@ def evaluated(logits: torch.Tensor, y: torch.Tensor, names: list[str], batch_siz
     return figures, measures.confusion_matrix
 
 
-def test_f1_precision_recall_auroc_ap_and_top_k_equal_scikit_learns_on_the_same_predictions():
+def test_f1_precision_recall_auroc_ap_and_top_k_equal_scikit_learns_on_the_same_predictions(sklearn_metrics):
     logits, y = predictions()
     figures, matrix = evaluated(logits, y, CLASSIFICATION)
     true, probs = y.numpy(), logits.softmax(dim=1).double().numpy()
@@ -75,7 +81,7 @@ def test_f1_precision_recall_auroc_ap_and_top_k_equal_scikit_learns_on_the_same_
     assert sum(map(sum, matrix)) == len(y) == 61
 
 
-def test_macro_f1_over_the_classes_present_as_scikit_learn_averages():
+def test_macro_f1_over_the_classes_present_as_scikit_learn_averages(sklearn_metrics):
     logits, y = predictions(n=40, classes=5, never_predicted=None)
     keep = y != 4  # class 4: neither a label nor (after the shift) a prediction
     logits, y = logits[keep], y[keep]
@@ -88,7 +94,7 @@ def test_macro_f1_over_the_classes_present_as_scikit_learn_averages():
     assert report["macro"]["precision"] == pytest.approx(figures["precision_macro"], abs=1e-6)
 
 
-def test_auroc_and_average_precision_average_over_the_classes_that_occur():
+def test_auroc_and_average_precision_average_over_the_classes_that_occur(sklearn_metrics):
     logits, y = predictions(n=45, classes=4, never_predicted=None)
     keep = y != 2  # class 2 never occurs: it has no ROC curve, and is not counted as 0
     logits, y = logits[keep], y[keep]
@@ -101,7 +107,7 @@ def test_auroc_and_average_precision_average_over_the_classes_that_occur():
     assert figures["average_precision"] == pytest.approx(ap, abs=1e-6)
 
 
-def test_the_per_class_report_is_scikit_learns_with_the_class_names():
+def test_the_per_class_report_is_scikit_learns_with_the_class_names(sklearn_metrics):
     logits, y = predictions(n=50, classes=3, never_predicted=2)
     _, matrix = evaluated(logits, y, [])
     report = class_report(matrix, ["cat", "dog", "emu"])

@@ -143,7 +143,7 @@ def build(cfg: DictConfig, device: torch.device, writer: RunWriter, reporter: Re
 def introduce(cfg: DictConfig, run: Run, output_dir: Path, reporter: Reporter) -> MemoryCheck:
     """Print the run folder, the config, the model, the memory estimate and the data; start measuring the peak."""
     state, data = run.state, run.data
-    reporter.start(OmegaConf.to_yaml(cfg), state.model, param_count(state.model), str(run.device), output_dir)
+    reporter.start(lambda: OmegaConf.to_yaml(cfg), state.model, param_count(state.model), str(run.device), output_dir)
     reporter.memory(run.memory)
     for line in data.notes:  # the image cache built or used, files skipped
         (reporter.warn if line.startswith("skipped") else reporter.note)(line)

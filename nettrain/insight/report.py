@@ -75,12 +75,13 @@ class Reporter:
         self._header_done = False
         self._verdict: str | None = None  # the last diagnosis verdict shown
 
-    def start(self, config_yaml: str, model, param_count: int, device: str, output_dir: Path) -> None:
-        """The run folder first, then the config and the model (when shown), the device."""
+    def start(self, config_yaml: Callable[[], str], model, param_count: int, device: str, output_dir: Path) -> None:
+        """The run folder first, then the config (`config_yaml()`, rendered only when shown) and the
+        model (when shown), the device."""
         self.console.print(f"run folder: {Path(output_dir).resolve()}", markup=False)
         if self.show_config:
             self.console.rule("config")
-            self.console.print(config_yaml.rstrip(), markup=False)
+            self.console.print(config_yaml().rstrip(), markup=False)
         if self.show_model:
             self.console.rule("model")
             self.console.print(str(model), markup=False)
