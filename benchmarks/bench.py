@@ -33,9 +33,12 @@ and the time from the command to nettrain's first training step on mnist_sample.
 
 Where the machine's speed changes from second to second, fresh-process rounds scatter by tens of
 percent and cannot settle a few. --paired then measures (d) against (b) inside nettrain's own
-process: one `nettrain-train data=mnist` run with the defaults, whose training steps alternate, 40
-at a time, with 40 steps of the tensor loop, each pair of chunks timed side by side
-(paired_worker). With --baseline, another checkout's run does the same in the same rounds.
+process: one `nettrain-train data=mnist` run with the defaults, whose training steps alternate one
+by one with steps of the tensor loop, all timed; a pair is 200 consecutive steps of each
+(paired_worker). A chunk of 200 holds exactly 4 steps that the gradient monitor samples (every 50th,
+grad_monitor.every_n_steps), so every pair carries the diagnosis's share; the ratio of the
+summed times, reported beside the median, carries it whatever the chunk. With --baseline,
+another checkout's run does the same in the same rounds.
 """
 
 from __future__ import annotations
@@ -228,12 +231,13 @@ def paired_worker(
     """--paired: the hand-written tensor loop (b) as the yardstick inside nettrain's own process.
 
     Runs `nettrain-train data=mnist epochs=EPOCHS ...` (the defaults) through its console script's
-    main() in this process, with the training pass's batches drawn through a wrapper: after every
-    `chunk` of nettrain's steps, it runs `chunk` steps of the tensor loop (its own SimpleNet, Adam
-    and data tensor) and times both. Each pair of chunks runs within about a second, so load that
-    other work puts on the machine meets both alike; the figure is the median of the pairs' ratios.
-    The first chunk of each pass is left out (the epoch's start). nettrain's time includes the
-    wrapper's own bookkeeping (a counter per batch). The nettrain measured is the one first on
+    main() in this process, with the training pass's batches drawn through a wrapper: after each of
+    nettrain's steps it runs one step of the tensor loop (its own SimpleNet, Adam and data tensor),
+    timing both, so the two meet the same load to the millisecond; a pair is `chunk` consecutive
+    steps of each (200: 4 steps the diagnosis samples in each), and the figure is the median
+    of the pairs' ratios. The first chunk of each pass is left out (the epoch's start). nettrain's
+    time includes drawing its next batch and the wrapper's own bookkeeping (a clock read and a
+    counter per batch). The nettrain measured is the one first on
     sys.path (this checkout's, or --baseline's)."""
     import torch
     import torchvision
@@ -272,15 +276,19 @@ def paired_worker(
         if not self.shuffle:  # validation and test: as they are
             yield from draw(self, order, first_step)
             return
-        resumed, n = None, 0
+        # each of nettrain's steps (with drawing its next batch) is followed by one step of the
+        # tensor loop, both timed; a pair sums `chunk` consecutive steps of each
+        resumed, n, spent, tensor = None, 0, 0.0, 0.0
         for batch in draw(self, order, first_step):
-            if n % chunk == 0:
-                if resumed is not None:
-                    spent = time.perf_counter() - resumed
+            if resumed is not None:
+                spent += time.perf_counter() - resumed
+                tensor += tensor_steps(1)
+                n += 1
+                if n % chunk == 0:
                     if n > chunk:  # not the pass's first chunk
-                        pairs.append((spent, tensor_steps(chunk)))
-                resumed = time.perf_counter()
-            n += 1
+                        pairs.append((spent, tensor))
+                    spent = tensor = 0.0
+            resumed = time.perf_counter()
             yield batch
 
     tensor_steps(2 * chunk)  # the tensor loop's first calls, outside the pairs
@@ -309,6 +317,7 @@ def paired_worker(
     ratios = [t / d for d, t in pairs]  # nettrain's speed over the tensor loop's, for the same steps
     rate = chunk * batch_size
     return {
+        "summed_ratio": sum(t for _, t in pairs) / sum(d for d, _ in pairs),
         "samples_per_s": statistics.median(rate / d for d, _ in pairs),
         "tensor_samples_per_s": statistics.median(rate / t for _, t in pairs),
         "ratio": statistics.median(ratios),
@@ -451,24 +460,25 @@ def paired_report(args, info: dict, r: dict[str, list[dict]], meta: dict) -> str
         f"`{meta['command']}`: {info['cpu']}, {info['cores']}; Python {info['python']}, torch {info['torch']}; "
         f"nettrain {info['code']}; {args.threads} torch threads. {args.repeats} rounds of one process per "
         f"checkout, each running `nettrain-train data=mnist epochs={args.epochs}` (the defaults, through the "
-        f"console script's main()) with {args.chunk} steps of the tensor loop after every {args.chunk} of "
-        "nettrain's training steps; each pair of chunks timed side by side, a pass's first chunk left out "
+        "console script's main()) with one step of the tensor loop after each of nettrain's training steps, "
+        f"all timed; a pair is {args.chunk} consecutive steps of each, a pass's first chunk left out "
         f"({meta['elapsed_min']:.1f} min). Load average "
         f"{meta['load_start']:.2f} at the start, {meta['load_end']:.2f} at the end.",
         "",
         "| contender | samples/s (median of the chunks) | tensor loop, same process | ratio to the tensor loop: "
-        "median of all pairs | middle half | median per round |",
-        "|---|---:|---:|---:|---:|---|",
+        "median of all pairs | middle half | median per round | summed times per round |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     for kind, runs in r.items():
         pooled = [x for run in runs for x in run["ratios"]]
         lo, hi = quartiles(pooled)
         per_round = ", ".join(f"{run['ratio']:.3f}" for run in runs)
+        summed = ", ".join(f"{run['summed_ratio']:.3f}" for run in runs if "summed_ratio" in run)
         label = LABELS[kind] + (f", with `{' '.join(args.set)}`" if args.set else "")
         lines.append(
             f"| {label} | {med([x['samples_per_s'] for x in runs]):,.0f} "
             f"| {med([x['tensor_samples_per_s'] for x in runs]):,.0f} | {med(pooled):.3f} | {lo:.3f} - {hi:.3f} "
-            f"| {per_round} |"
+            f"| {per_round} | {summed} |"
         )
     pooled = [x for run in r["nettrain"] for x in run["ratios"]]
     verdict = "met" if med(pooled) >= 0.97 else "**not met**"
@@ -1132,7 +1142,13 @@ def main() -> None:
         "--baseline), each a run of --epochs epochs whose training steps alternate, --chunk at a time, with "
         "the tensor loop's; prints the table, writes it only with --out (appended)",
     )
-    p.add_argument("--chunk", type=int, default=40, help="with --paired: steps in each chunk of a pair (default 40)")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=200,
+        help="with --paired: steps in each chunk of a pair (default 200: keep it a multiple of "
+        "grad_monitor.every_n_steps, so that each chunk holds the same number of sampled steps)",
+    )
     p.add_argument(
         "--set",
         action="append",
