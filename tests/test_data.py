@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -23,6 +25,31 @@ def test_mnist_sample_is_5000_real_digits_split_deterministically():
     other = mnist_sample(split_seed=1)
     assert not torch.equal(other.test.y, data.test.y)
     assert data.fingerprint() == again.fingerprint() != other.fingerprint()
+
+
+def test_the_digits_are_parsed_once_per_file_version_and_each_run_gets_its_own_tensors(tmp_path, monkeypatch):
+    import gzip
+
+    import nettrain.data as data_module
+
+    rows = [[(3 * i + j) % 256 for j in range(784)] + [i % 10] for i in range(20)]
+    path = tmp_path / "mnist_5k.csv.gz"
+    path.write_bytes(gzip.compress("\n".join(",".join(map(str, r)) for r in rows).encode()))
+    monkeypatch.setattr(data_module, "mnist_sample_path", lambda: path)
+    parsed = []
+    loadtxt = data_module.np.loadtxt
+    monkeypatch.setattr(data_module.np, "loadtxt", lambda *a, **k: parsed.append(a[0]) or loadtxt(*a, **k))
+    first = mnist_sample(val_fraction=0.2, test_fraction=0.2)
+    before = first.train.x.clone()
+    first.train.x.add_(1.0)  # a run changing its own tensors changes nothing for the next
+    second = mnist_sample(val_fraction=0.2, test_fraction=0.2)
+    assert len(parsed) == 1
+    assert torch.equal(second.train.x, before) and torch.equal(second.train.y, first.train.y)
+    rows[0][-1] = 7  # a new version of the file is read again
+    path.write_bytes(gzip.compress("\n".join(",".join(map(str, r)) for r in rows).encode()))
+    os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
+    mnist_sample(val_fraction=0.2, test_fraction=0.2)
+    assert len(parsed) == 2
 
 
 @pytest.mark.parametrize("name", ["MNIST", "FashionMNIST"])
