@@ -473,7 +473,7 @@ def paired_report(args, info: dict, r: dict[str, list[dict]], meta: dict) -> str
         pooled = [x for run in runs for x in run["ratios"]]
         lo, hi = quartiles(pooled)
         per_round = ", ".join(f"{run['ratio']:.3f}" for run in runs)
-        summed = ", ".join(f"{run['summed_ratio']:.3f}" for run in runs if "summed_ratio" in run)
+        summed = ", ".join(f"{run['summed_ratio']:.3f}" for run in runs)
         label = LABELS[kind] + (f", with `{' '.join(args.set)}`" if args.set else "")
         lines.append(
             f"| {label} | {med([x['samples_per_s'] for x in runs]):,.0f} "
