@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from conftest import CONF, make_cfg
-from nettrain.config.schema import problems, validate
+from nettrain.config.schema import Checks, TrainConfig, problems, schema_config, validate
 from nettrain.engine.build import build_optimizer
 from nettrain.errors import ConfigError
 from nettrain.optim.schedulers import LRSchedule, build_schedule
@@ -222,6 +222,39 @@ def test_a_valid_config_has_no_problems():
         == []
     )
     assert problems(make_cfg("lr=0")) == ["lr=0.0: must be a number > 0"]
+
+
+def test_checks_read_resolved_values_and_a_section_that_does_not_resolve_is_read_key_by_key(monkeypatch):
+    monkeypatch.delenv("NETTRAIN_TEST_UNSET", raising=False)
+    cfg = make_cfg("data=synthetic", "regularization.dropout=1.5", "data.val_fraction=0.2", "model.activation=swish")
+    OmegaConf.set_struct(cfg, False)
+    cfg.scheduler.warmup_ratio = "${regularization.dropout}"  # an interpolation into another section
+    cfg.data.num_samples = "???"  # not set: no range to check
+    cfg.model.note = "${oc.env:NETTRAIN_TEST_UNSET}"  # the section fails to resolve as a whole
+    checks = Checks(cfg)
+    assert checks.get("scheduler.warmup_ratio") == 1.5
+    assert checks.get("data.num_samples") is None and checks.get("data.val_fraction") == 0.2
+    assert checks.get("model.activation") == "swish"  # read node by node, past the key that fails
+    assert checks.get("data.no_such_key") is None and checks.get("no_such_section.key") is None
+    assert isinstance(checks.get("optimizer"), dict)
+    found = problems(cfg)
+    assert "regularization.dropout=1.5: must be a probability in [0, 1)" in found
+    assert "scheduler.warmup_ratio=1.5: must be a fraction in [0, 1); 0 = no warmup" in found
+    assert any(line.startswith("model.activation='swish': allowed:") for line in found)
+
+
+def test_the_schema_is_built_once_and_each_caller_gets_its_own_copy():
+    from nettrain.run.resume import schema_defaults
+
+    fresh = OmegaConf.to_container(OmegaConf.structured(TrainConfig))
+    first = schema_config()
+    assert OmegaConf.to_container(first) == fresh
+    first.trainer.accumulate_steps = 99
+    assert OmegaConf.to_container(schema_config()) == fresh
+    defaults = schema_defaults()
+    assert defaults["trainer.accumulate_steps"] == 1
+    defaults["trainer.accumulate_steps"] = 99
+    assert schema_defaults()["trainer.accumulate_steps"] == 1
 
 
 def test_unknown_keyword_is_a_config_error_naming_the_group():

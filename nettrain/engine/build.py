@@ -31,10 +31,10 @@ from nettrain.config import usermodules
 from nettrain.config.schema import (
     FITTING_LOSSES,
     TASKS,
-    TrainConfig,
     image_augment_settings,
     metric_mode,
     plain,
+    schema_config,
     validate,
 )
 from nettrain.data import Batches, DataSplits, Split
@@ -257,7 +257,7 @@ def build_trained(
     (`cpu`, `auto`, `cuda:1`) or a torch.device; None: the config's `device`."""
     overrides = list(overrides)
     stored = {k: v for k, v in state["config"].items() if k != "callbacks"}  # never built here: not checked
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), stored, OmegaConf.from_dotlist(overrides))
+    cfg = OmegaConf.merge(schema_config(), stored, OmegaConf.from_dotlist(overrides))
     assert isinstance(cfg, DictConfig)  # merged onto the schema: a mapping
     trust_lib.check(cfg, source, trust_lib.trusted_from_overrides(overrides), trust_all=trust)
     validate(cfg)

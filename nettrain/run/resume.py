@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import re
@@ -25,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nettrain.config.help import resume_safe_keys
 from nettrain.config.renames import renamed, renamed_overrides, upgrade
-from nettrain.config.schema import ADDED_OPTION_KEYS, TrainConfig, flatten, matches
+from nettrain.config.schema import ADDED_OPTION_KEYS, flatten, matches, schema_config
 from nettrain.errors import ConfigError, RunFolderError, UntrustedTargetError
 from nettrain.files import timestamp, write_text
 from nettrain.run import checkpoint as ckpt
@@ -45,8 +46,13 @@ def run_dir_of(resume: str) -> Path:
 
 def schema_defaults() -> dict[str, Any]:
     """Every schema key's default, flattened (the groups' own keys, which the schema leaves open, excepted),
-    and the group keys added since runs were saved (ADDED_OPTION_KEYS)."""
-    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
+    and the group keys added since runs were saved (ADDED_OPTION_KEYS). A copy of what one process reads once."""
+    return copy.deepcopy(_schema_defaults())
+
+
+@functools.cache
+def _schema_defaults() -> dict[str, Any]:
+    defaults = flatten(OmegaConf.to_container(schema_config()))
     return {**{key: value for key, value in defaults.items() if value != MISSING}, **ADDED_OPTION_KEYS}
 
 
