@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -604,3 +606,26 @@ def test_eval_of_a_checkpoint_outside_a_run_writes_beside_it(straight, tmp_path)
         shutil.copy(straight / "checkpoints" / name, loose / name)
     assert eval_main([str(loose / "best.pt")]) == 0
     assert (loose / "eval" / "best-test.json").is_file() and not (tmp_path / "eval").exists()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_provenance_records_the_working_directorys_commit_and_reads_nettrains_own_checkout_once(monkeypatch, tmp_path):
+    from nettrain.run import reproducibility
+
+    for args in (
+        ["init", "-q"],
+        ["-c", "user.email=a@b.c", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "c"],
+    ):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    read, git = [], reproducibility._git
+    monkeypatch.setattr(reproducibility, "_git", lambda cwd: read.append(cwd) or git(cwd))
+    reproducibility._source_git.cache_clear()
+    monkeypatch.chdir(tmp_path)
+    first = reproducibility.provenance(torch.device("cpu"), "data")
+    if first["nettrain_git"]:  # a checkout (an installed wheel has none): each record gets its own copy
+        first["nettrain_git"].clear()
+    second = reproducibility.provenance(torch.device("cpu"), "data")
+    assert second["git"] == {"root": str(tmp_path.resolve()), "commit": head, "dirty": False}
+    assert read.count(Path.cwd()) == 2 and len(read) == 3  # the working directory each time, nettrain's once
+    assert second["nettrain_git"] == git(Path(reproducibility.nettrain.__file__).resolve().parent)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -125,11 +126,18 @@ def _git(cwd: Path) -> dict[str, Any] | None:
         ).stdout.strip()
 
     try:
-        commit = run("rev-parse", "HEAD")
-        root = run("rev-parse", "--show-toplevel")
-    except (OSError, subprocess.SubprocessError):
+        commit, root = run("rev-parse", "HEAD", "--show-toplevel").splitlines()
+    except (OSError, subprocess.SubprocessError, ValueError):
         return None
     return {"root": root, "commit": commit, "dirty": _dirty(run)}
+
+
+@functools.cache
+def _source_git() -> dict[str, Any] | None:
+    """_git for nettrain's own source (None for an installed wheel), read once per process: the
+    code a process runs is the code it imported, and a sweep or notebook then starts its runs
+    without three more git commands each."""
+    return _git(Path(nettrain.__file__).resolve().parent)
 
 
 def _dirty(run: Any) -> bool | None:
@@ -153,7 +161,7 @@ def _dirty(run: Any) -> bool | None:
 
 def provenance(device: torch.device, data_fingerprint: str, argv: list[str] | None = None) -> dict[str, Any]:
     """Where this run came from: versions, code, device, data and command."""
-    source = Path(nettrain.__file__).resolve().parent
+    source_git = _source_git()
     return {
         "nettrain": nettrain.__version__,
         "python": platform.python_version(),
@@ -163,7 +171,7 @@ def provenance(device: torch.device, data_fingerprint: str, argv: list[str] | No
         "omegaconf": _version("omegaconf"),
         "numpy": np.__version__,
         "git": _git(Path.cwd()),
-        "nettrain_git": _git(source),
+        "nettrain_git": dict(source_git) if source_git else None,
         "platform": platform.platform(),
         "device": str(device),
         "device_name": (
