@@ -74,6 +74,26 @@ def _read_config_files_once() -> None:
 _read_config_files_once()
 
 
+def _parse_interpolations_once() -> None:
+    """OmegaConf parses an interpolation's text (`${lr}`, `${oc.env:...}`) with ANTLR each time the
+    value is read (~0.1 ms), and a command reads the same few dozen texts thousands of times:
+    about 3% of the suite. Here each (text, rule, mode) is parsed once per process; the tree is
+    only read afterwards (its tokens keep their own input), and a text that fails to parse is
+    not cached, so it raises each time as before. `parse` is bound by name where it is used."""
+    import omegaconf.base
+    import omegaconf.resolvers.oc
+    from omegaconf import _utils, grammar_parser
+
+    parse = functools.lru_cache(maxsize=4096)(grammar_parser.parse)
+    for module in (grammar_parser, omegaconf.base, _utils, omegaconf.resolvers.oc):
+        assert module.parse is grammar_parser.parse, module  # an OmegaConf that binds it elsewhere: look again
+    for module in (grammar_parser, omegaconf.base, _utils, omegaconf.resolvers.oc):
+        module.parse = parse
+
+
+_parse_interpolations_once()
+
+
 def installed(module: str) -> bool:
     """Whether `module` can be imported (found without importing it; a missing parent is False)."""
     try:
