@@ -356,7 +356,7 @@ def in_process(entry: str, prog: str, *args: str, cwd: Path, env_extra: dict | N
 def _log_file_handlers() -> list[tuple[logging.Logger, logging.FileHandler]]:
     loggers = [
         logging.getLogger(),
-        *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)),
+        *(lg for lg in list(logging.Logger.manager.loggerDict.values()) if isinstance(lg, logging.Logger)),
     ]
     return [(lg, h) for lg in loggers for h in lg.handlers if isinstance(h, logging.FileHandler)]
 
@@ -367,10 +367,10 @@ def _log_files_close_with_their_test():
     train.log handler on the root logger. Its folder (tmp_path) is removed once the test passes,
     and a later test's log line would reopen the file there: each log file a test opened is
     closed and taken off its logger when the test ends."""
-    before = {id(handler) for _, handler in _log_file_handlers()}
+    before = {handler for _, handler in _log_file_handlers()}
     yield
     for log, handler in _log_file_handlers():
-        if id(handler) not in before:
+        if handler not in before:
             log.removeHandler(handler)
             handler.close()
 

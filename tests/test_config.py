@@ -234,6 +234,7 @@ def test_checks_read_resolved_values_and_a_section_that_does_not_resolve_is_read
     checks = Checks(cfg)
     assert checks.get("scheduler.warmup_ratio") == 1.5
     assert checks.get("data.num_samples") is None and checks.get("data.val_fraction") == 0.2
+    assert "num_samples" not in checks.get("data")  # a key left ??? is absent, as OmegaConf's `in` has it
     assert checks.get("model.activation") == "swish"  # read node by node, past the key that fails
     assert checks.get("data.no_such_key") is None and checks.get("no_such_section.key") is None
     assert isinstance(checks.get("optimizer"), dict)

@@ -614,7 +614,19 @@ def test_provenance_records_the_working_directorys_commit_and_reads_nettrains_ow
 
     for args in (
         ["init", "-q"],
-        ["-c", "user.email=a@b.c", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "c"],
+        [
+            "-c",
+            "user.email=a@b.c",
+            "-c",
+            "user.name=a",
+            "-c",
+            "commit.gpgsign=false",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "c",
+        ],
     ):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()

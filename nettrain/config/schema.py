@@ -465,6 +465,15 @@ def _check_metrics(c: Checks) -> None:
 _UNSEEN, _WALK = object(), object()  # Checks' markers: a section not read yet; one read node by node
 
 
+def _without_missing(value: Any) -> Any:
+    """A resolved section with the keys whose value is `???` left out (also in mappings inside lists)."""
+    if isinstance(value, dict):
+        return {key: _without_missing(item) for key, item in value.items() if item != MISSING}
+    if isinstance(value, list):
+        return [_without_missing(item) for item in value]
+    return value
+
+
 class Checks:
     """Collects 'key=value: what is allowed' problems of one config; `problems` runs every section."""
 
@@ -477,7 +486,8 @@ class Checks:
         """The value at the dotted `path`, interpolations resolved; None when it is not set (absent, or `???`).
         Sections are resolved to plain dicts and lists once (a walk through OmegaConf's nodes costs
         about 0.2 ms a key, an interpolation's parse included); a section that does not resolve as a
-        whole (an interpolation that fails, `${hydra:...}` while composing) is walked node by node."""
+        whole (an interpolation that fails) and Hydra's own section are walked node by node. A key
+        left `???` reads as absent, as OmegaConf's `in` has it, also inside a section read whole."""
         top, _, rest = path.partition(".")
         section = self._sections.get(top, _UNSEEN)
         if section is _UNSEEN:
@@ -492,13 +502,15 @@ class Checks:
         return None if node == MISSING else node
 
     def _resolve(self, top: str) -> Any:
-        if not isinstance(self.cfg, DictConfig):
+        if not isinstance(self.cfg, DictConfig) or top == "hydra":  # hydra: its resolvers need a running job
             return _WALK
         if top not in self.cfg:
             return None
         try:
             value = self.cfg[top]
-            return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+            if isinstance(value, (DictConfig, ListConfig)):
+                return _without_missing(OmegaConf.to_container(value, resolve=True))
+            return value
         except Exception:  # noqa: BLE001 - the walk raises it again for the key that reads it, as it did
             return _WALK
 

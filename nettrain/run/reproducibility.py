@@ -126,7 +126,7 @@ def _git(cwd: Path) -> dict[str, Any] | None:
         ).stdout.strip()
 
     try:
-        commit, root = run("rev-parse", "HEAD", "--show-toplevel").splitlines()
+        commit, root = run("rev-parse", "HEAD", "--show-toplevel").split("\n")  # a path may hold other line breaks
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
     return {"root": root, "commit": commit, "dirty": _dirty(run)}
@@ -136,7 +136,8 @@ def _git(cwd: Path) -> dict[str, Any] | None:
 def _source_git() -> dict[str, Any] | None:
     """_git for nettrain's own source (None for an installed wheel), read once per process: the
     code a process runs is the code it imported, and a sweep or notebook then starts its runs
-    without three more git commands each."""
+    without three more git commands each. (Code reloaded into a running process, as notebook
+    autoreload does, is recorded as the process first found it.)"""
     return _git(Path(nettrain.__file__).resolve().parent)
 
 
