@@ -499,7 +499,7 @@ class Checks:
             if not isinstance(node, dict) or part not in node:
                 return None
             node = node[part]
-        return None if node == MISSING else node
+        return node
 
     def _resolve(self, top: str) -> Any:
         if not isinstance(self.cfg, DictConfig) or top == "hydra":  # hydra: its resolvers need a running job
