@@ -1,5 +1,8 @@
-"""Shared fixtures: configs through Hydra's compose API, quiet in-process runs, IDX data files,
-and the tutorial's network as the reference the tests compare against."""
+"""Shared fixtures: configs through Hydra's compose API, quiet in-process runs, IDX data files.
+
+pytest-xdist's controller imports this module too, before it starts the workers: nothing here
+imports torch at module level (~3 s), so the workers start that much sooner. The tutorial's
+network, the reference the tests compare against, is in simplenet.py."""
 
 from __future__ import annotations
 
@@ -25,7 +28,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
-from torch import nn
 
 from nettrain.config.store import register_schema
 
@@ -131,21 +133,6 @@ def needs_extra(extra: str, *modules: str) -> pytest.MarkDecorator:
         bool(missing),
         reason=f'needs the [{extra}] extra ({", ".join(missing)} not installed): pip install "nettrain[{extra}]"',
     )
-
-
-class SimpleNet(nn.Module):
-    """The tutorial's network, verbatim: 784-256-10 with ReLU, on flattened images."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(784, 256)
-        self.fc2 = nn.Linear(256, 10)
-        self.relu = nn.ReLU()
-
-    def forward(self, x):
-        x = self.relu(self.fc1(x))
-        x = self.fc2(x)
-        return x
 
 
 def make_cfg(*overrides: str):

@@ -183,6 +183,16 @@ def test_importing_the_commands_imports_neither_torch_nor_matplotlib(extra):
     assert len(commands) >= 8  # the six scripts, their error handling and start-up, the sweep callback
 
 
+@pytest.mark.slow
+def test_the_tests_conftest_imports_no_torch():
+    """pytest-xdist's controller imports tests/conftest.py before it starts the workers, and does
+    no test itself: a torch import there (~3 s) would hold every worker back that long."""
+    code = "import sys; sys.path.insert(0, 'tests'); import conftest; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False"]
+
+
 def test_an_api_function_of_the_package_itself_is_an_entry_point_not_an_edge(tmp_path):
     """`nettrain.fit` imports the command layer when called: listed in LAZY, it is left out of the
     graph (modules below import the package for its __version__); unlisted, it is reported."""

@@ -7,9 +7,10 @@ import math
 
 import pytest
 import torch
+from simplenet import SimpleNet
 from torch import nn
 
-from conftest import SimpleNet, make_cfg
+from conftest import make_cfg
 from nettrain.commands.train import train
 from nettrain.data import Batches, mnist_sample
 from nettrain.engine.early_stopping import EarlyStopping

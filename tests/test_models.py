@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from simplenet import SimpleNet
 from torch import nn
 
-from conftest import SimpleNet
 from nettrain.models import CNN, MLP, init_weights, param_count
 
 
