@@ -29,6 +29,9 @@ def ticker() -> Any:
     return matplotlib.ticker
 
 
-def save_png(fig: Any, path: Path) -> None:
-    """`fig` as a PNG file at `path`, written atomically (nettrain/files.py)."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+def save_png(fig: Any, path: Path, crop: bool = True) -> None:
+    """`fig` as a PNG file at `path`, written atomically (nettrain/files.py). crop: trim the
+    margins to what is drawn (`bbox_inches="tight"`, which lays the whole figure out once more
+    before drawing it); False for a figure whose layout already fits it (`fig.tight_layout()`)."""
+    extra = {"bbox_inches": "tight"} if crop else {}
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, **extra))
