@@ -867,24 +867,42 @@ def compare_report(args, info: dict, r: dict[str, list[dict]], meta: dict) -> st
     )
 
 
-def report(args, info: dict, results: dict, startup: dict, memory: dict, meta: dict) -> str:
-    bs0 = args.batch_size
-    r = results[bs0]
-    sps = {k: [x["samples_per_s"] for x in r[k]] for k in r}
+def startup_rounds(args, work: Path) -> dict:
+    """The start-up commands, alternated, --startup-repeats rounds, each command after a quiet
+    moment (--wait-quiet): `import torch`, `--help`, the first training step, the references."""
+    startup = {
+        "import_torch": [],
+        "import_torch_done": [],
+        "import_torch_dynamo": [],
+        "help": [],
+        "first_step": [],
+        "reference_first_step": [],
+        "help_imports": help_imports(work),
+    }
+    for i in range(args.startup_repeats):
+        wait_quiet(args.wait_quiet)
+        imported, exited = import_torch(work)
+        startup["import_torch"].append(exited)
+        startup["import_torch_done"].append(imported)
+        wait_quiet(args.wait_quiet)
+        startup["help"].append(time_cmd([*nettrain_cmd(), "--help"], work))
+        wait_quiet(args.wait_quiet)
+        startup["first_step"].append(first_step(args, work))
+        startup["import_torch_dynamo"].append(import_torch(work, "torch, torch._dynamo")[0])
+        startup["reference_first_step"].append(reference_first_step(args, work))
+        print(
+            f"start-up {i + 1}: import torch {startup['import_torch'][-1]:.2f} s, --help {startup['help'][-1]:.2f} s,"
+            f" first step {startup['first_step'][-1]['first_step_s']:.2f} s",
+            flush=True,
+        )
+    return startup
+
+
+def startup_targets(startup: dict) -> list[tuple[str, str, bool]]:
+    """The start-up targets: (target, measured, met)."""
     first = [x["first_step_s"] for x in startup["first_step"]]
     torch_s, help_s, torch_done = startup["import_torch"], startup["help"], startup["import_torch_done"]
-    targets = [
-        (
-            "(d) >= 5x the tutorial's loop (a)",
-            f"{ratio(sps['nettrain'], sps['tutorial']):.2f}x "
-            f"(best runs: {best(sps['nettrain'], sps['tutorial']):.2f}x)",
-            ratio(sps["nettrain"], sps["tutorial"]) >= 5,
-        ),
-        (
-            "(d) >= 0.97x the hand-written tensor loop (b)",
-            f"{ratio(sps['nettrain'], sps['tensor']):.3f}x (best runs: {best(sps['nettrain'], sps['tensor']):.3f}x)",
-            ratio(sps["nettrain"], sps["tensor"]) >= 0.97,
-        ),
+    return [
         (
             "`--help` does not import torch",
             "torch imported" if startup["help_imports"]["torch"] else "not imported",
@@ -906,6 +924,109 @@ def report(args, info: dict, results: dict, startup: dict, memory: dict, meta: d
             "imported" if any(x["torchvision_imported"] for x in startup["first_step"]) else "not imported",
             not any(x["torchvision_imported"] for x in startup["first_step"]),
         ),
+    ]
+
+
+def startup_section(args, startup: dict) -> list[str]:
+    """A report's "Start-up" section: each command's time, and where the first step's time goes."""
+    first = [x["first_step_s"] for x in startup["first_step"]]
+    torch_s, help_s, torch_done = startup["import_torch"], startup["help"], startup["import_torch_done"]
+    dyn, ref = startup["import_torch_dynamo"], startup["reference_first_step"]
+    phases = [
+        ("interpreter start, `import nettrain.commands.train` (Hydra, OmegaConf)", "nettrain_imported_s", None),
+        ("Hydra: command line, compose the config, run dir, logging", "config_composed_s", "nettrain_imported_s"),
+        ("`import torch` (inside `train`)", "torch_imported_s", "config_composed_s"),
+        (
+            "torch -> first step: data, model, optimizer (imports torch._dynamo), console",
+            "first_step_s",
+            "torch_imported_s",
+        ),
+    ]
+    breakdown = [
+        f"| {name} | {med([x[end] - (x[begin] if begin else 0.0) for x in startup['first_step']]):.2f} |"
+        for name, end, begin in phases
+    ]
+    after_torch = [x["first_step_s"] - x["torch_imported_s"] for x in startup["first_step"]]
+    return [
+        "",
+        "## Start-up",
+        "",
+        f"Wall time of each command from a parent process (interpreter start included), median of {len(torch_s)}:",
+        "",
+        "| command | seconds (median) | min - max |",
+        "|---|---:|---:|",
+        f'| `python -c "import torch"` | {med(torch_s):.2f} | {min(torch_s):.2f} - {max(torch_s):.2f} |',
+        f"| ... to the end of the import (without the interpreter's exit) | {med(torch_done):.2f} "
+        f"| {min(torch_done):.2f} - {max(torch_done):.2f} |",
+        f"| `nettrain-train --help` | {med(help_s):.2f} | {min(help_s):.2f} - {max(help_s):.2f} |",
+        f"| `nettrain-train device={args.device}` (mnist_sample) to its first training step | {med(first):.2f} "
+        f"| {min(first):.2f} - {max(first):.2f} |",
+        f"| ... of which after `import torch` finished inside it | {med(after_torch):.2f} "
+        f"| {min(after_torch):.2f} - {max(after_torch):.2f} |",
+        f'| reference: `python -c "import torch, torch._dynamo"`, to the end of the import | {med(dyn):.2f} | {min(dyn):.2f} - {max(dyn):.2f} |',
+        f"| reference: a minimal torch script (SimpleNet, Adam, zero_grad, forward) to its first step "
+        f"| {med(ref):.2f} | {min(ref):.2f} - {max(ref):.2f} |",
+        "",
+        "Where nettrain's time to its first step goes (medians; the marks are taken inside the probed process):",
+        "",
+        "| phase | seconds |",
+        "|---|---:|",
+        *breakdown,
+        "",
+        f"nettrain's first step vs the minimal torch script's: {med(first) - med(ref):+.2f} s (the part nettrain "
+        "adds: Hydra, config, data, model, console). torch.optim imports torch._dynamo on the first "
+        "`Optimizer.add_param_group`/`zero_grad`/`step` (torch._disable_dynamo, `_use_grad`), so every torch "
+        "training script pays that import before its first step.",
+        "",
+        "Times are from the parent's clock, started just before it starts the process, to the process's exit, "
+        "or to a time the process prints (`import torch` done; the first step). The first-step target is "
+        "judged against the end of `import torch` (like with like: neither includes an exit).",
+        "",
+        "First training step: the command is run through nettrain's entry point (`nettrain.commands.train.main`, what",
+        "the console script calls) with one import hook that, once nettrain has imported torch, wraps",
+        "`torch.Tensor.backward`; its first call (the first batch drawn and forwarded) records the time and",
+        "ends the process.",
+        f"`--help` imports torch: {startup['help_imports']['torch']}; torchvision: {startup['help_imports']['torchvision']}.",
+        "",
+    ]
+
+
+def startup_report(args, info: dict, startup: dict, meta: dict) -> str:
+    """--startup: the start-up targets and figures alone (a few minutes, no throughput runs)."""
+    targets = startup_targets(startup)
+    return "\n".join(
+        [
+            f"## Start-up alone ({meta['date']}, `--startup`)",
+            "",
+            f"`{meta['command']}`: {info['cpu']}, {info['cores']}; Python {info['python']}, torch {info['torch']}; "
+            f"nettrain {info['code']}; {args.startup_repeats} rounds ({meta['elapsed_min']:.1f} min). Load average "
+            f"{meta['load_start']:.2f} at the start, {meta['load_end']:.2f} at the end.",
+            "",
+            "| target | measured | met |",
+            "|---|---|---|",
+            *[f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in targets],
+            *[line.replace("## Start-up", "### Start-up", 1) for line in startup_section(args, startup)],
+        ]
+    )
+
+
+def report(args, info: dict, results: dict, startup: dict, memory: dict, meta: dict) -> str:
+    bs0 = args.batch_size
+    r = results[bs0]
+    sps = {k: [x["samples_per_s"] for x in r[k]] for k in r}
+    targets = [
+        (
+            "(d) >= 5x the tutorial's loop (a)",
+            f"{ratio(sps['nettrain'], sps['tutorial']):.2f}x "
+            f"(best runs: {best(sps['nettrain'], sps['tutorial']):.2f}x)",
+            ratio(sps["nettrain"], sps["tutorial"]) >= 5,
+        ),
+        (
+            "(d) >= 0.97x the hand-written tensor loop (b)",
+            f"{ratio(sps['nettrain'], sps['tensor']):.3f}x (best runs: {best(sps['nettrain'], sps['tensor']):.3f}x)",
+            ratio(sps["nettrain"], sps["tensor"]) >= 0.97,
+        ),
+        *startup_targets(startup),
         (
             "peak RSS in summary.json; no copy of the data set per epoch",
             f"{memory['epochs_1']:.0f} MB after 1 epoch, {memory['epochs_3']:.0f} MB after 3 ({args.train_size:,} MNIST images)",
@@ -992,62 +1113,8 @@ def report(args, info: dict, results: dict, startup: dict, memory: dict, meta: d
         )
     if meta.get("skipped_batch_sizes"):
         lines.append(f"\nNot measured (--max-minutes): batch {', '.join(map(str, meta['skipped_batch_sizes']))}.")
-    dyn, ref = startup["import_torch_dynamo"], startup["reference_first_step"]
-    phases = [
-        ("interpreter start, `import nettrain.commands.train` (Hydra, OmegaConf)", "nettrain_imported_s", None),
-        ("Hydra: command line, compose the config, run dir, logging", "config_composed_s", "nettrain_imported_s"),
-        ("`import torch` (inside `train`)", "torch_imported_s", "config_composed_s"),
-        (
-            "torch -> first step: data, model, optimizer (imports torch._dynamo), console",
-            "first_step_s",
-            "torch_imported_s",
-        ),
-    ]
-    breakdown = [
-        f"| {name} | {med([x[end] - (x[begin] if begin else 0.0) for x in startup['first_step']]):.2f} |"
-        for name, end, begin in phases
-    ]
-    after_torch = [x["first_step_s"] - x["torch_imported_s"] for x in startup["first_step"]]
+    lines += startup_section(args, startup)
     lines += [
-        "",
-        "## Start-up",
-        "",
-        f"Wall time of each command from a parent process (interpreter start included), median of {len(torch_s)}:",
-        "",
-        "| command | seconds (median) | min - max |",
-        "|---|---:|---:|",
-        f'| `python -c "import torch"` | {med(torch_s):.2f} | {min(torch_s):.2f} - {max(torch_s):.2f} |',
-        f"| ... to the end of the import (without the interpreter's exit) | {med(torch_done):.2f} "
-        f"| {min(torch_done):.2f} - {max(torch_done):.2f} |",
-        f"| `nettrain-train --help` | {med(help_s):.2f} | {min(help_s):.2f} - {max(help_s):.2f} |",
-        f"| `nettrain-train device={args.device}` (mnist_sample) to its first training step | {med(first):.2f} "
-        f"| {min(first):.2f} - {max(first):.2f} |",
-        f"| ... of which after `import torch` finished inside it | {med(after_torch):.2f} "
-        f"| {min(after_torch):.2f} - {max(after_torch):.2f} |",
-        f'| reference: `python -c "import torch, torch._dynamo"`, to the end of the import | {med(dyn):.2f} | {min(dyn):.2f} - {max(dyn):.2f} |',
-        f"| reference: a minimal torch script (SimpleNet, Adam, zero_grad, forward) to its first step "
-        f"| {med(ref):.2f} | {min(ref):.2f} - {max(ref):.2f} |",
-        "",
-        "Where nettrain's time to its first step goes (medians; the marks are taken inside the probed process):",
-        "",
-        "| phase | seconds |",
-        "|---|---:|",
-        *breakdown,
-        "",
-        f"nettrain's first step vs the minimal torch script's: {med(first) - med(ref):+.2f} s (the part nettrain "
-        "adds: Hydra, config, data, model, console). torch.optim imports torch._dynamo on the first "
-        "`Optimizer.add_param_group`/`zero_grad`/`step` (torch._disable_dynamo, `_use_grad`), so every torch "
-        "training script pays that import before its first step.",
-        "",
-        "Times are from the parent's clock, started just before it starts the process, to the process's exit, "
-        "or to a time the process prints (`import torch` done; the first step). The first-step target is "
-        "judged against the end of `import torch` (like with like: neither includes an exit).",
-        "",
-        "First training step: the command is run through nettrain's entry point (`nettrain.commands.train.main`, what",
-        "the console script calls) with one import hook that, once nettrain has imported torch, wraps",
-        "`torch.Tensor.backward`; its first call (the first batch drawn and forwarded) records the time and",
-        "ends the process.",
-        f"`--help` imports torch: {startup['help_imports']['torch']}; torchvision: {startup['help_imports']['torchvision']}.",
         "",
         "## Memory",
         "",
@@ -1084,6 +1151,20 @@ def report(args, info: dict, results: dict, startup: dict, memory: dict, meta: d
 
 
 # -- main -------------------------------------------------------------------------------------------
+
+
+def ended(meta: dict, started: float) -> dict:
+    """`meta` with the minutes since `started` and the load average now."""
+    return {**meta, "elapsed_min": (time.perf_counter() - started) / 60, "load_end": os.getloadavg()[0]}
+
+
+def append_report(text: str, out: str | None) -> None:
+    """Print a report of one part alone (--startup, --compare, --paired), appended to `out` if given."""
+    print(text)
+    if out:
+        with open(out, "a") as f:
+            f.write("\n" + text)
+        print(f"appended to {out}")
 
 
 def main() -> None:
@@ -1156,6 +1237,12 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="with --paired: a nettrain override for every nettrain run (a what-if; the target is the defaults)",
     )
+    p.add_argument(
+        "--startup",
+        action="store_true",
+        help="only the start-up targets (`--help`, the first training step, against `import torch`), "
+        "--startup-repeats rounds; prints them, writes them only with --out (appended)",
+    )
     p.add_argument("--out", help="the report (default benchmarks/RESULTS.md, or RESULTS-cuda.md; --quick: none)")
     p.add_argument("--workdir", help="where to put the data and runs (default: a temporary folder)")
     p.add_argument(
@@ -1202,7 +1289,7 @@ def main() -> None:
         args.train_size, args.test_size = 6000, 1000
     out = args.out or (
         None
-        if args.quick or args.compare or args.paired
+        if args.quick or args.compare or args.paired or args.startup
         else str(
             REPO / "benchmarks" / ("RESULTS.md" if args.device == "cpu" else f"RESULTS-{args.device.split(':')[0]}.md")
         )
@@ -1218,6 +1305,10 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="nettrain-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
+        if args.startup:  # the start-up targets alone: printed, appended to --out; no data set needed
+            startup = startup_rounds(args, work)
+            append_report(startup_report(args, info, startup, ended(meta, started)), out)
+            return
         root = build_mnist(work / "datasets", args.train_size, args.test_size)
         print(f"data: {args.train_size:,} + {args.test_size:,} IDX images in {root}", flush=True)
         if args.paired or args.compare:  # the speed target alone: printed, appended to --out
@@ -1228,39 +1319,12 @@ def main() -> None:
                 side = alternate(args, root, args.batch_size, work, kinds, args.repeats)
                 runs = [x for v in side.values() for x in v]
                 meta["runs"], meta["noisy_starts"] = len(runs), sum(not x["started_quiet"] for x in runs)
-            meta["elapsed_min"] = (time.perf_counter() - started) / 60
-            meta["load_end"] = os.getloadavg()[0]
-            text = (paired_report if args.paired else compare_report)(args, info, side, meta)
-            print(text)
-            if out:
-                with open(out, "a") as f:
-                    f.write("\n" + text)
-                print(f"appended to {out}")
+            append_report(
+                (paired_report if args.paired else compare_report)(args, info, side, ended(meta, started)), out
+            )
             return
 
-        # start-up, alternated
-        startup = {
-            "import_torch": [],
-            "import_torch_done": [],
-            "import_torch_dynamo": [],
-            "help": [],
-            "first_step": [],
-            "reference_first_step": [],
-            "help_imports": help_imports(work),
-        }
-        for i in range(args.startup_repeats):
-            imported, exited = import_torch(work)
-            startup["import_torch"].append(exited)
-            startup["import_torch_done"].append(imported)
-            startup["help"].append(time_cmd([*nettrain_cmd(), "--help"], work))
-            startup["first_step"].append(first_step(args, work))
-            startup["import_torch_dynamo"].append(import_torch(work, "torch, torch._dynamo")[0])
-            startup["reference_first_step"].append(reference_first_step(args, work))
-            print(
-                f"start-up {i + 1}: import torch {startup['import_torch'][-1]:.2f} s, --help {startup['help'][-1]:.2f} s,"
-                f" first step {startup['first_step'][-1]['first_step_s']:.2f} s",
-                flush=True,
-            )
+        startup = startup_rounds(args, work)  # start-up, alternated
 
         # throughput, alternated within each batch size
         results = {}

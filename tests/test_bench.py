@@ -69,3 +69,47 @@ def test_the_paired_table_judges_the_median_pair_and_shows_the_summed_times(benc
     assert "on the median of all pairs: met." in table
     runs[0]["ratios"] = [0.95, 0.96, 0.965]
     assert "**not met**" in bench.paired_report(args, info, {"nettrain": runs}, meta)
+
+
+def test_the_start_up_targets_judge_the_medians(bench):
+    """--startup: `--help` at most half of `import torch`, the first step within 0.5 s of the end of
+    `import torch`, both on the medians of the rounds."""
+    from types import SimpleNamespace
+
+    def step(first):
+        return {
+            "first_step_s": first,
+            "torch_imported_s": first - 0.3,
+            "nettrain_imported_s": 0.2,
+            "config_composed_s": 0.4,
+            "torchvision_imported": False,
+        }
+
+    startup = {
+        "import_torch": [2.0, 2.2, 4.0],
+        "import_torch_done": [1.5, 1.6, 3.0],
+        "import_torch_dynamo": [2.5, 2.6, 2.7],
+        "help": [1.0, 1.1, 0.9],
+        "first_step": [step(1.9), step(2.1), step(2.0)],
+        "reference_first_step": [2.7, 2.8, 2.9],
+        "help_imports": {"torch": False, "torchvision": False},
+    }
+    met = {name: ok for name, _, ok in bench.startup_targets(startup)}
+    assert met == {
+        "`--help` does not import torch": True,
+        "`--help` <= 0.5 x `import torch`": True,  # 1.0 s against 2.2 s
+        "command -> first training step <= `import torch` + 0.5 s (mnist_sample)": True,  # 2.0 against 1.6 + 0.5
+        "torchvision not imported on mnist_sample": True,
+    }
+    startup["help"] = [1.2, 1.15, 0.9]  # median 1.15 s: more than half of 2.2 s
+    startup["first_step"][:2] = [step(2.3), step(2.2)]  # median 2.2 s: more than 1.6 + 0.5
+    args = SimpleNamespace(device="cpu", startup_repeats=3)
+    info = {"cpu": "cpu", "cores": "2 cores", "python": "3.11", "torch": "2", "code": "abc"}
+    meta = {"date": "today", "command": "bench.py --startup", "elapsed_min": 1.0, "load_start": 0.5, "load_end": 0.5}
+    report = bench.startup_report(args, info, startup, meta)
+    assert "| `--help` <= 0.5 x `import torch` | 1.15 s vs 2.20 s (0.52x) | **no** |" in report
+    assert (
+        "| command -> first training step <= `import torch` + 0.5 s (mnist_sample) | 2.20 s vs 1.60 + 0.5 = 2.10 s"
+        in report
+    )
+    assert report.count("**no**") == 2 and "### Start-up" in report
