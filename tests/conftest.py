@@ -96,6 +96,85 @@ def _parse_interpolations_once() -> None:
 
 _parse_interpolations_once()
 
+
+# the package config sources that no test writes to (Hydra's plugins store their options in the
+# ConfigStore, the "structured" source)
+INSTALLED_SOURCES = {"nettrain.conf", "hydra.conf"}
+
+
+def _compose_each_structure_once() -> None:
+    """Hydra builds a command's defaults list (the group choices, ~35% of composing) and merges the
+    chosen files into one config (~40%) anew for every command, and the tests' commands mostly
+    differ in plain values (`epochs=2`, `data.path=...`) over a few dozen structures. Here both are
+    done once per structure and process: a structure is the config name, the overrides that are
+    not config overrides by Hydra's own rule (group choices, additions and deletions of groups:
+    Overrides in hydra/_internal/defaults_list.py), the sweep flag, the config sources and what
+    Hydra's ConfigStore holds (a test may take an entry out). A later command gets the same
+    defaults list with its own config overrides, in its own order, and a deep copy of the merged
+    config; Hydra then applies the overrides and fills in the hydra.* values as always. Not
+    cached, and composed by Hydra as before: a search path with any source but the installed
+    packages' (INSTALLED_SOURCES) and the ConfigStore (a run folder, --config-dir,
+    hydra.searchpath: files a test may change), and a structure whose group overrides themselves
+    carry config overrides (a dict value)."""
+    from hydra._internal import config_loader_impl
+    from hydra._internal.defaults_list import DefaultsList
+    from hydra.core.config_store import ConfigStore
+
+    def _stored() -> tuple:
+        entries: list[tuple[str, int]] = []
+
+        def walk(node: dict, prefix: str) -> None:
+            for name, entry in node.items():
+                walk(entry, f"{prefix}{name}/") if isinstance(entry, dict) else entries.append(
+                    (prefix + name, id(entry))
+                )
+
+        walk(ConfigStore.instance().repo, "")
+        return tuple(sorted(entries))
+
+    create = config_loader_impl.create_defaults_list
+    merge = config_loader_impl.ConfigLoaderImpl._compose_config_from_defaults_list
+    structures: dict[tuple, DefaultsList] = {}
+    merged: dict[int, tuple[list, object]] = {}  # id(defaults) -> (defaults, the merged config)
+
+    def create_once(repo, config_name, overrides_list, prepend_hydra, skip_missing):
+        sources = tuple((s.scheme(), s.provider, s.path) for s in repo.get_sources())
+        if not all(scheme == "structured" or path in INSTALLED_SOURCES for scheme, _, path in sources):
+            return create(repo, config_name, overrides_list, prepend_hydra, skip_missing)
+
+        def value(o) -> bool:  # a config override, as Overrides tells them from group overrides
+            return not o.is_sweep_override() and (isinstance(o.value(), dict) or not repo.group_exists(o.key_or_group))
+
+        structure = [o for o in overrides_list if not value(o)]
+        key = (config_name, tuple(o.input_line for o in structure), prepend_hydra, skip_missing, sources, _stored())
+        if key not in structures:
+            done = create(repo, config_name, structure, prepend_hydra, skip_missing)
+            if done.config_overrides:
+                return create(repo, config_name, overrides_list, prepend_hydra, skip_missing)
+            structures[key] = done
+        done = structures[key]
+        config_overrides = [o for o in overrides_list if value(o)]
+        return DefaultsList(done.defaults, done.defaults_tree, config_overrides, done.overrides)
+
+    def merge_once(self, defaults, repo):
+        if id(defaults) not in merged or merged[id(defaults)][0] is not defaults:
+            cfg = merge(self, defaults, repo)
+            if not any(d is defaults for d in (s.defaults for s in structures.values())):
+                return cfg  # not a cached structure's
+            merged[id(defaults)] = (defaults, copy.deepcopy(cfg))
+            return cfg
+        return copy.deepcopy(merged[id(defaults)][1])
+
+    config_loader_impl.create_defaults_list = create_once
+    config_loader_impl.ConfigLoaderImpl._compose_config_from_defaults_list = merge_once
+    HYDRA_COMPOSING.update(create=create, merge=merge, create_once=create_once, merge_once=merge_once)
+
+
+HYDRA_COMPOSING: dict = {}  # Hydra's two functions and their once-per-structure stand-ins (tests/test_conftest.py)
+
+
+_compose_each_structure_once()
+
 SHM = Path("/dev/shm")
 SHM_FREE = 4 * 2**30  # the quick tier writes ~0.8 GB (checkpoints, mostly) while it runs
 
