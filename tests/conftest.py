@@ -125,9 +125,10 @@ def _compose_each_structure_once() -> None:
 
         def walk(node: dict, prefix: str) -> None:
             for name, entry in node.items():
-                walk(entry, f"{prefix}{name}/") if isinstance(entry, dict) else entries.append(
-                    (prefix + name, id(entry))
-                )
+                if isinstance(entry, dict):
+                    walk(entry, f"{prefix}{name}/")
+                else:
+                    entries.append((prefix + name, id(entry)))
 
         walk(ConfigStore.instance().repo, "")
         return tuple(sorted(entries))
@@ -135,7 +136,9 @@ def _compose_each_structure_once() -> None:
     create = config_loader_impl.create_defaults_list
     merge = config_loader_impl.ConfigLoaderImpl._compose_config_from_defaults_list
     structures: dict[tuple, DefaultsList] = {}
-    merged: dict[int, tuple[list, object]] = {}  # id(defaults) -> (defaults, the merged config)
+    # id(a cached structure's defaults) -> its merged config once merged (kept alive in
+    # `structures`, so the id names that list alone)
+    merged: dict[int, object] = {}
 
     def create_once(repo, config_name, overrides_list, prepend_hydra, skip_missing):
         sources = tuple((s.scheme(), s.provider, s.path) for s in repo.get_sources())
@@ -151,19 +154,18 @@ def _compose_each_structure_once() -> None:
             done = create(repo, config_name, structure, prepend_hydra, skip_missing)
             if done.config_overrides:
                 return create(repo, config_name, overrides_list, prepend_hydra, skip_missing)
-            structures[key] = done
+            structures[key], merged[id(done.defaults)] = done, None
         done = structures[key]
-        config_overrides = [o for o in overrides_list if value(o)]
-        return DefaultsList(done.defaults, done.defaults_tree, config_overrides, done.overrides)
+        return DefaultsList(done.defaults, done.defaults_tree, [o for o in overrides_list if value(o)], done.overrides)
 
     def merge_once(self, defaults, repo):
-        if id(defaults) not in merged or merged[id(defaults)][0] is not defaults:
+        if id(defaults) not in merged:  # not a cached structure's
+            return merge(self, defaults, repo)
+        if merged[id(defaults)] is None:
             cfg = merge(self, defaults, repo)
-            if not any(d is defaults for d in (s.defaults for s in structures.values())):
-                return cfg  # not a cached structure's
-            merged[id(defaults)] = (defaults, copy.deepcopy(cfg))
+            merged[id(defaults)] = copy.deepcopy(cfg)  # Hydra edits the config it gets: each gets a copy
             return cfg
-        return copy.deepcopy(merged[id(defaults)][1])
+        return copy.deepcopy(merged[id(defaults)])
 
     config_loader_impl.create_defaults_list = create_once
     config_loader_impl.ConfigLoaderImpl._compose_config_from_defaults_list = merge_once
